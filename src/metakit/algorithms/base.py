@@ -1,0 +1,115 @@
+"""The protocol every meta-learning algorithm in metakit implements.
+
+An algorithm is an ``nn.Module`` that owns its meta-parameters (an encoder, an initialisation,
+learned learning rates, a relation module...) and exposes:
+
+``meta_loss(batch) -> (loss, metrics)``
+    The differentiable quantity the outer optimizer minimises, averaged over the tasks of an
+    :class:`~metakit.tasks.EpisodeBatch`. ``metrics`` maps names to floats (at least
+    ``"loss"``; classification methods add ``"accuracy"`` as a fraction 0..1).
+
+``meta_backward(batch) -> metrics``
+    What the generic trainer calls: leave the meta-gradient in ``p.grad`` of every
+    meta-parameter, ready for any ``torch.optim`` optimizer. The default runs
+    ``meta_loss(batch)[0].backward()``. Methods whose outer update is not the gradient of a
+    loss (Reptile), or that save memory by back-propagating task by task (MAML), override it;
+    the trainer never special-cases an algorithm.
+
+``adapt(support_x, support_y, ways) -> Learner``
+    Few-shot use of one task: a learner whose ``predict(query_x)`` returns scores
+    ``[Q, ways]`` (logits; higher is more likely) or regression outputs. Training and
+    evaluation call the same ``adapt``.
+
+``predict(batch) -> scores``
+    Scores ``[B, Q, ways]`` for the queries of every task of a batch. The default calls
+    ``adapt`` task by task; metric methods override it with batched code.
+
+Algorithms register under a short name with :func:`register` so that configs and the command
+line can build them. The keyword-only arguments of ``__init__`` (with type annotations and
+defaults, documented in the class docstring's ``Args:`` section) are the algorithm's config.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks.episode import EpisodeBatch
+
+__all__ = ["Algorithm", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """A model adapted to one task."""
+
+    def predict(self, query_x: Tensor) -> Tensor:  # pragma: no cover - protocol
+        ...
+
+
+class Algorithm(nn.Module):
+    """Base class; see the module docstring for the protocol."""
+
+    #: registry name, set by :func:`register`
+    name: str = ""
+    #: whether the algorithm solves classification episodes (labels + ways) or regression
+    task_kind: str = "classification"
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def meta_backward(self, batch: EpisodeBatch) -> dict[str, float]:
+        loss, metrics = self.meta_loss(batch)
+        loss.backward()
+        return metrics
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None = None) -> Learner:
+        raise NotImplementedError
+
+    def predict(self, batch: EpisodeBatch) -> Tensor:
+        outs = []
+        for ep in batch:
+            learner = self.adapt(ep.support_x, ep.support_y, ep.ways)
+            outs.append(learner.predict(ep.query_x))
+        return torch.stack(outs)
+
+
+def accuracy(scores: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions over the last-but-one dims (``[..., Q]`` -> ``[...]``)."""
+    return (scores.argmax(-1) == labels).float().mean(-1)
+
+
+_REGISTRY: dict[str, type[Algorithm]] = {}
+A = TypeVar("A", bound=type[Algorithm])
+
+
+def register(name: str) -> Callable[[A], A]:
+    """Class decorator: make an algorithm buildable by ``name`` from configs and the CLI."""
+
+    def deco(cls: A) -> A:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_algorithms() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"algorithm={name!r} is not known{hint} Available: {', '.join(available_algorithms())}"
+        ) from None

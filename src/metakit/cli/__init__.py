@@ -1,0 +1,1 @@
+"""The ``metakit`` command line (thin: parse, then call the library)."""

@@ -1,0 +1,1 @@
+"""Training runtime: configs, the generic trainer, checkpoints, evaluation."""

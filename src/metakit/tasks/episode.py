@@ -1,0 +1,217 @@
+"""Episodes: the unit of meta-learning data.
+
+An :class:`Episode` is one task: a support set the learner adapts on and a query set it is
+scored on. The split between the two is explicit (two pairs of tensors), never implied by the
+order in which a sampler produced the examples.
+
+An :class:`EpisodeBatch` stacks ``B`` episodes of the same shape on a leading task dimension,
+so that an algorithm can loop or ``vmap`` over tasks.
+
+Classification episodes carry integer labels remapped to ``0 .. ways-1`` and ``ways`` set;
+regression episodes (e.g. sinusoids) carry float targets and ``ways=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["Episode", "EpisodeBatch"]
+
+
+def _check_pair(name_x: str, x: Tensor, name_y: str, y: Tensor, lead: int) -> None:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(
+            f"{name_x} and {name_y} must be torch.Tensor, got {type(x).__name__} and {type(y).__name__}"
+        )
+    if x.dim() < lead + 1 or y.dim() < lead + 1:
+        raise ValueError(
+            f"{name_x} has shape {tuple(x.shape)} and {name_y} has shape {tuple(y.shape)}; "
+            f"both need at least {lead + 1} dimension(s) ({'[tasks, examples, ...]' if lead else '[examples, ...]'})"
+        )
+    if x.shape[: lead + 1] != y.shape[: lead + 1]:
+        raise ValueError(
+            f"{name_x} has shape {tuple(x.shape)} but {name_y} has shape {tuple(y.shape)}: "
+            f"the leading {lead + 1} dimension(s) must match (one label per example)"
+        )
+
+
+def _check_labels(name: str, y: Tensor, ways: int) -> None:
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(
+            f"{name} has dtype {y.dtype}; classification labels must be integers in 0..{ways - 1} "
+            "(pass ways=None for a regression episode)"
+        )
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= ways:
+            raise ValueError(
+                f"{name} holds labels in {lo}..{hi} but ways={ways}: labels must be remapped to 0..{ways - 1}"
+            )
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One few-shot task.
+
+    Attributes:
+        support_x: ``[S, *x_shape]`` inputs the learner adapts on.
+        support_y: ``[S]`` integer labels in ``0..ways-1`` (or ``[S, *y_shape]`` float targets).
+        query_x: ``[Q, *x_shape]`` inputs the adapted learner is scored on.
+        query_y: ``[Q]`` labels (or ``[Q, *y_shape]`` targets).
+        ways: number of classes, or ``None`` for regression.
+        classes: optional ``[ways]`` global class indices of the dataset the episode came from
+            (label ``i`` is class ``classes[i]``); ``None`` when unknown.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    ways: int | None = None
+    classes: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_pair("support_x", self.support_x, "support_y", self.support_y, 0)
+        _check_pair("query_x", self.query_x, "query_y", self.query_y, 0)
+        if self.support_x.shape[1:] != self.query_x.shape[1:]:
+            raise ValueError(
+                f"support_x has example shape {tuple(self.support_x.shape[1:])} but query_x has "
+                f"{tuple(self.query_x.shape[1:])}; support and query inputs must have the same shape"
+            )
+        if self.ways is not None:
+            if not isinstance(self.ways, int) or self.ways < 1:
+                raise ValueError(f"ways={self.ways!r} must be a positive int (or None for regression)")
+            _check_labels("support_y", self.support_y, self.ways)
+            _check_labels("query_y", self.query_y, self.ways)
+
+    def to(self, *args, **kwargs) -> "Episode":
+        """Move every tensor (like :meth:`torch.Tensor.to`)."""
+        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
+
+    def unsqueeze(self) -> "EpisodeBatch":
+        """This episode as a batch of one task."""
+        return EpisodeBatch.stack([self])
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """``B`` episodes of identical shape stacked on a leading task dimension.
+
+    Attributes:
+        support_x: ``[B, S, *x_shape]``.
+        support_y: ``[B, S]`` integer labels in ``0..ways-1`` (or ``[B, S, *y_shape]`` targets).
+        query_x: ``[B, Q, *x_shape]``.
+        query_y: ``[B, Q]`` labels (or ``[B, Q, *y_shape]`` targets).
+        ways: number of classes per episode, or ``None`` for regression.
+        classes: optional ``[B, ways]`` global class indices (see :class:`Episode`).
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    ways: int | None = None
+    classes: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_pair("support_x", self.support_x, "support_y", self.support_y, 1)
+        _check_pair("query_x", self.query_x, "query_y", self.query_y, 1)
+        if self.support_x.shape[0] != self.query_x.shape[0]:
+            raise ValueError(
+                f"support_x has {self.support_x.shape[0]} tasks but query_x has {self.query_x.shape[0]}; "
+                "the leading (task) dimension must match"
+            )
+        if self.support_x.shape[2:] != self.query_x.shape[2:]:
+            raise ValueError(
+                f"support_x has example shape {tuple(self.support_x.shape[2:])} but query_x has "
+                f"{tuple(self.query_x.shape[2:])}; support and query inputs must have the same shape"
+            )
+        if self.ways is not None:
+            if not isinstance(self.ways, int) or self.ways < 1:
+                raise ValueError(f"ways={self.ways!r} must be a positive int (or None for regression)")
+            _check_labels("support_y", self.support_y, self.ways)
+            _check_labels("query_y", self.query_y, self.ways)
+        if self.classes is not None and tuple(self.classes.shape) != (self.num_tasks, self.ways):
+            raise ValueError(
+                f"classes has shape {tuple(self.classes.shape)}; expected [tasks, ways] = "
+                f"[{self.num_tasks}, {self.ways}]"
+            )
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def __getitem__(self, i: int) -> Episode:
+        return Episode(
+            self.support_x[i],
+            self.support_y[i],
+            self.query_x[i],
+            self.query_y[i],
+            self.ways,
+            None if self.classes is None else self.classes[i],
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for i in range(self.num_tasks):
+            yield self[i]
+
+    def to(self, *args, **kwargs) -> "EpisodeBatch":
+        """Move every tensor (like :meth:`torch.Tensor.to`)."""
+        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
+
+    def split(self, size: int) -> list["EpisodeBatch"]:
+        """Chunks of at most ``size`` tasks (for evaluation in batches)."""
+        if size < 1:
+            raise ValueError(f"size={size} must be >= 1")
+        out = []
+        for s in range(0, self.num_tasks, size):
+            out.append(_map_tensors(self, lambda t: t[s : s + size]))
+        return out
+
+    @staticmethod
+    def stack(episodes: list[Episode]) -> "EpisodeBatch":
+        """Stack episodes of identical shapes and ``ways`` into one batch."""
+        if not episodes:
+            raise ValueError("episodes is empty; need at least one Episode to stack")
+        ways = {e.ways for e in episodes}
+        if len(ways) != 1:
+            raise ValueError(f"episodes have different ways {sorted(ways, key=str)}; stack equal-ways episodes only")
+        have_classes = {e.classes is not None for e in episodes}
+        return EpisodeBatch(
+            torch.stack([e.support_x for e in episodes]),
+            torch.stack([e.support_y for e in episodes]),
+            torch.stack([e.query_x for e in episodes]),
+            torch.stack([e.query_y for e in episodes]),
+            episodes[0].ways,
+            torch.stack([e.classes for e in episodes]) if have_classes == {True} else None,
+        )
+
+    @staticmethod
+    def concat(batches: list["EpisodeBatch"]) -> "EpisodeBatch":
+        """Concatenate batches along the task dimension."""
+        if not batches:
+            raise ValueError("batches is empty; need at least one EpisodeBatch")
+        first = batches[0]
+        return EpisodeBatch(
+            torch.cat([b.support_x for b in batches]),
+            torch.cat([b.support_y for b in batches]),
+            torch.cat([b.query_x for b in batches]),
+            torch.cat([b.query_y for b in batches]),
+            first.ways,
+            torch.cat([b.classes for b in batches]) if all(b.classes is not None for b in batches) else None,
+        )
+
+
+def _map_tensors(obj, fn):
+    kwargs = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        kwargs[f.name] = fn(v) if isinstance(v, Tensor) else v
+    return type(obj)(**kwargs)
