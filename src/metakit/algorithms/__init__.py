@@ -1,5 +1,5 @@
 """Meta-learning algorithms, one module each, behind one protocol (see :mod:`.base`)."""
 
-from .base import Algorithm, Learner, accuracy, available_algorithms, get_algorithm, register
+from .base import Algorithm, BuildContext, Learner, accuracy, available_algorithms, get_algorithm, register
 
-__all__ = ["Algorithm", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register"]
+__all__ = ["Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register"]

@@ -24,21 +24,28 @@ learned learning rates, a relation module...) and exposes:
     Scores ``[B, Q, ways]`` for the queries of every task of a batch. The default calls
     ``adapt`` task by task; metric methods override it with batched code.
 
+Evaluation runs under ``torch.no_grad()``; an ``adapt`` that needs gradients (MAML family)
+enables them itself with ``torch.enable_grad()``.
+
 Algorithms register under a short name with :func:`register` so that configs and the command
-line can build them. The keyword-only arguments of ``__init__`` (with type annotations and
-defaults, documented in the class docstring's ``Args:`` section) are the algorithm's config.
+line can build them. The keyword arguments of ``__init__`` after the model (with type
+annotations and defaults, documented in the class docstring's ``Args:`` section) are the
+algorithm's config. Building from a config goes through two class methods that an algorithm
+may override: :meth:`Algorithm.model_defaults` (default backbone options for the task at hand,
+e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
 
-__all__ = ["Algorithm", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
+__all__ = ["Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
 
 
 @runtime_checkable
@@ -49,6 +56,22 @@ class Learner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What a config builder knows about the data when it builds an algorithm.
+
+    Attributes:
+        ways: classes per training episode (``None`` for regression).
+        example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
+        num_train_classes: classes in the training split (``None`` for task families such as
+            sinusoids); used by non-episodic baselines that pre-train a classifier.
+    """
+
+    ways: int | None
+    example_shape: tuple[int, ...]
+    num_train_classes: int | None = None
+
+
 class Algorithm(nn.Module):
     """Base class; see the module docstring for the protocol."""
 
@@ -56,6 +79,16 @@ class Algorithm(nn.Module):
     name: str = ""
     #: whether the algorithm solves classification episodes (labels + ways) or regression
     task_kind: str = "classification"
+
+    @classmethod
+    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
+        """Backbone options this algorithm needs for the task at hand (user options win)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, model: nn.Module, context: BuildContext, **options: Any) -> "Algorithm":
+        """Build from a backbone and the algorithm's config options."""
+        return cls(model, **options)
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
