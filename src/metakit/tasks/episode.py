@@ -88,9 +88,12 @@ class Episode:
             _check_labels("support_y", self.support_y, self.ways)
             _check_labels("query_y", self.query_y, self.ways)
 
-    def to(self, *args, **kwargs) -> "Episode":
-        """Move every tensor (like :meth:`torch.Tensor.to`)."""
-        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Episode":
+        """Move every tensor to ``device``; cast floating tensors (inputs, regression targets) to ``dtype``.
+
+        Integer labels and class indices keep their dtype.
+        """
+        return _map_tensors(self, lambda t: _move(t, device, dtype))
 
     def unsqueeze(self) -> "EpisodeBatch":
         """This episode as a batch of one task."""
@@ -162,9 +165,12 @@ class EpisodeBatch:
         for i in range(self.num_tasks):
             yield self[i]
 
-    def to(self, *args, **kwargs) -> "EpisodeBatch":
-        """Move every tensor (like :meth:`torch.Tensor.to`)."""
-        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "EpisodeBatch":
+        """Move every tensor to ``device``; cast floating tensors (inputs, regression targets) to ``dtype``.
+
+        Integer labels and class indices keep their dtype.
+        """
+        return _map_tensors(self, lambda t: _move(t, device, dtype))
 
     def split(self, size: int) -> list["EpisodeBatch"]:
         """Chunks of at most ``size`` tasks (for evaluation in batches)."""
@@ -207,6 +213,12 @@ class EpisodeBatch:
             first.ways,
             torch.cat([b.classes for b in batches]) if all(b.classes is not None for b in batches) else None,
         )
+
+
+def _move(t: Tensor, device, dtype) -> Tensor:
+    if dtype is not None and t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device) if device is not None else t
 
 
 def _map_tensors(obj, fn):
