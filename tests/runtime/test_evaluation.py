@@ -1,0 +1,146 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metakit.algorithms import Algorithm, ProtoNet
+from metakit.runtime.evaluation import EvalResult, evaluate, mean_ci95
+from metakit.tasks import EpisodeBatch
+
+
+def test_mean_ci95_hand_computed():
+    # values 0.5, 0.75, 1.0: mean 0.75; sample variance ((-.25)^2 + 0 + .25^2) / (3 - 1) = 0.0625,
+    # std 0.25; ci95 = 1.96 * 0.25 / sqrt(3) = 0.282901...
+    mean, ci = mean_ci95([0.5, 0.75, 1.0])
+    assert mean == pytest.approx(0.75)
+    assert ci == pytest.approx(0.2829016, rel=1e-6)
+    # population std (ddof=0) would give 1.96 * 0.204124 / sqrt(3) = 0.2309878: not what we report
+    assert ci != pytest.approx(0.2309878, rel=1e-3)
+
+
+def test_mean_ci95_two_values_and_constant():
+    mean, ci = mean_ci95(torch.tensor([0.0, 1.0]))  # std = sqrt(0.5)
+    assert (mean, ci) == pytest.approx((0.5, 1.96 * math.sqrt(0.5) / math.sqrt(2)))
+    assert mean_ci95([0.9] * 10) == pytest.approx((0.9, 0.0))
+
+
+def test_mean_ci95_single_value_has_undefined_interval():
+    mean, ci = mean_ci95([0.4])
+    assert mean == pytest.approx(0.4) and math.isnan(ci)
+    r = EvalResult.from_values("accuracy", [0.4])
+    assert r.format() == "40.00 ± n/a %" and r.to_dict()["ci95"] is None
+
+
+def test_mean_ci95_errors():
+    with pytest.raises(ValueError, match="values is empty"):
+        mean_ci95([])
+    with pytest.raises(ValueError, match=r"values\[1\]=nan is not finite"):
+        mean_ci95([0.1, float("nan")])
+
+
+def test_eval_result_format_and_dict():
+    r = EvalResult.from_values("accuracy", [0.5, 0.75, 1.0])
+    assert r.format() == "75.00 ± 28.29 %"
+    assert r.to_dict() == {
+        "metric": "accuracy",
+        "accuracy": pytest.approx(0.75),
+        "ci95": pytest.approx(0.2829016, rel=1e-6),
+        "episodes": 3,
+        "higher_is_better": True,
+    }
+    m = EvalResult.from_values("mse", [0.01, 0.03])
+    assert not m.higher_is_better and m.format() == "0.02 ± 0.0196"
+    with pytest.raises(ValueError, match="metric='acc' must be 'accuracy' or 'mse'"):
+        EvalResult.from_values("acc", [1.0])
+
+
+class _Fixed(Algorithm):
+    """Predicts class 0 for every query; records the mode and grad state it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def predict(self, batch):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        b, q = batch.query_y.shape
+        scores = torch.zeros(b, q, batch.ways)
+        scores[..., 0] = 1.0
+        return scores
+
+
+def _batch(query_y: list[list[int]], ways: int = 2) -> EpisodeBatch:
+    qy = torch.tensor(query_y)
+    b, q = qy.shape
+    return EpisodeBatch(torch.zeros(b, ways, 1), torch.arange(ways).repeat(b, 1), torch.zeros(b, q, 1), qy, ways)
+
+
+def test_evaluate_per_episode_accuracy_over_batches():
+    algo = _Fixed()
+    algo.layer.train(False)  # mixed modes must be restored exactly
+    batches = [_batch([[0, 0, 1, 1], [0, 0, 0, 0]]), _batch([[1, 1, 1, 0]])]
+    r = evaluate(algo, batches)
+    assert r.metric == "accuracy" and r.episodes == 3
+    assert r.per_episode.tolist() == [0.5, 1.0, 0.25]
+    assert r.mean == pytest.approx(1.75 / 3)
+    assert r.ci95 == pytest.approx(mean_ci95([0.5, 1.0, 0.25])[1])
+    assert algo.seen == [(False, False), (False, False)]
+    assert algo.training and not algo.layer.training
+
+
+def test_evaluate_restores_mode_on_error_and_rejects_bad_input():
+    algo = _Fixed()
+    with pytest.raises(TypeError, match=r"episodes\[1\] is a list; evaluate takes an iterable of EpisodeBatch"):
+        evaluate(algo, [_batch([[0]]), [1, 2]])
+    assert algo.training
+    with pytest.raises(ValueError, match="episodes is empty"):
+        evaluate(algo, [])
+    with pytest.raises(TypeError, match="algorithm must be a metakit Algorithm, got Linear"):
+        evaluate(nn.Linear(1, 1), [_batch([[0]])])
+
+
+def test_evaluate_checks_prediction_shape():
+    class Bad(_Fixed):
+        def predict(self, batch):
+            return torch.zeros(batch.num_tasks, 3)
+
+    with pytest.raises(ValueError, match=r"Bad.predict returned shape \(1, 3\); expected scores \[tasks, queries, ways\] = \[1, 2, 2\]"):
+        evaluate(Bad(), [_batch([[0, 1]])])
+
+
+class _Mean(Algorithm):
+    """Regression: predicts the mean support target for every query."""
+
+    task_kind = "regression"
+
+    def predict(self, batch):
+        return batch.support_y.mean(1, keepdim=True).expand_as(batch.query_y)
+
+
+def test_evaluate_regression_reports_mse():
+    sy = torch.tensor([[[1.0], [3.0]], [[0.0], [0.0]]])  # means 2 and 0
+    qy = torch.tensor([[[2.0], [4.0]], [[1.0], [-3.0]]])  # squared errors (0, 4) -> 2 ; (1, 9) -> 5
+    batch = EpisodeBatch(torch.zeros(2, 2, 1), sy, torch.zeros(2, 2, 1), qy)
+    r = evaluate(_Mean(), [batch])
+    assert r.metric == "mse" and not r.higher_is_better
+    assert r.per_episode.tolist() == [2.0, 5.0]
+    assert r.mean == pytest.approx(3.5) and r.ci95 == pytest.approx(1.96 * math.sqrt(4.5) / math.sqrt(2))
+
+    class Both(_Fixed):
+        def predict(self, batch):
+            return torch.zeros_like(batch.query_y) if batch.ways is None else super().predict(batch)
+
+    with pytest.raises(ValueError, match=r"episodes\[1\] is a classification batch but earlier batches were not"):
+        evaluate(Both(), [batch, _batch([[0]])])
+
+
+def test_evaluate_protonet_hand_checked():
+    # identity encoder, prototypes (0,0) and (10,0): query (1,0) -> class 0, (6,0) -> class 1
+    sx = torch.tensor([[[0.0, 0.0], [10.0, 0.0]]])
+    qx = torch.tensor([[[1.0, 0.0], [6.0, 0.0]]])
+    b1 = EpisodeBatch(sx, torch.tensor([[0, 1]]), qx, torch.tensor([[0, 1]]), 2)
+    b2 = EpisodeBatch(sx, torch.tensor([[0, 1]]), qx, torch.tensor([[0, 0]]), 2)
+    r = evaluate(ProtoNet(nn.Identity()), [b1, b2], progress=True, desc="test")
+    assert r.per_episode.tolist() == [1.0, 0.5]
