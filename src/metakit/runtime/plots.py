@@ -1,0 +1,244 @@
+"""Learning curves of a run, from its machine-readable metrics log.
+
+:func:`read_metrics` reads the run's ``metrics.jsonl`` (one JSON object per line, each with an
+integer ``step``) into :class:`Curves`; :func:`plot_learning_curves` draws them into a PNG:
+
+* left panel: training loss against step (the raw logged values, faint, and a moving average);
+* right panel: training accuracy (raw and moving average) and validation accuracy with its 95%
+  confidence interval as a shaded band (``mean ± ci95``, in percent). Regression runs, which
+  have no accuracy, show the validation MSE with its band on the loss panel instead.
+
+The log format written by the trainer is read leniently: a record's metrics may be flat
+(``{"step": 10, "loss": .., "accuracy": ..}`` = training), prefixed (``"train/loss"``,
+``"val/accuracy"``, ``"val_ci95"``...), or tagged with a ``"split"`` / ``"phase"`` field
+(``{"step": 10, "split": "val", "accuracy": .., "ci95": ..}``). A truncated *last* line (a run
+killed while writing) is ignored; any other unreadable line is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Curves", "read_metrics", "plot_learning_curves", "LEARNING_CURVES_PNG"]
+
+#: file name of the learning-curve figure written into the run folder
+LEARNING_CURVES_PNG = "learning_curves.png"
+
+_TRAIN = ("train", "training")
+_VAL = ("val", "valid", "validation")
+_TAGS = ("split", "phase", "kind", "type")
+
+
+@dataclass
+class Series:
+    """Values of one metric against step."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def add(self, step: int, value: float) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass
+class Curves:
+    """The curves of one run (each may be empty)."""
+
+    train_loss: Series = field(default_factory=Series)
+    train_accuracy: Series = field(default_factory=Series)
+    val_accuracy: Series = field(default_factory=Series)
+    val_accuracy_ci95: Series = field(default_factory=Series)
+    val_loss: Series = field(default_factory=Series)
+    val_mse: Series = field(default_factory=Series)
+    val_mse_ci95: Series = field(default_factory=Series)
+
+    def is_empty(self) -> bool:
+        return not any(len(s) for s in vars(self).values())
+
+
+def _flatten(rec: dict[str, Any]) -> dict[str, float]:
+    """``{"train/loss": .., "val/accuracy": ..}`` from any of the accepted record layouts."""
+    tag = next((str(rec[t]).lower() for t in _TAGS if isinstance(rec.get(t), str)), None)
+    prefix = "val" if tag in _VAL else "train"
+    out: dict[str, float] = {}
+    for key, value in rec.items():
+        if key == "step" or key in _TAGS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        k = key.lower()
+        for sep in ("/", "_", "."):
+            head, _, tail = k.partition(sep)
+            if tail and head in _TRAIN + _VAL:
+                k = ("val" if head in _VAL else "train") + "/" + tail
+                break
+        else:
+            k = f"{prefix}/{k}"
+        out[k] = float(value)
+    return out
+
+
+_KEYS = {
+    "train/loss": "train_loss",
+    "train/accuracy": "train_accuracy",
+    "train/acc": "train_accuracy",
+    "val/accuracy": "val_accuracy",
+    "val/acc": "val_accuracy",
+    "val/accuracy_ci95": "val_accuracy_ci95",
+    "val/loss": "val_loss",
+    "val/mse": "val_mse",
+    "val/mse_ci95": "val_mse_ci95",
+}
+
+
+def read_metrics(path: str | os.PathLike) -> Curves:
+    """Read a ``metrics.jsonl`` file (see the module docstring for the accepted layouts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"metrics file {str(path)!r} not found; is this a run folder written by `metakit train`?"
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    curves = Curves()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                break  # the last line of a run killed while writing it
+            raise ValueError(f"{path}:{n} is not valid JSON ({e.msg}); the metrics file is damaged") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise ValueError(f"{path}:{n} has no integer 'step' field: {line[:80]!r}")
+        flat = _flatten(rec)
+        step = rec["step"]
+        for key, value in flat.items():
+            if key == "val/ci95":
+                # the interval of the validation metric of this record
+                key = "val/mse_ci95" if "val/mse" in flat and "val/accuracy" not in flat else "val/accuracy_ci95"
+            name = _KEYS.get(key)
+            if name is not None and math.isfinite(value):
+                getattr(curves, name).add(step, value)
+    return curves
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Centred moving average (the window shrinks at both ends), so the curve does not lag."""
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    half = window // 2
+    n = len(values)
+    out = []
+    for i in range(n):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        out.append((prefix[hi] - prefix[lo]) / (hi - lo))
+    return out
+
+
+def _plot_raw_and_smooth(ax, series: Series, color: str, label: str, scale: float = 1.0) -> None:
+    ys = [v * scale for v in series.values]
+    window = 2 * (len(ys) // 100) + 1
+    if window > 1:
+        ax.plot(series.steps, ys, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(series.steps, _moving_average(ys, window), color=color, linewidth=1.6, label=f"{label} (moving avg of {window})")
+    else:
+        ax.plot(series.steps, ys, color=color, linewidth=1.6, label=label, marker="." if len(ys) < 30 else None)
+
+
+def _plot_band(ax, mean: Series, ci: Series, color: str, label: str, scale: float = 1.0) -> tuple[float, float]:
+    """Plot ``mean`` with a shaded ``± ci`` band; returns the (low, high) extent of the band."""
+    ys = [v * scale for v in mean.values]
+    ax.plot(mean.steps, ys, color=color, linewidth=1.8, marker="o", markersize=3.5, label=label)
+    half = dict(zip(ci.steps, ci.values))
+    pts = [(s, y, half[s] * scale) for s, y in zip(mean.steps, ys) if s in half]
+    if pts:
+        ax.fill_between(
+            [p[0] for p in pts],
+            [p[1] - p[2] for p in pts],
+            [p[1] + p[2] for p in pts],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+            label="95% confidence interval",
+        )
+    lows = ys + [p[1] - p[2] for p in pts]
+    highs = ys + [p[1] + p[2] for p in pts]
+    return min(lows), max(highs)
+
+
+def _mark_best(ax, series: Series, higher_is_better: bool, scale: float, unit: str) -> None:
+    pick = max if higher_is_better else min
+    best = pick(range(len(series)), key=lambda i: series.values[i])
+    x, y = series.steps[best], series.values[best] * scale
+    ax.plot([x], [y], marker="*", markersize=11, color="black", linestyle="none", label=f"best {y:.2f}{unit} @ step {x}")
+
+
+def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = "") -> Path:
+    """Draw ``curves`` into the PNG file ``out`` (folders created); returns its path."""
+    if curves.is_empty():
+        raise ValueError("the metrics log holds no loss or accuracy values yet; train for a few steps first")
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    has_acc = bool(len(curves.train_accuracy) or len(curves.val_accuracy))
+    zoom = len(curves.val_accuracy) > 0
+    panels = 1 + has_acc + zoom
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
+    ax = axes[0][0]
+    if len(curves.train_loss):
+        _plot_raw_and_smooth(ax, curves.train_loss, "tab:blue", "training loss")
+    if len(curves.val_loss):
+        ax.plot(curves.val_loss.steps, curves.val_loss.values, color="tab:orange", marker="o", markersize=3.5, label="validation loss")
+    if len(curves.val_mse):
+        _plot_band(ax, curves.val_mse, curves.val_mse_ci95, "tab:red", "validation MSE")
+        _mark_best(ax, curves.val_mse, False, 1.0, "")
+    ax.set_title("loss")
+    ax.set_ylabel("loss" if not len(curves.val_mse) else "loss / MSE")
+    positive = [v for s in (curves.train_loss, curves.val_loss, curves.val_mse) for v in s.values]
+    if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
+        ax.set_yscale("log")
+    if has_acc:
+        ax = axes[0][1]
+        if len(curves.train_accuracy):
+            _plot_raw_and_smooth(ax, curves.train_accuracy, "tab:blue", "training accuracy", scale=100)
+        if len(curves.val_accuracy):
+            _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", "validation accuracy", scale=100)
+        ax.set_title("accuracy")
+        ax.set_ylabel("accuracy (%)")
+    if zoom:
+        # the validation curve on its own scale: near 100% it is flat on the full-range panel
+        ax = axes[0][2]
+        lo, hi = _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", "validation accuracy", scale=100)
+        _mark_best(ax, curves.val_accuracy, True, 100.0, "%")
+        pad = max(0.05, 0.08 * (hi - lo))
+        ax.set_ylim(lo - pad, min(100.0 + pad, hi + pad))
+        ax.set_title("validation accuracy (mean ± 95% CI)")
+        ax.set_ylabel("accuracy (%)")
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8.5)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,75 @@
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from metakit.runtime.plots import plot_learning_curves, read_metrics
+
+
+def _write(path, records, tail: str = ""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def _synthetic_run(steps: int = 200, every: int = 50) -> list[dict]:
+    recs = []
+    for s in range(1, steps + 1):
+        recs.append({"step": s, "split": "train", "loss": 2.0 * math.exp(-s / 60) + 0.05, "accuracy": 1 - 0.8 * math.exp(-s / 50)})
+        if s % every == 0:
+            recs.append({"step": s, "split": "val", "accuracy": 1 - 0.7 * math.exp(-s / 50), "ci95": 0.01})
+    return recs
+
+
+def test_read_metrics_layouts(tmp_path):
+    path = _write(
+        tmp_path / "m.jsonl",
+        [
+            {"step": 1, "loss": 2.0, "accuracy": 0.25, "lr": 0.001},  # flat = training
+            {"step": 2, "train/loss": 1.5, "train/accuracy": 0.5},
+            {"step": 2, "val/accuracy": 0.6, "val/ci95": 0.02},
+            {"step": 3, "split": "val", "accuracy": 0.7, "ci95": 0.01, "loss": 0.9},
+            {"step": 4, "phase": "validation", "mse": 0.3, "ci95": 0.05},
+            {"step": 5, "train_loss": 1.0, "val_accuracy": 0.8, "val_accuracy_ci95": 0.03},
+        ],
+    )
+    c = read_metrics(path)
+    assert (c.train_loss.steps, c.train_loss.values) == ([1, 2, 5], [2.0, 1.5, 1.0])
+    assert (c.train_accuracy.steps, c.train_accuracy.values) == ([1, 2], [0.25, 0.5])
+    assert (c.val_accuracy.steps, c.val_accuracy.values) == ([2, 3, 5], [0.6, 0.7, 0.8])
+    assert (c.val_accuracy_ci95.steps, c.val_accuracy_ci95.values) == ([2, 3, 5], [0.02, 0.01, 0.03])
+    assert (c.val_loss.steps, c.val_mse.values, c.val_mse_ci95.values) == ([3], [0.3], [0.05])
+
+
+def test_read_metrics_ignores_truncated_last_line_only(tmp_path):
+    c = read_metrics(_write(tmp_path / "m.jsonl", [{"step": 1, "loss": 1.0}], tail='{"step": 2, "lo'))
+    assert c.train_loss.values == [1.0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "loss": 1.0}\nnot json\n{"step": 3, "loss": 0.5}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON .*the metrics file is damaged"):
+        read_metrics(bad)
+    with pytest.raises(ValueError, match=r"m2.jsonl:1 has no integer 'step' field"):
+        read_metrics(_write(tmp_path / "m2.jsonl", [{"loss": 1.0}]))
+    with pytest.raises(FileNotFoundError, match="metrics file .*nope.jsonl' not found; is this a run folder"):
+        read_metrics(tmp_path / "nope.jsonl")
+
+
+def test_plot_writes_png(tmp_path):
+    curves = read_metrics(_write(tmp_path / "m.jsonl", _synthetic_run()))
+    out = plot_learning_curves(curves, tmp_path / "sub" / "curves.png", title="protonet omniglot 5-way 1-shot")
+    assert out == tmp_path / "sub" / "curves.png"
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] > img.size[1] > 300
+    assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]  # no temporary file left
+
+
+def test_plot_regression_run_has_one_panel(tmp_path):
+    recs = [{"step": s, "loss": 1 / s} for s in range(1, 30)] + [{"step": 10, "split": "val", "mse": 0.2, "ci95": 0.02}]
+    out = plot_learning_curves(read_metrics(_write(tmp_path / "m.jsonl", recs)), tmp_path / "c.png")
+    with Image.open(out) as img:
+        assert img.size[0] < 1000  # one panel (6.5 in at 110 dpi)
+
+
+def test_plot_empty_log_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="the metrics log holds no loss or accuracy values yet"):
+        plot_learning_curves(read_metrics(_write(tmp_path / "m.jsonl", [{"step": 1, "lr": 0.1}])), tmp_path / "c.png")
