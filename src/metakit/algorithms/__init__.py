@@ -2,5 +2,10 @@
 
 from .base import Algorithm, BuildContext, Learner, accuracy, available_algorithms, get_algorithm, register
 from .protonet import ProtoNet
+from .siamese import SiameseNet
+from .matching import MatchingNet
+from .relation import RelationNet
+from .nearest import NearestNeighbour
+from .baseline import Baseline
 
 __all__ = ["Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register"]

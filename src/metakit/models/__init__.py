@@ -6,10 +6,11 @@ from torch import nn
 
 from .conv4 import Conv4
 from .mlp import MLP
+from .relation import RelationEncoder, RelationModule
 
-__all__ = ["Conv4", "MLP", "build_model", "available_models"]
+__all__ = ["Conv4", "MLP", "RelationEncoder", "RelationModule", "build_model", "available_models"]
 
-_MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP}
+_MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "relation_encoder": RelationEncoder}
 
 
 def available_models() -> list[str]:
