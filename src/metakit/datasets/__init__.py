@@ -1,5 +1,19 @@
 """Real data on disk -> class-indexed tensors in memory."""
 
 from .base import ClassIndexedDataset
+from .folder import ImageFolder
+from .images import IMAGE_EXTENSIONS, Preprocessing, load_images, preprocess_image
+from .omniglot import Omniglot, download_omniglot, verify_omniglot_archive, vinyals_split
 
-__all__ = ["ClassIndexedDataset"]
+__all__ = [
+    "ClassIndexedDataset",
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "Omniglot",
+    "Preprocessing",
+    "download_omniglot",
+    "load_images",
+    "preprocess_image",
+    "verify_omniglot_archive",
+    "vinyals_split",
+]
