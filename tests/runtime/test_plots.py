@@ -4,7 +4,7 @@ import math
 import pytest
 from PIL import Image
 
-from metakit.runtime.plots import plot_learning_curves, read_metrics
+from metakit.runtime.plots import plot_learning_curves, read_curves
 
 
 def _write(path, records, tail: str = ""):
@@ -21,7 +21,7 @@ def _synthetic_run(steps: int = 200, every: int = 50) -> list[dict]:
     return recs
 
 
-def test_read_metrics_layouts(tmp_path):
+def test_read_curves_layouts(tmp_path):
     path = _write(
         tmp_path / "m.jsonl",
         [
@@ -33,7 +33,7 @@ def test_read_metrics_layouts(tmp_path):
             {"step": 5, "train_loss": 1.0, "val_accuracy": 0.8, "val_accuracy_ci95": 0.03},
         ],
     )
-    c = read_metrics(path)
+    c = read_curves(path)
     assert (c.train_loss.steps, c.train_loss.values) == ([1, 2, 5], [2.0, 1.5, 1.0])
     assert (c.train_accuracy.steps, c.train_accuracy.values) == ([1, 2], [0.25, 0.5])
     assert (c.val_accuracy.steps, c.val_accuracy.values) == ([2, 3, 5], [0.6, 0.7, 0.8])
@@ -41,21 +41,21 @@ def test_read_metrics_layouts(tmp_path):
     assert (c.val_loss.steps, c.val_mse.values, c.val_mse_ci95.values) == ([3], [0.3], [0.05])
 
 
-def test_read_metrics_ignores_truncated_last_line_only(tmp_path):
-    c = read_metrics(_write(tmp_path / "m.jsonl", [{"step": 1, "loss": 1.0}], tail='{"step": 2, "lo'))
+def test_read_curves_ignores_truncated_last_line_only(tmp_path):
+    c = read_curves(_write(tmp_path / "m.jsonl", [{"step": 1, "loss": 1.0}], tail='{"step": 2, "lo'))
     assert c.train_loss.values == [1.0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "loss": 1.0}\nnot json\n{"step": 3, "loss": 0.5}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2 is not valid JSON .*the metrics file is damaged"):
-        read_metrics(bad)
+        read_curves(bad)
     with pytest.raises(ValueError, match=r"m2.jsonl:1 has no integer 'step' field"):
-        read_metrics(_write(tmp_path / "m2.jsonl", [{"loss": 1.0}]))
+        read_curves(_write(tmp_path / "m2.jsonl", [{"loss": 1.0}]))
     with pytest.raises(FileNotFoundError, match="metrics file .*nope.jsonl' not found; is this a run folder"):
-        read_metrics(tmp_path / "nope.jsonl")
+        read_curves(tmp_path / "nope.jsonl")
 
 
 def test_plot_writes_png(tmp_path):
-    curves = read_metrics(_write(tmp_path / "m.jsonl", _synthetic_run()))
+    curves = read_curves(_write(tmp_path / "m.jsonl", _synthetic_run()))
     out = plot_learning_curves(curves, tmp_path / "sub" / "curves.png", title="protonet omniglot 5-way 1-shot")
     assert out == tmp_path / "sub" / "curves.png"
     with Image.open(out) as img:
@@ -65,11 +65,11 @@ def test_plot_writes_png(tmp_path):
 
 def test_plot_regression_run_has_one_panel(tmp_path):
     recs = [{"step": s, "loss": 1 / s} for s in range(1, 30)] + [{"step": 10, "split": "val", "mse": 0.2, "ci95": 0.02}]
-    out = plot_learning_curves(read_metrics(_write(tmp_path / "m.jsonl", recs)), tmp_path / "c.png")
+    out = plot_learning_curves(read_curves(_write(tmp_path / "m.jsonl", recs)), tmp_path / "c.png")
     with Image.open(out) as img:
         assert img.size[0] < 1000  # one panel (6.5 in at 110 dpi)
 
 
 def test_plot_empty_log_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="the metrics log holds no loss or accuracy values yet"):
-        plot_learning_curves(read_metrics(_write(tmp_path / "m.jsonl", [{"step": 1, "lr": 0.1}])), tmp_path / "c.png")
+        plot_learning_curves(read_curves(_write(tmp_path / "m.jsonl", [{"step": 1, "lr": 0.1}])), tmp_path / "c.png")

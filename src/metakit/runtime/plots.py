@@ -1,6 +1,6 @@
 """Learning curves of a run, from its machine-readable metrics log.
 
-:func:`read_metrics` reads the run's ``metrics.jsonl`` (one JSON object per line, each with an
+:func:`read_curves` reads the run's ``metrics.jsonl`` (one JSON object per line, each with an
 integer ``step``) into :class:`Curves`; :func:`plot_learning_curves` draws them into a PNG:
 
 * left panel: training loss against step (the raw logged values, faint, and a moving average);
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Curves", "read_metrics", "plot_learning_curves", "LEARNING_CURVES_PNG"]
+__all__ = ["Curves", "Series", "read_curves", "plot_learning_curves", "plot_run", "LEARNING_CURVES_PNG"]
 
 #: file name of the learning-curve figure written into the run folder
 LEARNING_CURVES_PNG = "learning_curves.png"
@@ -98,7 +98,7 @@ _KEYS = {
 }
 
 
-def read_metrics(path: str | os.PathLike) -> Curves:
+def read_curves(path: str | os.PathLike) -> Curves:
     """Read a ``metrics.jsonl`` file (see the module docstring for the accepted layouts)."""
     path = Path(path)
     if not path.is_file():
@@ -225,7 +225,10 @@ def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = ""
         ax.set_ylim(lo - pad, min(100.0 + pad, hi + pad))
         ax.set_title("validation accuracy (mean ± 95% CI)")
         ax.set_ylabel("accuracy (%)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8.5)
@@ -242,3 +245,25 @@ def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = ""
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Learning curves of a run folder: ``RUN_DIR/metrics.jsonl`` -> ``OUT_DIR/learning_curves.png``.
+
+    ``out_dir`` defaults to the run folder. The title names the algorithm, data and episode
+    sizes from the run's ``config.yaml`` (the folder name if it has none).
+    """
+    from .run import CONFIG_FILE, METRICS_FILE, read_run_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    curves = read_curves(run_dir / METRICS_FILE)
+    title = run_dir.name
+    if (run_dir / CONFIG_FILE).is_file():
+        cfg = read_run_config(run_dir)
+        data = cfg.data.dataset + (f" ({cfg.data.protocol})" if cfg.data.protocol else "")
+        t = cfg.train
+        task = f"{t.ways}-way {t.shots}-shot" if t.ways is not None else f"{t.shots}-shot regression"
+        title = f"{cfg.algorithm.name} on {data}, trained {task}, meta-batch {t.meta_batch}  [{run_dir.name}]"
+    return plot_learning_curves(curves, Path(out_dir or run_dir) / LEARNING_CURVES_PNG, title=title)
