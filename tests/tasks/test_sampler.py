@@ -140,6 +140,37 @@ def test_draws_are_uniform():
     assert torch.allclose(freq, torch.full((60,), 1 / 60, dtype=torch.float64), atol=0.006)
 
 
+def test_many_classes_are_drawn_uniformly():
+    # 40 classes, 5 ways: the candidate (rejection) path of the class choice
+    ds = _tagged([2] * 40)
+    n = 8000
+    batch = EpisodeSampler(ds, ways=5, shots=1, queries=1, seed=0).sample(n)
+    _check_batch(batch.split(50)[0], ds, 50, 5, 1, 1)
+    freq = torch.bincount(batch.classes.flatten(), minlength=40).double() / (n * 5)
+    assert torch.allclose(freq, torch.full((40,), 1 / 40, dtype=torch.float64), atol=0.004)
+    has0 = (batch.classes == 0).nonzero()
+    label_freq = torch.bincount(has0[:, 1], minlength=5).double() / has0.shape[0]
+    assert torch.allclose(label_freq, torch.full((5,), 0.2, dtype=torch.float64), atol=0.04)
+
+
+@pytest.mark.parametrize("draws", [None, 3])
+def test_class_choice_is_an_exact_uniform_ordered_draw(draws):
+    # draws=3 candidates for 3 ways forces many redraws (all distinct only ~59% of the time)
+    g = torch.Generator().manual_seed(1)
+    out = sampler_module._distinct_classes(12, 3, 30000, g, draws=draws)
+    assert out.shape == (30000, 3)
+    assert bool((out.sort(dim=1).values.diff(dim=1) > 0).all()) and 0 <= int(out.min()) and int(out.max()) < 12
+    # every ordered pair (first, second) equally likely: 132 cells of ~227 draws each
+    pairs = torch.bincount(out[:, 0] * 12 + out[:, 1], minlength=144).view(12, 12).double()
+    assert int(pairs.diagonal().sum()) == 0
+    off = pairs[~torch.eye(12, dtype=torch.bool)]
+    expected = 30000 / 132
+    chi2 = float(((off - expected) ** 2 / expected).sum())
+    assert chi2 < 200  # 131 degrees of freedom: mean 131, sd ~16
+    third = torch.bincount(out[:, 2], minlength=12).double() / 30000
+    assert torch.allclose(third, torch.full((12,), 1 / 12, dtype=torch.float64), atol=0.01)
+
+
 def test_floyd_draws_distinct_uniform_values():
     g = torch.Generator().manual_seed(0)
     n = torch.tensor([5, 7, 1000] * 4000)

@@ -5,9 +5,11 @@
 per episode or per image):
 
 1. ``ways`` distinct classes per episode, uniformly among the *eligible* classes (those with
-   at least ``shots + queries`` examples). The chosen classes come out in a uniformly random
-   order; label ``i`` of an episode is its ``i``-th chosen class, so which dataset class gets
-   which label is random. ``EpisodeBatch.classes[b, i]`` is the dataset class of label ``i``.
+   at least ``shots + queries`` examples), by sequential sampling without replacement from
+   iid candidates (or the ``ways`` largest of iid keys when ``ways`` is close to the number of
+   classes). The chosen classes come out in a uniformly random order; label ``i`` of an
+   episode is its ``i``-th chosen class, so which dataset class gets which label is random.
+   ``EpisodeBatch.classes[b, i]`` is the dataset class of label ``i``.
 2. ``shots + queries`` distinct examples of each chosen class, uniformly without replacement;
    the first ``shots`` go to the support set, the others to the query set, so support and
    query never share an example.
@@ -114,6 +116,41 @@ class EpisodeIndices:
         )
 
 
+def _distinct_classes(
+    num: int, ways: int, batch: int, generator: torch.Generator, draws: int | None = None
+) -> Tensor:
+    """``[batch, ways]`` distinct integers in ``[0, num)`` per row, a uniformly random ordered draw.
+
+    Small ``num / ways``: the ``ways`` largest of ``num`` iid uniform keys (``topk`` returns them
+    sorted by key, i.e. in uniformly random order). Large ``num / ways`` (``num >= 4 * ways``):
+    ``2 * ways + 8`` iid uniform candidates per row, keeping the first ``ways`` distinct ones in
+    order of appearance, which is sequential sampling without replacement; a row with fewer
+    distinct candidates is redrawn. The redraw is exact: whether a row has enough distinct
+    values does not depend on which values they are (the event is invariant under relabelling),
+    so accepted rows stay uniform. This costs O(ways) per row instead of O(num). (``draws``
+    overrides the number of candidates, for tests.)
+    """
+    if num < 4 * ways:
+        return torch.rand(batch, num, generator=generator).topk(ways, dim=1, sorted=True).indices
+    draws = 2 * ways + 8 if draws is None else draws
+    out = torch.empty(batch, ways, dtype=torch.int64)
+    rows = torch.arange(batch)
+    while rows.numel():
+        cand = torch.randint(0, num, (rows.numel(), draws), generator=generator)
+        ordered, order = cand.sort(dim=1, stable=True)  # equal values keep their draw order
+        first_sorted = torch.ones_like(cand, dtype=torch.bool)
+        first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        first = torch.empty_like(first_sorted).scatter_(1, order, first_sorted)  # first occurrences
+        keep = first & (first.cumsum(dim=1) <= ways)
+        ok = keep.sum(dim=1) == ways
+        if bool(ok.all()):
+            out[rows] = cand[keep].view(-1, ways)
+            break
+        out[rows[ok]] = cand[ok][keep[ok]].view(-1, ways)
+        rows = rows[~ok]
+    return out
+
+
 def _distinct_floyd(n: Tensor, m: int, generator: torch.Generator) -> Tensor:
     """``[R, m]`` distinct integers in ``[0, n[r])`` per row, in uniformly random order.
 
@@ -216,19 +253,18 @@ class EpisodeSampler:
         g = self._generator
         ways, per_class = self.ways, self.shots + self.queries
         num_eligible = self._counts.numel()
-        # 1. `ways` distinct classes per episode, in random order: the `ways` largest of iid
-        #    uniform keys (topk returns them sorted by key, i.e. in a uniformly random order).
-        keys = torch.rand(b, num_eligible, generator=g)
-        chosen = keys.topk(ways, dim=1, sorted=True).indices  # [B, ways] positions in eligible
-        counts = self._counts[chosen]  # [B, ways]
-        # 2. `shots + queries` distinct examples per chosen class.
+        # 1. `ways` distinct classes per episode, in uniformly random order (label i = i-th).
+        chosen = _distinct_classes(num_eligible, ways, b, g)  # [B, ways] positions in eligible
+        # 2. `shots + queries` distinct examples per chosen class, in random order.
         if self._max_count <= _DENSE_EXAMPLES_LIMIT:
             ex_keys = torch.rand(b, ways, self._max_count, generator=g)
             if not self._equal_counts:  # examples past a class's count sort last
+                counts = self._counts[chosen]
                 ex_keys.masked_fill_(torch.arange(self._max_count) >= counts.unsqueeze(-1), 2.0)
             local = ex_keys.argsort(dim=2)[:, :, :per_class]
         else:
-            local = _distinct_floyd(counts.reshape(-1), per_class, g).view(b, ways, per_class)
+            counts = self._counts[chosen].reshape(-1)
+            local = _distinct_floyd(counts, per_class, g).view(b, ways, per_class)
         index = self._starts[chosen].unsqueeze(-1) + local  # [B, ways, shots + queries]
         support = index[:, :, : self.shots].reshape(b, ways * self.shots)
         query = index[:, :, self.shots :].reshape(b, ways * self.queries)
