@@ -463,29 +463,28 @@ class Omniglot(ClassIndexedDataset):
             data, names = images, list(characters)
         else:
             wanted = _split_characters(split)
-            pieces = []
+            groups, index = [], {}  # archive characters stacked; (archive, character) -> row
             for archive in ARCHIVES:
                 if not any(a == archive for a, _ in wanted):
                     continue
                 images, characters, _ = archive_data(archive)
-                pos = {c: i for i, c in enumerate(characters)}
-                missing = [c for a, c in wanted if a == archive and c not in pos]
+                start = sum(g.shape[0] for g in groups)
+                index.update({(archive, c): start + i for i, c in enumerate(characters)})
+                missing = [c for a, c in wanted if a == archive and (a, c) not in index]
                 if missing:
                     raise ValueError(
                         f"the {_zip_name(archive)} in {root} lacks {len(missing)} characters of the vinyals "
                         f"split (e.g. {missing[0]}); it is not the official archive"
                     )
-                pieces.append((archive, images.view(-1, per, *images.shape[1:]), pos))
-            # gather the split's characters, in published order, as [chars, 20, 1, S, S]
-            chars = []
-            for a, c in wanted:
-                for archive, grouped, pos in pieces:
-                    if archive == a:
-                        chars.append(grouped[pos[c]])
-            base = torch.stack(chars)
+                groups.append(images.view(-1, per, *images.shape[1:]))
+            rows = torch.tensor([index[a, c] for a, c in wanted], dtype=torch.int64)
+            grouped = groups[0] if len(groups) == 1 else torch.cat(groups)
+            base = grouped.index_select(0, rows)  # [chars, 20, 1, S, S] in published order
             # [chars, 4 rotations, 20, 1, S, S]; rot90 with dims (H, W) turns counter-clockwise
-            rotated = torch.stack([torch.rot90(base, d // 90, dims=(-2, -1)) for d in _ROTATIONS], dim=1)
-            data = rotated.reshape(-1, 1, image_size, image_size)
+            rotated = torch.empty(base.shape[0], len(_ROTATIONS), *base.shape[1:], dtype=base.dtype)
+            for k, d in enumerate(_ROTATIONS):
+                rotated[:, k] = torch.rot90(base, d // 90, dims=(-2, -1))
+            data = rotated.view(-1, 1, image_size, image_size)
             names = [f"{c}/rot{d:03d}" for _, c in wanted for d in _ROTATIONS]
             meta["rotation"] = "counter-clockwise by DDD degrees (torch.rot90 after resizing), as PIL Image.rotate(DDD)"
         meta["archives"] = {_zip_name(a): v[2] for a, v in loaded.items()}
