@@ -1,0 +1,302 @@
+"""Run folders: their layout, and loading a trained run back for evaluation and prediction.
+
+A run folder (``metakit train ... --out RUN_DIR``; default ``runs/<config-name>-<timestamp>``)::
+
+    RUN_DIR/
+      config.yaml                 the effective, fully resolved config (what load_run rebuilds from)
+      metrics.jsonl               one JSON object per log line (see metakit.runtime.logging)
+      tb/                         TensorBoard event files (tensorboard --logdir RUN_DIR/tb)
+      checkpoints/
+        step-00001000.safetensors the last run.keep_last step checkpoints (full training state)
+        best.safetensors          the weights with the best validation metric
+      summary.json                status, steps, best validation result, wall time, speed
+
+:func:`load_run` rebuilds the algorithm from ``config.yaml``, loads the weights of the best (or
+last, or a given) checkpoint, and returns a :class:`LoadedRun` that also builds evaluation
+episodes for any split, ways, shots and queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..algorithms import Algorithm, BuildContext
+from ..datasets.base import ClassIndexedDataset
+from .checkpoint import CheckpointError, CheckpointManager, atomic_write_bytes, load_checkpoint
+from .config import Config, ConfigError, load_config
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "CHECKPOINT_DIR",
+    "TB_DIR",
+    "RESUMABLE_KEYS",
+    "LoadedRun",
+    "load_run",
+    "read_run_config",
+    "default_run_dir",
+    "checkpoint_manager",
+    "check_resume_changes",
+    "write_summary",
+    "read_summary",
+]
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+TB_DIR = "tb"
+
+#: config keys that may change when a run is resumed (the others would make the resumed run a
+#: different experiment). ``optim.grad_clip`` changes the parameters from then on (a way out of
+#: a non-finite loss); the others change only the length of the run and its bookkeeping.
+RESUMABLE_KEYS = (
+    "train.steps",
+    "eval.val_every",
+    "optim.grad_clip",
+    "run.checkpoint_every",
+    "run.keep_last",
+    "run.log_every",
+    "run.num_threads",
+    "run.progress",
+)
+
+
+def default_run_dir(config_path: str | os.PathLike[str] | None, root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/<config-name>-<YYYYmmdd-HHMMSS>`` (a numeric suffix avoids an existing folder)."""
+    stem = Path(config_path).stem if config_path else "run"
+    base = Path(root) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def read_run_config(run_dir: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
+    """The config of a run folder (``RUN_DIR/config.yaml``)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} has no {CONFIG_FILE}; is it a metakit run folder (made by `metakit train`)?"
+        )
+    return load_config(path, list(overrides))
+
+
+def checkpoint_manager(run_dir: str | os.PathLike[str], config: Config) -> CheckpointManager:
+    return CheckpointManager(Path(run_dir) / CHECKPOINT_DIR, keep_last=config.run.keep_last)
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, body in d.items() for k, v in body.items()}
+
+
+def check_resume_changes(saved: Config, new: Config) -> None:
+    """Raise :class:`ConfigError` if ``new`` changes a key a resumed run may not change."""
+    a, b = _flat(saved.to_dict()), _flat(new.to_dict())
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+    if changed:
+        shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:5])
+        raise ConfigError(
+            f"cannot change {shown} when resuming: a resumed run must be the same experiment. "
+            f"Keys that may change on resume: {', '.join(RESUMABLE_KEYS)}; start a new run for other changes"
+        )
+    if new.optim.schedule == "cosine" and new.train.steps != saved.train.steps:
+        raise ConfigError(
+            f"cannot change train.steps ({saved.train.steps} -> {new.train.steps}) when resuming a run with "
+            "optim.schedule=cosine: the schedule's length is train.steps; start a new run instead"
+        )
+
+
+def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> Path:
+    path = Path(run_dir) / SUMMARY_FILE
+    atomic_write_bytes(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    path = Path(run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready for evaluation and prediction.
+
+    Attributes:
+        run_dir: the run folder.
+        config: its effective config.
+        algorithm: the algorithm with the checkpoint's weights, in ``eval()`` mode.
+        checkpoint: the checkpoint file the weights come from.
+        kind: ``"best"`` or ``"step"``.
+        step: the training step of the checkpoint.
+        context: the :class:`~metakit.algorithms.BuildContext` the model was built with.
+        val: the validation record of a best checkpoint (``metric``, its mean, ``ci95``...), else ``None``.
+        data_meta: ``meta`` of the training dataset (e.g. ``preprocessing``: the arguments of
+            :func:`metakit.datasets.preprocess_image` the model was trained with); ``{}`` for sinusoid.
+    """
+
+    run_dir: Path
+    config: Config
+    algorithm: Algorithm
+    checkpoint: Path
+    kind: str
+    step: int
+    context: BuildContext
+    val: dict[str, Any] | None = None
+    data_meta: dict[str, Any] = field(default_factory=dict)
+    _datasets: dict[str, ClassIndexedDataset | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        """Arguments of :func:`metakit.datasets.preprocess_image` used in training (``None`` if not images)."""
+        prep = self.data_meta.get("preprocessing")
+        return dict(prep) if isinstance(prep, dict) else None
+
+    def split_name(self, split: str | None = None) -> str:
+        """The dataset split name of ``split`` (default: the config's test split)."""
+        from .builders import _split_name
+
+        return _split_name(self.config, split or "test")
+
+    def dataset(self, split: str | None = None, *, progress: bool = False) -> ClassIndexedDataset | None:
+        """The dataset of ``split`` (``train``/``val``/``test`` or a split name; default test), cached.
+
+        ``None`` for sinusoid tasks.
+        """
+        from .builders import build_dataset
+
+        split = split or "test"
+        if split not in self._datasets:
+            self._datasets[split] = build_dataset(self.config, split, progress=progress)
+        return self._datasets[split]
+
+    def episodes(
+        self,
+        split: str | None = None,
+        *,
+        ways: int | None = None,
+        shots: int | None = None,
+        queries: int | None = None,
+        episodes: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 50,
+    ) -> Iterable[Any]:
+        """Fixed, seeded evaluation episodes (iterable of ``EpisodeBatch``) of ``split`` (default test).
+
+        ``ways``/``shots``/``queries`` default to the config's ``eval`` section, ``episodes`` to
+        ``eval.test_episodes`` (``eval.val_episodes`` for ``split="val"``), ``seed`` to ``eval.seed``.
+        Other ways or shots than in training are allowed (e.g. train 20-way, test 5-way) when the
+        algorithm supports them.
+        """
+        from .builders import build_episodes
+
+        split = split or "test"
+        return build_episodes(
+            self.config,
+            split,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            episodes=episodes,
+            seed=seed,
+            batch_size=batch_size,
+            dataset=self.dataset(split),
+        )
+
+
+def _context_from(state: dict[str, Any], path: Path) -> BuildContext:
+    ctx = state.get("context")
+    if not isinstance(ctx, dict):
+        raise CheckpointError(path, "it holds no build context (not written by the metakit trainer)")
+    return BuildContext(
+        ways=ctx.get("ways"),
+        example_shape=tuple(ctx.get("example_shape") or ()),
+        num_train_classes=ctx.get("num_train_classes"),
+    )
+
+
+def load_run(
+    run_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] = "best",
+    *,
+    map_location: str | torch.device = "cpu",
+) -> LoadedRun:
+    """Rebuild a trained run from its folder.
+
+    Args:
+        run_dir: a folder written by ``metakit train``.
+        checkpoint: ``"best"`` (best validation metric; the last checkpoint when the run does
+            not validate), ``"last"`` (newest readable step checkpoint; unreadable newer ones
+            are reported on stderr and skipped) or the path of a checkpoint file.
+        map_location: device of the loaded algorithm.
+
+    Raises:
+        FileNotFoundError: no such run folder, config or checkpoint.
+        CheckpointError: the chosen checkpoint is truncated or corrupt (named in the message).
+    """
+    from .builders import build_algorithm
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    mgr = checkpoint_manager(run_dir, config)
+    choice = str(checkpoint)
+    if choice == "best" and not config.validates and not mgr.best_path.exists():
+        choice = "last"  # a run without validation has no best checkpoint; its result is its last
+    if choice == "best":
+        path = mgr.best_path
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{str(run_dir)!r} has no best checkpoint yet ({path.name}: written at the first validation); "
+                "use checkpoint='last' (--checkpoint last) for the newest step checkpoint"
+            )
+        state = load_checkpoint(path)
+    elif choice == "last":
+        found = mgr.load_latest()
+        if found is None:
+            raise FileNotFoundError(f"{str(run_dir)!r} has no readable checkpoint in {mgr.folder}")
+        state, path = found
+    else:
+        path = Path(checkpoint)
+        state = load_checkpoint(path)
+    context = _context_from(state, path)
+    if "model" not in state or not isinstance(state["model"], dict):
+        raise CheckpointError(path, "it holds no model weights")
+    with torch.random.fork_rng(devices=[]):  # building initialises weights; leave the caller's RNG alone
+        algorithm = build_algorithm(config, context)
+    try:
+        algorithm.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"the weights in {str(path)!r} do not fit the model built from {run_dir / CONFIG_FILE}: {e}. "
+            "Was config.yaml edited after training?"
+        ) from None
+    algorithm.to(map_location)
+    algorithm.eval()
+    return LoadedRun(
+        run_dir=run_dir,
+        config=config,
+        algorithm=algorithm,
+        checkpoint=path,
+        kind=str(state.get("kind", "step")),
+        step=int(state.get("step", 0)),
+        context=context,
+        val=state.get("val"),
+        data_meta=dict(state.get("data_meta") or {}),
+    )
+
+
+def _warn(msg: str) -> None:
+    print(f"metakit: warning: {msg}", file=sys.stderr, flush=True)

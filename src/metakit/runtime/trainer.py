@@ -1,0 +1,590 @@
+"""The generic meta-training loop.
+
+One loop for every algorithm; it never looks at which algorithm it runs::
+
+    for step in 1 .. train.steps:
+        batch   = sampler.sample(train.meta_batch)        # an EpisodeBatch
+        optimizer.zero_grad()
+        metrics = algorithm.meta_backward(batch)          # leaves the meta-gradient in p.grad
+        stop if a metric or the gradient norm is NaN/inf  # before the parameters are touched
+        clip the gradient norm (optim.grad_clip)          # optional
+        optimizer.step(); scheduler.step()
+        every run.log_every steps:        log the means of the metrics since the last log line
+        every eval.val_every steps (and at the end): evaluate on the fixed validation episodes,
+                                          keep the best checkpoint (by the metric's direction)
+        every run.checkpoint_every steps (and at the end, and on Ctrl-C): write a checkpoint
+
+``meta_backward`` is the algorithm's whole say in the update: gradient methods back-propagate
+a loss (the default), MAML back-propagates task by task, Reptile writes its update direction
+into ``.grad``. Any ``torch.optim`` optimizer then applies it.
+
+Resuming: a step checkpoint holds the model, optimizer, schedule, step, the Python / NumPy /
+torch RNG states, the sampler's state, the best validation result and the partial log
+averages. A run resumed from it (in the same deterministic mode and thread count) replays
+exactly the steps an uninterrupted run takes: the final parameters are bitwise equal.
+
+Failures: a non-finite loss (any metric) or gradient norm raises :class:`NonFiniteLossError`
+naming the step and the metric, before the optimizer step, so the checkpoints on disk -- all
+written after finite steps -- stay good. ``SIGINT`` (Ctrl-C) and ``SIGTERM`` finish the current
+step, write a checkpoint and return with ``interrupted=True``; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TextIO
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..algorithms import Algorithm, BuildContext
+from .builders import build_optimizer, build_scheduler, lr_of, trainable_parameters
+from .checkpoint import CheckpointManager
+from .config import Config, RunConfig
+from .logging import MetricsLogger
+from .run import CHECKPOINT_DIR, CONFIG_FILE, write_summary
+
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "train", "torch_settings", "seed_everything"]
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A training metric or the gradient norm became NaN or infinite.
+
+    Attributes:
+        step: the step at which it happened (its update was not applied).
+        metric: the metric's name (``"loss"``, ``"grad_norm"``...).
+        value: its value.
+        checkpoint: the newest checkpoint on disk (all written before this step), or ``None``.
+    """
+
+    def __init__(self, step: int, metric: str, value: float, checkpoint: Path | None, run_dir: Path) -> None:
+        self.step, self.metric, self.value, self.checkpoint = step, metric, value, checkpoint
+        where = (
+            f"the last good checkpoint is {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint was written before it"
+        )
+        super().__init__(
+            f"step {step}: {metric} is {value} (not finite); training stopped before applying this update, "
+            f"{where}. Lower optim.lr or set optim.grad_clip in a new run, or resume with gradient clipping: "
+            f"metakit train --resume {run_dir} optim.grad_clip=1.0"
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a training run ended with.
+
+    Attributes:
+        run_dir: the run folder.
+        step: the last completed step.
+        steps: the target number of steps (``train.steps``).
+        status: ``"finished"``, ``"interrupted"`` (Ctrl-C / SIGTERM; resumable) or ``"failed"``.
+        best: the best validation record (``step``, ``metric``, its mean under its name,
+            ``ci95``, ``episodes``, ``higher_is_better``), or ``None`` without validation.
+        last_val: the latest validation record, or ``None``.
+        checkpoint: the newest step checkpoint written, or ``None``.
+        best_checkpoint: the best checkpoint file, or ``None``.
+        elapsed: training wall time in seconds (over all resumes).
+        steps_per_s: mean speed of this session's training steps (validation excluded).
+    """
+
+    run_dir: Path
+    step: int
+    steps: int
+    status: str
+    best: dict[str, Any] | None = None
+    last_val: dict[str, Any] | None = None
+    checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    elapsed: float = 0.0
+    steps_per_s: float | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "interrupted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "step": self.step,
+            "steps": self.steps,
+            "best": self.best,
+            "last_val": self.last_val,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "elapsed": round(self.elapsed, 3),
+            "steps_per_s": self.steps_per_s,
+        }
+
+
+# -- global torch settings and RNG -----------------------------------------------------------------
+@contextlib.contextmanager
+def torch_settings(run: RunConfig) -> Iterator[None]:
+    """Apply ``run.num_threads`` and ``run.deterministic`` for the duration of a run, then restore."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if run.num_threads:
+            torch.set_num_threads(run.num_threads)
+        if run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch's default generator."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+class _StopRequests:
+    """SIGINT/SIGTERM set a flag checked between steps; a second SIGINT aborts immediately."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stop = False
+        self.signal_name = ""
+        self._stream = stream
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+        self.signal_name = signal.Signals(signum).name
+        print(
+            f"\nmetakit: {self.signal_name} received: stopping after this step and writing a checkpoint "
+            "(Ctrl-C again to abort without one)",
+            file=self._stream,
+            flush=True,
+        )
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+
+
+# -- the trainer -----------------------------------------------------------------------------------
+class Trainer:
+    """Meta-trains ``algorithm`` on episodes from ``sampler`` (see the module docstring).
+
+    Args:
+        config: the run's (resolved) config; ``train``, ``eval``, ``optim`` and ``run`` are used.
+        run_dir: the run folder (checkpoints, metrics and TensorBoard events go there).
+        algorithm: any registered :class:`~metakit.algorithms.Algorithm`.
+        sampler: the task source: ``sample(meta_batch) -> EpisodeBatch``, ``state_dict()`` and
+            ``load_state_dict()``.
+        val_episodes: fixed validation episodes (iterable of ``EpisodeBatch``, iterated once per
+            validation), or ``None`` to not validate.
+        context: the :class:`BuildContext` the model was built with (stored in checkpoints so that
+            :func:`~metakit.runtime.load_run` can rebuild it).
+        data_meta: plain metadata of the training data stored in checkpoints (e.g. the image
+            preprocessing).
+        evaluate: the evaluation function (default :func:`metakit.runtime.evaluation.evaluate`).
+        stream: where the progress bar and messages go (default stderr).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | os.PathLike[str],
+        algorithm: Algorithm,
+        sampler: Any,
+        val_episodes: Iterable[Any] | None = None,
+        *,
+        context: BuildContext | None = None,
+        data_meta: dict[str, Any] | None = None,
+        evaluate: Callable[..., Any] | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"algorithm must be a metakit Algorithm, got {type(algorithm).__name__}")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.algorithm = algorithm
+        self.sampler = sampler
+        self.val_episodes = val_episodes if config.validates else None
+        self.context = context or BuildContext(ways=config.train.ways, example_shape=())
+        self.data_meta = _plain_meta(data_meta or {})
+        if evaluate is None:
+            from .evaluation import evaluate as evaluate_fn
+
+            evaluate = evaluate_fn
+        self._evaluate = evaluate
+        self.stream = stream or sys.stderr
+        self.params = trainable_parameters(algorithm)
+        self.optimizer = build_optimizer(config.optim, self.params)
+        self.scheduler = build_scheduler(config.optim, self.optimizer, config.train.steps)
+        self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINT_DIR, keep_last=config.run.keep_last)
+        # state that checkpoints carry besides the model/optimizer/schedule/sampler/RNG
+        self.step = 0
+        self.best: dict[str, Any] | None = None
+        self.last_val: dict[str, Any] | None = None
+        self.elapsed = 0.0
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._interval_time = 0.0
+        self._last_checkpoint: Path | None = None
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def _common_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.config.to_yaml(),
+            "context": {
+                "ways": self.context.ways,
+                "example_shape": list(self.context.example_shape),
+                "num_train_classes": self.context.num_train_classes,
+            },
+            "data_meta": self.data_meta,
+            "algorithm": self.config.algorithm.name,
+            "versions": {"metakit": _version(), "torch": torch.__version__},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state (what a step checkpoint holds)."""
+        return {
+            "kind": "step",
+            **self._common_state(),
+            "model": self.algorithm.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "sampler": self.sampler.state_dict(),
+            "rng": _rng_state(),
+            "trainer": {
+                "best": self.best,
+                "last_val": self.last_val,
+                "elapsed": self.elapsed,
+                "sums": dict(self._sums),
+                "count": self._count,
+                "interval_time": self._interval_time,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimizer, schedule, sampler, RNG, counters)."""
+        self.algorithm.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            if state.get("scheduler") is None:
+                raise ValueError("the checkpoint has no schedule state but optim.schedule is set")
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        t = state["trainer"]
+        self.best, self.last_val = t["best"], t["last_val"]
+        self.elapsed = float(t["elapsed"])
+        self._sums = {k: float(v) for k, v in t["sums"].items()}
+        self._count = int(t["count"])
+        self._interval_time = float(t["interval_time"])
+        self.step = int(state["step"])
+        _set_rng_state(state["rng"])
+
+    @staticmethod
+    def _accept(state: dict[str, Any]) -> None:
+        """Reject a readable file that is not a full step checkpoint of the trainer."""
+        missing = [k for k in ("model", "optimizer", "sampler", "rng", "trainer", "step") if k not in state]
+        if state.get("kind") != "step" or missing:
+            raise ValueError(f"not a step checkpoint of the metakit trainer (kind={state.get('kind')!r}, missing {missing})")
+
+    def _save(self) -> Path:
+        path = self.checkpoints.save(self.step, self.state_dict())
+        self._last_checkpoint = path
+        return path
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``train.steps`` (continuing from the newest readable checkpoint if ``resume``)."""
+        cfg = self.config
+        total = cfg.train.steps
+        resume_step: int | None = None
+        self.checkpoints.remove_temporary()
+        if resume:
+            found = self.checkpoints.load_latest(stream=self.stream, accept=self._accept)
+            if found is None:
+                if self.checkpoints.steps():
+                    print("metakit: warning: no readable checkpoint; starting from step 0", file=self.stream)
+                resume_step = 0
+            else:
+                state, path = found
+                self.load_state_dict(state)
+                self._last_checkpoint = path
+                resume_step = self.step
+                print(f"metakit: resuming {self.run_dir} from {path.name} (step {self.step})", file=self.stream)
+        logger = MetricsLogger(self.run_dir, resume_step=resume_step)
+        bar = tqdm(
+            total=total,
+            initial=min(self.step, total),
+            disable=not cfg.run.progress,
+            unit="step",
+            dynamic_ncols=True,
+            file=self.stream,
+            desc="train",
+        )
+        status = "finished"
+        session_steps, session_time = 0, 0.0
+        elapsed0, t_session = self.elapsed, time.perf_counter()
+        ema_eps: float | None = None
+        try:
+            with torch_settings(cfg.run), _StopRequests(self.stream) as stop:
+                self.algorithm.train()
+                while self.step < total:
+                    step = self.step + 1
+                    t0 = time.perf_counter()
+                    metrics = self._train_step(step)
+                    dt = time.perf_counter() - t0
+                    self.step = step
+                    self.elapsed = elapsed0 + time.perf_counter() - t_session
+                    self._interval_time += dt
+                    session_steps += 1
+                    session_time += dt
+                    for k, v in metrics.items():
+                        self._sums[k] = self._sums.get(k, 0.0) + v
+                    self._count += 1
+                    eps = cfg.train.meta_batch / max(dt, 1e-9)
+                    ema_eps = eps if ema_eps is None else 0.9 * ema_eps + 0.1 * eps
+                    bar.set_postfix(_postfix(self._sums, self._count, ema_eps), refresh=False)
+                    bar.update(1)
+                    if step % cfg.run.log_every == 0 or step == total:
+                        self._log_train(logger, step)
+                    if self.val_episodes is not None and (
+                        (cfg.eval.val_every and step % cfg.eval.val_every == 0) or step == total
+                    ):
+                        self._validate(logger, bar, step)
+                        self.elapsed = elapsed0 + time.perf_counter() - t_session
+                    if step % cfg.run.checkpoint_every == 0 or step == total or stop.stop:
+                        self._save()
+                        logger.flush()
+                    if stop.stop:
+                        status = "interrupted"
+                        bar.write(
+                            f"metakit: stopped at step {step}; checkpoint {self._last_checkpoint}. "
+                            f"Continue with: metakit train --resume {self.run_dir}",
+                            file=self.stream,
+                        )
+                        break
+        except BaseException as e:
+            # NaN/inf, an error of the algorithm, or a second Ctrl-C: the checkpoints on disk stay as they are
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            error = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
+            self._finish(logger, bar, status, session_steps, session_time, error=error)
+            raise
+        return self._finish(logger, bar, status, session_steps, session_time)
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = self.sampler.sample(self.config.train.meta_batch)
+        raw = self.algorithm.meta_backward(batch)
+        if not isinstance(raw, dict):
+            raise TypeError(
+                f"{type(self.algorithm).__name__}.meta_backward returned {type(raw).__name__}; it must return "
+                "a dict of metric floats (at least 'loss')"
+            )
+        metrics = {str(k): float(v) for k, v in raw.items()}
+        for k, v in metrics.items():
+            if not math.isfinite(v):
+                raise NonFiniteLossError(step, k, v, self._last_checkpoint, self.run_dir)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            norm = float(torch.nn.utils.get_total_norm(grads))
+            if not math.isfinite(norm):
+                raise NonFiniteLossError(step, "grad_norm", norm, self._last_checkpoint, self.run_dir)
+            metrics["grad_norm"] = norm
+            clip = self.config.optim.grad_clip
+            if clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(self.params, clip, torch.tensor(norm))
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return metrics
+
+    def _log_train(self, logger: MetricsLogger, step: int) -> None:
+        if not self._count:
+            return
+        rec = {k: v / self._count for k, v in self._sums.items()}
+        rec["lr"] = lr_of(self.optimizer)
+        if self._interval_time > 0:
+            rec["episodes_per_s"] = self._count * self.config.train.meta_batch / self._interval_time
+        logger.log(step, "train", rec, elapsed=self.elapsed)
+        self._sums, self._count, self._interval_time = {}, 0, 0.0
+
+    def _validate(self, logger: MetricsLogger, bar: Any, step: int) -> None:
+        result = self._evaluate(self.algorithm, self.val_episodes)
+        self.algorithm.train()
+        rec = {"step": step, **result.to_dict()}
+        better = self.best is None or (
+            result.mean > self.best[result.metric] if result.higher_is_better else result.mean < self.best[result.metric]
+        )
+        rec["is_best"] = bool(better)
+        self.last_val = rec
+        logger.log(step, "val", {k: v for k, v in rec.items() if k != "step"}, elapsed=self.elapsed)
+        if better:
+            self.best = rec
+            self.checkpoints.save_best(
+                {"kind": "best", **self._common_state(), "model": self.algorithm.state_dict(), "val": rec}
+            )
+        if self.config.run.progress:
+            mark = " (best)" if better else ""
+            bar.write(f"step {step}: val {result}{mark}", file=self.stream)
+
+    def _finish(
+        self,
+        logger: MetricsLogger,
+        bar: Any,
+        status: str,
+        session_steps: int,
+        session_time: float,
+        error: str | None = None,
+    ) -> TrainResult:
+        bar.close()
+        logger.close()
+        result = TrainResult(
+            run_dir=self.run_dir,
+            step=self.step,
+            steps=self.config.train.steps,
+            status=status,
+            best=self.best,
+            last_val=self.last_val,
+            checkpoint=self._last_checkpoint,
+            best_checkpoint=self.checkpoints.best_path if self.checkpoints.best_path.exists() else None,
+            elapsed=self.elapsed,
+            steps_per_s=(session_steps / session_time) if session_time > 0 else None,
+        )
+        summary = result.to_dict()
+        summary["algorithm"] = self.config.algorithm.name
+        summary["dataset"] = self.config.data.dataset
+        summary["episodes_per_s"] = (
+            result.steps_per_s * self.config.train.meta_batch if result.steps_per_s is not None else None
+        )
+        if error:
+            summary["error"] = error
+        write_summary(self.run_dir, summary)
+        return result
+
+
+def _postfix(sums: dict[str, float], count: int, eps: float | None) -> dict[str, str]:
+    out = {}
+    if count:
+        if "loss" in sums:
+            out["loss"] = f"{sums['loss'] / count:.4g}"
+        if "accuracy" in sums:
+            out["acc"] = f"{100 * sums['accuracy'] / count:.1f}%"
+    if eps is not None:
+        out["ep/s"] = f"{eps:.1f}"
+    return out
+
+
+def _plain_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata reduced to JSON-able values (what checkpoints may hold)."""
+    import json
+
+    return json.loads(json.dumps(meta, default=str))
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+# -- from a config ---------------------------------------------------------------------------------
+def train(
+    config: Config,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    stream: TextIO | None = None,
+) -> TrainResult:
+    """Build everything from ``config`` and train in ``run_dir``.
+
+    A new run (``resume=False``) needs a folder without a ``config.yaml``; it writes the
+    resolved config there first. ``resume=True`` continues the run in ``run_dir`` (whose
+    ``config.yaml`` must match ``config`` except for :data:`~metakit.runtime.run.RESUMABLE_KEYS`).
+    """
+    from .builders import build_algorithm, build_context, build_dataset, build_episodes, build_sampler, resolve_config
+    from .run import check_resume_changes, read_run_config
+
+    run_dir = Path(run_dir)
+    stream = stream or sys.stderr
+    config_path = run_dir / CONFIG_FILE
+    if not resume and config_path.exists():
+        raise FileExistsError(
+            f"{str(run_dir)!r} already holds a run ({CONFIG_FILE}); continue it with --resume {run_dir} "
+            "or choose another --out folder"
+        )
+    with torch_settings(config.run):
+        seed_everything(config.run.seed)
+        train_set = build_dataset(config, "train", progress=config.run.progress)
+        sampler = build_sampler(config, train_set)
+        context = build_context(config, train_set, sampler)
+        config = resolve_config(config, context)
+        if resume:
+            check_resume_changes(resolve_config(read_run_config(run_dir), context), config)
+        val = None
+        if config.validates:
+            val = build_episodes(config, "val", episodes=config.eval.val_episodes)
+        algorithm = build_algorithm(config, context)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(config_path, config)
+        trainer = Trainer(
+            config,
+            run_dir,
+            algorithm,
+            sampler,
+            val,
+            context=context,
+            data_meta=dict(train_set.meta) if train_set is not None else {},
+            stream=stream,
+        )
+        return trainer.fit(resume=resume)
+
+
+def _write_config(path: Path, config: Config) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    header = "# effective config of this run, written by metakit train (load_run rebuilds the model from it)\n"
+    atomic_write_bytes(path, (header + config.to_yaml()).encode())

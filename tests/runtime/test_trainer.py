@@ -1,0 +1,338 @@
+"""The generic trainer on a tiny problem: 12 Gaussian clusters in 6-D, ProtoNet with an MLP encoder.
+
+The kill-and-resume test runs this module's ``make_trainer`` in a subprocess that SIGKILLs
+itself mid-run, then resumes in-process and compares with an uninterrupted run, bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from metakit.algorithms import ProtoNet
+from metakit.datasets import ClassIndexedDataset
+from metakit.models import MLP
+from metakit.runtime.checkpoint import load_checkpoint
+from metakit.runtime.config import Config
+from metakit.runtime.evaluation import EvalResult
+from metakit.runtime.logging import read_metrics
+from metakit.runtime.trainer import NonFiniteLossError, Trainer, seed_everything
+from metakit.tasks.sampler import EpisodeSampler, FixedEpisodes
+
+HERE = Path(__file__).resolve()
+
+
+def toy_dataset() -> ClassIndexedDataset:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(12, 6, generator=g) * 2
+    x = centers.repeat_interleave(8, 0) + torch.randn(96, 6, generator=g)
+    return ClassIndexedDataset.from_tensors(x, torch.arange(12).repeat_interleave(8))
+
+
+def toy_config(root: Path, *overrides: str) -> Config:
+    raw = {
+        "data": {"dataset": "folder", "root": str(root)},
+        "train": {"ways": 3, "shots": 2, "queries": 3, "meta_batch": 2, "steps": 30},
+        "eval": {"val_episodes": 10, "val_every": 10},
+        "model": {"name": "mlp", "in_features": 6, "hidden": [16], "out_features": 8},
+        "optim": {"name": "adam", "lr": 0.01, "schedule": "step", "step_size": 7, "gamma": 0.5},
+        "run": {"checkpoint_every": 5, "log_every": 3, "progress": False, "deterministic": True, "num_threads": 1},
+    }
+    return Config.from_dict(raw).with_overrides(list(overrides))
+
+
+class Hooked(ProtoNet):
+    """ProtoNet with test hooks keyed by the number of the ``meta_backward`` call.
+
+    Its loss is scaled by random factors from torch's, Python's and NumPy's global generators,
+    so that a resume that does not restore every RNG state ends with different parameters.
+    """
+
+    def __init__(self, encoder, hooks: dict[int, str] | None = None) -> None:
+        super().__init__(encoder)
+        self.hooks = dict(hooks or {})
+        self.calls = 0
+
+    def meta_loss(self, batch):
+        loss, metrics = super().meta_loss(batch)
+        noise = (1 + 0.1 * torch.rand(())) * (1 + 0.1 * random.random()) * (1 + 0.1 * float(np.random.rand()))
+        loss = loss * noise
+        if self.hooks.get(self.calls) == "nan":
+            loss = loss * float("nan")
+            metrics["loss"] = float(loss.detach())
+        return loss, metrics
+
+    def meta_backward(self, batch):
+        self.calls += 1
+        action = self.hooks.get(self.calls)
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
+        if action == "error":
+            raise RuntimeError("boom from the algorithm")
+        metrics = super().meta_backward(batch)
+        if action == "inf_grad":
+            next(self.encoder.parameters()).grad[0, 0] = float("inf")
+        return metrics
+
+
+def make_trainer(run_dir, config: Config, hooks=None, evaluate=None, stream=None) -> Trainer:
+    seed_everything(config.run.seed)
+    data = toy_dataset()
+    sampler = EpisodeSampler(data, 3, 2, 3, seed=config.run.seed)
+    val = FixedEpisodes(data, 3, 2, 3, config.eval.val_episodes, seed=0) if config.validates else None
+    algorithm = Hooked(MLP(6, [16], 8), hooks)
+    return Trainer(config, run_dir, algorithm, sampler, val, evaluate=evaluate, stream=stream or io.StringIO())
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.algorithm.state_dict().items()}
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+_TIMING = {"time", "elapsed", "episodes_per_s"}
+
+
+def logged(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in _TIMING} for r in read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 30-step run: its final parameters and its log."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    trainer = make_trainer(run_dir, toy_config(run_dir))
+    result = trainer.fit()
+    assert result.status == "finished" and result.step == 30
+    return params(trainer), logged(run_dir), result
+
+
+def test_training_logs_validates_and_checkpoints(tmp_path, reference):
+    _, log, result = reference
+    train_lines = [r for r in log if r["split"] == "train"]
+    val_lines = [r for r in log if r["split"] == "val"]
+    # log every 3 steps and at the end; validation every 10 steps
+    assert [r["step"] for r in train_lines] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert [r["step"] for r in val_lines] == [10, 20, 30]
+    for r in train_lines:
+        assert {"loss", "accuracy", "grad_norm", "lr"} <= r.keys() and math.isfinite(r["loss"])
+    assert train_lines[-1]["lr"] == pytest.approx(0.01 * 0.5**4)  # StepLR: halved at 7, 14, 21, 28
+    for r in val_lines:
+        assert r["metric"] == "accuracy" and 0 <= r["accuracy"] <= 1 and r["episodes"] == 10
+    # the training made progress on this easy problem
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]
+    best = max(val_lines, key=lambda r: r["accuracy"])
+    assert result.best["accuracy"] == best["accuracy"]
+    # the best checkpoint holds the weights of the best validation
+    run_dir = result.run_dir
+    state = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
+    assert state["kind"] == "best" and state["val"]["accuracy"] == best["accuracy"]
+    assert state["step"] == min(r["step"] for r in val_lines if r["accuracy"] == best["accuracy"])
+    # last K=3 step checkpoints (every 5 steps) and the TensorBoard events
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.safetensors", "step-00000020.safetensors", "step-00000025.safetensors", "step-00000030.safetensors"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    raw = read_metrics(run_dir)
+    assert all(isinstance(r["time"], float) and "elapsed" in r for r in raw)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 30 and summary["best"]["step"] == state["step"]
+
+
+def test_same_seed_same_run_bitwise(tmp_path, reference):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path))
+    trainer.fit()
+    assert_bitwise_equal(params(trainer), reference[0])
+    assert logged(tmp_path) == reference[1]
+
+
+def _scripted_evaluate(values, metric="mse"):
+    it = iter(values)
+
+    def evaluate(algorithm, episodes, **kw):
+        return EvalResult.from_values(metric, [next(it)] * 3)
+
+    return evaluate
+
+
+def test_best_follows_the_metric_direction(tmp_path):
+    # mse: lower is better -> the second validation (step 20) is the best
+    cfg = toy_config(tmp_path, "train.steps=30")
+    result = make_trainer(tmp_path, cfg, evaluate=_scripted_evaluate([0.5, 0.3, 0.4])).fit()
+    assert result.best["step"] == 20 and result.best["mse"] == pytest.approx(0.3)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")["step"] == 20
+    flags = [r["is_best"] for r in read_metrics(tmp_path, split="val")]
+    assert flags == [True, True, False]
+    # accuracy: higher is better -> the last one
+    other = tmp_path / "acc"
+    result = make_trainer(other, cfg, evaluate=_scripted_evaluate([0.5, 0.3, 0.6], "accuracy")).fit()
+    assert result.best["step"] == 30
+
+
+def test_validation_every_zero_means_only_at_the_end(tmp_path):
+    cfg = toy_config(tmp_path, "eval.val_every=0", "train.steps=12")
+    make_trainer(tmp_path, cfg).fit()
+    assert [r["step"] for r in read_metrics(tmp_path, split="val")] == [12]
+
+
+def test_without_validation_there_is_no_best(tmp_path):
+    cfg = toy_config(tmp_path, "eval.val_episodes=0", "train.steps=6")
+    result = make_trainer(tmp_path, cfg).fit()
+    assert result.best is None and result.best_checkpoint is None
+    assert read_metrics(tmp_path, split="val") == []
+
+
+def test_nan_loss_stops_with_step_and_metric_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={12: "nan"})
+    with pytest.raises(NonFiniteLossError, match=r"step 12: loss is nan \(not finite\); training stopped") as info:
+        trainer.fit()
+    err = info.value
+    assert err.step == 12 and err.metric == "loss"
+    assert err.checkpoint == tmp_path / "checkpoints" / "step-00000010.safetensors"
+    assert "step-00000010.safetensors" in str(err) and "optim.grad_clip" in str(err)
+    # the NaN step was not applied, the checkpoints on disk are the good ones
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
+    assert [s for s, _ in trainer.checkpoints.steps()] == [5, 10]
+    state = load_checkpoint(err.checkpoint)
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "step 12: loss is nan" in summary["error"]
+
+
+def test_infinite_gradient_stops_too(tmp_path):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={3: "inf_grad"})
+    with pytest.raises(NonFiniteLossError, match=r"step 3: grad_norm is inf \(not finite\).*no checkpoint was written"):
+        trainer.fit()
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
+
+
+def test_an_algorithm_error_is_raised_and_recorded(tmp_path):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={4: "error"})
+    with pytest.raises(RuntimeError, match="boom from the algorithm"):
+        trainer.fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["step"] == 3
+
+
+def test_grad_clip_bounds_the_update(tmp_path):
+    cfg = toy_config(tmp_path, "optim.name=sgd", "optim.lr=1.0", "optim.schedule=none", "optim.grad_clip=0.001",
+                     "train.steps=1", "eval.val_episodes=0")
+    trainer = make_trainer(tmp_path, cfg)
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.fit()
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.params, before)))
+    assert float(moved) == pytest.approx(0.001, rel=1e-4)  # SGD lr 1: the step is the clipped gradient
+    assert read_metrics(tmp_path, split="train")[0]["grad_norm"] > 0.001
+
+
+class _Pull(ProtoNet):
+    """A Reptile-like method: its outer direction is not the gradient of a loss."""
+
+    def meta_backward(self, batch):
+        for p in self.parameters():
+            if p.requires_grad:
+                p.grad = p.detach().clone()  # moves every parameter towards 0
+        return {"loss": 1.0}
+
+
+def test_the_trainer_applies_whatever_meta_backward_leaves_in_grad(tmp_path):
+    cfg = toy_config(tmp_path, "optim.name=sgd", "optim.lr=0.5", "optim.schedule=none", "train.steps=2",
+                     "eval.val_episodes=0")
+    seed_everything(0)
+    data = toy_dataset()
+    algorithm = _Pull(MLP(6, [16], 8))
+    start = [p.detach().clone() for p in algorithm.parameters()]
+    Trainer(cfg, tmp_path, algorithm, EpisodeSampler(data, 3, 2, 3), None, stream=io.StringIO()).fit()
+    for p, s in zip(algorithm.parameters(), start):
+        assert torch.allclose(p, s * 0.25)  # two steps of p <- p - 0.5 p
+
+
+class _BadReturn(ProtoNet):
+    def meta_backward(self, batch):
+        return 1.0
+
+
+def test_meta_backward_must_return_metrics(tmp_path):
+    cfg = toy_config(tmp_path, "train.steps=1")
+    trainer = Trainer(cfg, tmp_path, _BadReturn(MLP(6, [16], 8)), EpisodeSampler(toy_dataset(), 3, 2, 3), None,
+                      stream=io.StringIO())
+    with pytest.raises(TypeError, match=r"_BadReturn.meta_backward returned float; it must return a dict"):
+        trainer.fit()
+
+
+def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_path, reference):
+    stream = io.StringIO()
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={13: "sigint"}, stream=stream)
+    result = trainer.fit()
+    assert result.status == "interrupted" and result.step == 13
+    assert result.checkpoint == tmp_path / "checkpoints" / "step-00000013.safetensors"
+    assert "SIGINT received" in stream.getvalue() and f"--resume {tmp_path}" in stream.getvalue()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = make_trainer(tmp_path, toy_config(tmp_path))
+    assert resumed.fit(resume=True).status == "finished"
+    assert_bitwise_equal(params(resumed), reference[0])
+    assert logged(tmp_path) == reference[1]
+
+
+def test_resume_skips_a_corrupt_checkpoint_by_name(tmp_path, reference):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=20"))
+    trainer.fit()
+    newest = tmp_path / "checkpoints" / "step-00000020.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    stream = io.StringIO()
+    resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
+    resumed.fit(resume=True)
+    text = stream.getvalue()
+    assert "step-00000020.safetensors' is unusable: " in text and "falling back to the previous checkpoint" in text
+    assert "resuming" in text and "step-00000015.safetensors (step 15)" in text
+    # train.steps 20 -> 30 on resume: same parameters as a 30-step run (StepLR does not depend on it)
+    assert_bitwise_equal(params(resumed), reference[0])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path, reference):
+    """A real SIGKILL in a subprocess after the step-10 checkpoint, then --resume."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('toy', {str(HERE)!r})\n"
+        "toy = importlib.util.module_from_spec(spec); spec.loader.exec_module(toy)\n"
+        "from pathlib import Path\n"
+        f"run = Path({str(tmp_path)!r})\n"
+        "toy.make_trainer(run, toy.toy_config(run), hooks={13: 'kill'}).fit()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == [
+        "step-00000005.safetensors",
+        "step-00000010.safetensors",
+    ]
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 12  # lines written after the checkpoint
+    resumed = make_trainer(tmp_path, toy_config(tmp_path))
+    result = resumed.fit(resume=True)
+    assert result.status == "finished" and result.step == 30
+    assert_bitwise_equal(params(resumed), reference[0])
+    assert logged(tmp_path) == reference[1]  # the lines of steps 11-12 were replaced, not duplicated
+
+
+def test_resume_without_checkpoint_starts_over(tmp_path, reference):
+    stream = io.StringIO()
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
+    trainer.fit(resume=True)
+    assert_bitwise_equal(params(trainer), reference[0])
