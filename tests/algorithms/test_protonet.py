@@ -211,3 +211,35 @@ def test_error_regression_batch_and_bad_adapt_input():
         _identity_net().adapt(torch.rand(0, 2), torch.zeros(0, dtype=torch.long))
     with pytest.raises(TypeError, match="query_x must be a tensor"):
         _identity_net().adapt(torch.rand(2, 2), torch.tensor([0, 1])).predict([1.0])
+
+
+def test_eval_mode_chunks_large_batches_with_identical_results():
+    torch.manual_seed(0)
+    algo = ProtoNet(Conv4(hidden=8))
+    batch = EpisodeBatch(
+        torch.rand(3, 4, 1, 28, 28), torch.tensor([[0, 1, 0, 1]] * 3), torch.rand(3, 6, 1, 28, 28), torch.tensor([[0, 1] * 3] * 3), 2
+    )
+    algo.meta_loss(batch)  # one training step's worth of running statistics
+    algo.eval()
+    assert not algo.batch_dependent()
+    with torch.no_grad():
+        whole = algo.predict(batch)
+        algo.embed_chunk_values = 7 * 28 * 28  # 7 images per encoder call: 30 images -> 5 calls
+        calls = []
+        handle = algo.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        chunked = algo.predict(batch)
+        handle.remove()
+    assert calls == [7, 7, 7, 7, 2]
+    assert torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_batch_statistics_encoders_are_never_chunked():
+    algo = ProtoNet(Conv4(hidden=8, track_running_stats=False)).eval()
+    assert algo.batch_dependent()
+    algo.embed_chunk_values = 28 * 28
+    calls = []
+    algo.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        algo.embed(torch.rand(5, 1, 28, 28))
+    assert calls == [5]
+    assert ProtoNet(Conv4(hidden=8)).batch_dependent()  # training mode

@@ -28,9 +28,11 @@ BatchNorm layer therefore normalises with the statistics of that whole meta-batc
 query of every task together) and updates its running statistics from it. In ``eval()`` mode
 an encoder with running statistics (the default :class:`~metakit.models.Conv4`) embeds every
 image independently of the others, so results do not depend on how evaluation episodes are
-batched. An encoder built with ``track_running_stats=False`` uses batch statistics at test
-time too: then the statistics are those of the evaluation batch (transductive across its tasks)
-and :meth:`ProtoNet.adapt` / the learner embed support and queries in two separate calls.
+batched (large batches are then encoded in chunks to bound memory, with identical results).
+An encoder built with ``track_running_stats=False`` uses batch statistics at test time too:
+then the statistics are those of the whole evaluation batch (transductive across its tasks,
+always one call) and :meth:`ProtoNet.adapt` / the learner embed support and queries in two
+separate calls.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class ProtoNet(Algorithm):
             the parameter ``log_scale``); ``False`` keeps it fixed.
     """
 
+    #: eval-mode encoder calls take at most this many input values (see :meth:`embed`)
+    embed_chunk_values: int = 1 << 20
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -174,9 +179,30 @@ class ProtoNet(Algorithm):
         """The current score multiplier (a 0-d tensor; differentiable when ``learn_scale``)."""
         return self.log_scale.exp()
 
+    def batch_dependent(self) -> bool:
+        """Whether the encoder's output for one image depends on the other images of the call.
+
+        True when a BatchNorm layer normalises with batch statistics: in training mode, or
+        always when built with ``track_running_stats=False``.
+        """
+        return any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+            for m in self.encoder.modules()
+        )
+
     def embed(self, x: Tensor) -> Tensor:
-        """Embeddings ``[N, D]`` of inputs ``[N, *x_shape]`` (the encoder output, flattened)."""
-        return self.encoder(x).flatten(1)
+        """Embeddings ``[N, D]`` of inputs ``[N, *x_shape]`` (the encoder output, flattened).
+
+        One encoder call when the encoder is :meth:`batch_dependent` (training mode); otherwise
+        (e.g. ``eval()`` with running BatchNorm statistics) the inputs are encoded in chunks of
+        at most :attr:`embed_chunk_values` input values, which gives the same embeddings with
+        bounded memory (a 50-episode batch of 20-way 5-shot Omniglot is 20,000 images).
+        """
+        per_example = max(1, x[0].numel()) if x.shape[0] else 1
+        chunk = max(1, self.embed_chunk_values // per_example)
+        if x.shape[0] <= chunk or self.batch_dependent():
+            return self.encoder(x).flatten(1)
+        return torch.cat([self.encoder(x[i : i + chunk]).flatten(1) for i in range(0, x.shape[0], chunk)])
 
     def scores(self, queries: Tensor, protos: Tensor) -> Tensor:
         """Scores ``[B, Q, W]`` of query embeddings ``[B, Q, D]`` against prototypes ``[B, W, D]``."""
