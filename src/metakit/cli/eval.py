@@ -1,0 +1,157 @@
+"""``metakit eval``: the standard few-shot evaluation of a trained run.
+
+Mean accuracy over fixed, seeded episodes of a split with its 95% confidence interval
+(``1.96 * sample std / sqrt(episodes)``, see :mod:`metakit.runtime.evaluation`), printed
+with the whole protocol so that the number can be reproduced and compared. Regression runs
+(sinusoid) report the mean squared error instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register", "run", "evaluate_run"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a trained run on fixed seeded episodes (mean accuracy with 95%% CI)",
+        description=(
+            "Evaluate a trained run: mean accuracy over fixed, seeded episodes of a split, with the "
+            "95% confidence interval 1.96 * std / sqrt(episodes) (sample std). Ways, shots and "
+            "queries default to the run's eval settings and may differ from training (e.g. train "
+            "20-way, test 5-way). Regression runs report the mean squared error."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
+    p.add_argument("--split", default="test", help="train, val, test (default) or a split name of the dataset")
+    p.add_argument("--ways", type=positive_int, default=None, help="classes per episode (default: the run's eval.ways)")
+    p.add_argument("--shots", type=positive_int, default=None, help="support examples per class (default: eval.shots)")
+    p.add_argument("--queries", type=positive_int, default=None, help="query examples per class (default: eval.queries)")
+    p.add_argument(
+        "--episodes", type=positive_int, default=None, help="number of episodes (default: the run's eval.test_episodes)"
+    )
+    p.add_argument(
+        "--seed", type=non_negative_int, default=None, help="seed of the fixed episodes (default: the run's eval.seed)"
+    )
+    p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50; memory only)")
+    p.add_argument("--checkpoint", default="best", help="'best' (default), 'last', or the path of a checkpoint file")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)
+
+
+def evaluate_run(
+    run_dir: str,
+    *,
+    split: str = "test",
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    batch: int = 50,
+    checkpoint: str = "best",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints."""
+    from ..runtime.evaluation import evaluate
+    from ..runtime.run import load_run
+
+    loaded = load_run(run_dir, checkpoint=checkpoint)
+    cfg = loaded.config
+    regression = cfg.data.dataset == "sinusoid"
+    if regression and ways is not None:
+        raise ValueError(f"--ways {ways} was given but this run solves regression tasks (sinusoid), which have no classes; drop --ways")
+    split_name = loaded.split_name(split)
+    if not regression:
+        loaded.dataset(split, progress=progress)  # load (and report loading) before the episodes are drawn
+    seed = cfg.eval.seed if seed is None else seed
+    source = loaded.episodes(
+        split, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed, batch_size=batch
+    )
+    result = evaluate(loaded.algorithm, source, progress=progress, desc=f"eval {split_name}")
+    record: dict[str, Any] = {
+        "algorithm": cfg.algorithm.name,
+        "dataset": cfg.data.dataset,
+        "protocol": cfg.data.protocol,
+        "split": split_name,
+        "ways": None if regression else (cfg.eval.ways if ways is None else ways),
+        "shots": cfg.eval.shots if shots is None else shots,
+        "queries": cfg.eval.queries if queries is None else queries,
+        "episodes": result.episodes,
+        "seed": seed,
+        "metric": result.metric,
+        result.metric: result.mean,
+        "ci95": result.to_dict()["ci95"],
+        "higher_is_better": result.higher_is_better,
+        "checkpoint": loaded.checkpoint.name,
+        "step": loaded.step,
+        "run_dir": str(loaded.run_dir),
+        "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},
+        "formatted": result.format(),
+    }
+    return record
+
+
+def _protocol_text(r: dict[str, Any]) -> str:
+    dataset = r["dataset"] + (f" ({r['protocol']} protocol)" if r["protocol"] else "")
+    if r["ways"] is None:
+        task = f"{r['shots']}-shot regression, {r['queries']} query points"
+    else:
+        task = f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries per class"
+    train = r["train"]
+    trained = f"{train['ways']}-way {train['shots']}-shot" if train["ways"] is not None else f"{train['shots']}-shot"
+    return "\n".join(
+        [
+            f"{r['algorithm']} on {dataset}, split {r['split']}",
+            f"  checkpoint  {r['checkpoint']} (step {r['step']}; trained {trained})",
+            f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
+            f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}))",
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    record = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        ways=args.ways,
+        shots=args.shots,
+        queries=args.queries,
+        episodes=args.episodes,
+        seed=args.seed,
+        batch=args.batch,
+        checkpoint=args.checkpoint,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in record.items() if k != "formatted"}, indent=2))
+    else:
+        print(_protocol_text(record))
+    return 0

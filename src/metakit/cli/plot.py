@@ -1,0 +1,50 @@
+"""``metakit plot``: figures of a run, written as PNG files into the run folder.
+
+Each figure is one small function ``(args, out_dir) -> list of written paths`` listed in
+:func:`_figures`; a new figure adds its option in :func:`register` and its function there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="write PNG learning curves of a run into its folder",
+        description=(
+            "Write the learning curves of a run (training loss and accuracy against step, validation "
+            "accuracy with its 95% confidence interval) as learning_curves.png, read from the run's "
+            "metrics.jsonl. Works on a run still training."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG files (default: RUN_DIR)")
+    p.set_defaults(func=run)
+
+
+def _learning_curves(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    from ..runtime.plots import plot_run
+
+    return [plot_run(args.run_dir, out_dir)]
+
+
+def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
+    """The figures this invocation asks for, in order."""
+    return [_learning_curves]
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist; give a folder written by `metakit train`")
+    out_dir = Path(args.out) if args.out is not None else run_dir
+    for figure in _figures(args):
+        for path in figure(args, out_dir):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,151 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from metakit.algorithms import Algorithm, register
+from metakit.cli.main import main
+from metakit.runtime.config import Config
+from metakit.runtime.evaluation import evaluate, mean_ci95
+from metakit.runtime.run import load_run
+from metakit.runtime.trainer import train
+from metakit.tasks.sampler import FixedEpisodes
+
+
+def _image_folder(root: Path) -> None:
+    """ROOT/{train,val,test}/classN/i.png: a dark square at a class-specific place, 20x20 pixels."""
+    rng = random.Random(0)
+    for split, n in (("train", 5), ("val", 4), ("test", 5)):
+        for c in range(n):
+            for i in range(4):
+                img = Image.new("L", (20, 20), 255)
+                x, y = (c * 6 + 3 * (split == "test")) % 14, (c * 8) % 14
+                ImageDraw.Draw(img).rectangle([x + rng.randint(0, 1), y, x + 5, y + 5 + rng.randint(0, 1)], fill=0)
+                p = root / split / f"class{c}" / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                img.save(p)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("eval")
+    _image_folder(tmp / "data")
+    config = Config.from_dict(
+        {
+            "data": {"dataset": "folder", "root": str(tmp / "data"), "image_size": 16},
+            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "steps": 2},
+            "eval": {"val_episodes": 3, "val_every": 1, "test_episodes": 12},
+            "model": {"name": "conv4", "hidden": 8, "image_size": 16},
+            "algorithm": {"name": "protonet"},
+            "run": {"checkpoint_every": 1, "log_every": 1, "progress": False},
+        }
+    )
+    train(config, tmp / "run")
+    return tmp / "run"
+
+
+def _json(capsys, argv) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_json_matches_the_protocol_by_hand(run_dir, capsys):
+    r = _json(capsys, ["eval", str(run_dir), "--json", "--episodes", "12", "--batch", "5"])
+    for key in ("algorithm", "dataset", "protocol", "split", "ways", "shots", "queries", "episodes", "seed",
+                "accuracy", "ci95", "checkpoint", "step"):
+        assert key in r, key
+    assert (r["algorithm"], r["dataset"], r["split"], r["ways"], r["shots"], r["queries"], r["episodes"], r["seed"]) == (
+        "protonet", "folder", "test", 3, 1, 2, 12, 0)
+    assert r["checkpoint"] == "best.safetensors" and r["step"] in (1, 2) and r["metric"] == "accuracy"
+    # the same fixed episodes evaluated by hand: per-episode fraction correct, mean, 1.96 * sample std / sqrt(n)
+    loaded = load_run(run_dir)
+    fixed = FixedEpisodes(loaded.dataset("test"), 3, 1, 2, episodes=12, seed=0)
+    per = []
+    with torch.no_grad():
+        for batch in fixed.batches(12):
+            scores = loaded.algorithm.predict(batch)
+            per += (scores.argmax(-1) == batch.query_y).float().mean(-1).tolist()
+    mean, ci = mean_ci95(per)
+    assert r["accuracy"] == pytest.approx(mean) and r["ci95"] == pytest.approx(ci)
+    assert 0.0 <= r["accuracy"] <= 1.0
+    # the batch size does not change the episodes
+    assert _json(capsys, ["eval", str(run_dir), "--json", "--episodes", "12", "--batch", "7"])["accuracy"] == pytest.approx(mean)
+
+
+def test_eval_other_ways_and_shots_than_training(run_dir, capsys):
+    r = _json(capsys, ["eval", str(run_dir), "--json", "--ways", "5", "--shots", "2", "--queries", "1",
+                       "--episodes", "4", "--seed", "3", "--checkpoint", "last"])
+    assert (r["ways"], r["shots"], r["queries"], r["episodes"], r["seed"]) == (5, 2, 1, 4, 3)
+    assert r["checkpoint"] == "step-00000002.safetensors" and r["step"] == 2
+    assert r["train"] == {"ways": 3, "shots": 1}
+    # 5 ways x 1 query: accuracies are multiples of 1/5
+    loaded = load_run(run_dir, checkpoint="last")
+    res = evaluate(loaded.algorithm, FixedEpisodes(loaded.dataset("test"), 5, 2, 1, episodes=4, seed=3))
+    assert r["accuracy"] == pytest.approx(res.mean)
+
+
+def test_eval_text_states_the_protocol(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--episodes", "6", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "protonet on folder, split val" in out
+    assert "6 x 3-way 1-shot, 2 queries per class, seed 0" in out
+    assert "1.96 * sample std / sqrt(6)" in out
+    assert "accuracy" in out and " %" in out and "±" in out
+
+
+def test_eval_errors(run_dir, tmp_path, capsys):
+    assert main(["eval", str(run_dir), "--ways", "9"]) == 2
+    assert "ways=9 but the dataset 'folder' has only 5 classes; lower ways" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--ways", "0"])
+    assert "argument --ways: 0 must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--episodes", "x"])
+    assert "argument --episodes: 'x' is not an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(run_dir), "--seed", "-1"])
+    assert "argument --seed: -1 must be >= 0" in capsys.readouterr().err
+
+
+class _SupportMean(Algorithm):
+    """Regression stand-in: predicts the mean support target plus a learnt offset."""
+
+    task_kind = "regression"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def predict(self, batch):
+        return (batch.support_y.mean(1, keepdim=True) + self.offset).expand_as(batch.query_y)
+
+    def meta_loss(self, batch):
+        loss = (self.predict(batch) - batch.query_y).pow(2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+
+def test_eval_regression_run_reports_mse(tmp_path, capsys):
+    register("_test_support_mean")(_SupportMean)
+    config = Config.from_dict(
+        {
+            "data": {"dataset": "sinusoid"},
+            "train": {"ways": None, "shots": 5, "queries": 5, "steps": 2},
+            "eval": {"val_episodes": 3, "val_every": 1, "test_episodes": 8},
+            "model": {"name": "mlp", "hidden": [4]},
+            "algorithm": {"name": "_test_support_mean"},
+            "run": {"checkpoint_every": 1, "progress": False},
+        }
+    )
+    train(config, tmp_path / "run")
+    r = _json(capsys, ["eval", str(tmp_path / "run"), "--json"])
+    assert r["metric"] == "mse" and "accuracy" not in r and r["mse"] > 0 and r["ci95"] > 0
+    assert (r["ways"], r["episodes"], r["higher_is_better"]) == (None, 8, False)
+    assert main(["eval", str(tmp_path / "run"), "--ways", "5"]) == 2
+    assert "--ways 5 was given but this run solves regression tasks (sinusoid)" in capsys.readouterr().err

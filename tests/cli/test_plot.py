@@ -1,0 +1,69 @@
+import math
+
+import pytest
+from PIL import Image
+
+from metakit.cli.main import main
+from metakit.runtime.config import Config
+from metakit.runtime.logging import MetricsLogger
+from metakit.runtime.plots import read_curves
+from metakit.runtime.run import CONFIG_FILE
+
+
+def _fake_run(tmp_path, val: bool = True):
+    """A run folder with the trainer's own log format (MetricsLogger) and config, without training."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = Config.from_dict(
+        {
+            "data": {"dataset": "omniglot", "root": str(tmp_path)},
+            "train": {"ways": 20, "shots": 1, "meta_batch": 4},
+            "algorithm": {"name": "protonet"},
+        }
+    )
+    (run / CONFIG_FILE).write_text(cfg.to_yaml())
+    with MetricsLogger(run, tensorboard=False) as log:
+        for step in range(10, 310, 10):
+            log.log(step, "train", {"loss": 2 * math.exp(-step / 80), "accuracy": 1 - math.exp(-step / 60), "lr": 1e-3})
+            if val and step % 100 == 0:
+                log.log(step, "val", {"metric": "accuracy", "accuracy": 0.9 + step / 10000, "ci95": 0.01,
+                                      "episodes": 100, "higher_is_better": True, "is_best": True})
+    return run
+
+
+def test_plot_command_writes_png_into_the_run(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    assert main(["plot", str(run)]) == 0
+    png = run / "learning_curves.png"
+    assert capsys.readouterr().out.strip() == f"wrote {png}"
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 3 * 400  # three panels: loss, accuracy, validation
+    curves = read_curves(run / "metrics.jsonl")
+    assert curves.val_accuracy.steps == [100, 200, 300] and curves.val_accuracy_ci95.values == [0.01] * 3
+    assert len(curves.train_loss) == 30 and len(curves.train_accuracy) == 30
+
+
+def test_plot_command_out_folder(tmp_path, capsys):
+    run = _fake_run(tmp_path, val=False)
+    assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "learning_curves.png").is_file() and not (run / "learning_curves.png").exists()
+    with Image.open(tmp_path / "figs" / "learning_curves.png") as img:
+        assert img.size[0] < 3 * 500  # two panels without validation
+
+
+def test_plot_command_errors(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {str(tmp_path / 'missing')!r} does not exist; give a folder written by `metakit train`" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl' not found; is this a run folder written by `metakit train`?" in err
+
+
+@pytest.mark.parametrize("content", ["", '{"step": 1, "split": "train", "lr": 0.1}\n'])
+def test_plot_command_nothing_to_plot(tmp_path, capsys, content):
+    run = _fake_run(tmp_path)
+    (run / "metrics.jsonl").write_text(content)
+    assert main(["plot", str(run)]) == 2
+    assert "the metrics log holds no loss or accuracy values yet" in capsys.readouterr().err
