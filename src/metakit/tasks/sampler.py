@@ -44,6 +44,8 @@ from .episode import Episode, EpisodeBatch
 
 __all__ = ["EpisodeSampler", "EpisodeIndices", "FixedEpisodes"]
 
+# Random sort keys are float64 (53 random bits), so ties, which would favour lower indices,
+# practically never happen (float32 keys tie often among thousands of classes).
 # Per-class examples are drawn by sorting random keys over all of a class's examples when the
 # largest eligible class has at most this many; above it, with Floyd's algorithm (O(shots +
 # queries) per class, whatever the class size). Both are exact; the choice depends only on
@@ -131,7 +133,7 @@ def _distinct_classes(
     overrides the number of candidates, for tests.)
     """
     if num < 4 * ways:
-        return torch.rand(batch, num, generator=generator).topk(ways, dim=1, sorted=True).indices
+        return torch.rand(batch, num, dtype=torch.float64, generator=generator).topk(ways, dim=1).indices
     draws = 2 * ways + 8 if draws is None else draws
     out = torch.empty(batch, ways, dtype=torch.int64)
     rows = torch.arange(batch)
@@ -168,7 +170,7 @@ def _distinct_floyd(n: Tensor, m: int, generator: torch.Generator) -> Tensor:
             seen = (out[:, :i] == t.unsqueeze(1)).any(dim=1)
             t = torch.where(seen, hi, t)
         out[:, i] = t
-    order = torch.rand(rows, m, generator=generator).argsort(dim=1)
+    order = torch.rand(rows, m, dtype=torch.float64, generator=generator).argsort(dim=1)
     return out.gather(1, order)
 
 
@@ -235,9 +237,10 @@ class EpisodeSampler:
         self._max_count = int(self._counts.max())
         self._equal_counts = bool((self._counts == self._max_count).all())
         self._generator = _make_generator(self.seed)
-        # Labels are the same for every episode (class-major layout).
-        self._support_labels = torch.arange(self.ways).repeat_interleave(self.shots)
-        self._query_labels = torch.arange(self.ways).repeat_interleave(self.queries)
+        # Labels are the same for every episode (class-major layout); outputs live where the data does.
+        device = dataset.data.device
+        self._support_labels = torch.arange(self.ways, device=device).repeat_interleave(self.shots)
+        self._query_labels = torch.arange(self.ways, device=device).repeat_interleave(self.queries)
 
     # -- drawing ------------------------------------------------------------------------------
     def sample(self, batch_size: int) -> EpisodeBatch:
@@ -257,7 +260,7 @@ class EpisodeSampler:
         chosen = _distinct_classes(num_eligible, ways, b, g)  # [B, ways] positions in eligible
         # 2. `shots + queries` distinct examples per chosen class, in random order.
         if self._max_count <= _DENSE_EXAMPLES_LIMIT:
-            ex_keys = torch.rand(b, ways, self._max_count, generator=g)
+            ex_keys = torch.rand(b, ways, self._max_count, dtype=torch.float64, generator=g)
             if not self._equal_counts:  # examples past a class's count sort last
                 counts = self._counts[chosen]
                 ex_keys.masked_fill_(torch.arange(self._max_count) >= counts.unsqueeze(-1), 2.0)
@@ -328,9 +331,9 @@ def _gather(
     data = dataset.data
     b = indices.num_tasks
     shape = tuple(data.shape[1:])
-    support_idx, query_idx = indices.support, indices.query
-    if support_idx.device != data.device:
-        support_idx, query_idx = support_idx.to(data.device), query_idx.to(data.device)
+    support_idx, query_idx, classes = indices.support, indices.query, indices.classes
+    if support_idx.device != data.device:  # indices are drawn on the CPU; the data may live elsewhere
+        support_idx, query_idx, classes = (t.to(data.device) for t in (support_idx, query_idx, classes))
     # Gather in the stored dtype (uint8: 4x less memory traffic), then convert once per set.
     # Support and query are separate buffers: each is contiguous and can be freed on its own.
     support_x = dataset.to_float(data.index_select(0, support_idx.reshape(-1)))
@@ -341,7 +344,7 @@ def _gather(
         query_x.view(b, query_idx.shape[1], *shape),
         query_labels.repeat(b, 1),
         ways,
-        indices.classes.clone(),
+        classes.clone() if classes is indices.classes else classes,
     )
 
 
