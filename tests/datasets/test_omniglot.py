@@ -1,6 +1,5 @@
 import io
 import re
-import shutil
 import time
 import zipfile
 
@@ -168,6 +167,7 @@ def test_warm_load_uses_the_cache(load_omniglot, omniglot_root, cache_dir, monke
     assert len(files) == 2 and all(f.endswith("-s28-c1-lanczos-inv.safetensors") for f in files)
 
 
+@pytest.mark.slow  # decodes the evaluation archive again (~2-3 s)
 def test_corrupt_cache_is_rebuilt(load_omniglot, omniglot_root, cache_dir, tmp_path):
     reference = load_omniglot("lake", "evaluation")
     src = next((cache_dir / "omniglot").glob("evaluation-*.safetensors"))
@@ -184,6 +184,7 @@ def test_corrupt_cache_is_rebuilt(load_omniglot, omniglot_root, cache_dir, tmp_p
     assert torch.equal(rebuilt["images"].view_as(reference.data), reference.data)
 
 
+@pytest.mark.slow  # decodes the evaluation archive again (~2-3 s)
 def test_extracted_folder_reads_like_the_zip(load_omniglot, omniglot_root, tmp_path):
     reference = load_omniglot("lake", "evaluation")
     safe_extract(omniglot_root / "images_evaluation.zip", tmp_path / "root")
