@@ -132,12 +132,12 @@ class ProtoNet(Algorithm):
     Args:
         encoder: the embedding network (e.g. ``Conv4()``, 64 features on Omniglot); its output
             is flattened to ``[N, D]``.
-        distance: ``"euclidean"`` (negative squared Euclidean distance, the paper's choice) or
-            ``"cosine"`` (scaled cosine similarity).
-        scale: multiplier of the scores (an inverse temperature). ``None`` picks 1.0 for
-            euclidean (exactly the paper) and 10.0 for cosine.
+        distance: euclidean (negative squared Euclidean distance, the paper's choice) or cosine
+            (scaled cosine similarity).
+        scale: multiplier of the scores (an inverse temperature); None (null in YAML) picks 1.0
+            for euclidean (exactly the paper) and 10.0 for cosine.
         learn_scale: make the scale a meta-parameter learnt with the encoder (its logarithm is
-            the parameter ``log_scale``); ``False`` keeps it fixed.
+            the parameter log_scale); false keeps it fixed.
     """
 
     #: eval-mode encoder calls take at most this many input values (see :meth:`embed`)
