@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from metakit.runtime.logging import MetricsLogger, read_metrics
+
+
+def test_records_have_step_split_and_time_and_go_to_tensorboard(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        rec = log.log(5, "train", {"loss": 0.5, "accuracy": 0.75}, elapsed=1.23456)
+        log.log(10, "val", {"metric": "accuracy", "accuracy": 0.9, "ci95": 0.01, "is_best": True})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert first == rec
+    assert first["step"] == 5 and first["split"] == "train" and isinstance(first["time"], float)
+    assert first["elapsed"] == 1.235 and first["loss"] == 0.5
+    assert [r["step"] for r in read_metrics(tmp_path, split="val")] == [10]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_non_finite_values_are_written_as_null(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.log(1, "train", {"loss": math.nan, "grad_norm": math.inf})
+    (rec,) = read_metrics(tmp_path)
+    assert rec["loss"] is None and rec["grad_norm"] is None
+    assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()  # strict JSON
+
+
+def test_resume_drops_lines_after_the_checkpoint_and_a_partial_line(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for step in (2, 4, 6, 8):
+            log.log(step, "train", {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "split": "tr')  # killed mid-line
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6, 8]
+    with MetricsLogger(tmp_path, resume_step=5, tensorboard=False) as log:
+        log.log(6, "train", {"loss": 60.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(2, 2.0), (4, 4.0), (6, 60.0)]
+
+
+def test_a_new_run_starts_a_new_file(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.log(1, "train", {"loss": 1.0})
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.log(1, "train", {"loss": 2.0})
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [2.0]
+
+
+def test_missing_metrics_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"metrics file '.*metrics.jsonl' does not exist"):
+        read_metrics(tmp_path)

@@ -1,0 +1,240 @@
+"""Run folders end to end: train from a config, then load_run for evaluation."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from metakit.algorithms import Algorithm, register
+from metakit.runtime.checkpoint import CheckpointError, load_checkpoint
+from metakit.runtime.config import Config, ConfigError
+from metakit.runtime.evaluation import evaluate
+from metakit.runtime.run import check_resume_changes, default_run_dir, load_run, read_run_config
+from metakit.runtime.trainer import train
+from metakit.tasks import EpisodeBatch
+
+
+def make_image_folder(root: Path, classes: int = 5, per_class: int = 4) -> Path:
+    """ROOT/{train,val,test}/<class>/<i>.png: a dark square at a class-specific place, plus noise."""
+    g = torch.Generator().manual_seed(1)
+    for split_i, split in enumerate(("train", "val", "test")):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                img = 255 - (torch.rand(28, 28, generator=g) * 60).to(torch.uint8)
+                r, col = 4 * ((c + split_i) % 5), 4 * ((3 * c + 2 * split_i) % 5)
+                img[r : r + 8, col : col + 8] = 0
+                Image.fromarray(img.numpy()).save(d / f"{i}.png")
+    return root
+
+
+def folder_config(root: Path, *overrides: str) -> Config:
+    raw = {
+        "data": {"dataset": "folder", "root": str(root)},
+        "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "steps": 6},
+        "eval": {"val_episodes": 4, "val_every": 3, "test_episodes": 5},
+        "model": {"name": "conv4", "hidden": 8},
+        "algorithm": {"name": "protonet"},
+        "run": {"checkpoint_every": 2, "log_every": 2, "progress": False, "deterministic": True, "num_threads": 1},
+    }
+    return Config.from_dict(raw).with_overrides(list(overrides))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "protonet"
+    result = train(folder_config(folder), run_dir, stream=io.StringIO())
+    assert result.status == "finished"
+    return run_dir, result
+
+
+def test_run_folder_layout(trained):
+    run_dir, result = trained
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json", "tb"]
+    # the effective config is fully resolved: the backbone's and the algorithm's defaults are explicit
+    cfg = read_run_config(run_dir)
+    assert cfg.model.options["hidden"] == 8 and cfg.model.options["track_running_stats"] is True
+    assert cfg.algorithm.options["distance"] == "euclidean" and "learn_scale" in cfg.algorithm.options
+    assert cfg.data.root == str(Path(cfg.data.root).resolve())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["algorithm"] == "protonet"
+
+
+def test_load_run_best_last_and_path(trained):
+    run_dir, result = trained
+    best = load_run(run_dir)
+    assert best.kind == "best" and best.checkpoint.name == "best.safetensors"
+    assert best.step == result.best["step"] and best.val["accuracy"] == result.best["accuracy"]
+    assert not best.algorithm.training
+    state = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")["model"]
+    for k, v in best.algorithm.state_dict().items():
+        assert torch.equal(v, state[k])
+    last = load_run(run_dir, "last")
+    assert last.kind == "step" and last.step == 6
+    by_path = load_run(run_dir, run_dir / "checkpoints" / "step-00000004.safetensors")
+    assert by_path.step == 4
+    assert best.context.ways == 3 and best.context.example_shape == (1, 28, 28)
+    assert best.preprocessing == {"image_size": 28, "channels": 1, "resample": "lanczos", "invert": True}
+
+
+def test_load_run_builds_evaluation_episodes_for_any_size(trained):
+    run_dir, _ = trained
+    loaded = load_run(run_dir)
+    eps = loaded.episodes()  # defaults: test split, eval sizes, eval.test_episodes
+    batches = list(eps)
+    assert sum(b.num_tasks for b in batches) == 5
+    assert batches[0].support_x.shape[1:] == (3, 1, 28, 28) and batches[0].query_x.shape[1] == 6
+    other = list(loaded.episodes("val", ways=5, shots=2, queries=1, episodes=3, seed=7))
+    assert other[0].ways == 5 and other[0].support_x.shape[1] == 10
+    assert loaded.dataset("test").num_classes == 5 and loaded.split_name() == "test"
+    result = evaluate(loaded.algorithm, loaded.episodes(episodes=5))
+    assert result.metric == "accuracy" and result.episodes == 5
+    # the same seed gives the same episodes
+    a, b = next(iter(loaded.episodes(seed=3))), next(iter(loaded.episodes(seed=3)))
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+
+
+def test_load_run_leaves_the_callers_rng_alone(trained):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_run(trained[0])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_load_run_errors(trained, tmp_path):
+    run_dir, _ = trained
+    with pytest.raises(FileNotFoundError, match=r"run folder '.*nowhere' does not exist"):
+        load_run(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"has no config.yaml; is it a metakit run folder"):
+        load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint '.*nope.safetensors' does not exist"):
+        load_run(run_dir, tmp_path / "nope.safetensors")
+
+
+def test_corrupt_best_is_named_and_corrupt_last_falls_back(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    best = run_dir / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*best.safetensors' is unusable: truncated"):
+        load_run(run_dir)
+    newest = run_dir / "checkpoints" / "step-00000006.safetensors"
+    newest.write_bytes(b"garbage!" * 4)
+    loaded = load_run(run_dir, "last")
+    assert loaded.step == 4
+    err = capsys.readouterr().err
+    assert "step-00000006.safetensors' is unusable" in err and "falling back to the previous checkpoint" in err
+
+
+def test_train_refuses_an_existing_run_and_resume_checks_changes(trained, folder):
+    run_dir, _ = trained
+    with pytest.raises(FileExistsError, match=r"already holds a run \(config.yaml\); continue it with --resume"):
+        train(folder_config(folder), run_dir, stream=io.StringIO())
+    with pytest.raises(ConfigError, match=r"cannot change optim.lr \(0.001 -> 0.5\) when resuming"):
+        train(read_run_config(run_dir, ["optim.lr=0.5"]), run_dir, resume=True, stream=io.StringIO())
+
+
+def test_resume_extends_a_finished_run_exactly(folder, tmp_path):
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    train(folder_config(folder, "train.steps=8"), long_dir, stream=io.StringIO())
+    train(folder_config(folder, "train.steps=5"), short_dir, stream=io.StringIO())
+    result = train(read_run_config(short_dir, ["train.steps=8"]), short_dir, resume=True, stream=io.StringIO())
+    assert result.step == 8
+    a, b = load_run(long_dir, "last"), load_run(short_dir, "last")
+    for k, v in a.algorithm.state_dict().items():
+        assert torch.equal(v, b.algorithm.state_dict()[k]), k
+    assert read_run_config(short_dir).train.steps == 8  # config.yaml records the new length
+
+
+def test_check_resume_changes():
+    base = Config.from_dict({"data": {"root": "/d"}, "train": {"ways": 5}})
+    check_resume_changes(base, base.with_overrides(["train.steps=5000", "run.progress=false", "optim.grad_clip=1"]))
+    with pytest.raises(ConfigError, match=r"cannot change train.ways \(5 -> 20\) when resuming.*Keys that may change"):
+        check_resume_changes(base, base.with_overrides(["train.ways=20"]))
+    cosine = base.with_overrides(["optim.schedule=cosine"])
+    with pytest.raises(ConfigError, match=r"cannot change train.steps \(1000 -> 2000\) when resuming a run with optim.schedule=cosine"):
+        check_resume_changes(cosine, cosine.with_overrides(["train.steps=2000"]))
+
+
+def test_default_run_dir(tmp_path):
+    a = default_run_dir("configs/protonet_omniglot_5w1s.yaml", root=tmp_path)
+    assert a.parent == tmp_path and a.name.startswith("protonet_omniglot_5w1s-")
+    a.mkdir()
+    b = default_run_dir("configs/protonet_omniglot_5w1s.yaml", root=tmp_path)
+    assert b != a
+
+
+class _Fit:
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, query_x):
+        return self.model(query_x)
+
+
+@register("_run_test_regressor")
+class _Regressor(Algorithm):
+    """Plain regression across tasks (no adaptation): enough to exercise the sinusoid path.
+
+    Args:
+        model: the regressor.
+    """
+
+    task_kind = "regression"
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def meta_loss(self, batch: EpisodeBatch):
+        pred = self.model(batch.query_x.flatten(0, 1)).view_as(batch.query_y)
+        loss = F.mse_loss(pred, batch.query_y)
+        return loss, {"loss": float(loss.detach())}
+
+    def adapt(self, support_x, support_y, ways=None):
+        return _Fit(self.model)
+
+
+def test_sinusoid_runs_need_no_data_and_keep_the_lowest_mse(tmp_path):
+    cfg = Config.from_dict(
+        {
+            "data": {"dataset": "sinusoid"},
+            "train": {"shots": 5, "queries": 5, "meta_batch": 4, "steps": 20},
+            "eval": {"val_episodes": 20, "val_every": 5, "test_episodes": 30},
+            "model": {"name": "mlp", "hidden": [16]},
+            "algorithm": {"name": "_run_test_regressor"},
+            "optim": {"lr": 0.01},
+            "run": {"checkpoint_every": 10, "log_every": 5, "progress": False},
+        }
+    )
+    result = train(cfg, tmp_path / "sine", stream=io.StringIO())
+    vals = [r for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines() if '"val"' in r]
+    mses = [json.loads(r)["mse"] for r in vals]
+    assert len(mses) == 4 and result.best["mse"] == min(mses) and result.best["higher_is_better"] is False
+    loaded = load_run(result.run_dir)
+    assert loaded.dataset() is None and loaded.preprocessing is None and loaded.context.ways is None
+    test = loaded.episodes()
+    assert sum(b.num_tasks for b in test) == 30
+    # validation, test and training tasks come from different seeds
+    val_first = next(iter(loaded.episodes("val", episodes=1)))
+    test_first = next(iter(loaded.episodes("test", episodes=1)))
+    assert not torch.equal(val_first.support_x, test_first.support_x)
+    assert evaluate(loaded.algorithm, test).metric == "mse"
+    with pytest.raises(ValueError, match=r"ways=5 but sinusoid tasks are regression tasks"):
+        loaded.episodes(ways=5)
