@@ -113,3 +113,15 @@ def test_bad_inputs():
     algo = RelationNet(RelationEncoder(hidden=4))
     with pytest.raises(ValueError, match=r"the encoder gives features of shape \(4, 6, 6\) but the relation module was built for \(4, 5, 5\)"):
         algo.embed(torch.zeros(1, 1, 32, 32))
+
+
+def test_chunked_evaluation_equals_one_call():
+    torch.manual_seed(0)
+    algo = RelationNet(RelationEncoder(hidden=4), relation_channels=4).eval()
+    batch = EpisodeBatch(
+        torch.randn(5, 4, 1, 28, 28), torch.tensor([[0, 1, 0, 1]] * 5), torch.randn(5, 3, 1, 28, 28), torch.tensor([[1, 0, 1]] * 5), 2
+    )
+    with torch.no_grad():
+        full = algo.predict(batch)
+        algo.max_pair_elements = 3 * 2 * 4 * 25 * 2  # two tasks per chunk
+        assert torch.allclose(algo.predict(batch), full, atol=1e-6)

@@ -114,3 +114,12 @@ def test_bad_inputs():
         tsne_2d(torch.randn(5, 2), perplexity=1)
     with pytest.raises(ValueError, match="steps=0 must be a positive int"):
         tsne_2d(torch.randn(5, 2), steps=0)
+
+
+def test_plot_run_embeddings_errors(tmp_path):
+    from metakit.runtime.embeddings import plot_run_embeddings
+
+    with pytest.raises(ValueError, match="episodes=0 must be a positive int"):
+        plot_run_embeddings(tmp_path, episodes=0)
+    with pytest.raises(FileNotFoundError):
+        plot_run_embeddings(tmp_path / "missing")

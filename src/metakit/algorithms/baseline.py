@@ -126,12 +126,12 @@ class Baseline(Algorithm):
     """Baseline / Baseline++ (Chen et al. 2019); see the module docstring.
 
     Args:
-        encoder: the backbone (e.g. ``Conv4()``); its output is flattened to ``[N, D]``.
+        encoder: the backbone (e.g. Conv4()); its output is flattened to [N, D].
         num_classes: outputs of the pre-training head = classes of the training split; built
             from the config, it defaults to the training split's class count.
-        head: ``"linear"`` (Baseline) or ``"cosine"`` (Baseline++), for pre-training and
+        head: linear (Baseline) or cosine (Baseline++), for pre-training and
             fine-tuning alike.
-        scale: the cosine head's scale; ``None`` uses 2 for heads of at most 200 classes and 10
+        scale: the cosine head's scale; None uses 2 for heads of at most 200 classes and 10
             above (so 10 when pre-training on Omniglot, 2 when fine-tuning a 5- or 20-way head).
         finetune_epochs: passes over the support set when fitting a new head.
         finetune_batch_size: support examples per SGD step.
@@ -140,7 +140,7 @@ class Baseline(Algorithm):
         finetune_dampening: SGD dampening.
         finetune_weight_decay: SGD weight decay (L2 penalty on the head).
         finetune_seed: seed of the head initialisation and the mini-batch order.
-        feature_dim: feature size ``D``; ``None`` reads it from the encoder's ``feature_dim``.
+        feature_dim: feature size D; None reads it from the encoder's feature_dim.
     """
 
     def __init__(

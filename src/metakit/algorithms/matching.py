@@ -60,14 +60,14 @@ class MatchingNet(EmbeddingAlgorithm):
     """Matching Networks (Vinyals et al. 2016); see the module docstring for the rule.
 
     Args:
-        encoder: the embedding network ``f' = g'`` (e.g. ``Conv4()``, 64 features on
-            Omniglot); its output is flattened to ``[N, D]``.
+        encoder: the embedding network f' = g' (e.g. Conv4(), 64 features on
+            Omniglot); its output is flattened to [N, D].
         fce: add the full-context embeddings (bidirectional LSTM over the support, attention
             LSTM for the queries). The paper did not use them on Omniglot.
-        fce_steps: number ``K`` of read steps of the attention LSTM.
+        fce_steps: number K of read steps of the attention LSTM.
         scale: multiplier of the cosine similarities inside the softmax (1 = the paper).
-        feature_dim: embedding size ``D`` (needed for the LSTMs when ``fce``); ``None`` reads
-            it from the encoder's ``feature_dim`` attribute.
+        feature_dim: embedding size D (needed for the LSTMs when fce); None reads
+            it from the encoder's feature_dim attribute.
     """
 
     display_name = "MatchingNet"

@@ -75,17 +75,17 @@ class NearestNeighbour(EmbeddingAlgorithm):
     """Nearest neighbour / nearest centroid on encoder features; see the module docstring.
 
     Args:
-        encoder: the feature extractor; its output is flattened to ``[N, D]``.
-        rule: ``"neighbour"`` (nearest support example) or ``"centroid"`` (nearest class mean).
-        distance: ``"euclidean"`` (squared) or ``"cosine"``.
-        normalize: ``"none"``, ``"l2"`` or ``"cl2n"`` (centre by the mean training feature,
+        encoder: the feature extractor; its output is flattened to [N, D].
+        rule: neighbour (nearest support example) or centroid (nearest class mean).
+        distance: euclidean (squared) or cosine.
+        normalize: none, l2 or cl2n (centre by the mean training feature,
             then L2-normalise; SimpleShot), applied at prediction time.
         scale: multiplier of the scores (an inverse temperature of the training softmax; does
             not change predictions).
         mean_momentum: weight of each training batch in the moving average of the mean
-            training feature (used by ``cl2n``).
-        feature_dim: feature size ``D`` (needed for ``cl2n``); ``None`` reads it from the
-            encoder's ``feature_dim`` attribute.
+            training feature (used by cl2n).
+        feature_dim: feature size D (needed for cl2n); None reads it from the
+            encoder's feature_dim attribute.
     """
 
     display_name = "NearestNeighbour"

@@ -28,6 +28,8 @@ split into a query part and a class part, see :mod:`metakit.models.relation`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,12 +59,17 @@ class RelationNet(EmbeddingAlgorithm):
     """Relation Networks (Sung et al. 2018); see the module docstring for the rule.
 
     Args:
-        encoder: the embedding module (``RelationEncoder()`` in the paper: feature maps
-            ``[64, 5, 5]`` on Omniglot; any encoder with a ``feature_shape`` or
-            ``feature_dim`` attribute works).
+        encoder: the embedding module (RelationEncoder() in the paper: feature maps
+            [64, 5, 5] on Omniglot; any encoder with a feature_shape or
+            feature_dim attribute works).
         relation_channels: filters of the relation module's conv blocks (64 in the paper).
         relation_hidden: units of its fully connected layer (8 in the paper).
-        class_pool: ``"sum"`` (the paper) or ``"mean"`` of a class's support features.
+        class_pool: sum (the paper) or mean of a class's support features.
+        max_pair_elements: in eval() mode, tasks are scored a few at a time so that the
+            relation module's first activation (pairs * channels * H * W elements) stays
+            below this bound (memory control; with BatchNorm running statistics the result
+            does not depend on it). In training mode all pairs are scored at once, so that
+            BatchNorm sees the statistics of the whole batch.
 
     The shape of one embedding is read from the encoder's ``feature_shape`` (feature maps) or
     ``feature_dim`` (vectors) attribute, which the backbones of :mod:`metakit.models` set.
@@ -76,6 +83,7 @@ class RelationNet(EmbeddingAlgorithm):
         relation_channels: int = 64,
         relation_hidden: int = 8,
         class_pool: str = "sum",
+        max_pair_elements: int = 2**24,
     ) -> None:
         super().__init__()
         if not isinstance(encoder, nn.Module):
@@ -83,6 +91,8 @@ class RelationNet(EmbeddingAlgorithm):
         check_positive("relation_channels", relation_channels, int)
         check_positive("relation_hidden", relation_hidden, int)
         self.class_pool = check_choice("class_pool", class_pool, _POOLS)
+        check_positive("max_pair_elements", max_pair_elements, int)
+        self.max_pair_elements = max_pair_elements
         self.encoder = encoder
         self.relation = RelationModule(feature_shape_of(encoder), relation_channels, relation_hidden)
 
@@ -98,7 +108,13 @@ class RelationNet(EmbeddingAlgorithm):
 
     def task_scores(self, support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int) -> Tensor:
         """Relation logits ``[B, Q, ways]`` (``sigmoid`` of them is the paper's relation score)."""
-        return self.relation(query_z, class_features(support_z, support_y, ways, self.class_pool))
+        cls = class_features(support_z, support_y, ways, self.class_pool)
+        b, q = query_z.shape[:2]
+        per_task = q * ways * self.relation.channels * math.prod(self.relation.feature_shape[1:])
+        chunk = max(1, self.max_pair_elements // max(1, per_task))
+        if self.training or chunk >= b:
+            return self.relation(query_z, cls)
+        return torch.cat([self.relation(query_z[i : i + chunk], cls[i : i + chunk]) for i in range(0, b, chunk)])
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean squared error between ``sigmoid(relation logits)`` and the one-hot query labels."""

@@ -58,12 +58,12 @@ class SiameseNet(EmbeddingAlgorithm):
     docstring for the pairs, the loss and the prediction rule.
 
     Args:
-        encoder: the shared embedding network (e.g. ``Conv4()``); its output is flattened to
-            ``[N, D]``. ``D`` is read from the encoder's ``feature_dim`` attribute.
+        encoder: the shared embedding network (e.g. Conv4()); its output is flattened to
+            [N, D]. D is read from the encoder's feature_dim attribute.
         balance: weigh positive and negative pairs equally in the loss (default) instead of
-            averaging over all pairs (of which only ``1/ways`` are positive).
-        feature_dim: embedding size ``D``; ``None`` reads it from the encoder.
-        max_pair_elements: bound on the number of elements of the ``[tasks, Q, S, D]``
+            averaging over all pairs (of which only 1/ways are positive).
+        feature_dim: embedding size D; None reads it from the encoder.
+        max_pair_elements: bound on the number of elements of the [tasks, Q, S, D]
             difference tensor computed at once when scoring (memory control; the result does
             not depend on it).
     """

@@ -25,6 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
     p.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG files (default: RUN_DIR)")
+    p.add_argument(
+        "--embeddings",
+        nargs="?",
+        const="pca",
+        choices=["pca", "tsne"],
+        default=None,
+        help="also write embeddings.png: a 2-D projection (pca, the default, or tsne) of the support and query "
+        "embeddings of 3 fixed test episodes, coloured by class (metric-based algorithms)",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,9 +43,15 @@ def _learning_curves(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     return [plot_run(args.run_dir, out_dir)]
 
 
+def _embeddings(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    from ..runtime.embeddings import plot_run_embeddings
+
+    return [plot_run_embeddings(args.run_dir, out_dir, method=args.embeddings)]
+
+
 def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
     """The figures this invocation asks for, in order."""
-    return [_learning_curves]
+    return [_learning_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
 
 
 def run(args: argparse.Namespace) -> int:

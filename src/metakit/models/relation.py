@@ -131,6 +131,7 @@ class RelationModule(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive int")
         self.feature_shape = shape
+        self.channels = channels
         if len(shape) == 3:
             c, side_h, side_w = shape
             self.first: nn.Conv2d | nn.Linear = nn.Conv2d(2 * c, channels, 3, padding=1)

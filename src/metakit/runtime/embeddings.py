@@ -46,6 +46,7 @@ __all__ = [
     "tsne_2d",
     "project_episodes",
     "plot_embeddings",
+    "plot_run_embeddings",
     "EMBEDDINGS_PNG",
 ]
 
@@ -295,3 +296,41 @@ def plot_embeddings(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def plot_run_embeddings(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    method: str = "pca",
+    split: str = "test",
+    episodes: int = 3,
+    seed: int | None = None,
+    checkpoint: str = "best",
+) -> Path:
+    """Write ``embeddings.png`` for a trained run (``metakit plot RUN_DIR --embeddings``).
+
+    Loads the run's ``checkpoint`` (see :func:`metakit.runtime.run.load_run`), draws
+    ``episodes`` fixed episodes of ``split`` with the run's evaluation settings (``eval.ways``,
+    ``eval.shots``, ``eval.queries``; seed ``eval.seed`` unless given) and plots their
+    embeddings with :func:`plot_embeddings` into ``out_dir`` (default: the run folder).
+    """
+    from .run import load_run
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be a positive int")
+    loaded = load_run(run_dir, checkpoint=checkpoint)
+    cfg = loaded.config
+    if cfg.data.dataset == "sinusoid":
+        raise ValueError(
+            f"run {str(run_dir)!r} solves sinusoid regression tasks; embedding plots need classification episodes"
+        )
+    embedding_function(loaded.algorithm)  # fail early, before loading data, for algorithms without embeddings
+    batch = next(iter(loaded.episodes(split, episodes=episodes, seed=seed, batch_size=episodes)))
+    dataset = cfg.data.dataset + (f" ({cfg.data.protocol})" if cfg.data.protocol else "")
+    title = (
+        f"{cfg.algorithm.name} embeddings, {dataset} {loaded.split_name(split)} episodes "
+        f"({loaded.checkpoint.name}, step {loaded.step})"
+    )
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    return plot_embeddings(loaded.algorithm, batch, out / EMBEDDINGS_PNG, method, episodes, title, seed or 0)
