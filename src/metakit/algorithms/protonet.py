@@ -144,7 +144,8 @@ class ProtoNet(Algorithm):
     #: Omniglot images, ~34 MB per Conv4 activation. Measured on Conv4, 28x28, in CPU time on a
     #: loaded 2-core machine: one thread, 1,789 images per CPU-second at 167 images per call
     #: against 1,075 at 1,337 (kernel time of page faults on large allocations); two threads,
-    #: 578 against 939 (thread synchronisation of small calls). Memory is the reason to chunk.
+    #: 578 at 160 against 939 at 1,337 (thread synchronisation of small calls). Memory is the
+    #: reason to chunk.
     embed_chunk_values: int = 1 << 17
 
     def __init__(
