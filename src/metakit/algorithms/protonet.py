@@ -142,10 +142,9 @@ class ProtoNet(Algorithm):
 
     #: eval-mode encoder calls take at most this many input values (see :meth:`embed`): 167
     #: Omniglot images, ~34 MB per Conv4 activation. Measured on Conv4, 28x28, in CPU time on a
-    #: loaded 2-core machine: one thread, 1,789 images per CPU-second at 167 images per call
-    #: against 1,075 at 1,337 (kernel time of page faults on large allocations); two threads,
-    #: 578 at 160 against 939 at 1,337 (thread synchronisation of small calls). Memory is the
-    #: reason to chunk.
+    #: loaded 2-core machine, 167 against 1,337 images per call: one thread 1,789 against 1,075
+    #: images per CPU-second; two threads with OMP_WAIT_POLICY=passive (the CLI's default) 1,659
+    #: against 1,119. The difference is kernel time of page faults on large allocations.
     embed_chunk_values: int = 1 << 17
 
     def __init__(
