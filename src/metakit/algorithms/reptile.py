@@ -1,0 +1,132 @@
+"""Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018).
+
+Reptile runs plain SGD on each task from the shared initialisation ``phi`` and moves ``phi``
+towards the weights it reached::
+
+    W_i = k steps of SGD on task i, from phi              (the inner loop of metakit.algorithms._inner)
+    phi <- phi + epsilon * 1/B * sum_i (W_i - phi)
+
+The outer update is not the gradient of a loss, so :meth:`Reptile.meta_backward` writes the
+*direction* ``phi - mean_i W_i`` into ``p.grad``: a plain ``torch.optim.SGD`` outer optimizer with
+learning rate ``epsilon`` (the paper's meta step size) then applies exactly the update above,
+and the generic trainer needs no special case. (With Adam as outer optimizer the same
+direction is rescaled per weight, a common variant.) No second-order terms and no graph
+through the inner loop are ever built.
+
+The inner loop trains on the support set of each task, in minibatches of ``inner_batch``
+examples (taken in a random order per pass, from the global torch RNG; ``None``: the whole
+support set every step). The paper trains with more shots than it tests with (e.g. 10 per
+class in 5-way Omniglot) -- set ``train.shots`` accordingly -- and uses Adam with beta1=0 as
+inner optimizer where this implementation uses SGD. Query sets are used only for the reported
+metrics. BatchNorm follows MAML's transductive policy (Reptile's "transductive" setting).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..tasks.episode import EpisodeBatch
+from ._inner import Params, inner_loop
+from .base import register
+from .maml import MAML
+
+__all__ = ["Reptile"]
+
+
+@register("reptile")
+class Reptile(MAML):
+    """Reptile: move the initialisation towards the task-adapted weights (Nichol et al. 2018).
+
+    Args:
+        model: the network (e.g. Conv4(out_features=ways, track_running_stats=False)).
+        inner_lr: SGD learning rate of the inner loop.
+        inner_steps: inner SGD steps per task during meta-training.
+        inner_batch: support examples per inner step (null: the whole support set).
+        eval_steps: inner SGD steps when adapting for evaluation (default: inner_steps).
+        task_batching: loop (the only choice: tasks are independent SGD runs).
+        channels_last: channels_last memory format for image inputs (CPU speed).
+        loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.1,
+        inner_steps: int = 5,
+        inner_batch: int | None = None,
+        eval_steps: int | None = None,
+        task_batching: Literal["loop"] = "loop",
+        channels_last: bool = True,
+        loss: Literal["auto", "cross_entropy", "mse"] = "auto",
+    ) -> None:
+        if task_batching != "loop":
+            raise ValueError(f"task_batching={task_batching!r} is not supported by Reptile; use loop")
+        if inner_batch is not None and (not isinstance(inner_batch, int) or isinstance(inner_batch, bool) or inner_batch < 1):
+            raise ValueError(f"inner_batch={inner_batch!r} must be an int >= 1 (or None: the whole support set)")
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            first_order=True,
+            eval_steps=eval_steps,
+            channels_last=channels_last,
+            loss=loss,
+        )
+        self.inner_batch = inner_batch
+
+    def _adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None, *, train: bool, steps: int) -> list[Params]:
+        """``steps`` SGD steps on minibatches of the support set; no graph is kept."""
+        n = support_x.shape[0]
+        bs = n if self.inner_batch is None or self.inner_batch >= n else self.inner_batch
+        run = lambda p, x, y, k: inner_loop(  # noqa: E731
+            self._fmodel, p, x, y, self._loss(ways), steps=k, lr=self.inner_lr, adapt=self.adapt_names,
+            first_order=True, create_graph=False,
+        )
+        if bs == n:
+            return run(self._fmodel.params(), support_x, support_y, steps)
+        traj = [self._fmodel.params()]
+        order = torch.empty(0, dtype=torch.long)
+        for _ in range(steps):
+            if order.numel() < bs:
+                order = torch.cat([order, torch.randperm(n, device=support_x.device)])
+            idx, order = order[:bs], order[bs:]
+            traj.append(run(traj[-1], support_x[idx], support_y[idx], 1)[-1])
+        return traj
+
+    def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
+        """Mean query loss after adaptation, for monitoring only: Reptile's update is not its
+        gradient (the returned tensor has no graph). Training goes through :meth:`meta_backward`."""
+        with torch.no_grad():
+            losses, _, metrics = self._run(batch)
+        return torch.tensor(sum(losses) / len(losses)), metrics
+
+    def meta_backward(self, batch: EpisodeBatch) -> dict[str, float]:
+        """Add ``phi - mean_i W_i`` to ``p.grad`` of every adapted parameter (zero for the others)."""
+        _, direction, metrics = self._run(batch)
+        params = self._fmodel.params()
+        for name, p in params.items():
+            if not p.requires_grad:
+                continue
+            d = direction.get(name)
+            d = torch.zeros_like(p) if d is None else d
+            p.grad = d if p.grad is None else p.grad + d
+        return metrics
+
+    def _run(self, batch: EpisodeBatch) -> tuple[list[float], dict[str, Tensor], dict[str, float]]:
+        self._check_batch(batch)
+        b = batch.num_tasks
+        phi = {n: p.detach() for n, p in self._fmodel.params().items()}
+        direction = {n: torch.zeros_like(phi[n]) for n in self.adapt_names}
+        losses, outs = [], []
+        for ep in batch:
+            traj = self._adapt(ep.support_x, ep.support_y, ep.ways, train=True, steps=self.inner_steps)
+            for n in self.adapt_names:
+                direction[n] += (phi[n] - traj[-1][n]) / b
+            with torch.no_grad():
+                out = self._fmodel(traj[-1], ep.query_x)
+                losses.append(float(self._loss(ep.ways)(out, ep.query_y)))
+            outs.append(out)
+        return losses, direction, self._metrics(losses, outs, batch)

@@ -1,0 +1,390 @@
+"""The inner-loop engine: meta-gradients against finite differences, closed forms and a
+hand-unrolled reference; edge cases (tied, unused, frozen parameters, lr 0); BatchNorm policy;
+checkpointing; loop vs vmap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metakit.algorithms._inner import (
+    FunctionalModel,
+    check_batchnorm,
+    inner_loop,
+    inner_loop_vmap,
+    select_parameters,
+)
+from metakit.models import MLP, Conv4
+
+D64 = torch.float64
+
+
+class TinyConvBN(nn.Module):
+    """conv(1->2) + BatchNorm without running stats + ReLU + linear head, on 1x4x4 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2, track_running_stats=False)
+        self.head = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _cls_data(tasks: int = 2, seed: int = 0, dtype=D64):
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(tasks, 6, 1, 4, 4, generator=g, dtype=dtype)
+    sy = torch.randint(0, 3, (tasks, 6), generator=g)
+    qx = torch.randn(tasks, 9, 1, 4, 4, generator=g, dtype=dtype)
+    qy = torch.randint(0, 3, (tasks, 9), generator=g)
+    return sx, sy, qx, qy
+
+
+def _meta_loss(model, params, data, *, steps, lr, first_order=False, checkpoint=False, adapt=None, channels_last=False):
+    """Mean query loss over tasks after the engine's inner loop (one graph)."""
+    fm = FunctionalModel(model, channels_last=channels_last)
+    names = adapt if adapt is not None else select_parameters(model)
+    sx, sy, qx, qy = data
+    total = 0
+    for b in range(sx.shape[0]):
+        traj = inner_loop(fm, params, sx[b], sy[b], F.cross_entropy, steps=steps, lr=lr, adapt=names,
+                          first_order=first_order, checkpoint=checkpoint)
+        total = total + F.cross_entropy(fm(traj[-1], qx[b]), qy[b])
+    return total / sx.shape[0]
+
+
+def _flat(ts) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _finite_differences(fn, params: dict[str, Tensor], eps: float = 1e-6) -> Tensor:
+    """Central differences of ``fn(params)`` w.r.t. every entry of every parameter (float64)."""
+    names = list(params)
+    flat = _flat([params[n].detach() for n in names])
+
+    def at(vec: Tensor) -> float:
+        p, i = {}, 0
+        for n in names:
+            k = params[n].numel()
+            p[n] = vec[i : i + k].view_as(params[n]).clone().requires_grad_(params[n].requires_grad)
+            i += k
+        return float(fn(p).detach())
+
+    out = torch.empty_like(flat)
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = eps
+        out[i] = (at(flat + e) - at(flat - e)) / (2 * eps)
+    return out
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# -- second order ------------------------------------------------------------------------------
+def test_second_order_meta_gradient_matches_finite_differences_with_batchnorm():
+    torch.manual_seed(0)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    data = _cls_data()
+    loss = _meta_loss(model, params, data, steps=2, lr=0.5)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    fd = _finite_differences(lambda p: _meta_loss(model, p, data, steps=2, lr=0.5), params)
+    assert _rel_err(_flat(grads), fd) < 1e-7
+
+
+class _Linear(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim, dtype=D64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.w
+
+
+def test_closed_form_linear_regression_second_and_first_order():
+    """L(w) = mean((Xw - y)^2): w' = w - a*g, d L_q(w') / dw = (I - a*H_s) grad L_q(w') exactly."""
+    torch.manual_seed(1)
+    model = _Linear(4)
+    xs, ys = torch.randn(6, 4, dtype=D64), torch.randn(6, dtype=D64)
+    xq, yq = torch.randn(8, 4, dtype=D64), torch.randn(8, dtype=D64)
+    a = 0.3
+    w = model.w.detach()
+    g_s = 2 * xs.T @ (xs @ w - ys) / 6
+    h_s = 2 * xs.T @ xs / 6
+    w1 = w - a * g_s
+    g_q = 2 * xq.T @ (xq @ w1 - yq) / 8
+    second = (torch.eye(4, dtype=D64) - a * h_s) @ g_q
+
+    fm = FunctionalModel(model)
+    for first_order, expected in ((False, second), (True, g_q)):
+        model.w.grad = None
+        traj = inner_loop(fm, dict(model.named_parameters()), xs, ys, F.mse_loss, steps=1, lr=a, adapt=["w"],
+                          first_order=first_order)
+        assert torch.allclose(traj[1]["w"], w1, rtol=1e-12, atol=1e-12)
+        F.mse_loss(fm(traj[1], xq), yq).backward()
+        assert model.w.grad is not None
+        assert _rel_err(model.w.grad, expected) < 1e-12
+    assert _rel_err(second, g_q) > 1e-2  # the two really differ here
+
+
+def _hand_unrolled(params: dict[str, Tensor], data, steps: int, lr: float) -> Tensor:
+    """An independent MAML: the TinyConvBN forward written with F.* ops, inner loop by hand."""
+
+    def forward(p, x):
+        h = F.conv2d(x, p["conv.weight"], p["conv.bias"], padding=1)
+        h = F.batch_norm(h, None, None, p["bn.weight"], p["bn.bias"], training=True)
+        return F.linear(torch.relu(h).flatten(1), p["head.weight"], p["head.bias"])
+
+    sx, sy, qx, qy = data
+    losses = []
+    for b in range(sx.shape[0]):
+        p = dict(params)
+        for _ in range(steps):
+            loss = F.cross_entropy(forward(p, sx[b]), sy[b])
+            gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+            p = {n: v - lr * g for (n, v), g in zip(p.items(), gs)}
+        losses.append(F.cross_entropy(forward(p, qx[b]), qy[b]))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_matches_hand_unrolled_reference_float32(checkpoint):
+    torch.manual_seed(2)
+    model = TinyConvBN()
+    params = dict(model.named_parameters())
+    data = _cls_data(tasks=3, seed=3, dtype=torch.float32)
+    ours = torch.autograd.grad(_meta_loss(model, params, data, steps=3, lr=0.4, checkpoint=checkpoint), list(params.values()))
+    ref = torch.autograd.grad(_hand_unrolled(params, data, 3, 0.4), list(params.values()))
+    for (n, a), b in zip(params.items(), zip(ours, ref)):
+        assert _rel_err(b[0], b[1]) < 1e-5, n
+
+
+def test_checkpoint_changes_nothing_but_memory_float64():
+    torch.manual_seed(3)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    data = _cls_data(seed=4)
+    lrs = {n: torch.full_like(p, 0.3, requires_grad=True) for n, p in params.items()}  # learned, Meta-SGD style
+    kw = dict(steps=3, lr=lambda n, k: lrs[n])
+    plain = torch.autograd.grad(_meta_loss(model, params, data, **kw), [*params.values(), *lrs.values()])
+    ck = torch.autograd.grad(_meta_loss(model, params, data, checkpoint=True, **kw), [*params.values(), *lrs.values()])
+    assert _rel_err(_flat(ck), _flat(plain)) < 1e-12
+
+
+def test_channels_last_gives_the_same_gradient_float32_conv4():
+    torch.manual_seed(4)
+    model = Conv4(out_features=3, hidden=8, track_running_stats=False)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(5)
+    data = (torch.randn(2, 6, 1, 28, 28, generator=g), torch.randint(0, 3, (2, 6), generator=g),
+            torch.randn(2, 9, 1, 28, 28, generator=g), torch.randint(0, 3, (2, 9), generator=g))
+    a = torch.autograd.grad(_meta_loss(model, params, data, steps=2, lr=0.4), list(params.values()))
+    b = torch.autograd.grad(_meta_loss(model, params, data, steps=2, lr=0.4, channels_last=True), list(params.values()))
+    assert _rel_err(_flat(b), _flat(a)) < 1e-5
+
+
+# -- first order -------------------------------------------------------------------------------
+def test_first_order_is_the_query_gradient_at_the_adapted_parameters():
+    torch.manual_seed(5)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    sx, sy, qx, qy = (t[0] for t in _cls_data(tasks=1, seed=6))
+    fm = FunctionalModel(model)
+    names = select_parameters(model)
+    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=names, first_order=True)
+    fo = torch.autograd.grad(F.cross_entropy(fm(traj[-1], qx), qy), list(params.values()))
+    # reference: adapted parameters as fresh leaves, plain gradient there
+    leaves = {n: v.detach().requires_grad_() for n, v in traj[-1].items()}
+    expected = torch.autograd.grad(F.cross_entropy(fm(leaves, qx), qy), list(leaves.values()))
+    for a, b in zip(fo, expected):
+        assert a is not None and torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    so_traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=names)
+    so = torch.autograd.grad(F.cross_entropy(fm(so_traj[-1], qx), qy), list(params.values()))
+    assert _rel_err(_flat(fo), _flat(so)) > 1e-3  # not the second-order gradient
+
+
+# -- edge cases --------------------------------------------------------------------------------
+class Tied(nn.Module):
+    """The same weight used by two layers (and registered under two names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3, bias=False)
+        self.b = nn.Linear(3, 3, bias=True)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_tied_weights_adapt_together_and_match_finite_differences():
+    torch.manual_seed(6)
+    model = Tied().to(D64)
+    params = dict(model.named_parameters())
+    assert list(params) == ["a.weight", "b.bias"]  # one entry for the tied weight
+    xs, ys, xq, yq = (torch.randn(5, 3, dtype=D64) for _ in range(4))
+
+    def meta(p):
+        fm = FunctionalModel(model)
+        traj = inner_loop(fm, p, xs, ys, F.mse_loss, steps=2, lr=0.2, adapt=list(p))
+        return F.mse_loss(fm(traj[-1], xq), yq)
+
+    grads = torch.autograd.grad(meta(params), list(params.values()))
+    fd = _finite_differences(meta, params)
+    assert _rel_err(_flat(grads), fd) < 1e-7
+
+    # and both uses see the adapted weight: compare with an explicit forward using it twice
+    fm = FunctionalModel(model)
+    traj = inner_loop(fm, params, xs, ys, F.mse_loss, steps=1, lr=0.2, adapt=list(params))
+    w, c = traj[1]["a.weight"], traj[1]["b.bias"]
+    assert torch.allclose(fm(traj[1], xq), torch.tanh(xq @ w.T) @ w.T + c)
+
+
+class WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(3, 2)
+        self.unused = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.used(x)
+
+
+def test_unused_parameter_gets_zero_gradients_not_none_or_error():
+    torch.manual_seed(7)
+    model = WithUnused().to(D64)
+    fm = FunctionalModel(model)
+    params = dict(model.named_parameters())
+    xs, ys = torch.randn(4, 3, dtype=D64), torch.randint(0, 2, (4,))
+    traj = inner_loop(fm, params, xs, ys, F.cross_entropy, steps=2, lr=0.5, adapt=list(params))
+    assert torch.equal(traj[-1]["unused.weight"], params["unused.weight"])
+    assert not torch.equal(traj[-1]["used.weight"], params["used.weight"])
+    grads = torch.autograd.grad(F.cross_entropy(fm(traj[-1], xs), ys), list(params.values()), materialize_grads=True)
+    g = dict(zip(params, grads))
+    assert torch.count_nonzero(g["unused.weight"]) == 0 and torch.count_nonzero(g["used.weight"]) > 0
+
+
+def test_frozen_parameter_is_a_constant():
+    torch.manual_seed(8)
+    model = TinyConvBN().to(D64)
+    model.conv.weight.requires_grad_(False)
+    params = dict(model.named_parameters())
+    names = select_parameters(model)
+    assert "conv.weight" not in names
+    data = _cls_data(seed=9)
+    loss = _meta_loss(model, params, data, steps=2, lr=0.5)
+    trainable = {n: p for n, p in params.items() if p.requires_grad}
+    grads = torch.autograd.grad(loss, list(trainable.values()))
+
+    def with_frozen(p):
+        return _meta_loss(model, {**p, "conv.weight": params["conv.weight"]}, data, steps=2, lr=0.5)
+
+    assert _rel_err(_flat(grads), _finite_differences(with_frozen, trainable)) < 1e-7
+    fm = FunctionalModel(model)
+    traj = inner_loop(fm, params, data[0][0], data[1][0], F.cross_entropy, steps=2, lr=0.5, adapt=names)
+    assert traj[-1]["conv.weight"] is params["conv.weight"]
+
+
+def test_inner_lr_zero_is_the_identity():
+    torch.manual_seed(9)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    sx, sy, qx, qy = (t[0] for t in _cls_data(tasks=1, seed=10))
+    fm = FunctionalModel(model)
+    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=3, lr=0.0, adapt=list(params))
+    for n, p in params.items():
+        assert torch.equal(traj[-1][n], p)
+    meta = torch.autograd.grad(F.cross_entropy(fm(traj[-1], qx), qy), list(params.values()))
+    plain = torch.autograd.grad(F.cross_entropy(fm(params, qx), qy), list(params.values()))
+    for a, b in zip(meta, plain):
+        assert torch.allclose(a, b, rtol=0, atol=1e-15)
+
+
+def test_zero_steps_and_evaluation_mode_under_no_grad():
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    sx, sy, _, _ = (t[0] for t in _cls_data(tasks=1))
+    fm = FunctionalModel(model)
+    assert inner_loop(fm, params, sx, sy, F.cross_entropy, steps=0, lr=0.5, adapt=list(params)) == [params]
+    with torch.no_grad():
+        traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=list(params), create_graph=False)
+    assert all(not v.requires_grad for v in traj[-1].values())
+    assert not torch.equal(traj[-1]["head.weight"], params["head.weight"])
+    with pytest.raises(ValueError, match=r"steps=-1 must be >= 0"):
+        inner_loop(fm, params, sx, sy, F.cross_entropy, steps=-1, lr=0.5, adapt=list(params))
+
+
+def test_learned_per_layer_per_step_rates_get_finite_difference_gradients():
+    torch.manual_seed(10)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    data = _cls_data(seed=11)
+    rates = {n: torch.tensor([0.3, 0.2], dtype=D64, requires_grad=True) for n in params}
+
+    def meta(r):
+        return _meta_loss(model, params, data, steps=2, lr=lambda n, k: r[n][k])
+
+    grads = torch.autograd.grad(meta(rates), list(rates.values()))
+    assert _rel_err(_flat(grads), _finite_differences(meta, rates)) < 1e-7
+
+
+# -- which parameters adapt --------------------------------------------------------------------
+def test_select_parameters():
+    conv = Conv4(out_features=5, track_running_stats=False)
+    assert select_parameters(conv, "head") == ["head.weight", "head.bias"]
+    assert select_parameters(MLP(), "head") == ["net.4.weight", "net.4.bias"]
+    assert select_parameters(conv, r"features\.0\..*") == ["features.0.weight", "features.0.bias"]
+    assert select_parameters(conv, ["head.bias"]) == ["head.bias"]
+    assert select_parameters(conv, lambda n: n.endswith("bias"))[-1] == "head.bias"
+    assert len(select_parameters(conv)) == len(list(conv.parameters()))
+    with pytest.raises(ValueError, match=r"adapt='\[' is not 'all', 'head' or a valid regular expression"):
+        select_parameters(conv, "[")
+    with pytest.raises(ValueError, match=r"adapt lists \['head.w'\] which are not trainable parameters"):
+        select_parameters(conv, ["head.w"])
+    with pytest.raises(ValueError, match=r"adapt='nothing' selects no trainable parameter"):
+        select_parameters(conv, "nothing")
+
+
+# -- BatchNorm policy --------------------------------------------------------------------------
+def test_batchnorm_with_running_statistics_is_refused():
+    with pytest.raises(ValueError, match=r"MAML: layer 'features.1' \(BatchNorm2d\) tracks running statistics.*track_running_stats=False"):
+        check_batchnorm(Conv4(out_features=5))
+    check_batchnorm(Conv4(out_features=5, track_running_stats=False))
+
+
+# -- vectorised path ---------------------------------------------------------------------------
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmap_path_agrees_with_the_loop(first_order):
+    torch.manual_seed(11)
+    model = MLP(1, [8, 8], 1).to(D64)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    sx, sy, qx, qy = (torch.randn(4, 5, 1, generator=g, dtype=D64) for _ in range(4))
+    rates = {n: torch.full_like(p, 0.1, requires_grad=True) for n, p in params.items()}
+    lr = lambda n, k: rates[n]  # noqa: E731
+    fm = FunctionalModel(model)
+    names = list(params)
+    loop = sum(
+        F.mse_loss(fm(inner_loop(fm, params, sx[b], sy[b], F.mse_loss, steps=2, lr=lr, adapt=names,
+                                 first_order=first_order)[-1], qx[b]), qy[b])
+        for b in range(4)
+    ) / 4
+    run = inner_loop_vmap(fm, params, sx, sy, F.mse_loss, steps=2, lr=lr, adapt=names, first_order=first_order)
+    vm = run(lambda traj, x, y: F.mse_loss(fm(traj[-1], x), y))(qx, qy).mean()
+    wrt = [*params.values(), *rates.values()]
+    a, b = torch.autograd.grad(loop, wrt), torch.autograd.grad(vm, wrt)
+    assert torch.allclose(loop, vm, rtol=1e-12)
+    assert _rel_err(_flat(b), _flat(a)) < 1e-10
+
+
+def test_vmap_is_refused_with_batchnorm():
+    model = TinyConvBN()
+    sx, sy, _, _ = _cls_data(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"task_batching='vmap' is refused for models with BatchNorm"):
+        inner_loop_vmap(FunctionalModel(model), dict(model.named_parameters()), sx, sy, F.cross_entropy,
+                        steps=1, lr=0.1, adapt=["head.weight"])
