@@ -7,5 +7,9 @@ from .matching import MatchingNet
 from .relation import RelationNet
 from .nearest import NearestNeighbour
 from .baseline import Baseline
+from .maml import MAML
+from .metasgd import MetaSGD
+from .anil import ANIL
+from .reptile import Reptile
 
 __all__ = ["Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register"]
