@@ -336,3 +336,14 @@ def test_resume_without_checkpoint_starts_over(tmp_path, reference):
     trainer = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
     trainer.fit(resume=True)
     assert_bitwise_equal(params(trainer), reference[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_allocator_tuning_applies_once_on_glibc():
+    import platform
+
+    from metakit.runtime.trainer import tune_allocator
+
+    expected = platform.libc_ver()[0] == "glibc"
+    assert tune_allocator() is expected
+    assert tune_allocator() is expected  # idempotent
