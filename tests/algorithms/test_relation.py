@@ -125,3 +125,17 @@ def test_chunked_evaluation_equals_one_call():
         full = algo.predict(batch)
         algo.max_pair_elements = 3 * 2 * 4 * 25 * 2  # two tasks per chunk
         assert torch.allclose(algo.predict(batch), full, atol=1e-6)
+
+
+def test_model_defaults_size_the_backbone_for_the_images():
+    from metakit.algorithms import BuildContext
+    from metakit.algorithms.baseline import Baseline
+
+    ctx = BuildContext(ways=5, example_shape=(3, 32, 32), num_train_classes=10)
+    assert RelationNet.model_defaults(ctx) == {"in_channels": 3, "image_size": 32}
+    assert Baseline.model_defaults(ctx) == {"in_channels": 3, "image_size": 32}
+    assert RelationNet.model_defaults(BuildContext(ways=5, example_shape=(1,))) == {}
+    algo = RelationNet.from_config(RelationEncoder(**RelationNet.model_defaults(ctx)), ctx)
+    assert algo.predict(
+        EpisodeBatch(torch.randn(1, 2, 3, 32, 32), torch.tensor([[0, 1]]), torch.randn(1, 2, 3, 32, 32), torch.tensor([[1, 0]]), 2)
+    ).shape == (1, 2, 2)

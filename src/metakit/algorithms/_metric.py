@@ -19,14 +19,14 @@ it; every algorithm of this family calls them at its boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from .base import Algorithm
+from .base import Algorithm, BuildContext
 
 __all__ = [
     "EmbeddingAlgorithm",
@@ -39,6 +39,7 @@ __all__ = [
     "feature_shape_of",
     "check_choice",
     "check_positive",
+    "image_model_defaults",
 ]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -197,6 +198,16 @@ def feature_shape_of(encoder: nn.Module, example_shape: tuple[int, ...] | None =
     return tuple(out.shape[1:])
 
 
+def image_model_defaults(context: BuildContext) -> dict[str, Any]:
+    """Backbone options matching square image examples ``(C, H, H)``: ``in_channels`` and
+    ``image_size`` (the backbones of :mod:`metakit.models` size their ``feature_dim`` /
+    ``feature_shape`` from them); ``{}`` for other example shapes."""
+    shape = tuple(context.example_shape)
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return {"in_channels": int(shape[0]), "image_size": int(shape[1])}
+    return {}
+
+
 @dataclass(frozen=True)
 class SupportLearner:
     """A metric algorithm adapted to one task: the embedded support set and the rule to apply.
@@ -229,6 +240,11 @@ class EmbeddingAlgorithm(Algorithm):
 
     #: display name used in error messages
     display_name: str = "this algorithm"
+
+    @classmethod
+    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
+        """``in_channels`` and ``image_size`` of the data's images (see :func:`image_model_defaults`)."""
+        return image_model_defaults(context)
 
     def embed(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Embeddings ``[N, *z_shape]`` of inputs ``[N, *x_shape]``."""

@@ -54,6 +54,7 @@ from ._metric import (
     describe,
     encode_batch,
     feature_shape_of,
+    image_model_defaults,
 )
 from .base import Algorithm, BuildContext, accuracy, register
 
@@ -200,6 +201,11 @@ class Baseline(Algorithm):
             nn.init.zeros_(self.classifier.bias)
         else:
             self.classifier = CosineHead(feature_dim, num_classes, self.finetune_scale(num_classes))
+
+    @classmethod
+    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
+        """``in_channels`` and ``image_size`` of the data's images (the backbone's feature size)."""
+        return image_model_defaults(context)
 
     @classmethod
     def from_config(cls, model: nn.Module, context: BuildContext, **options: Any) -> "Baseline":
