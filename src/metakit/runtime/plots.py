@@ -182,8 +182,16 @@ def _mark_best(ax, series: Series, higher_is_better: bool, scale: float, unit: s
     ax.plot([x], [y], marker="*", markersize=11, color="black", linestyle="none", label=f"best {y:.2f}{unit} @ step {x}")
 
 
-def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = "") -> Path:
-    """Draw ``curves`` into the PNG file ``out`` (folders created); returns its path."""
+def plot_learning_curves(
+    curves: Curves, out: str | os.PathLike, title: str = "", train_note: str = "", val_note: str = ""
+) -> Path:
+    """Draw ``curves`` into the PNG file ``out`` (folders created); returns its path.
+
+    ``train_note`` / ``val_note`` are appended to the training / validation legend labels
+    (e.g. ``"20-way 1-shot"``: training and validation episodes often differ in size).
+    """
+    tn = f" ({train_note})" if train_note else ""
+    vn = f" ({val_note})" if val_note else ""
     if curves.is_empty():
         raise ValueError("the metrics log holds no loss or accuracy values yet; train for a few steps first")
     import matplotlib
@@ -197,11 +205,11 @@ def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = ""
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
     ax = axes[0][0]
     if len(curves.train_loss):
-        _plot_raw_and_smooth(ax, curves.train_loss, "tab:blue", "training loss")
+        _plot_raw_and_smooth(ax, curves.train_loss, "tab:blue", f"training loss{tn}")
     if len(curves.val_loss):
-        ax.plot(curves.val_loss.steps, curves.val_loss.values, color="tab:orange", marker="o", markersize=3.5, label="validation loss")
+        ax.plot(curves.val_loss.steps, curves.val_loss.values, color="tab:orange", marker="o", markersize=3.5, label=f"validation loss{vn}")
     if len(curves.val_mse):
-        _plot_band(ax, curves.val_mse, curves.val_mse_ci95, "tab:red", "validation MSE")
+        _plot_band(ax, curves.val_mse, curves.val_mse_ci95, "tab:red", f"validation MSE{vn}")
         _mark_best(ax, curves.val_mse, False, 1.0, "")
     ax.set_title("loss")
     ax.set_ylabel("loss" if not len(curves.val_mse) else "loss / MSE")
@@ -211,15 +219,15 @@ def plot_learning_curves(curves: Curves, out: str | os.PathLike, title: str = ""
     if has_acc:
         ax = axes[0][1]
         if len(curves.train_accuracy):
-            _plot_raw_and_smooth(ax, curves.train_accuracy, "tab:blue", "training accuracy", scale=100)
+            _plot_raw_and_smooth(ax, curves.train_accuracy, "tab:blue", f"training accuracy{tn}", scale=100)
         if len(curves.val_accuracy):
-            _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", "validation accuracy", scale=100)
+            _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", f"validation accuracy{vn}", scale=100)
         ax.set_title("accuracy")
         ax.set_ylabel("accuracy (%)")
     if zoom:
         # the validation curve on its own scale: near 100% it is flat on the full-range panel
         ax = axes[0][2]
-        lo, hi = _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", "validation accuracy", scale=100)
+        lo, hi = _plot_band(ax, curves.val_accuracy, curves.val_accuracy_ci95, "tab:red", f"validation accuracy{vn}", scale=100)
         _mark_best(ax, curves.val_accuracy, True, 100.0, "%")
         pad = max(0.05, 0.08 * (hi - lo))
         ax.set_ylim(lo - pad, min(100.0 + pad, hi + pad))
@@ -259,11 +267,13 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
     curves = read_curves(run_dir / METRICS_FILE)
-    title = run_dir.name
+    title, train_note, val_note = run_dir.name, "", ""
     if (run_dir / CONFIG_FILE).is_file():
         cfg = read_run_config(run_dir)
         data = cfg.data.dataset + (f" ({cfg.data.protocol})" if cfg.data.protocol else "")
-        t = cfg.train
-        task = f"{t.ways}-way {t.shots}-shot" if t.ways is not None else f"{t.shots}-shot regression"
-        title = f"{cfg.algorithm.name} on {data}, trained {task}, meta-batch {t.meta_batch}  [{run_dir.name}]"
-    return plot_learning_curves(curves, Path(out_dir or run_dir) / LEARNING_CURVES_PNG, title=title)
+        t, e = cfg.train, cfg.eval
+        train_note = f"{t.ways}-way {t.shots}-shot" if t.ways is not None else f"{t.shots}-shot"
+        val_note = (f"{e.ways}-way {e.shots}-shot" if e.ways is not None else f"{e.shots}-shot") + f", {e.val_episodes} episodes"
+        title = f"{cfg.algorithm.name} on {data}, meta-batch {t.meta_batch}  [{run_dir.name}]"
+    out = Path(out_dir or run_dir) / LEARNING_CURVES_PNG
+    return plot_learning_curves(curves, out, title=title, train_note=train_note, val_note=val_note)
