@@ -347,3 +347,10 @@ def test_allocator_tuning_applies_once_on_glibc():
     expected = platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
     assert tune_allocator() is expected  # idempotent
+
+
+def test_resume_refuses_fewer_steps_than_the_checkpoint(tmp_path):
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=10", "eval.val_episodes=0")).fit()
+    shorter = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=8", "eval.val_episodes=0"))
+    with pytest.raises(ValueError, match=r"train.steps=8 but the checkpoint step-00000010.safetensors is at step 10"):
+        shorter.fit(resume=True)

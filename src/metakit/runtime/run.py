@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,7 +295,3 @@ def load_run(
         val=state.get("val"),
         data_meta=dict(state.get("data_meta") or {}),
     )
-
-
-def _warn(msg: str) -> None:
-    print(f"metakit: warning: {msg}", file=sys.stderr, flush=True)

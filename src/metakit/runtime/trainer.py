@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
@@ -385,6 +385,11 @@ class Trainer:
                 resume_step = 0
             else:
                 state, path = found
+                if int(state["step"]) > total:
+                    raise ValueError(
+                        f"train.steps={total} but the checkpoint {path.name} is at step {state['step']}; "
+                        f"resume with train.steps >= {state['step']}"
+                    )
                 self.load_state_dict(state)
                 self._last_checkpoint = path
                 resume_step = self.step
