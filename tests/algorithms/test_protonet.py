@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.algorithms import ProtoNet, get_algorithm
+from metakit.algorithms import BuildContext, ProtoNet, get_algorithm
 from metakit.algorithms.protonet import cosine_scores, euclidean_scores, prototypes
 from metakit.models import Conv4
 from metakit.tasks import EpisodeBatch
@@ -243,3 +243,12 @@ def test_batch_statistics_encoders_are_never_chunked():
         algo.embed(torch.rand(5, 1, 28, 28))
     assert calls == [5]
     assert ProtoNet(Conv4(hidden=8)).batch_dependent()  # training mode
+
+
+def test_model_defaults_fit_the_images():
+    ctx = BuildContext(ways=5, example_shape=(3, 32, 32))
+    assert ProtoNet.model_defaults(ctx) == {"in_channels": 3, "image_size": 32}
+    assert ProtoNet.model_defaults(BuildContext(ways=None, example_shape=(1,))) == {}
+    algo = ProtoNet.from_config(Conv4(hidden=8, **ProtoNet.model_defaults(ctx)), ctx)
+    batch = EpisodeBatch(torch.rand(1, 2, 3, 32, 32), torch.tensor([[0, 1]]), torch.rand(1, 3, 3, 32, 32), torch.tensor([[1, 0, 1]]), 2)
+    assert algo.predict(batch).shape == (1, 3, 2)

@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from .base import Algorithm, accuracy, register
+from ._metric import image_model_defaults
+from .base import Algorithm, BuildContext, accuracy, register
 
 __all__ = ["ProtoNet", "PrototypeLearner", "prototypes", "euclidean_scores", "cosine_scores"]
 
@@ -176,6 +178,11 @@ class ProtoNet(Algorithm):
             self.log_scale = nn.Parameter(torch.tensor(math.log(float(scale))))
         else:
             self.register_buffer("log_scale", torch.tensor(math.log(float(scale))))
+
+    @classmethod
+    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
+        """``in_channels`` and ``image_size`` of the data's square images (``{}`` otherwise)."""
+        return image_model_defaults(context)
 
     # -- building blocks ----------------------------------------------------------------------
     @property
