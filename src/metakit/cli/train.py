@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from .main import UsageError
@@ -17,7 +18,8 @@ The run folder (--out; default runs/<config-name>-<timestamp>) receives the effe
 checkpoints and best.safetensors) and summary.json. Ctrl-C stops after the current step and writes
 a checkpoint; `metakit train --resume RUN_DIR` continues from the newest readable checkpoint and ends
 with the parameters an uninterrupted run would have (bitwise with run.deterministic=true and the same
-run.num_threads). Only these keys may be overridden on resume: {resumable}.
+run.num_threads). Only these keys may be overridden on resume:
+{resumable}.
 """
 
 _EPILOG_HEAD = """\
@@ -29,17 +31,32 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..runtime.config import config_help
-    from ..runtime.run import RESUMABLE_KEYS
+class _HelpWithConfig(argparse.Action):
+    """``-h/--help`` that documents every config field (built only when asked: it imports torch)."""
 
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help="show this help message and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object, option_string: str | None = None) -> None:
+        from ..runtime.config import config_help
+        from ..runtime.run import RESUMABLE_KEYS
+
+        resumable = textwrap.fill(", ".join(RESUMABLE_KEYS), width=96, initial_indent="  ", subsequent_indent="  ")
+        parser.description = _DESCRIPTION.format(resumable=resumable)
+        parser.epilog = _EPILOG_HEAD + config_help()
+        parser.print_help()
+        parser.exit()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="meta-train an algorithm from a YAML config (with key=value overrides); resume a run",
-        description=_DESCRIPTION.format(resumable=", ".join(RESUMABLE_KEYS)),
-        epilog=_EPILOG_HEAD + config_help(),
+        description="Meta-train an algorithm from a YAML config; --help lists every config field.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
+    p.add_argument("-h", "--help", action=_HelpWithConfig)
     p.add_argument(
         "items",
         nargs="*",
