@@ -152,3 +152,32 @@ def test_bad_inputs():
         algo.fit_feature_mean([[1.0, 2.0]])
     with pytest.raises(TypeError, match="algorithm Flatten has no encoder module"):
         NearestNeighbour.from_algorithm(nn.Flatten())
+
+
+def test_encoder_runs_in_chunks_only_when_batch_independent():
+    from metakit.algorithms._metric import batch_dependent, run_encoder
+
+    calls = []
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return self.bn(x)
+
+    torch.manual_seed(0)
+    enc = Counting()
+    x = torch.randn(10, 3)
+    assert batch_dependent(enc)
+    one = run_encoder(enc, x, chunk_values=6)  # training mode: one call (batch statistics)
+    assert calls == [10]
+    enc.eval()
+    assert not batch_dependent(enc)
+    calls.clear()
+    chunked = run_encoder(enc, x, chunk_values=6)  # 2 examples (of 3 values) per call
+    assert calls == [2] * 5 and torch.allclose(chunked, enc(x))
+    assert batch_dependent(nn.BatchNorm1d(3, track_running_stats=False).eval())
+    assert one.shape == (10, 3)

@@ -40,7 +40,15 @@ __all__ = [
     "check_choice",
     "check_positive",
     "image_model_defaults",
+    "batch_dependent",
+    "run_encoder",
+    "EMBED_CHUNK_VALUES",
 ]
+
+#: inputs are encoded in chunks of at most this many input values when the encoder is not
+#: batch-dependent (a 50-episode batch of 20-way 5-shot Omniglot is 20,000 images; one call would
+#: hold a 4 GB first activation)
+EMBED_CHUNK_VALUES = 1 << 17
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -74,6 +82,27 @@ def check_positive(name: str, value: object, kind: type = float, allow_zero: boo
         what = "int" if kind is int else "number"
         sign = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}={value!r} must be a finite {what} {sign}")
+
+
+def batch_dependent(encoder: nn.Module) -> bool:
+    """Whether ``encoder``'s output for one input depends on the other inputs of the call: a
+    BatchNorm layer normalising with batch statistics (training mode, or always when built with
+    ``track_running_stats=False``)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+        for m in encoder.modules()
+    )
+
+
+def run_encoder(encoder: nn.Module, x: Tensor, chunk_values: int = EMBED_CHUNK_VALUES) -> Tensor:
+    """``encoder(x)``, computed in chunks of at most ``chunk_values`` input values when the
+    encoder is not :func:`batch_dependent` (same result, bounded memory); one call otherwise, so
+    that batch statistics cover the whole input."""
+    per_example = max(1, x[0].numel()) if x.shape[0] else 1
+    chunk = max(1, chunk_values // per_example)
+    if x.shape[0] <= chunk or batch_dependent(encoder):
+        return encoder(x)
+    return torch.cat([encoder(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
 def check_batch(batch: object, algorithm: str) -> EpisodeBatch:
@@ -159,7 +188,8 @@ def encode_batch(embed, batch: EpisodeBatch) -> tuple[Tensor, Tensor]:
 
     Returns ``support_z [B, S, *z_shape]`` and ``query_z [B, Q, *z_shape]``. In training mode a
     BatchNorm layer of the encoder therefore normalises with the statistics of the whole
-    meta-batch; in ``eval()`` mode (running statistics) every image is embedded independently.
+    meta-batch; in ``eval()`` mode (running statistics) every image is embedded independently
+    (the algorithms' ``embed`` then runs the encoder in chunks, see :func:`run_encoder`).
     """
     b, s = batch.support_y.shape[:2]
     q = batch.query_y.shape[1]

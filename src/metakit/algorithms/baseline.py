@@ -55,6 +55,7 @@ from ._metric import (
     encode_batch,
     feature_shape_of,
     image_model_defaults,
+    run_encoder,
 )
 from .base import Algorithm, BuildContext, accuracy, register
 
@@ -232,7 +233,7 @@ class Baseline(Algorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Backbone features ``[N, D]`` (flattened)."""
-        z = self.encoder(x).flatten(1)
+        z = run_encoder(self.encoder, x).flatten(1)
         if z.shape[1] != self.feature_dim:
             raise ValueError(
                 f"the encoder gives {z.shape[1]} features but the heads expect {self.feature_dim}; "

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of
+from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of, run_encoder
 from .base import accuracy, register
 
 __all__ = ["MatchingNet", "attention_log_probs"]
@@ -103,7 +103,7 @@ class MatchingNet(EmbeddingAlgorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Encoder embeddings ``[N, D]`` (``f'`` and ``g'``; flattened)."""
-        return self.encoder(x).flatten(1)
+        return run_encoder(self.encoder, x).flatten(1)
 
     def full_context_support(self, support_z: Tensor) -> Tensor:
         """``g(x_i) = g'(x_i) + h_i(forward) + h_i(backward)``: ``[B, S, D] -> [B, S, D]``."""

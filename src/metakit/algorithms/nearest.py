@@ -59,6 +59,7 @@ from ._metric import (
     class_reduce,
     describe,
     feature_shape_of,
+    run_encoder,
 )
 from .base import Algorithm, accuracy, register
 from .protonet import cosine_scores, euclidean_scores, prototypes
@@ -142,7 +143,7 @@ class NearestNeighbour(EmbeddingAlgorithm):
     # -- features ---------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
         """Raw encoder features ``[N, D]`` (flattened)."""
-        return self.encoder(x).flatten(1)
+        return run_encoder(self.encoder, x).flatten(1)
 
     def transform(self, z: Tensor) -> Tensor:
         """The feature normalisation ``normalize`` applied to features ``[..., D]``."""

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..models.relation import RelationModule
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_choice, check_positive, feature_shape_of
+from ._metric import EmbeddingAlgorithm, check_choice, check_positive, feature_shape_of, run_encoder
 from .base import accuracy, register
 
 __all__ = ["RelationNet", "class_features"]
@@ -98,7 +98,7 @@ class RelationNet(EmbeddingAlgorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Embeddings ``[N, *feature_shape]`` (feature maps, not flattened)."""
-        z = self.encoder(x)
+        z = run_encoder(self.encoder, x)
         if tuple(z.shape[1:]) != self.relation.feature_shape:
             raise ValueError(
                 f"the encoder gives features of shape {tuple(z.shape[1:])} but the relation module was built for "

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of
+from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of, run_encoder
 from .base import accuracy, register
 
 __all__ = ["SiameseNet", "weighted_l1_logits"]
@@ -97,7 +97,7 @@ class SiameseNet(EmbeddingAlgorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Embeddings ``[N, D]`` (the encoder output, flattened)."""
-        z = self.encoder(x).flatten(1)
+        z = run_encoder(self.encoder, x).flatten(1)
         if z.shape[1] != self.alpha.shape[0]:
             raise ValueError(
                 f"the encoder gives {z.shape[1]} features but the distance has {self.alpha.shape[0]} weights; "
