@@ -171,7 +171,7 @@ def test_adapt_works_under_no_grad_and_keeps_every_step():
         before = F.cross_entropy(learner.predict(ep.support_x, step=0), ep.support_y)
         after = F.cross_entropy(learner.predict(ep.support_x), ep.support_y)
     assert float(after) < float(before)
-    assert torch.equal(learner.predict(ep.query_x, step=0), algo.model(ep.query_x).detach())
+    assert torch.allclose(learner.predict(ep.query_x, step=0), algo.model(ep.query_x).detach(), atol=1e-6)
     assert algo.adapt(ep.support_x, ep.support_y, 3, steps=0).steps == 0
     with pytest.raises(ValueError, match=r"step=4 is out of range: this learner took 3 inner steps"):
         learner.predict(ep.query_x, step=4)
@@ -268,3 +268,21 @@ def test_builds_and_trains_from_a_config(tmp_path):
     })
     result = train(cfg, tmp_path / "run")
     assert result.status == "finished" and result.step == 3
+
+
+@pytest.mark.parametrize("task_batching", ["loop", "vmap"])
+def test_predict_steps_matches_per_task_adaptation(task_batching):
+    torch.manual_seed(8)
+    algo = MAML(MLP(1, [8, 8], 1), inner_lr=0.05, eval_steps=4, task_batching=task_batching,
+                learn_inner_lr="per_layer_step", inner_steps=2)
+    batch = SinusoidTasks(5, 6, seed=3).sample(3)
+    with torch.no_grad():
+        out = algo.predict_steps(batch)
+        assert out.shape == (5, 3, 6, 1)
+        for b, ep in enumerate(batch):
+            learner = algo.adapt(ep.support_x, ep.support_y)
+            for k in range(5):
+                assert torch.allclose(out[k, b], learner.predict(ep.query_x, step=k), atol=1e-6)
+        assert torch.equal(algo.predict(batch), out[-1])
+    with pytest.raises(ValueError, match=r"steps=-1 must be an int >= 0"):
+        algo.predict_steps(batch, -1)

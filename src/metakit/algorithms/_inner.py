@@ -78,6 +78,7 @@ __all__ = [
     "Params",
     "LearningRate",
     "FunctionalModel",
+    "to_channels_last",
     "check_batchnorm",
     "has_batchnorm",
     "select_parameters",
@@ -184,14 +185,28 @@ class FunctionalModel:
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-            params = {
-                n: (p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p) for n, p in params.items()
-            }
+            x = to_channels_last(x)
+            params = {n: (to_channels_last(p) if p.dim() == 4 else p) for n, p in params.items()}
         state = dict(params)
         for n, b in self.module.named_buffers():
             state.setdefault(n, b)
         return functional_call(self.module, state, (x,))
+
+
+def to_channels_last(t: Tensor) -> Tensor:
+    """``t`` (4-D) with NHWC strides, also when it has one channel (differentiable).
+
+    ``Tensor.contiguous(memory_format=torch.channels_last)`` leaves a one-channel tensor (a
+    grayscale image batch, a first-layer conv weight) with its NCHW strides, since both layouts
+    coincide in memory; convolutions then produce NCHW outputs and the whole first block (the
+    largest activations of the network) runs in the slower NCHW kernels. Relabelling the strides
+    of such a tensor is a free view.
+    """
+    n, c, h, w = t.shape
+    if c == 1:
+        t = t.contiguous()
+        return t.as_strided(t.shape, (h * w, 1, w, 1))
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def _lr_at(lr: LearningRate, name: str, step: int) -> Tensor | float:

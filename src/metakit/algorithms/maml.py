@@ -312,8 +312,36 @@ class MAML(Algorithm):
 
     def predict(self, batch: EpisodeBatch) -> Tensor:
         """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model."""
+        return self.predict_steps(batch)[-1]
+
+    def predict_steps(self, batch: EpisodeBatch, steps: int | None = None) -> Tensor:
+        """Outputs on the queries after ``0..steps`` inner steps (default ``eval_steps``):
+        ``[steps + 1, B, Q, ...]``. Tasks run one by one, or in one vectorised call with
+        ``task_batching='vmap'``; either way without keeping a graph."""
         self._check_batch(batch)
-        return torch.stack([self.adapt(ep.support_x, ep.support_y, ep.ways).predict(ep.query_x) for ep in batch])
+        k = self.eval_steps if steps is None else steps
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"steps={steps!r} must be an int >= 0")
+        if self.task_batching == "vmap":
+            detached = {n: p.detach() for n, p in self._fmodel.params().items()}
+            lr = self.inner_lr if self.inner_lrs is None else self._detached_lr()
+            run = inner_loop_vmap(
+                self._fmodel, detached, batch.support_x, batch.support_y, self._loss(batch.ways),
+                steps=k, lr=lr, adapt=self.adapt_names, first_order=True,
+            )
+            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(p, qx) for p in traj]))(batch.query_x, batch.query_y)
+            return out.detach().transpose(0, 1)  # type: ignore[union-attr]
+        per_task = []
+        for ep in batch:
+            learner = self.adapt(ep.support_x, ep.support_y, ep.ways, steps=k)
+            with torch.no_grad():
+                per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in range(k + 1)]))
+        return torch.stack(per_task, dim=1)
+
+    def _detached_lr(self) -> LearningRate:
+        lr = self._lr()
+        assert callable(lr)
+        return lambda name, step: lr(name, step).detach()
 
     def _check_batch(self, batch: EpisodeBatch) -> None:
         if not isinstance(batch, EpisodeBatch):

@@ -23,6 +23,7 @@ __all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark"]
 # name -> module (in the order ``metakit bench --help`` lists them)
 BENCHMARKS: dict[str, str] = {
     "sampler": "metakit.bench.sampler",
+    "maml": "metakit.bench.maml",
 }
 
 

@@ -1,0 +1,68 @@
+"""Smoke tests of the MAML benchmark's code path (tiny sizes; nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metakit.bench import maml as bench
+from metakit.cli.main import main
+
+
+@pytest.mark.parametrize("setting", ["so1", "fo1"])
+def test_every_implementation_gives_the_same_meta_gradient(setting):
+    batch = bench.make_batch(2)
+    impls = ["metakit", "metakit-nchw", "loop"] + (["higher"] if bench._have_higher() else [])
+    exact = bench.reference_gradient(bench.SETTINGS[setting], batch, hidden=8)
+    scale = max(float(g.abs().max()) for g in exact)
+    for impl in impls:
+        model, fn, _ = bench.build(impl, bench.SETTINGS[setting], hidden=8)
+        grads = bench.first_gradient(model, fn, batch)
+        err = max(float((a.double() - b).abs().max()) for a, b in zip(grads, exact)) / scale
+        assert err < 1e-3, (impl, err)
+
+
+def test_flops_of_the_issue_workload_per_task():
+    """One task of the issue's work (5+75 images, 2nd order, 1 step): about 5.2 GFLOP (167 per 32)."""
+    batch = bench.make_batch(1)
+    model, fn, _ = bench.build("metakit", bench.SETTINGS["so1"])
+    flops = bench.count_flops(model, fn, batch)
+    assert 4.5e9 < flops < 6e9
+
+
+def test_cli_json_record(capsys):
+    argv = ["bench", "maml", "--settings", "fo1,so5ck", "--impls", "metakit,loop", "--iters", "1", "--warmup", "0",
+            "--meta-batch", "1", "--hidden", "8", "--json", "--no-peaks", "--no-memory"]
+    assert main(argv) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["benchmark"] == "maml" and rec["matmul_gflops"] is None
+    fo1, so5ck = rec["settings"]
+    assert set(fo1["impls"]) == {"metakit", "loop"} and set(so5ck["impls"]) == {"metakit"}  # recompute: metakit only
+    for s in rec["settings"]:
+        for r in s["impls"].values():
+            assert r["median_s"] > 0 and r["grad_err_f64_rel"] < 1e-3 and "memory" not in r
+
+
+def test_peak_memory_in_a_fresh_process():
+    import argparse
+
+    args = argparse.Namespace(meta_batch=1, hidden=8, tune_allocator=True, threads=1)
+    mem = bench.measure_memory("metakit", "fo1", args)
+    assert mem["peak_mb"] >= mem["baseline_mb"] > 50  # torch alone is larger than that
+
+
+def test_peak_rates_are_positive():
+    assert bench.matmul_gflops(n=64, reps=1) > 0
+    rate, which = bench.conv_peak_gflops(images=2, hidden=4, reps=1)
+    assert rate > 0 and which.startswith("conv")
+
+
+def test_bad_options(capsys):
+    assert main(["bench", "maml", "--settings", "so2"]) == 2
+    assert "--settings: 'so2' is not known; use a comma list of so1, fo1, so5, so5ck" in capsys.readouterr().err
+    assert main(["bench", "maml", "--impls", "l2l"]) == 2
+    assert "--impls: 'l2l' is not known" in capsys.readouterr().err
+    assert main(["bench", "maml", "--iters", "0"]) == 2
+    assert "--iters=0 must be >= 1" in capsys.readouterr().err

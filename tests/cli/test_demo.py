@@ -1,0 +1,87 @@
+"""``metakit demo``: a short end-to-end run (train, evaluate by step, Figure 2), its numbers
+agree with ``evaluate``, its config is the shipped one, and bad options are clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metakit.cli.demo import demo_config, mse_by_step
+from metakit.cli.main import main
+from metakit.runtime.config import load_config
+from metakit.runtime.evaluation import evaluate
+from metakit.runtime.run import load_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["demo", "--steps", "40", "--tasks", "12", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_writes_results_figure_and_a_run(demo_dir, capsys):
+    rec = json.loads((demo_dir / "results.json").read_text())
+    assert rec["shots"] == 5 and rec["train_steps"] == 40 and rec["test_tasks"] == 12
+    assert set(rec["mse"]) == {str(k) for k in range(11)}
+    for k in ("0", "1", "5", "10"):
+        assert rec["mse"][k]["mean"] > 0 and rec["mse"][k]["ci95"] > 0
+    png = demo_dir / "figure2.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (demo_dir / "run" / "config.yaml").exists()
+    loaded = load_run(demo_dir / "run", "last")
+    assert loaded.step == 40 and loaded.config.algorithm.name == "maml"
+
+
+def test_demo_numbers_agree_with_evaluate(demo_dir):
+    loaded = load_run(demo_dir / "run", "last")
+    episodes = loaded.episodes("test", queries=100, episodes=12)
+    by_step = mse_by_step(loaded.algorithm, episodes)
+    rec = json.loads((demo_dir / "results.json").read_text())
+    for k in (0, 1, 10):
+        assert by_step[k].mean == pytest.approx(rec["mse"][str(k)]["mean"], rel=1e-6)
+    # `metakit eval` adapts with eval_steps=10: the same per-task numbers as the 10-step column
+    result = evaluate(loaded.algorithm, episodes)
+    assert result.metric == "mse"
+    assert torch.allclose(result.per_episode, by_step[10].per_episode, rtol=1e-5)
+
+
+def test_demo_prints_the_table(tmp_path, capsys):
+    assert main(["demo", "--steps", "3", "--tasks", "3", "--out", str(tmp_path / "d"), "--shots", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "MAML sinusoid regression, K=10: test MSE over 3 tasks" in out
+    for k in (0, 1, 5, 10):
+        assert any(line.split()[:1] == [str(k)] for line in out.splitlines())
+    assert "figure: " in out
+
+
+def test_demo_config_is_the_shipped_config():
+    for k in (5, 10):
+        shipped = load_config(REPO / "configs" / f"maml_sinusoid_k{k}.yaml")
+        assert demo_config(20000, k).to_dict() == shipped.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], r"--steps=0 must be >= 1"),
+        (["--shots", "0"], r"--shots=0 must be >= 1"),
+        (["--tasks", "1"], r"--tasks=1 must be >= 2"),
+        (["--threads", "0"], r"--threads=0 must be >= 1"),
+    ],
+)
+def test_bad_options(tmp_path, capsys, argv, message):
+    assert main(["demo", *argv, "--out", str(tmp_path / "x")]) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_refuses_an_existing_run(demo_dir, capsys):
+    assert main(["demo", "--steps", "3", "--out", str(demo_dir)]) == 2
+    assert "already holds a demo run" in capsys.readouterr().err
