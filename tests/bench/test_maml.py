@@ -45,6 +45,14 @@ def test_cli_json_record(capsys):
             assert r["median_s"] > 0 and r["grad_err_f64_rel"] < 1e-3 and "memory" not in r
 
 
+def test_recompute_settings_use_their_own_task_shape():
+    s = bench.SETTINGS["so10ck-20w5s"]
+    batch = bench.setting_batch(s, 32)
+    assert batch.num_tasks == 1 and batch.support_x.shape[1] == 100 and batch.ways == 20
+    model, _, _ = bench.build("metakit", s, hidden=4)
+    assert model.head.out_features == 20
+
+
 def test_peak_memory_in_a_fresh_process():
     import argparse
 
@@ -61,7 +69,7 @@ def test_peak_rates_are_positive():
 
 def test_bad_options(capsys):
     assert main(["bench", "maml", "--settings", "so2"]) == 2
-    assert "--settings: 'so2' is not known; use a comma list of so1, fo1, so5, so5ck" in capsys.readouterr().err
+    assert "--settings: 'so2' is not known; use a comma list of so1, fo1, so5, so5ck, so10-20w5s, so10ck-20w5s" in capsys.readouterr().err
     assert main(["bench", "maml", "--impls", "l2l"]) == 2
     assert "--impls: 'l2l' is not known" in capsys.readouterr().err
     assert main(["bench", "maml", "--iters", "0"]) == 2

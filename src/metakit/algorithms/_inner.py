@@ -25,8 +25,13 @@ Options (each a plain argument, see :func:`inner_loop`):
 * ``adapt``: the names of the parameters the inner loop updates (all trainable ones for MAML,
   the head for ANIL, Raghu et al. 2020); see :func:`select_parameters`.
 * ``checkpoint``: recompute every inner step during the backward pass instead of keeping its
-  activations and double-backward graph (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant),
-  so that second-order MAML with many inner steps fits in memory.
+  activations and double-backward graph, so that second-order MAML with many inner steps fits in
+  memory: the forward pass keeps only the parameters after each step; the backward pass redoes
+  one step at a time, with its graph, and takes the vector-Jacobian product through it
+  (:class:`_RecomputedStep`). ``torch.utils.checkpoint`` (non-reentrant) gives the same
+  gradients around an inner step but saved no memory at all here (its region contains the
+  inner ``autograd.grad``, whose saved tensors it keeps): measured peak increase for one
+  20-way 5-shot task with 10 second-order steps, 1655 MB with or without it.
 
 Parameters that need no flags:
 
@@ -72,7 +77,6 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint as _checkpoint
 
 __all__ = [
     "Params",
@@ -296,18 +300,66 @@ def _run_steps(
         if not create_graph:
             cur = {n: (v.detach().requires_grad_(True) if n in adapt else v.detach()) for n, v in cur.items()}
         if second_order and checkpoint:
-            keys = list(cur)
-
-            def run(*vals: Tensor, _k: int = k, _keys: list[str] = keys) -> tuple[Tensor, ...]:
-                out = _step(fmodel, loss_fn, adapt, lr, _k, True, support_x, support_y, dict(zip(_keys, vals)))
-                return tuple(out[n] for n in _keys)
-
-            nxt = dict(zip(keys, _checkpoint(run, *(cur[n] for n in keys), use_reentrant=False)))
+            nxt = _recomputed_step(fmodel, loss_fn, adapt, lr, k, support_x, support_y, cur)
         else:
             nxt = _step(fmodel, loss_fn, adapt, lr, k, second_order, support_x, support_y, cur)
         if not create_graph:
             nxt = {n: v.detach() for n, v in nxt.items()}
         traj.append(nxt)
+
+
+def _recomputed_step(
+    fmodel: FunctionalModel,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    adapt: Sequence[str],
+    lr: LearningRate,
+    step: int,
+    x: Tensor,
+    y: Tensor,
+    params: Params,
+) -> Params:
+    """One second-order inner step whose graph is rebuilt in the backward pass (see ``checkpoint``)."""
+    names = list(params)
+    rates = [_lr_at(lr, n, step) for n in adapt]
+    rate_tensors = [r for r in rates if isinstance(r, Tensor)]
+
+    def step_fn(tensors: Sequence[Tensor], create_graph: bool) -> tuple[Tensor, ...]:
+        p = dict(zip(names, tensors[: len(names)]))
+        it = iter(tensors[len(names) :])
+        r = {n: (next(it) if isinstance(v, Tensor) else v) for n, v in zip(adapt, rates)}
+        out = _step(fmodel, loss_fn, adapt, lambda n, _k: r[n], step, create_graph, x, y, p)
+        return tuple(out[n] for n in adapt)
+
+    inputs = [params[n] for n in names] + rate_tensors
+    new = _RecomputedStep.apply(step_fn, len(names), *inputs)
+    out = dict(params)
+    out.update(zip(adapt, new))
+    return out
+
+
+class _RecomputedStep(torch.autograd.Function):
+    """``outputs = step_fn(inputs)`` keeping only ``inputs``; the backward pass recomputes the
+    step with its graph (``create_graph=True``) and returns the vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, step_fn, n_params: int, *inputs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.step_fn = step_fn
+        ctx.save_for_backward(*inputs)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(i < n_params or t.requires_grad) for i, t in enumerate(inputs)]
+            outs = step_fn(leaves, False)
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        inputs = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in inputs]
+            outs = ctx.step_fn(leaves, True)
+            wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(outs, wanted, grad_outputs, allow_unused=True, materialize_grads=True))
+        return (None, None, *(next(grads) if need else None for need in needs))
 
 
 def inner_loop_vmap(

@@ -5,6 +5,9 @@ Work (issue 4): ``Conv4(out_features=5, track_running_stats=False)`` on 1x28x28 
 inner learning rate 0.4, then one Adam step on the meta-gradient. Settings: second-order with
 1 inner step (``so1``), first-order with 1 step (``fo1``), second-order with 5 steps (``so5``),
 and ``so5`` with the inner steps recomputed in the backward pass (``so5ck``, metakit only).
+Memory of the recompute option where the support set is large: ONE 20-way 5-shot task (100
+support images, 5 queries per class, inner lr 0.1) with 10 second-order steps, without and with
+recomputation (``so10-20w5s``, ``so10ck-20w5s``; metakit only, at most 3 timed iterations).
 
 Implementations, all from the same initial weights on the same (random, fixed-seed) batch:
 
@@ -57,14 +60,23 @@ from torch import Tensor, nn
 
 DESCRIPTION = "seconds, FLOPs and peak memory of a MAML meta-iteration (Conv4, 5-way 1-shot, meta-batch 32) vs a plain loop and higher"
 
+_ISSUE = {"ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.4, "meta_batch": None, "impls": None}
+# the memory settings: one 20-way 5-shot task (100 support images) with 10 second-order steps;
+# memory grows with the support graph of every step unless the steps are recomputed
+_BIG_SUPPORT = {"ways": 20, "shots": 5, "queries": 5, "inner_lr": 0.1, "meta_batch": 1, "impls": ("metakit",)}
 SETTINGS: dict[str, dict[str, Any]] = {
-    "so1": {"steps": 1, "first_order": False, "checkpoint": False, "label": "2nd order, 1 step"},
-    "fo1": {"steps": 1, "first_order": True, "checkpoint": False, "label": "1st order, 1 step"},
-    "so5": {"steps": 5, "first_order": False, "checkpoint": False, "label": "2nd order, 5 steps"},
-    "so5ck": {"steps": 5, "first_order": False, "checkpoint": True, "label": "2nd order, 5 steps, recompute"},
+    "so1": {**_ISSUE, "steps": 1, "first_order": False, "checkpoint": False, "label": "2nd order, 1 step"},
+    "fo1": {**_ISSUE, "steps": 1, "first_order": True, "checkpoint": False, "label": "1st order, 1 step"},
+    "so5": {**_ISSUE, "steps": 5, "first_order": False, "checkpoint": False, "label": "2nd order, 5 steps"},
+    "so5ck": {**_ISSUE, "steps": 5, "first_order": False, "checkpoint": True, "impls": ("metakit", "metakit-nchw"),
+              "label": "2nd order, 5 steps, recompute"},
+    "so10-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": False,
+                   "label": "2nd order, 10 steps, ONE 20-way 5-shot task (5 queries/class)"},
+    "so10ck-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": True,
+                     "label": "2nd order, 10 steps, ONE 20-way 5-shot task, recompute"},
 }
 IMPLS = ("metakit", "metakit-nchw", "loop", "higher")
-WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4
+WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4  # the issue's work
 
 
 def _have_higher() -> bool:
@@ -75,27 +87,36 @@ def _have_higher() -> bool:
     return True
 
 
-def make_batch(meta_batch: int, seed: int = 0) -> Any:
-    """A fixed random 5-way 1-shot 15-query batch of 1x28x28 'images' (timing does not depend on values)."""
+def make_batch(
+    meta_batch: int, seed: int = 0, ways: int = WAYS, shots: int = SHOTS, queries: int = QUERIES
+) -> Any:
+    """A fixed random batch of 1x28x28 'images' (5-way 1-shot 15-query by default; timing does not depend on values)."""
     from ..tasks.episode import EpisodeBatch
 
     g = torch.Generator().manual_seed(seed)
-    sy = torch.arange(WAYS).repeat_interleave(SHOTS).expand(meta_batch, -1).contiguous()
-    qy = torch.arange(WAYS).repeat_interleave(QUERIES).expand(meta_batch, -1).contiguous()
+    sy = torch.arange(ways).repeat_interleave(shots).expand(meta_batch, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(meta_batch, -1).contiguous()
     return EpisodeBatch(
-        torch.rand(meta_batch, WAYS * SHOTS, 1, 28, 28, generator=g),
+        torch.rand(meta_batch, ways * shots, 1, 28, 28, generator=g),
         sy,
-        torch.rand(meta_batch, WAYS * QUERIES, 1, 28, 28, generator=g),
+        torch.rand(meta_batch, ways * queries, 1, 28, 28, generator=g),
         qy,
-        WAYS,
+        ways,
     )
 
 
-def make_model(seed: int = 0, hidden: int = 64) -> nn.Module:
+def setting_batch(setting: dict[str, Any], meta_batch: int) -> Any:
+    """The batch of a setting (its own meta-batch size when it fixes one)."""
+    mb = setting.get("meta_batch") or meta_batch
+    return make_batch(mb, ways=setting.get("ways", WAYS), shots=setting.get("shots", SHOTS),
+                      queries=setting.get("queries", QUERIES))
+
+
+def make_model(seed: int = 0, hidden: int = 64, ways: int = WAYS) -> nn.Module:
     from ..models import Conv4
 
     torch.manual_seed(seed)
-    return Conv4(out_features=WAYS, hidden=hidden, track_running_stats=False)
+    return Conv4(out_features=ways, hidden=hidden, track_running_stats=False)
 
 
 # -- the implementations: each returns (module whose parameters are meta-learned, meta_grad(batch)) --
@@ -104,7 +125,7 @@ def _impl_metakit(model: nn.Module, setting: dict[str, Any], channels_last: bool
 
     algo = MAML(
         model,
-        inner_lr=INNER_LR,
+        inner_lr=setting.get("inner_lr", INNER_LR),
         inner_steps=setting["steps"],
         first_order=setting["first_order"],
         checkpoint=setting["checkpoint"],
@@ -116,7 +137,7 @@ def _impl_metakit(model: nn.Module, setting: dict[str, Any], channels_last: bool
 def _impl_loop(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, Callable]:
     from torch.func import functional_call
 
-    steps, second = setting["steps"], not setting["first_order"]
+    steps, second, lr = setting["steps"], not setting["first_order"], setting.get("inner_lr", INNER_LR)
 
     def meta_grad(batch: Any) -> None:
         params = dict(model.named_parameters())
@@ -126,7 +147,7 @@ def _impl_loop(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, Ca
             for _ in range(steps):
                 loss = F.cross_entropy(functional_call(model, p, (batch.support_x[i],)), batch.support_y[i])
                 grads = torch.autograd.grad(loss, list(p.values()), create_graph=second)
-                p = {n: v - INNER_LR * g for (n, v), g in zip(p.items(), grads)}
+                p = {n: v - lr * g for (n, v), g in zip(p.items(), grads)}
             (F.cross_entropy(functional_call(model, p, (batch.query_x[i],)), batch.query_y[i]) / b).backward()
 
     return model, meta_grad
@@ -135,7 +156,7 @@ def _impl_loop(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, Ca
 def _impl_higher(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, Callable]:
     import higher
 
-    inner_opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    inner_opt = torch.optim.SGD(model.parameters(), lr=setting.get("inner_lr", INNER_LR))
     steps = setting["steps"]
     # first order the way higher documents it: keep tracking the fast weights, detach the inner
     # gradients (track_higher_grads=False would cut the query loss off from the initial weights)
@@ -155,7 +176,7 @@ def _impl_higher(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, 
 
 def build(impl: str, setting: dict[str, Any], seed: int = 0, hidden: int = 64) -> tuple[nn.Module, Callable, torch.optim.Optimizer]:
     """The model, its meta-gradient function and its Adam outer optimizer."""
-    model = make_model(seed, hidden)
+    model = make_model(seed, hidden, setting.get("ways", WAYS))
     if impl == "metakit":
         model, fn = _impl_metakit(model, setting, True)
     elif impl == "metakit-nchw":
@@ -256,7 +277,7 @@ def child(impl: str, setting_name: str, meta_batch: int, hidden: int, tune: bool
         from ..runtime.trainer import tune_allocator
 
         tune_allocator()
-    batch = make_batch(meta_batch)
+    batch = setting_batch(SETTINGS[setting_name], meta_batch)
     model, fn, opt = build(impl, SETTINGS[setting_name], hidden=hidden)
     base = _peak_rss_mb()
     for _ in range(2):
@@ -279,7 +300,9 @@ def measure_memory(impl: str, setting_name: str, args: argparse.Namespace) -> di
 
 # -- the benchmark ---------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--settings", default="so1,fo1,so5,so5ck", help="comma list of so1, fo1, so5, so5ck (default: all)")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)} (default: all)"
+    )
     parser.add_argument(
         "--impls", default="metakit,metakit-nchw,loop,higher",
         help="comma list of metakit, metakit-nchw, loop, higher (higher is skipped when not installed)",
@@ -320,9 +343,10 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def bench_setting(name: str, impls: list[str], args: argparse.Namespace) -> dict[str, Any]:
     setting = SETTINGS[name]
-    batch = make_batch(args.meta_batch)
-    if setting["checkpoint"]:
-        impls = [i for i in impls if i.startswith("metakit")]
+    batch = setting_batch(setting, args.meta_batch)
+    if setting["impls"] is not None:
+        impls = [i for i in impls if i in setting["impls"]]
+    iters = args.iters if setting["meta_batch"] is None else min(args.iters, 3)
     built = {i: build(i, setting, hidden=args.hidden) for i in impls}
     exact = reference_gradient(setting, batch, args.hidden)
     scale = max(float(g.abs().max()) for g in exact)
@@ -341,7 +365,7 @@ def bench_setting(name: str, impls: list[str], args: argparse.Namespace) -> dict
     for _ in range(args.warmup):
         for i in impls:
             meta_iteration(*built[i], batch)
-    for _ in range(args.iters):
+    for _ in range(iters):
         for i in impls:
             t, c = time.perf_counter(), time.process_time()
             meta_iteration(*built[i], batch)
@@ -355,7 +379,8 @@ def bench_setting(name: str, impls: list[str], args: argparse.Namespace) -> dict
         r["gflops_per_s"] = flops / r["median_s"] / 1e9
         if not args.no_memory:
             r["memory"] = measure_memory(i, name, args)
-    return {"setting": name, "label": setting["label"], "flops": flops, "impls": rows}
+    return {"setting": name, "label": setting["label"], "flops": flops, "meta_batch": batch.num_tasks,
+            "iters": iters, "impls": rows}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -382,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
         "work": f"Conv4 1x28x28, {WAYS}-way {SHOTS}-shot {QUERIES} queries, meta-batch {args.meta_batch}, inner lr {INNER_LR}, Adam step",
         "iters": args.iters,
         "warmup": args.warmup,
+        "meta_batch": args.meta_batch,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "tune_allocator": args.tune_allocator,
@@ -415,7 +441,8 @@ def _print_table(rec: dict[str, Any]) -> None:
         )
     print(f"median of {rec['iters']} interleaved iterations after {rec['warmup']} warm-up ones")
     for s in rec["settings"]:
-        print(f"\n{s['label']} ({s['setting']}): {s['flops'] / 1e9:.1f} GFLOP per iteration")
+        extra = "" if s["meta_batch"] == rec["meta_batch"] else f", meta-batch {s['meta_batch']}, {s['iters']} timed iterations"
+        print(f"\n{s['label']} ({s['setting']}{extra}): {s['flops'] / 1e9:.1f} GFLOP per iteration")
         rows = s["impls"]
         base = {k: rows[k]["median_s"] for k in ("higher", "loop") if k in rows}
         head = f"  {'implementation':<14} {'s/iter':>7} {'CPU s':>6} {'GFLOP/s':>8} {'%matmul':>8} {'%conv':>6}"
