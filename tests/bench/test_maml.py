@@ -53,6 +53,7 @@ def test_recompute_settings_use_their_own_task_shape():
     assert model.head.out_features == 20
 
 
+@pytest.mark.slow  # starts a Python process (imports torch)
 def test_peak_memory_in_a_fresh_process():
     import argparse
 
