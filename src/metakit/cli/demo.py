@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="MAML on sinusoid regression (no download): train, evaluate on 600 tasks, plot MAML's Figure 2",
-        description=__doc__.split("\n", 2)[2] if __doc__ else None,
+        description=__doc__.split("\n", 2)[2].replace("``", "") if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--steps", type=int, default=20000, help="meta-training steps (default 20000; the paper: 70000)")
