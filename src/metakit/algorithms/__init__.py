@@ -12,4 +12,8 @@ from .metasgd import MetaSGD
 from .anil import ANIL
 from .reptile import Reptile
 
-__all__ = ["Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register"]
+__all__ = [
+    "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
+    "ProtoNet", "SiameseNet", "MatchingNet", "RelationNet", "NearestNeighbour", "Baseline",
+    "MAML", "MetaSGD", "ANIL", "Reptile",
+]

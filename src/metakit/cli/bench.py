@@ -10,7 +10,7 @@ from ..bench import BENCHMARKS, load_benchmark
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="measure throughput (sampler, ...)",
+        help="measure speed and memory (episode sampler; MAML meta-iteration vs higher)",
         description="Run a benchmark; each prints what it measured and how.",
     )
     names = parser.add_subparsers(dest="benchmark", metavar="NAME")

@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metakit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            mod = importlib.import_module(f"metakit.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"metakit.cli.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"metakit.cli.{name}").register(sub)
     return parser
 
 
