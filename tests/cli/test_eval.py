@@ -1,10 +1,8 @@
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from torch import nn
 
 from metakit.algorithms import Algorithm, register
@@ -16,24 +14,10 @@ from metakit.runtime.trainer import train
 from metakit.tasks.sampler import FixedEpisodes
 
 
-def _image_folder(root: Path) -> None:
-    """ROOT/{train,val,test}/classN/i.png: a dark square at a class-specific place, 20x20 pixels."""
-    rng = random.Random(0)
-    for split, n in (("train", 5), ("val", 4), ("test", 5)):
-        for c in range(n):
-            for i in range(4):
-                img = Image.new("L", (20, 20), 255)
-                x, y = (c * 6 + 3 * (split == "test")) % 14, (c * 8) % 14
-                ImageDraw.Draw(img).rectangle([x + rng.randint(0, 1), y, x + 5, y + 5 + rng.randint(0, 1)], fill=0)
-                p = root / split / f"class{c}" / f"{i}.png"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                img.save(p)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, write_image_folder) -> Path:
     tmp = tmp_path_factory.mktemp("eval")
-    _image_folder(tmp / "data")
+    write_image_folder(tmp / "data", {"train": 5, "val": 4, "test": 5})
     config = Config.from_dict(
         {
             "data": {"dataset": "folder", "root": str(tmp / "data"), "image_size": 16},

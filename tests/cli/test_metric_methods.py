@@ -2,11 +2,9 @@
 (a tiny image-folder dataset; a couple of training steps each)."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from metakit.cli.main import main
 from metakit.runtime.config import Config
@@ -14,24 +12,10 @@ from metakit.runtime.run import load_run
 from metakit.runtime.trainer import train
 
 
-def _image_folder(root: Path) -> None:
-    """ROOT/{train,val,test}/classN/i.png: a dark square at a class-specific place."""
-    rng = random.Random(0)
-    for split, n in (("train", 5), ("val", 3), ("test", 4)):
-        for c in range(n):
-            for i in range(4):
-                img = Image.new("L", (20, 20), 255)
-                x, y = (c * 6 + 3 * (split == "test")) % 14, (c * 8) % 14
-                ImageDraw.Draw(img).rectangle([x + rng.randint(0, 1), y, x + 5, y + 5 + rng.randint(0, 1)], fill=0)
-                p = root / split / f"class{c}" / f"{i}.png"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                img.save(p)
-
-
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def data_root(tmp_path_factory, write_image_folder) -> Path:
     root = tmp_path_factory.mktemp("metric-data")
-    _image_folder(root)
+    write_image_folder(root, {"train": 5, "val": 3, "test": 4})
     return root
 
 

@@ -46,13 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import image_model_defaults
+from ._metric import check_support, describe, image_model_defaults
 from .base import Algorithm, BuildContext, accuracy, register
 
 __all__ = ["ProtoNet", "PrototypeLearner", "prototypes", "euclidean_scores", "cosine_scores"]
 
 _DISTANCES = ("euclidean", "cosine")
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -122,7 +121,7 @@ class PrototypeLearner:
     def predict(self, query_x: Tensor) -> Tensor:
         """Scores ``[Q, ways]`` (logits: higher is more likely) of the query inputs ``[Q, *x_shape]``."""
         if not isinstance(query_x, Tensor) or query_x.dim() < 1:
-            raise TypeError(f"query_x must be a tensor [Q, *x_shape], got {_describe(query_x)}")
+            raise TypeError(f"query_x must be a tensor [Q, *x_shape], got {describe(query_x)}")
         z = self.algorithm.embed(query_x)
         return self.algorithm.scores(z.unsqueeze(0), self.prototypes.unsqueeze(0))[0]
 
@@ -259,37 +258,10 @@ class ProtoNet(Algorithm):
         ``ways`` defaults to ``max(support_y) + 1``; every label ``0..ways-1`` needs a support
         example.
         """
-        if not isinstance(support_x, Tensor) or not isinstance(support_y, Tensor):
-            raise TypeError(
-                f"support_x and support_y must be tensors, got {_describe(support_x)} and {_describe(support_y)}"
-            )
-        if support_y.dtype not in _INT_DTYPES or support_y.dim() != 1:
-            raise TypeError(
-                f"support_y must be a 1-D integer label tensor [S], got {_describe(support_y)}; "
-                "ProtoNet classifies (labels 0..ways-1)"
-            )
-        if support_x.dim() < 1 or support_x.shape[0] != support_y.shape[0]:
-            raise ValueError(
-                f"support_x has shape {tuple(support_x.shape)} but support_y has shape {tuple(support_y.shape)}; "
-                "give one label per support example"
-            )
-        if support_y.numel() == 0:
-            raise ValueError("the support set is empty; give at least one labelled example per class")
-        lo, hi = int(support_y.min()), int(support_y.max())
-        if ways is None:
-            ways = hi + 1
-        if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
-            raise ValueError(f"ways={ways!r} must be a positive int")
-        if lo < 0 or hi >= ways:
-            raise ValueError(f"support_y holds labels {lo}..{hi} but ways={ways}: labels must be in 0..{ways - 1}")
+        ways = check_support(support_x, support_y, ways, "ProtoNet")
         z = self.embed(support_x).unsqueeze(0)
         return PrototypeLearner(self, prototypes(z, support_y.unsqueeze(0), ways)[0])
 
     def extra_repr(self) -> str:
         return f"distance={self.distance!r}, scale={float(self.scale):.4g}, learn_scale={self.learn_scale}"
 
-
-def _describe(v: object) -> str:
-    if isinstance(v, Tensor):
-        return f"tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
-    return type(v).__name__
