@@ -157,3 +157,8 @@ def test_bad_inputs():
         algo.embed(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="support_y of task 0 has no example of label 1"):
         algo.adapt(torch.zeros(2, 2), torch.tensor([0, 0]), 2)
+    learner = algo.adapt(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match=r"query_x must be a tensor \[Q, \*x_shape\], got list"):
+        learner.predict([[1.0, 1.0]])
+    with pytest.raises(TypeError, match=r"query_x must be a tensor \[Q, \*x_shape\], got tensor of shape \(\) "):
+        learner.predict(torch.tensor(1.0))

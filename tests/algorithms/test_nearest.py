@@ -95,6 +95,27 @@ def test_training_updates_the_moving_mean_feature():
     assert torch.allclose(algo.feature_mean, 0.5 * first + 0.5 * torch.tensor([4.0, 4.0]))
 
 
+def test_training_mean_feature_is_of_eval_mode_features():
+    # with BatchNorm, training-mode features (batch statistics) have mean ~beta = 0, while
+    # prediction centres eval-mode features (running statistics)
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(2))
+    algo = NearestNeighbour(enc, normalize="cl2n", feature_dim=2).train()
+    algo.meta_loss(HAND)
+    x = torch.tensor([[0.0, 0], [10, 0], [3, 3], [1, 0]])  # support and query
+    assert enc[1].num_batches_tracked.item() == 1  # only the training forward updates running stats
+    assert enc.training and enc[1].training  # modes restored
+    with torch.no_grad():
+        expected = enc.eval()(x).mean(0)  # what fit_feature_mean would compute on these images
+        assert torch.allclose(algo.feature_mean, expected)
+    assert expected.abs().min() > 0.1  # not the ~0 mean of batch-normalised training-mode features
+    # the moving average uses the same eval-mode mean at every step
+    algo.train().meta_loss(HAND)
+    with torch.no_grad():
+        second = enc.eval()(x).mean(0)
+    assert torch.allclose(algo.feature_mean, expected.lerp(second, algo.mean_momentum))
+
+
 def test_on_top_of_a_trained_protonet_encoder():
     torch.manual_seed(0)
     proto = ProtoNet(Conv4(hidden=8)).eval()
@@ -109,6 +130,22 @@ def test_on_top_of_a_trained_protonet_encoder():
         simple.fit_feature_mean(torch.randn(10, 1, 28, 28))
         assert simple.predict(batch).shape == (3, 2, 2)
     assert proto.training is False and simple.training is True
+    assert proto.encoder.training is False  # the borrowed encoder keeps its owner's mode
+    assert not any(m.training for m in proto.encoder.modules())
+
+
+def test_fit_feature_mean_restores_each_modules_own_mode():
+    enc = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(2), nn.Dropout(0.5))
+    algo = NearestNeighbour(enc, normalize="cl2n", feature_dim=2).train()
+    enc[1].eval()  # e.g. a frozen BatchNorm inside a training model
+    before = [m.training for m in algo.modules()]
+    algo.fit_feature_mean(torch.tensor([[1.0, 1.0], [3.0, 1.0]]))
+    assert [m.training for m in algo.modules()] == before == [True, True, True, False, True]
+    algo.eval()
+    enc[2].train()
+    before = [m.training for m in algo.modules()]
+    algo.fit_feature_mean(torch.tensor([[1.0, 1.0], [3.0, 1.0]]))
+    assert [m.training for m in algo.modules()] == before == [False, False, False, False, True]
 
 
 def test_gradients_flow_to_the_encoder():
@@ -152,6 +189,11 @@ def test_bad_inputs():
         algo.fit_feature_mean([[1.0, 2.0]])
     with pytest.raises(TypeError, match="algorithm Flatten has no encoder module"):
         NearestNeighbour.from_algorithm(nn.Flatten())
+    algo.fit_feature_mean(torch.zeros(2, 3))
+    with pytest.raises(
+        ValueError, match="features have size 2 but feature_mean has 3; set feature_dim to the encoder's output size"
+    ):
+        algo.transform(torch.zeros(4, 2))
 
 
 def test_encoder_runs_in_chunks_only_when_batch_independent():

@@ -91,13 +91,6 @@ def test_gradients_match_finite_differences():
     )
     algo = SiameseNet(nn.Linear(3, 3), feature_dim=3).double()
     params = list(algo.parameters())
-
-    def f(*ps):
-        with torch.no_grad():
-            for p, v in zip(params, ps):
-                p.copy_(v)
-        return algo.meta_loss(batch)[0]
-
     algo.zero_grad()
     algo.meta_loss(batch)[0].backward()
     eps = 1e-6

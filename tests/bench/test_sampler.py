@@ -95,3 +95,31 @@ def test_real_omniglot_load_and_sampling(omniglot_root, cache_dir):
     assert ds.num_classes == 4112 and ds.data.dtype == torch.uint8
     r = bench.measure_sampler(ds, 20, 5, 15, batch=2, seconds=0.02, repeats=1, warmup=0.01)
     assert r["episodes_per_s"] > 0
+
+
+def test_default_root_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("METAKIT_OMNIGLOT_ROOT", raising=False)
+    assert bench.default_root() == bench.DEFAULT_ROOT
+    monkeypatch.setenv("METAKIT_OMNIGLOT_ROOT", "")  # empty counts as unset
+    assert bench.default_root() == bench.DEFAULT_ROOT
+    monkeypatch.setenv("METAKIT_OMNIGLOT_ROOT", str(tmp_path))
+    assert bench.default_root() == tmp_path
+
+
+def test_run_without_root_looks_in_the_environment_folder(monkeypatch, tmp_path, capsys):
+    empty = tmp_path / "no-archives"
+    empty.mkdir()
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/omniglot from here either
+    monkeypatch.setenv("METAKIT_OMNIGLOT_ROOT", str(empty))
+    assert bench.run(_args(setting="2,1,1", json=True)) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["source"] == "synthetic"
+    assert data["reason"] == f"no Omniglot archives under {empty} (pass --root DIR or set $METAKIT_OMNIGLOT_ROOT)"
+
+
+def test_help_names_the_environment_variable():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    help_text = " ".join(parser.format_help().split())  # argparse wraps lines
+    expected = "default: $METAKIT_OMNIGLOT_ROOT if set, else ../shared/data/omniglot relative to the current folder"
+    assert expected in help_text

@@ -44,6 +44,23 @@ def test_invalid_layouts_are_rejected(data, offsets, names, match):
         ClassIndexedDataset(data, offsets, names)
 
 
+def test_non_integer_offsets_are_rejected_not_truncated():
+    with pytest.raises(
+        TypeError,
+        match=r"offsets has dtype torch.float32 \(tensor\(\[0.0000, 2.0000, 4.5000\]\)\); offsets are indices into "
+        r"data and must be integers: pass an integer tensor, e.g. torch.tensor\(\[0, 20, 40\]\)",
+    ):
+        ClassIndexedDataset(torch.zeros(4, 1), [0, 2, 4.5])
+    with pytest.raises(TypeError, match="offsets has dtype torch.float64"):
+        ClassIndexedDataset(torch.zeros(4, 1), torch.tensor([0.0, 2.0, 4.0], dtype=torch.float64))
+    with pytest.raises(TypeError, match="offsets has dtype torch.bool"):
+        ClassIndexedDataset(torch.zeros(1, 1), torch.tensor([False, True]))
+    # any integer dtype is fine, stored as int64
+    ds = ClassIndexedDataset(torch.zeros(4, 1), torch.tensor([0, 2, 4], dtype=torch.int32))
+    assert ds.offsets.dtype == torch.int64 and ds.counts.tolist() == [2, 2]
+    assert ClassIndexedDataset(torch.zeros(4, 1), [0, 1, 4]).counts.tolist() == [1, 3]
+
+
 def test_from_tensors_errors():
     with pytest.raises(ValueError, match=r"labels has shape \(2,\) but data has 3 examples"):
         ClassIndexedDataset.from_tensors(torch.zeros(3, 1), torch.tensor([0, 1]))

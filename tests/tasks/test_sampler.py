@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -67,11 +69,15 @@ def test_episode_properties(counts, ways, shots, queries, b, seed):
         with pytest.raises(ValueError, match="lower"):
             EpisodeSampler(ds, ways, shots, queries, seed=seed)
         return
-    sampler = EpisodeSampler(ds, ways, shots, queries, seed=seed)
-    batch = sampler.sample(b)
-    _check_batch(batch, ds, b, ways, shots, queries)
-    # equal seeds, equal episodes
-    assert _equal(batch, EpisodeSampler(ds, ways, shots, queries, seed=seed).sample(b))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = EpisodeSampler(ds, ways, shots, queries, seed=seed)
+        # one warning exactly when some class is left out, none otherwise
+        assert len([w for w in caught if "left out of every episode" in str(w.message)]) == (eligible < len(counts))
+        batch = sampler.sample(b)
+        _check_batch(batch, ds, b, ways, shots, queries)
+        # equal seeds, equal episodes
+        assert _equal(batch, EpisodeSampler(ds, ways, shots, queries, seed=seed).sample(b))
 
 
 @settings(max_examples=20, deadline=None)
@@ -116,7 +122,14 @@ def test_indices_and_gather_match_sample():
 def test_only_classes_with_enough_examples_are_drawn():
     counts = [3, 10, 2, 10, 10, 4]
     ds = _tagged(counts)
-    sampler = EpisodeSampler(ds, ways=2, shots=2, queries=3, seed=0)
+    with pytest.warns(UserWarning) as record:
+        sampler = EpisodeSampler(ds, ways=2, shots=2, queries=3, seed=0)
+    assert len(record) == 1  # once per construction
+    assert str(record[0].message) == (
+        "3 of the 6 classes of the dataset 'tagged' have fewer than 5 examples (shots + queries = 2 + 3) "
+        "and are left out of every episode; lower shots or queries to draw them"
+    )
+    assert record[0].filename == __file__  # points at the caller
     assert sampler.eligible_classes.tolist() == [1, 3, 4]
     seen = sampler.sample(200).classes.unique().tolist()
     assert seen == [1, 3, 4]
@@ -281,12 +294,31 @@ def test_fixed_episodes_store_indices_not_images():
         (dict(queries=-1), r"queries=-1 must be a positive int"),
         (dict(seed=-1), r"seed=-1 must be a non-negative int"),
         (dict(seed=1.5), r"seed=1.5 must be a non-negative int"),
+        (
+            dict(seed=2**64),
+            r"seed=18446744073709551616 is too large: torch generators take seeds in 0\.\.2\*\*64 - 1",
+        ),
     ],
 )
 def test_bad_sizes_raise(kwargs, message):
     args = dict(ways=5, shots=1, queries=1, seed=0) | kwargs
     with pytest.raises(ValueError, match=message):
         EpisodeSampler(_images(), **args)
+
+
+def test_largest_seed_is_accepted():
+    seed = 2**64 - 1
+    assert EpisodeSampler(_images(), 5, 1, 1, seed=seed).seed == seed
+    assert FixedEpisodes(_images(), 5, 1, 1, episodes=2, seed=seed).seed == seed
+    with pytest.raises(ValueError, match=r"seed=18446744073709551616 is too large"):
+        FixedEpisodes(_images(), 5, 1, 1, episodes=2, seed=2**64)
+
+
+def test_no_warning_when_every_class_is_drawn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EpisodeSampler(_images(), 5, 5, 15)  # 20 examples per class, like Omniglot: 5 + 15 is enough
+        FixedEpisodes(_tagged([6] * 5), 5, 1, 5, episodes=3)
 
 
 def test_too_many_ways_names_the_limit():

@@ -18,8 +18,9 @@ it; every algorithm of this family calls them at its boundary.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ __all__ = [
     "image_model_defaults",
     "batch_dependent",
     "run_encoder",
+    "eval_mode",
     "EMBED_CHUNK_VALUES",
 ]
 
@@ -92,6 +94,20 @@ def batch_dependent(encoder: nn.Module) -> bool:
         isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
         for m in encoder.modules()
     )
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in ``eval()`` mode inside the block; afterwards every submodule gets back its
+    *own* previous mode (``module.train(was_training)`` would instead set them all to
+    ``module``'s mode, e.g. switch a borrowed or frozen encoder to training mode)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def run_encoder(encoder: nn.Module, x: Tensor, chunk_values: int = EMBED_CHUNK_VALUES) -> Tensor:
@@ -216,15 +232,10 @@ def feature_shape_of(encoder: nn.Module, example_shape: tuple[int, ...] | None =
             "feature_dim attribute (or it ends in a classification head); give example_shape or use a bare "
             "encoder of metakit.models"
         )
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            p = next(encoder.parameters(), None)
-            x = torch.zeros(2, *example_shape, device=p.device if p is not None else None)
-            out = encoder(x)
-    finally:
-        encoder.train(was_training)
+    with eval_mode(encoder), torch.no_grad():
+        p = next(encoder.parameters(), None)
+        x = torch.zeros(2, *example_shape, device=p.device if p is not None else None)
+        out = encoder(x)
     return tuple(out.shape[1:])
 
 

@@ -27,7 +27,12 @@ trained without it):
   - meta-training this algorithm: every training step in ``train()`` mode updates ``m`` with
     an exponential moving average (``mean_momentum``) of the mean feature of the batch's
     support and query images, which come from the training classes (like BatchNorm's running
-    mean; call ``fit_feature_mean`` after training for the exact value).
+    mean; call ``fit_feature_mean`` after training for the exact value). The features averaged
+    are those prediction centres: the step embeds the same images a second time, without
+    gradients and with the encoder in ``eval()`` mode (BatchNorm then uses its running
+    statistics, as at prediction time; the training-mode features, normalised by the
+    batch's own statistics, have a different mean, e.g. the BatchNorm bias). This costs one
+    no-grad forward per step, only with ``cl2n``, and keeps the trainer generic.
   Predicting with ``cl2n`` before ``m`` has been set is an error.
 
 **Meta-training** (so that ``metakit train`` can learn the encoder with this rule) minimises
@@ -58,6 +63,7 @@ from ._metric import (
     check_positive,
     class_reduce,
     describe,
+    eval_mode,
     feature_shape_of,
     run_encoder,
 )
@@ -172,7 +178,8 @@ class NearestNeighbour(EmbeddingAlgorithm):
                 of a data loader yielding images only).
             batch_size: images embedded per encoder call when ``images`` is one tensor.
 
-        The encoder runs in ``eval()`` mode (its mode is restored afterwards). Returns the mean.
+        The encoder runs in ``eval()`` mode; afterwards every module gets back its own mode (a
+        borrowed encoder keeps the mode its owner gave it). Returns the mean.
         """
         if self.normalize != "cl2n":
             raise ValueError(
@@ -185,9 +192,7 @@ class NearestNeighbour(EmbeddingAlgorithm):
             chunks = images
         total = torch.zeros_like(self.feature_mean, dtype=torch.float64)
         count = 0
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for x in chunks:
                 if not isinstance(x, Tensor) or x.dim() < 2:
                     raise TypeError(f"images must be tensors [N, *x_shape], got {describe(x)}")
@@ -199,8 +204,6 @@ class NearestNeighbour(EmbeddingAlgorithm):
                     )
                 total += z.sum(0).double()
                 count += z.shape[0]
-        finally:
-            self.train(was_training)
         if count == 0:
             raise ValueError("images is empty; give at least one training image to compute the mean feature")
         self.feature_mean.copy_((total / count).to(self.feature_mean.dtype))
@@ -232,14 +235,17 @@ class NearestNeighbour(EmbeddingAlgorithm):
         """Cross-entropy of the soft rule on raw features; metrics ``loss``, ``accuracy`` (hard rule).
 
         In ``train()`` mode with ``normalize="cl2n"`` the batch's mean feature also updates the
-        moving average ``feature_mean``.
+        moving average ``feature_mean``; that mean is of ``eval()``-mode features (a second,
+        no-grad forward of the same images, see the module docstring), the ones prediction
+        centres.
         """
         zs, zq = self.encode(batch)
         scores = self._raw_scores(zs, batch.support_y, zq, batch.ways, soft=True)  # type: ignore[arg-type]
         loss = F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten().long())
         with torch.no_grad():
             if self.normalize == "cl2n" and self.training:
-                m = torch.cat([zs.flatten(0, 1), zq.flatten(0, 1)]).mean(0)
+                with eval_mode(self.encoder):
+                    m = self.embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])).mean(0)
                 if bool(self.feature_mean_set):
                     self.feature_mean.lerp_(m, self.mean_momentum)
                 else:

@@ -10,7 +10,8 @@ Method: per setting, ``warmup`` seconds of sampling are discarded, then ``repeat
 of about ``seconds / repeats`` each; a run's rate is (batches x batch size) / wall time, and the
 median run is reported with the min and max. When the Omniglot archives are not available the
 sampling is measured on synthetic ``uint8`` data of the same shape (4,112 classes x 20 images
-of 1x28x28), and the output says so.
+of 1x28x28), and the output says so. The archives are looked for in ``--root``, else
+``$METAKIT_OMNIGLOT_ROOT``, else ``../shared/data/omniglot`` relative to the current folder.
 
 Intra-op threads matter on small shared machines: see ``--threads`` and the ``OMP_WAIT_POLICY``
 note in ``benchmarks/README.md``.
@@ -38,7 +39,8 @@ from ..tasks.sampler import EpisodeSampler
 
 DESCRIPTION = "episodes/s of EpisodeSampler (Omniglot 5-way 1-shot, 20-way 5-shot) and cold/warm dataset load times"
 
-DEFAULT_ROOT = Path("..") / "shared" / "data" / "omniglot"
+ROOT_ENV = "METAKIT_OMNIGLOT_ROOT"
+DEFAULT_ROOT = Path("..") / "shared" / "data" / "omniglot"  # relative to the current folder
 DEFAULT_SETTINGS = [(5, 1, 15), (20, 5, 15)]
 TARGET_EPISODES_PER_S = 5000.0
 # shape of the Omniglot vinyals train split: 1,028 characters x 4 rotations, 20 images each
@@ -145,6 +147,13 @@ def _omniglot_loader(root: Path) -> Callable[[Path], ClassIndexedDataset]:
     return load
 
 
+def default_root() -> Path:
+    """Where the Omniglot archives are looked for without ``--root``: ``$METAKIT_OMNIGLOT_ROOT``
+    if set (as in the test suite), else :data:`DEFAULT_ROOT`."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env) if env else DEFAULT_ROOT
+
+
 def _has_archives(root: Path) -> bool:
     return all(
         (root / f"{a}.zip").is_file() or (root / a).is_dir() for a in ("images_background", "images_evaluation")
@@ -199,7 +208,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--root",
         type=Path,
         default=None,
-        help=f"Omniglot archives folder (default {DEFAULT_ROOT}; synthetic data of the same shape if absent there)",
+        help=(
+            f"Omniglot archives folder (default: ${ROOT_ENV} if set, else {DEFAULT_ROOT} relative to the current "
+            "folder; synthetic data of the same shape if the archives are absent there)"
+        ),
     )
     parser.add_argument("--synthetic", action="store_true", help="use synthetic uint8 data, never Omniglot")
     parser.add_argument("--no-load", action="store_true", help="skip the cold/warm load timing")
@@ -236,14 +248,14 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         reason = "--synthetic was given"
     else:
-        root = args.root if args.root is not None else DEFAULT_ROOT
+        root = args.root if args.root is not None else default_root()
         if not _has_archives(root):
             if args.root is not None:
                 raise FileNotFoundError(
                     f"--root {str(root)!r} holds neither images_background.zip/images_evaluation.zip nor their "
                     "folders; point it at the Omniglot archives or pass --synthetic"
                 )
-            reason = f"no Omniglot archives under {root} (pass --root DIR)"
+            reason = f"no Omniglot archives under {root} (pass --root DIR or set ${ROOT_ENV})"
         else:
             load = _omniglot_loader(root)
             if args.no_load:
@@ -263,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         report["data"] = {
             "source": "omniglot vinyals train",
-            "root": str(args.root if args.root is not None else DEFAULT_ROOT),
+            "root": str(root),
             "classes": dataset.num_classes,
             "images": len(dataset),
             "shape": list(dataset.example_shape),

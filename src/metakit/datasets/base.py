@@ -14,6 +14,8 @@ from torch import Tensor
 
 __all__ = ["ClassIndexedDataset"]
 
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
 
 class ClassIndexedDataset:
     """Examples grouped by class, in memory.
@@ -21,7 +23,7 @@ class ClassIndexedDataset:
     Args:
         data: ``[total, *shape]`` tensor. ``uint8`` data is read as ``value / 255`` (float32)
             when episodes are drawn; floating data is used as it is.
-        offsets: ``[num_classes + 1]`` increasing int64 tensor; class ``c`` holds
+        offsets: ``[num_classes + 1]`` increasing integer tensor; class ``c`` holds
             ``data[offsets[c]:offsets[c + 1]]``.
         class_names: one name per class (defaults to ``"0", "1", ...``).
         name: a short name for messages and results (``"omniglot"``, ``"folder"``...).
@@ -38,7 +40,13 @@ class ClassIndexedDataset:
     ) -> None:
         if not isinstance(data, Tensor):
             raise TypeError(f"data must be a torch.Tensor, got {type(data).__name__}")
-        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+        offsets = torch.as_tensor(offsets)
+        if offsets.dtype not in _INT_DTYPES:  # casting would silently truncate 4.5 to 4
+            raise TypeError(
+                f"offsets has dtype {offsets.dtype} ({offsets}); offsets are indices into data and must be "
+                "integers: pass an integer tensor, e.g. torch.tensor([0, 20, 40])"
+            )
+        offsets = offsets.to(torch.int64)
         if offsets.dim() != 1 or offsets.numel() < 1:
             raise ValueError(f"offsets must be a 1-D tensor [num_classes + 1], got shape {tuple(offsets.shape)}")
         if offsets.numel() < 2:

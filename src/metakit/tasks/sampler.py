@@ -33,6 +33,7 @@ iterate them.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -68,8 +69,11 @@ def _positive_int(name: str, value: Any, what: str) -> int:
 
 
 def _seed(value: Any) -> int:
+    """``value`` as a seed of ``torch.Generator.manual_seed`` (an int in ``[0, 2**64)``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"seed={value!r} must be a non-negative int")
+    if value >= 2**64:
+        raise ValueError(f"seed={value!r} is too large: torch generators take seeds in 0..2**64 - 1")
     return int(value)
 
 
@@ -186,7 +190,8 @@ class EpisodeSampler:
         seed: seed of the sampler's own ``torch.Generator``.
 
     Only classes with at least ``shots + queries`` examples are drawn (see
-    :attr:`eligible_classes`). ``sample(B)`` returns an :class:`EpisodeBatch` with
+    :attr:`eligible_classes`); when some are left out, construction emits one ``UserWarning``
+    saying how many and why. ``sample(B)`` returns an :class:`EpisodeBatch` with
     ``support_x [B, ways*shots, *shape]`` and ``query_x [B, ways*queries, *shape]`` as float32
     (via ``dataset.to_float``), int64 labels in ``0..ways-1`` laid out class-major, and
     ``classes [B, ways]`` (dataset class of each label).
@@ -230,6 +235,15 @@ class EpisodeSampler:
                     f"(shots + queries); lower ways, shots or queries"
                 )
             raise ValueError(f"ways={self.ways} but the dataset {name!r} {limit}")
+        left_out = num_classes - eligible.numel()
+        if left_out:
+            warnings.warn(
+                f"{left_out} of the {num_classes} classes of the dataset {name!r} have fewer than {per_episode} "
+                f"examples (shots + queries = {self.shots} + {self.queries}) and are left out of every episode; "
+                "lower shots or queries to draw them",
+                UserWarning,
+                stacklevel=2,
+            )
         self.eligible_classes: Tensor = eligible
         """Dataset classes that can be drawn (at least ``shots + queries`` examples), int64."""
         self._starts = dataset.offsets[:-1][eligible].contiguous()
