@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,31 @@ def test_eval_regression_run_reports_mse(tmp_path, capsys):
     assert (r["ways"], r["episodes"], r["higher_is_better"]) == (None, 8, False)
     assert main(["eval", str(tmp_path / "run"), "--ways", "5"]) == 2
     assert "--ways 5 was given but this run solves regression tasks (sinusoid)" in capsys.readouterr().err
+
+
+def test_eval_falls_back_from_a_corrupt_best_and_reports_the_checkpoint_used(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    best = copy / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:100])
+    assert main(["eval", str(copy), "--json", "--episodes", "3"]) == 0
+    out, err = capsys.readouterr()
+    r = json.loads(out)
+    assert r["checkpoint"] == "step-00000002.safetensors" and r["step"] == 2
+    assert "best.safetensors' is unusable" in err and "using the newest readable step checkpoint step-00000002" in err
+    assert main(["eval", str(copy), "--episodes", "3"]) == 0
+    assert "checkpoint  step-00000002.safetensors (step 2;" in capsys.readouterr().out
+    # an explicit path stays an error naming the file
+    assert main(["eval", str(copy), "--checkpoint", str(best)]) == 2
+    assert re.search(r"error: checkpoint '.*best.safetensors' is unusable: truncated", capsys.readouterr().err)
+
+
+def test_eval_help_states_the_episode_default_of_each_split():
+    from metakit.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    episodes = next(a for a in sub.choices["eval"]._actions if a.dest == "episodes")
+    assert episodes.help == "number of episodes (default: the run's eval.test_episodes; eval.val_episodes with --split val)"

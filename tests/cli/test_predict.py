@@ -1,3 +1,4 @@
+import argparse
 import json
 import random
 import re
@@ -181,3 +182,27 @@ def test_predict_command_errors(trained, tmp_path, capsys):
     assert "class 'a' (" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "norun"), "--support", "s", "--query", "q"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_falls_back_from_a_corrupt_best(trained, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(trained / "run", copy)
+    best = copy / "checkpoints" / "best.safetensors"
+    best.write_bytes(b"not a checkpoint")
+    sup, qry = _folders(tmp_path)
+    assert main(["predict", str(copy), "--support", str(sup), "--query", str(qry)]) == 0
+    captured = capsys.readouterr()
+    assert f"run: {copy} (protonet, checkpoint step-00000002.safetensors)" in captured.out
+    assert "best.safetensors' is unusable" in captured.err
+    assert "using the newest readable step checkpoint step-00000002.safetensors instead" in captured.err
+    assert main(["predict", str(copy), "--support", str(sup), "--query", str(qry), "--checkpoint", str(best)]) == 2
+    assert re.search(r"error: checkpoint '.*best.safetensors' is unusable", capsys.readouterr().err)
+
+
+def test_predict_help_says_checkpoint_is_a_path():
+    from metakit.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checkpoint = next(a for a in sub.choices["predict"]._actions if a.dest == "checkpoint")
+    assert checkpoint.help == "'best' (default), 'last', or the path of a checkpoint file"

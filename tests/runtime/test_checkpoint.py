@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 
@@ -228,3 +229,45 @@ def test_manager_removes_leftover_temporary_files(tmp_path):
 def test_manager_rejects_bad_keep_last(tmp_path):
     with pytest.raises(ValueError, match=r"keep_last=0 must be an int >= 1"):
         CheckpointManager(tmp_path, keep_last=0)
+
+
+def test_edited_metadata_fails_the_checksum(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", {"step": 1000, "w": torch.zeros(4)})
+    data = path.read_bytes()
+    edited = data.replace(b'\\"step\\": 1000', b'\\"step\\": 9000')  # the state JSON inside the header
+    assert edited != data and len(edited) == len(data)
+    path.write_bytes(edited)
+    with pytest.raises(CheckpointError, match=r"checksum mismatch: the tensor data is damaged or the metadata was edited"):
+        load_checkpoint(path)
+
+
+def test_version_1_files_with_a_tensor_only_checksum_still_load(tmp_path):
+    from safetensors.torch import save as st_save
+
+    tensors: dict = {}
+    skeleton = ckpt._encode({"step": 3, "w": torch.ones(2)}, "", tensors)
+    header = {"format": "metakit-checkpoint/1", "sha256": ckpt._digest(tensors), "state": skeleton}
+    path = tmp_path / "v1.safetensors"
+    path.write_bytes(st_save(tensors, metadata={"metakit": json.dumps(header)}))
+    back = load_checkpoint(path)
+    assert back["step"] == 3 and torch.equal(back["w"], torch.ones(2))
+
+
+def test_manager_sets_corrupt_checkpoints_aside_and_never_prunes_a_fresh_one(tmp_path):
+    err = io.StringIO()
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    mgr.save(20, {"step": 20})
+    corrupt = mgr.step_path(20)
+    corrupt.write_bytes(corrupt.read_bytes()[:-3])
+    assert mgr.load_latest(stream=err, set_aside=True) is None
+    assert "step-00000020.safetensors' is unusable: " in err.getvalue()
+    assert "renamed it to step-00000020.safetensors.corrupt" in err.getvalue()
+    assert mgr.steps() == [] and (tmp_path / "step-00000020.safetensors.corrupt").is_file()
+    mgr.save(5, {"step": 5})
+    assert [s for s, _ in mgr.steps()] == [5]
+    # without setting aside, a newer step file is never counted against the one just written
+    other = CheckpointManager(tmp_path / "b", keep_last=1)
+    other.save(20, {"step": 20})
+    other.save(5, {"step": 5})
+    other.save(6, {"step": 6})
+    assert [s for s, _ in other.steps()] == [6, 20]

@@ -144,3 +144,27 @@ def test_evaluate_protonet_hand_checked():
     b2 = EpisodeBatch(sx, torch.tensor([[0, 1]]), qx, torch.tensor([[0, 0]]), 2)
     r = evaluate(ProtoNet(nn.Identity()), [b1, b2], progress=True, desc="test")
     assert r.per_episode.tolist() == [1.0, 0.5]
+
+
+def test_evaluate_refuses_non_finite_predictions():
+    # argmax of NaN scores would pick class 0 and score the model at chance without a word
+    class NaNScores(_Fixed):
+        def predict(self, batch):
+            scores = super().predict(batch)
+            scores[-1, 0, 1] = float("nan")
+            return scores
+
+    with pytest.raises(
+        ValueError,
+        match=r"NaNScores.predict returned 1 non-finite value \(of 8\), first in task 1: nan; the model's weights "
+        r"are probably NaN or inf. Evaluate an earlier checkpoint",
+    ):
+        evaluate(NaNScores(), [_batch([[0, 0], [0, 0]])])
+
+    class InfMean(_Mean):
+        def predict(self, batch):
+            return super().predict(batch) * float("inf")
+
+    batch = EpisodeBatch(torch.zeros(1, 2, 1), torch.ones(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2, 1))
+    with pytest.raises(ValueError, match=r"InfMean.predict returned 2 non-finite values \(of 2\), first in task 0: inf"):
+        evaluate(InfMean(), [batch])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -53,3 +54,17 @@ def test_a_new_run_starts_a_new_file(tmp_path):
 def test_missing_metrics_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"metrics file '.*metrics.jsonl' does not exist"):
         read_metrics(tmp_path)
+
+
+def test_the_rewrite_on_resume_is_synced_before_it_replaces_the_file(tmp_path, monkeypatch):
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for step in (2, 4, 6):
+            log.log(step, "train", {"loss": float(step)})
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {os.path.basename(b)}"), replace(a, b))[1])
+    MetricsLogger(tmp_path, resume_step=4, tensorboard=False).close()
+    assert "replace metrics.jsonl" in events
+    assert events.index("fsync") < events.index("replace metrics.jsonl")
+    assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4]

@@ -142,6 +142,39 @@ def test_corrupt_best_is_named_and_corrupt_last_falls_back(trained, tmp_path, ca
     assert "step-00000006.safetensors' is unusable" in err and "falling back to the previous checkpoint" in err
 
 
+def test_load_run_can_fall_back_from_a_corrupt_best(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    best = run_dir / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:200])
+    loaded = load_run(run_dir, fallback=True)
+    assert loaded.kind == "step" and loaded.step == 6 and loaded.checkpoint.name == "step-00000006.safetensors"
+    err = capsys.readouterr().err
+    assert "best.safetensors' is unusable: truncated" in err
+    assert "using the newest readable step checkpoint step-00000006.safetensors instead" in err
+    # an explicit path is never replaced by another file
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*best.safetensors' is unusable: truncated"):
+        load_run(run_dir, best, fallback=True)
+    # nothing readable to fall back to: the error names the best checkpoint
+    for p in (run_dir / "checkpoints").glob("step-*"):
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"best.safetensors' is unusable: truncated.*no step checkpoint is readable"):
+        load_run(run_dir, fallback=True)
+
+
+def test_a_refused_resume_leaves_the_run_folder_alone(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"train.steps=2 but the checkpoint step-00000006.safetensors is at step 6"):
+        train(read_run_config(run_dir, ["train.steps=2"]), run_dir, resume=True, stream=io.StringIO())
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # config.yaml included
+
+
 def test_train_refuses_an_existing_run_and_resume_checks_changes(trained, folder):
     run_dir, _ = trained
     with pytest.raises(FileExistsError, match=r"already holds a run \(config.yaml\); continue it with --resume"):

@@ -24,7 +24,7 @@ import torch
 from metakit.algorithms import ProtoNet
 from metakit.datasets import ClassIndexedDataset
 from metakit.models import MLP
-from metakit.runtime.checkpoint import load_checkpoint
+from metakit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from metakit.runtime.config import Config
 from metakit.runtime.evaluation import EvalResult
 from metakit.runtime.logging import read_metrics
@@ -354,3 +354,77 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(tmp_path):
     shorter = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=8", "eval.val_episodes=0"))
     with pytest.raises(ValueError, match=r"train.steps=8 but the checkpoint step-00000010.safetensors is at step 10"):
         shorter.fit(resume=True)
+
+
+def test_resume_sets_a_corrupt_checkpoint_aside_so_pruning_keeps_the_fresh_one(tmp_path):
+    # keep_last=1: only step 20 is on disk, and it is corrupt; the resumed run starts over
+    make_trainer(tmp_path, toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=20")).fit()
+    folder = tmp_path / "checkpoints"
+    newest = folder / "step-00000020.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])
+    stream = io.StringIO()
+    cfg = toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=5")
+    result = make_trainer(tmp_path, cfg, stream=stream).fit(resume=True)
+    assert result.step == 5 and result.checkpoint == folder / "step-00000005.safetensors"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000005.safetensors", "step-00000020.safetensors.corrupt"]
+    assert "step-00000020.safetensors' is unusable: " in stream.getvalue()
+    assert "renamed it to step-00000020.safetensors.corrupt" in stream.getvalue()
+
+
+def _unrestorable(path: Path) -> None:
+    """Rewrite a step checkpoint so that it reads fine but its weights do not fit the model."""
+    state = load_checkpoint(path)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(1, 1)
+    save_checkpoint(path, state)
+
+
+def test_resume_falls_back_past_a_checkpoint_that_cannot_be_restored(tmp_path, reference):
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=20")).fit()
+    _unrestorable(tmp_path / "checkpoints" / "step-00000020.safetensors")
+    stream = io.StringIO()
+    resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
+    assert resumed.fit(resume=True).status == "finished"
+    text = stream.getvalue()
+    assert "step-00000020.safetensors' is unusable: it cannot be restored (RuntimeError: " in text
+    assert "falling back to the previous checkpoint" in text and "step-00000015.safetensors (step 15)" in text
+    assert_bitwise_equal(params(resumed), reference[0])
+
+
+def test_a_failed_restore_leaves_the_trainer_as_it_was(tmp_path, reference):
+    # the only checkpoint cannot be restored: the run starts over exactly like a new one
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=5", "run.keep_last=1")).fit()
+    _unrestorable(tmp_path / "checkpoints" / "step-00000005.safetensors")
+    stream = io.StringIO()
+    resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
+    resumed.fit(resume=True)
+    assert "no readable checkpoint; starting from step 0" in stream.getvalue()
+    assert_bitwise_equal(params(resumed), reference[0])
+
+
+def test_an_update_that_makes_parameters_non_finite_stops_before_its_checkpoint(tmp_path, monkeypatch):
+    cfg = toy_config(tmp_path, "eval.val_episodes=0", "optim.name=sgd", "optim.schedule=none")
+    trainer = make_trainer(tmp_path, cfg)
+    inner = trainer.algorithm.meta_backward
+
+    def meta_backward(batch):
+        metrics = inner(batch)
+        if trainer.algorithm.calls == 10:  # a finite loss and gradient, but a step that overflows: 1e38 * 10
+            trainer.optimizer.param_groups[0]["lr"] = 1e38
+            for p in trainer.params:
+                p.grad.fill_(10.0)
+        return metrics
+
+    monkeypatch.setattr(trainer.algorithm, "meta_backward", meta_backward)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 10: the update made parameter '[\w.]+' (nan|-?inf) \(not finite\); training stopped without "
+        r"saving it, the last good checkpoint is .*step-00000005.safetensors\. Lower optim.lr",
+    ) as info:
+        trainer.fit()
+    assert info.value.checkpoint == tmp_path / "checkpoints" / "step-00000005.safetensors"
+    assert [s for s, _ in trainer.checkpoints.steps()] == [5]
+    state = load_checkpoint(info.value.checkpoint)
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["step"] == 9 and "step 10: the update made" in summary["error"]

@@ -55,13 +55,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=positive_int, default=None, help="support examples per class (default: eval.shots)")
     p.add_argument("--queries", type=positive_int, default=None, help="query examples per class (default: eval.queries)")
     p.add_argument(
-        "--episodes", type=positive_int, default=None, help="number of episodes (default: the run's eval.test_episodes)"
+        "--episodes",
+        type=positive_int,
+        default=None,
+        help="number of episodes (default: the run's eval.test_episodes; eval.val_episodes with --split val)",
     )
     p.add_argument(
         "--seed", type=non_negative_int, default=None, help="seed of the fixed episodes (default: the run's eval.seed)"
     )
     p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50; memory only)")
-    p.add_argument("--checkpoint", default="best", help="'best' (default), 'last', or the path of a checkpoint file")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="'best' (default; if it is unreadable, the newest readable step checkpoint, with a warning), "
+        "'last', or the path of a checkpoint file",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
 
@@ -83,7 +91,7 @@ def evaluate_run(
     from ..runtime.evaluation import evaluate
     from ..runtime.run import load_run
 
-    loaded = load_run(run_dir, checkpoint=checkpoint)
+    loaded = load_run(run_dir, checkpoint=checkpoint, fallback=True)
     cfg = loaded.config
     regression = cfg.data.dataset == "sinusoid"
     if regression and ways is not None:
@@ -110,7 +118,7 @@ def evaluate_run(
         result.metric: result.mean,
         "ci95": result.to_dict()["ci95"],
         "higher_is_better": result.higher_is_better,
-        "checkpoint": loaded.checkpoint.name,
+        "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
         "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},

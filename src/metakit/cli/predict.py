@@ -195,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
     p.add_argument("--support", required=True, metavar="DIR", help="labelled examples: DIR/<class name>/<image files>")
     p.add_argument("--query", required=True, metavar="DIR", help="images to classify (searched recursively), or one image file")
-    p.add_argument("--checkpoint", default="best", help="'best' (default), 'last', or a checkpoint file name")
+    p.add_argument("--checkpoint", default="best", help="'best' (default), 'last', or the path of a checkpoint file")
     p.add_argument("--json", action="store_true", help="print a JSON list of {file, class, score}")
     p.set_defaults(func=run)
 
@@ -203,7 +203,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..runtime.run import load_run
 
-    loaded = load_run(args.run_dir, checkpoint=args.checkpoint)
+    loaded = load_run(args.run_dir, checkpoint=args.checkpoint, fallback=True)
     if loaded.preprocessing is None:
         raise ValueError(
             f"run {str(args.run_dir)!r} was trained on data.dataset={loaded.config.data.dataset}, which has no "
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in preds], indent=2))
         return 0
     counts = torch.bincount(sy, minlength=len(classes)).tolist()
-    print(f"run: {args.run_dir} ({loaded.algorithm.name}, checkpoint {args.checkpoint})")
+    print(f"run: {args.run_dir} ({loaded.algorithm.name}, checkpoint {loaded.checkpoint.name})")
     print(f"support: {len(classes)} classes, {len(sy)} images ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})")
     print(f"preprocessing: {', '.join(f'{k}={v}' for k, v in prep.items())}")
     width = max(len("file"), *(len(p.file) for p in preds))

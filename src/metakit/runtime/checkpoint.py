@@ -6,17 +6,21 @@ as one ``.safetensors`` file: every tensor becomes a named tensor of the file, a
 the structure is JSON in the file's metadata (``"metakit"``), where each tensor is replaced by
 a reference to its name. Loading never unpickles anything.
 
-Integrity: the metadata holds a SHA-256 digest of every tensor's name, dtype, shape and bytes,
-checked on load, so a truncated file *and* a file whose tensor bytes were damaged are both
-reported (:class:`CheckpointError`, naming the file and the reason) instead of loading garbage.
+Integrity: the metadata holds a SHA-256 digest of the JSON structure (the non-tensor state: step
+counters, RNG states, config...) and of every tensor's name, dtype, shape and bytes, checked on
+load, so a truncated file, a file whose tensor bytes were damaged *and* one whose metadata was
+edited are all reported (:class:`CheckpointError`, naming the file and the reason) instead of
+loading garbage. Files of the previous format (``metakit-checkpoint/1``, whose digest covers the
+tensors only) are still read.
 
 Atomicity: :func:`save_checkpoint` writes a temporary file in the same folder, ``fsync`` s it,
 renames it over the destination (``os.replace``) and ``fsync`` s the folder, so a crash or a
 ``SIGKILL`` leaves either the old file or the new one, never a partial one under the real name.
 
 :class:`CheckpointManager` names step checkpoints ``step-00001000.safetensors``, keeps the last
-``keep_last`` of them plus ``best.safetensors``, and finds the newest readable one, warning on
-stderr about every unreadable one it skips.
+``keep_last`` of them (up to the step just written) plus ``best.safetensors``, and finds the
+newest readable one, warning on stderr about every unreadable one it skips (and, for a resume,
+renaming it to ``<name>.corrupt`` so that it no longer counts as a step checkpoint).
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ __all__ = [
     "FORMAT",
 ]
 
-FORMAT = "metakit-checkpoint/1"
+FORMAT = "metakit-checkpoint/2"
+#: the previous format, still read: its digest covers the tensors but not the JSON structure
+_FORMAT_1 = "metakit-checkpoint/1"
 _META_KEY = "metakit"
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -101,8 +107,12 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], state: Any = None, *, with_state: bool = False) -> str:
+    """SHA-256 of the tensors and, ``with_state``, of the JSON ``state`` skeleton (format 2)."""
     h = hashlib.sha256()
+    if with_state:
+        text = json.dumps(state).encode()
+        h.update(len(text).to_bytes(8, "little") + text)
     for name in sorted(tensors):
         t = tensors[name]
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
@@ -160,7 +170,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "", tensors)
-    header = {"format": FORMAT, "sha256": _digest(tensors), "state": skeleton}
+    header = {"format": FORMAT, "sha256": _digest(tensors, skeleton, with_state=True), "state": skeleton}
     data = st_save(tensors, metadata={_META_KEY: json.dumps(header)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,15 +200,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         header = json.loads(head["__metadata__"][_META_KEY])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(path, f"not a metakit checkpoint or a damaged header ({type(e).__name__}: {e})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") not in (FORMAT, _FORMAT_1):
         fmt = header.get("format") if isinstance(header, dict) else None
         raise CheckpointError(path, f"unknown checkpoint format {fmt!r} (expected {FORMAT!r})")
     try:
         tensors = st_load(data)
     except Exception as e:  # safetensors raises its own error type for truncated/bad files
         raise CheckpointError(path, f"the tensor data cannot be read ({type(e).__name__}: {e})") from None
-    if _digest(tensors) != header.get("sha256"):
-        raise CheckpointError(path, "checksum mismatch: the tensor data is damaged")
+    if _digest(tensors, header.get("state"), with_state=header["format"] == FORMAT) != header.get("sha256"):
+        raise CheckpointError(path, "checksum mismatch: the tensor data is damaged or the metadata was edited")
     missing = _tensor_refs(header.get("state"), set()) - set(tensors)
     if missing:
         raise CheckpointError(path, f"tensors missing from the file: {sorted(missing)[:5]}")
@@ -215,7 +225,9 @@ class CheckpointManager:
 
     Args:
         folder: where the checkpoints live (created on first save).
-        keep_last: how many step checkpoints to keep; older ones are deleted after a save.
+        keep_last: how many step checkpoints to keep; after a save, older ones (by step) are
+            deleted. Step files beyond the step just written are left alone, so a leftover from
+            another attempt never causes a fresh checkpoint to be deleted.
     """
 
     BEST = "best.safetensors"
@@ -247,7 +259,8 @@ class CheckpointManager:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write the checkpoint of ``step`` and delete step checkpoints beyond ``keep_last``."""
         path = save_checkpoint(self.step_path(step), state)
-        for _, old in self.steps()[: -self.keep_last]:
+        upto = [p for s, p in self.steps() if s <= step]
+        for old in upto[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
 
@@ -261,14 +274,20 @@ class CheckpointManager:
                 p.unlink(missing_ok=True)
 
     def load_latest(
-        self, *, stream: TextIO | None = None, accept: Callable[[dict[str, Any]], None] | None = None
+        self,
+        *,
+        stream: TextIO | None = None,
+        accept: Callable[[dict[str, Any]], None] | None = None,
+        set_aside: bool = False,
     ) -> tuple[dict[str, Any], Path] | None:
         """The newest readable step checkpoint and its path, or ``None`` if there is none.
 
         Every unreadable checkpoint skipped on the way is reported on ``stream`` (stderr) with
         its name and the reason. ``accept`` may reject a
         readable checkpoint whose content does not fit, by raising ``ValueError`` with the reason
-        (it is then reported and skipped the same way).
+        (it is then reported and skipped the same way). With ``set_aside`` (a resume, which
+        writes new checkpoints), every skipped file is renamed to ``<name>.corrupt``: it no
+        longer counts among the step checkpoints, and stays on disk for inspection.
         """
         for step, path in reversed(self.steps()):
             try:
@@ -279,7 +298,12 @@ class CheckpointManager:
                     except ValueError as e:
                         raise CheckpointError(path, str(e)) from None
             except CheckpointError as e:
-                _warn(f"{e}; falling back to the previous checkpoint", stream)
+                renamed = ""
+                if set_aside:
+                    aside = path.with_name(path.name + ".corrupt")
+                    os.replace(path, aside)
+                    renamed = f"renamed it to {aside.name} and "
+                _warn(f"{e}; {renamed}falling back to the previous checkpoint", stream)
                 continue
             return state, path
         return None

@@ -108,6 +108,16 @@ def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tens
     """Per-task metric of one batch: ``("accuracy", [B])`` or ``("mse", [B])`` (no grad handling)."""
     out = algorithm.predict(batch)
     b = batch.num_tasks
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        # argmax of NaN scores would silently pick a class: a NaN model must not score "at chance"
+        n = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{type(algorithm).__name__}.predict returned {n} non-finite value{'s' if n > 1 else ''} "
+            f"(of {out.numel()}), first in task {first[0]}: {float(out[first])}; the model's weights are "
+            "probably NaN or inf. Evaluate an earlier checkpoint (--checkpoint), or retrain with a lower optim.lr"
+        )
     if batch.ways is not None:
         expected = (b, batch.query_y.shape[1], batch.ways)
         if tuple(out.shape) != expected:

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from .checkpoint import atomic_write_bytes
+
 __all__ = ["MetricsLogger", "read_metrics"]
 
 
@@ -72,9 +74,8 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             keep = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            os.replace(tmp, self.path)
+            # fsync'd before it replaces the old file: a crash leaves one of the two, whole
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", buffering=1)  # line-buffered: every record reaches the OS

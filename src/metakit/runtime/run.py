@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,7 @@ def load_run(
     checkpoint: str | os.PathLike[str] = "best",
     *,
     map_location: str | torch.device = "cpu",
+    fallback: bool = False,
 ) -> LoadedRun:
     """Rebuild a trained run from its folder.
 
@@ -241,6 +243,10 @@ def load_run(
             not validate), ``"last"`` (newest readable step checkpoint; unreadable newer ones
             are reported on stderr and skipped) or the path of a checkpoint file.
         map_location: device of the loaded algorithm.
+        fallback: with ``checkpoint="best"``, an unreadable best checkpoint is reported on
+            stderr and the newest readable step checkpoint is used instead (what ``metakit
+            eval`` and ``predict`` do; :attr:`LoadedRun.checkpoint` says which file was used).
+            A checkpoint given by its path is never replaced by another.
 
     Raises:
         FileNotFoundError: no such run folder, config or checkpoint.
@@ -261,7 +267,21 @@ def load_run(
                 f"{str(run_dir)!r} has no best checkpoint yet ({path.name}: written at the first validation); "
                 "use checkpoint='last' (--checkpoint last) for the newest step checkpoint"
             )
-        state = load_checkpoint(path)
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            found = mgr.load_latest() if fallback else None
+            if found is None:
+                if fallback:
+                    raise CheckpointError(path, f"{e.reason}; and no step checkpoint is readable to fall back to") from None
+                raise
+            state, used = found
+            print(
+                f"metakit: warning: {e}; using the newest readable step checkpoint {used.name} instead",
+                file=sys.stderr,
+                flush=True,
+            )
+            path = used
     elif choice == "last":
         found = mgr.load_latest()
         if found is None:

@@ -24,14 +24,17 @@ averages. A run resumed from it (in the same deterministic mode and thread count
 exactly the steps an uninterrupted run takes: the final parameters are bitwise equal.
 
 Failures: a non-finite loss (any metric) or gradient norm raises :class:`NonFiniteLossError`
-naming the step and the metric, before the optimizer step, so the checkpoints on disk -- all
-written after finite steps -- stay good. ``SIGINT`` (Ctrl-C) and ``SIGTERM`` finish the current
+naming the step and the metric, before the optimizer step; an update that makes a parameter
+non-finite (a finite but huge step) raises it too, naming the parameter, before that step's
+checkpoint is written. So the checkpoints on disk -- all written after finite steps with finite
+parameters -- stay good. ``SIGINT`` (Ctrl-C) and ``SIGTERM`` finish the current
 step, write a checkpoint and return with ``interrupted=True``; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -61,23 +64,40 @@ class NonFiniteLossError(ArithmeticError):
     """A training metric or the gradient norm became NaN or infinite.
 
     Attributes:
-        step: the step at which it happened (its update was not applied).
-        metric: the metric's name (``"loss"``, ``"grad_norm"``...).
-        value: its value.
+        step: the step at which it happened (no checkpoint of it was written).
+        metric: the metric's name (``"loss"``, ``"grad_norm"``...), or with ``in_parameters`` the
+            name of the parameter the update made non-finite.
+        value: its value (for a parameter: its first non-finite element).
         checkpoint: the newest checkpoint on disk (all written before this step), or ``None``.
+        in_parameters: ``True`` if the update was applied and made a parameter non-finite,
+            ``False`` if a metric or the gradient was non-finite and the update was not applied.
     """
 
-    def __init__(self, step: int, metric: str, value: float, checkpoint: Path | None, run_dir: Path) -> None:
+    def __init__(
+        self,
+        step: int,
+        metric: str,
+        value: float,
+        checkpoint: Path | None,
+        run_dir: Path,
+        *,
+        in_parameters: bool = False,
+    ) -> None:
         self.step, self.metric, self.value, self.checkpoint = step, metric, value, checkpoint
+        self.in_parameters = in_parameters
         where = (
             f"the last good checkpoint is {checkpoint}"
             if checkpoint is not None
             else "no checkpoint was written before it"
         )
+        what = (
+            f"the update made parameter {metric!r} {value} (not finite); training stopped without saving it"
+            if in_parameters
+            else f"{metric} is {value} (not finite); training stopped before applying this update"
+        )
         super().__init__(
-            f"step {step}: {metric} is {value} (not finite); training stopped before applying this update, "
-            f"{where}. Lower optim.lr or set optim.grad_clip in a new run, or resume with gradient clipping: "
-            f"metakit train --resume {run_dir} optim.grad_clip=1.0"
+            f"step {step}: {what}, {where}. Lower optim.lr or set optim.grad_clip in a new run, or resume with "
+            f"gradient clipping: metakit train --resume {run_dir} optim.grad_clip=1.0"
         )
 
 
@@ -291,6 +311,7 @@ class Trainer:
         self._evaluate = evaluate
         self.stream = stream or sys.stderr
         self.params = trainable_parameters(algorithm)
+        self._param_names = [n for n, p in algorithm.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(config.optim, self.params)
         self.scheduler = build_scheduler(config.optim, self.optimizer, config.train.steps)
         self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINT_DIR, keep_last=config.run.keep_last)
@@ -303,6 +324,7 @@ class Trainer:
         self._count = 0
         self._interval_time = 0.0
         self._last_checkpoint: Path | None = None
+        self._restored = False  # restore() ran (fit(resume=True) does not run it twice)
 
     # -- checkpoint state ---------------------------------------------------------------------
     def _common_state(self) -> dict[str, Any]:
@@ -364,6 +386,49 @@ class Trainer:
         if state.get("kind") != "step" or missing:
             raise ValueError(f"not a step checkpoint of the metakit trainer (kind={state.get('kind')!r}, missing {missing})")
 
+    def restore(self) -> Path | None:
+        """Continue from the newest step checkpoint that can be restored (``fit(resume=True)`` calls it).
+
+        A checkpoint that is unreadable, not a trainer checkpoint, or that :meth:`load_state_dict`
+        fails on is reported on the stream by name, renamed to ``<name>.corrupt`` and the
+        previous one is tried; a failed attempt leaves the trainer as it was. Returns the
+        checkpoint restored, or ``None`` (the run starts from step 0).
+
+        Raises:
+            ValueError: ``train.steps`` is below the step of the checkpoint (the trainer is left as it was).
+        """
+        self.checkpoints.remove_temporary()
+        initial = copy.deepcopy(self.state_dict())
+
+        def accept(state: dict[str, Any]) -> None:
+            self._accept(state)
+            try:
+                self.load_state_dict(state)
+            except Exception as e:
+                self.load_state_dict(initial)
+                raise ValueError(f"it cannot be restored ({type(e).__name__}: {e})") from None
+
+        had_checkpoints = bool(self.checkpoints.steps())
+        found = self.checkpoints.load_latest(stream=self.stream, accept=accept, set_aside=True)
+        self._restored = True
+        if found is None:
+            if had_checkpoints:
+                print("metakit: warning: no readable checkpoint; starting from step 0", file=self.stream)
+            return None
+        total = self.config.train.steps
+        _, path = found
+        if self.step > total:
+            step = self.step
+            self.load_state_dict(initial)
+            self._restored = False
+            raise ValueError(
+                f"train.steps={total} but the checkpoint {path.name} is at step {step}; "
+                f"resume with train.steps >= {step}"
+            )
+        self._last_checkpoint = path
+        print(f"metakit: resuming {self.run_dir} from {path.name} (step {self.step})", file=self.stream)
+        return path
+
     def _save(self) -> Path:
         path = self.checkpoints.save(self.step, self.state_dict())
         self._last_checkpoint = path
@@ -376,24 +441,12 @@ class Trainer:
         total = cfg.train.steps
         resume_step: int | None = None
         tune_allocator()
-        self.checkpoints.remove_temporary()
         if resume:
-            found = self.checkpoints.load_latest(stream=self.stream, accept=self._accept)
-            if found is None:
-                if self.checkpoints.steps():
-                    print("metakit: warning: no readable checkpoint; starting from step 0", file=self.stream)
-                resume_step = 0
-            else:
-                state, path = found
-                if int(state["step"]) > total:
-                    raise ValueError(
-                        f"train.steps={total} but the checkpoint {path.name} is at step {state['step']}; "
-                        f"resume with train.steps >= {state['step']}"
-                    )
-                self.load_state_dict(state)
-                self._last_checkpoint = path
-                resume_step = self.step
-                print(f"metakit: resuming {self.run_dir} from {path.name} (step {self.step})", file=self.stream)
+            if not self._restored:
+                self.restore()
+            resume_step = self.step
+        else:
+            self.checkpoints.remove_temporary()
         logger = MetricsLogger(self.run_dir, resume_step=resume_step)
         bar = tqdm(
             total=total,
@@ -477,9 +530,21 @@ class Trainer:
             if clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(self.params, clip, torch.tensor(norm))
         self.optimizer.step()
+        self._check_parameters(step)
         if self.scheduler is not None:
             self.scheduler.step()
         return metrics
+
+    def _check_parameters(self, step: int) -> None:
+        """Stop if the update made a parameter NaN/inf (before this step's checkpoint is written)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.params])
+        if bool(finite.all()):
+            return
+        i = int((~finite).nonzero()[0])
+        p = self.params[i].detach()
+        value = float(p[~torch.isfinite(p)][0])
+        name = self._param_names[i]
+        raise NonFiniteLossError(step, name, value, self._last_checkpoint, self.run_dir, in_parameters=True)
 
     def _log_train(self, logger: MetricsLogger, step: int) -> None:
         if not self._count:
@@ -607,8 +672,6 @@ def train(
         if config.validates:
             val = build_episodes(config, "val", episodes=config.eval.val_episodes)
         algorithm = build_algorithm(config, context)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(config_path, config)
         trainer = Trainer(
             config,
             run_dir,
@@ -619,6 +682,10 @@ def train(
             data_meta=dict(train_set.meta) if train_set is not None else {},
             stream=stream,
         )
+        if resume:
+            trainer.restore()  # a resume that is refused (train.steps too low) leaves config.yaml as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(config_path, config)
         return trainer.fit(resume=resume)
 
 
