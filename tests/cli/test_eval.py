@@ -47,6 +47,7 @@ def test_eval_json_matches_the_protocol_by_hand(run_dir, capsys):
     assert (r["algorithm"], r["dataset"], r["split"], r["ways"], r["shots"], r["queries"], r["episodes"], r["seed"]) == (
         "protonet", "folder", "test", 3, 1, 2, 12, 0)
     assert r["checkpoint"] == "best.safetensors" and r["step"] in (1, 2) and r["metric"] == "accuracy"
+    assert r["seconds"] > 0 and r["episodes_per_s"] == pytest.approx(12 / r["seconds"], rel=0.01)
     # the same fixed episodes evaluated by hand: per-episode fraction correct, mean, 1.96 * sample std / sqrt(n)
     loaded = load_run(run_dir)
     fixed = FixedEpisodes(loaded.dataset("test"), 3, 1, 2, episodes=12, seed=0)

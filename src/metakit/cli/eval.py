@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 __all__ = ["register", "run", "evaluate_run"]
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=None, help="seed of the fixed episodes (default: the run's eval.seed)"
     )
-    p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50; memory only)")
+    p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50): memory and speed only, results do not depend on it; for baseline runs it is also how many tasks fine-tune their new heads together in one batched SGD run")
     p.add_argument(
         "--checkpoint",
         default="best",
@@ -103,7 +104,9 @@ def evaluate_run(
     source = loaded.episodes(
         split, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed, batch_size=batch
     )
+    start = time.perf_counter()
     result = evaluate(loaded.algorithm, source, progress=progress, desc=f"eval {split_name}")
+    seconds = time.perf_counter() - start  # drawing the episodes included, loading the data not
     record: dict[str, Any] = {
         "algorithm": cfg.algorithm.name,
         "dataset": cfg.data.dataset,
@@ -122,6 +125,8 @@ def evaluate_run(
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
         "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},
+        "seconds": round(seconds, 6),
+        "episodes_per_s": round(result.episodes / seconds, 2) if seconds > 0 else None,
         "formatted": result.format(),
     }
     return record
@@ -140,6 +145,7 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"{r['algorithm']} on {dataset}, split {r['split']}",
             f"  checkpoint  {r['checkpoint']} (step {r['step']}; trained {trained})",
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
+            f"  time        {r['seconds']:.1f} s ({r['episodes_per_s']} episodes/s)",
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}))",
         ]
     )
