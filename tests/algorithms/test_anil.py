@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -79,3 +80,9 @@ def test_differs_from_maml_and_from_first_order():
     anil, anil_fo, maml = ANIL(model, inner_steps=2), ANIL(model, inner_steps=2, first_order=True), MAML(model, inner_steps=2)
     a, b, c = body_grad(anil), body_grad(anil_fo), body_grad(maml)
     assert not torch.allclose(a, b, rtol=1e-3) and not torch.allclose(a, c, rtol=1e-3)
+
+
+def test_a_model_without_a_linear_head_is_an_error():
+    with pytest.raises(ValueError, match=r"adapt='head': the last module with parameters is 'features.13' \(BatchNorm2d\), "
+                                         r"not an nn.Linear head; give the model a linear head, e.g. Conv4\(out_features=ways\)"):
+        ANIL(Conv4(track_running_stats=False))

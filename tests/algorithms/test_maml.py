@@ -3,6 +3,8 @@ errors, config building, and a short sinusoid training run that must learn."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -45,6 +47,37 @@ def _flat(ts) -> Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
+class _Box:
+    __slots__ = ("t", "__weakref__")
+
+    def __init__(self, t: Tensor) -> None:
+        self.t = t
+
+
+class _SavedBytes:
+    """Bytes still held for backward by graphs built inside the block (saved_tensors_hooks;
+    a weak reference per saved tensor tells whether a live graph keeps it)."""
+
+    def __enter__(self) -> "_SavedBytes":
+        self._refs: list[weakref.ref] = []
+
+        def pack(t: Tensor) -> _Box:
+            box = _Box(t)
+            self._refs.append(weakref.ref(box))
+            return box
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def live(self) -> int:
+        boxes = [box for box in (ref() for ref in self._refs) if box is not None]
+        return sum({b.t.untyped_storage().data_ptr(): b.t.untyped_storage().nbytes() for b in boxes}.values())
+
+
 def test_registered_and_model_defaults():
     assert get_algorithm("maml") is MAML
     assert MAML.model_defaults(BuildContext(ways=5, example_shape=(1, 28, 28))) == {
@@ -80,8 +113,8 @@ def test_first_and_second_order_differ():
     g_so = _grads(so)
     so.zero_grad(set_to_none=True)
     fo.meta_backward(batch)
+    assert all(p.grad is not None for p in fo.parameters())  # before _grads clones them
     g_fo = _grads(fo)
-    assert all(g is not None for g in g_fo)
     diff = (_flat(g_so) - _flat(g_fo)).abs().max() / _flat(g_so).abs().max()
     assert diff > 1e-3
 
@@ -210,8 +243,13 @@ def test_option_errors():
         MAML(m, task_batching="batch")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"task_batching='vmap' is refused for models with BatchNorm"):
         MAML(TinyConvBN(), task_batching="vmap")
+    with pytest.raises(ValueError, match=r"task_batching='vmap' is refused for models with LayerNorm \(layer '1'\): "
+                                         r"torch.func.vmap gives a wrong second-order meta-gradient.*; use task_batching='loop'"):
+        MAML(nn.Sequential(nn.Linear(1, 4), nn.LayerNorm(4), nn.Linear(4, 1)), task_batching="vmap")
     with pytest.raises(ValueError, match=r"checkpoint=True needs task_batching='loop'"):
         MAML(m, task_batching="vmap", checkpoint=True)
+    with pytest.raises(ValueError, match=r"checkpoint=True has no effect with first_order=True: .*; set checkpoint=False"):
+        MAML(m, first_order=True, checkpoint=True)
     with pytest.raises(ValueError, match=r"loss='l1' is not valid; use auto, cross_entropy or mse"):
         MAML(m, loss="l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"loss='cross_entropy' needs classification episodes"):
@@ -230,6 +268,14 @@ def test_checkpoint_option_gives_the_same_gradients():
     b.meta_backward(batch)
     for x, y in zip(_grads(a), _grads(b)):
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
+    # and it does save memory: bytes kept for the backward pass of the meta-loss's graph
+    kept = []
+    for algo in (a, b):
+        with _SavedBytes() as saved:
+            loss, _ = algo.meta_loss(batch)
+        kept.append(saved.live())
+        del loss
+    assert kept[1] < 0.5 * kept[0], kept
 
 
 def test_short_sinusoid_meta_training_learns():
@@ -268,6 +314,26 @@ def test_builds_and_trains_from_a_config(tmp_path):
     })
     result = train(cfg, tmp_path / "run")
     assert result.status == "finished" and result.step == 3
+
+
+def test_per_layer_step_rates_after_the_trained_steps_reuse_the_last_one():
+    algo = MAML(MLP(1, [4], 1), inner_steps=2, eval_steps=4, learn_inner_lr="per_layer_step")
+    with torch.no_grad():
+        for r in algo.inner_lrs:
+            r.copy_(torch.tensor([0.1, 0.2]))
+    lr = algo._lr()
+    assert [float(lr(algo.adapt_names[0], k).detach()) for k in range(4)] == pytest.approx([0.1, 0.2, 0.2, 0.2])
+
+
+def test_evaluation_trajectory_is_detached_at_every_step():
+    torch.manual_seed(9)
+    algo = MAML(TinyConvBN(), inner_lr=0.4, inner_steps=1, eval_steps=2)
+    ep = _cls_batch(tasks=1)[0]
+    for steps in (0, 2):  # outside no_grad: theta_0 too must not be the live meta-parameters
+        learner = algo.adapt(ep.support_x, ep.support_y, 3, steps=steps)
+        assert all(not v.requires_grad for p in learner.trajectory for v in p.values()), steps
+        assert not learner.predict(ep.query_x, step=0).requires_grad
+        assert not learner.predict(ep.query_x).requires_grad
 
 
 @pytest.mark.parametrize("task_batching", ["loop", "vmap"])

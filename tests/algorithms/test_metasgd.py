@@ -82,6 +82,29 @@ def _check_first_order_rates(algo: MetaSGD, batch, grads) -> None:
     n_model = sum(p.numel() for p in algo.model.parameters())
     rate_grads = grads[n_model:]
     assert torch.count_nonzero(rate_grads) > 0
+    # two steps by hand, g_k = grad L_support(theta_k) held constant: theta_2 = theta - a*(g_0 + g_1), so
+    # the first-order meta-gradient is v = dL_query/d theta_2 for theta and -(g_0 + g_1) * v for a
+    assert algo.inner_steps == 2
+    rates = dict(zip(algo.adapt_names, (r.detach() for r in algo.inner_lrs)))
+    exp_theta = {n: 0 for n in algo.adapt_names}
+    exp_rate = {n: 0 for n in algo.adapt_names}
+    for ep in batch:
+        p = {n: v.detach() for n, v in algo.model.named_parameters()}
+        g_sum = {n: 0 for n in p}
+        for _ in range(2):
+            leaf = {n: v.clone().requires_grad_() for n, v in p.items()}
+            out = torch.func.functional_call(algo.model, leaf, (ep.support_x,))
+            g = dict(zip(leaf, torch.autograd.grad(F.mse_loss(out, ep.support_y), list(leaf.values()))))
+            p = {n: p[n] - rates[n] * g[n] for n in p}
+            g_sum = {n: g_sum[n] + g[n] for n in p}
+        leaf = {n: v.clone().requires_grad_() for n, v in p.items()}
+        out = torch.func.functional_call(algo.model, leaf, (ep.query_x,))
+        v = dict(zip(leaf, torch.autograd.grad(F.mse_loss(out, ep.query_y), list(leaf.values()))))
+        for n in algo.adapt_names:
+            exp_theta[n] = exp_theta[n] + v[n] / batch.num_tasks
+            exp_rate[n] = exp_rate[n] - g_sum[n] * v[n] / batch.num_tasks
+    expected = _flat([exp_theta[n] for n, _ in algo.model.named_parameters()] + [exp_rate[n] for n in algo.adapt_names])
+    assert torch.allclose(grads, expected, rtol=1e-10, atol=1e-13)
     # one step: theta' = theta - a*g, so dL/da = -g * dL/dtheta' per task (averaged)
     algo1 = MetaSGD(algo.model, inner_steps=1, first_order=True)
     algo1.inner_lrs.load_state_dict(algo.inner_lrs.state_dict())

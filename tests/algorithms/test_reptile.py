@@ -79,3 +79,16 @@ def test_meta_loss_is_for_monitoring_only_and_errors():
         Reptile(MLP(), inner_batch=0)
     with pytest.raises(ValueError, match=r"task_batching='vmap' is not supported by Reptile; use loop"):
         Reptile(MLP(), task_batching="vmap")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inner_batch", [None, 2])
+def test_zero_inner_steps_gives_a_zero_detached_direction(inner_batch):
+    torch.manual_seed(2)
+    algo = Reptile(MLP(1, [8], 1), inner_lr=0.02, inner_steps=0, inner_batch=inner_batch)
+    batch = SinusoidTasks(5, seed=0).sample(2)
+    algo.meta_backward(batch)
+    for n, p in algo.model.named_parameters():
+        assert p.grad is not None and not p.grad.requires_grad, n
+        assert torch.count_nonzero(p.grad) == 0, n
+    learner = algo.adapt(batch[0].support_x, batch[0].support_y)
+    assert all(not v.requires_grad for v in learner.params.values())

@@ -31,7 +31,9 @@ Options (each a plain argument, see :func:`inner_loop`):
   (:class:`_RecomputedStep`). ``torch.utils.checkpoint`` (non-reentrant) gives the same
   gradients around an inner step but saved no memory at all here (its region contains the
   inner ``autograd.grad``, whose saved tensors it keeps): measured peak increase for one
-  20-way 5-shot task with 10 second-order steps, 1655 MB with or without it.
+  20-way 5-shot task with 10 second-order steps, 1655 MB with or without it. ``checkpoint`` is
+  an error with ``first_order``: first-order steps keep no graph to recompute (each step's
+  support activations are freed as soon as its gradient is taken), so it would change nothing.
 
 Parameters that need no flags:
 
@@ -52,7 +54,8 @@ which :meth:`MAML.model_defaults` asks for). A BatchNorm layer *with* running st
 error (:func:`check_batchnorm`): in training mode every inner step would overwrite its running
 averages in place with the statistics of one task's support or query set, and in evaluation
 mode it would normalise with those leaked averages instead of the batch -- a silently different
-algorithm. Layer/Group/Instance norms without running statistics are fine.
+algorithm. Layer/Group/Instance norms without running statistics are fine with
+``task_batching='loop'``; under ``'vmap'`` only GroupNorm is (see below).
 
 Task batching (measured, not assumed)
 -------------------------------------
@@ -61,12 +64,16 @@ Two ways to run the tasks of a meta-batch share this engine:
 * ``"loop"`` (default): one task after another; :meth:`MAML.meta_backward` back-propagates each
   task's loss as soon as it is computed, so memory holds one task's graph at a time.
 * ``"vmap"``: :func:`torch.func.vmap` over tasks with :func:`torch.func.grad` inside (one
-  batched call per layer). For small models without BatchNorm (the sinusoid MLP) it removes the
-  per-task Python overhead. It is refused for models with BatchNorm: on torch 2.13 the
-  second-order meta-gradient that ``vmap`` gives through ``F.batch_norm`` is wrong (we measured a
-  3.4e-2 relative error against finite differences in float64 on a tiny conv+BatchNorm model,
-  where the loop is exact to 3e-10; the issue tracker measured up to 0.13 on Conv4), and on the
-  Conv4 every conv after the first step becomes a grouped conv, slower than the loop on CPU.
+  batched call per layer). For small models (the sinusoid MLP) it removes the per-task Python
+  overhead. It is allowed only for models built from the layer types in :data:`VMAP_VERIFIED`,
+  whose second-order meta-gradient under ``vmap`` the tests check against finite differences
+  (:func:`check_vmap`); any other layer is refused rather than risked. On torch 2.13 the
+  normalisation layers are wrong under ``vmap`` although the loop is exact (float64, tiny conv
+  models, two inner steps, relative error against finite differences, loop below 1e-9):
+  BatchNorm 5e-2 to 6e-2 (the issue tracker measured up to 0.13 on Conv4), InstanceNorm 7e-2
+  to 8e-2, LayerNorm 4e-3 to 9e-3; GroupNorm is exact (below 1e-9). On the Conv4 every conv after the first step also
+  becomes a grouped conv, slower than the loop on CPU. Only module types are checked: a custom
+  ``forward`` that calls ``F.batch_norm`` or ``F.layer_norm`` itself is not seen.
 
 Memory format (speed on CPU)
 ----------------------------
@@ -96,7 +103,9 @@ __all__ = [
     "FunctionalModel",
     "to_channels_last",
     "check_batchnorm",
+    "check_vmap",
     "has_batchnorm",
+    "VMAP_VERIFIED",
     "select_parameters",
     "inner_loop",
     "inner_loop_vmap",
@@ -111,6 +120,47 @@ LearningRate = float | Callable[[str, int], Tensor]
 def has_batchnorm(module: nn.Module) -> bool:
     """Whether ``module`` contains any BatchNorm layer (with or without running statistics)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+#: layer types whose second-order meta-gradient under ``task_batching='vmap'`` is checked against
+#: finite differences (tests/algorithms/test_inner.py); every other layer is refused under vmap
+VMAP_VERIFIED: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d,
+    nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
+    nn.GroupNorm,
+)
+# measured wrong under vmap (see the module docstring)
+_VMAP_WRONG = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+
+def check_vmap(module: nn.Module) -> None:
+    """Refuse ``task_batching='vmap'`` for a model with a layer outside :data:`VMAP_VERIFIED`.
+
+    A module of a verified type (exactly that type: a subclass may override ``forward``) is
+    accepted; so is a container that owns no parameters or buffers itself (``nn.Sequential``,
+    ``MLP``), whose children are checked in turn. Anything else -- a normalisation layer measured
+    wrong under vmap, an unverified layer, a custom module with its own parameters -- is refused.
+
+    Raises:
+        ValueError: naming the first offending layer, its type and the fix (``task_batching='loop'``).
+    """
+    for name, m in module.named_modules():
+        if type(m) in VMAP_VERIFIED:
+            continue
+        own = any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))
+        if not own and any(True for _ in m.children()):
+            continue  # a container: its children are checked
+        if isinstance(m, _VMAP_WRONG):
+            why = ("torch.func.vmap gives a wrong second-order meta-gradient through it "
+                   "(measured against finite differences in float64; the loop is exact)")
+        else:
+            why = ("its second-order meta-gradient under torch.func.vmap has not been verified against finite "
+                   f"differences (verified: {', '.join(t.__name__ for t in VMAP_VERIFIED)})")
+        raise ValueError(
+            f"task_batching='vmap' is refused for models with {type(m).__name__} (layer {name or '<model>'!r}): "
+            f"{why}; use task_batching='loop'"
+        )
 
 
 def check_batchnorm(module: nn.Module, algorithm: str = "MAML") -> None:
@@ -137,13 +187,15 @@ def select_parameters(module: nn.Module, adapt: str | Sequence[str] | Callable[[
     Args:
         module: the model.
         adapt: ``"all"`` (every parameter with ``requires_grad``), ``"head"`` (the parameters of
-            the last submodule that owns parameters directly -- ``Conv4.head`` or the last
-            ``Linear`` of an ``MLP``; ANIL), a regular expression matched against parameter
-            names with :func:`re.fullmatch` (e.g. ``"head\\..*"``), a sequence of exact names,
-            or a predicate ``name -> bool``.
+            the last submodule that owns parameters directly, which must be an ``nn.Linear`` --
+            ``Conv4.head`` or the last ``Linear`` of an ``MLP``; ANIL), a regular expression
+            matched against parameter names with :func:`re.fullmatch` (e.g. ``"head\\..*"``), a
+            sequence of exact names, or a predicate ``name -> bool``.
 
     Raises:
-        ValueError: if nothing is selected or a listed name is not a trainable parameter.
+        ValueError: if nothing is selected, a listed name is not a trainable parameter, or
+            ``adapt="head"`` finds no linear head (e.g. a Conv4 built without ``out_features``,
+            whose last module with parameters is a BatchNorm).
     """
     trainable = [n for n, p in module.named_parameters() if p.requires_grad]
     if callable(adapt):
@@ -156,6 +208,13 @@ def select_parameters(module: nn.Module, adapt: str | Sequence[str] | Callable[[
             owners = [mn for mn, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))]
             if not owners:
                 raise ValueError("adapt='head': the model has no parameters")
+            head = module.get_submodule(owners[-1])
+            if not isinstance(head, nn.Linear):
+                raise ValueError(
+                    f"adapt='head': the last module with parameters is {owners[-1]!r} ({type(head).__name__}), "
+                    "not an nn.Linear head; give the model a linear head, e.g. Conv4(out_features=ways), "
+                    "or pass a regular expression or a list of parameter names as adapt"
+                )
             prefix = f"{owners[-1]}." if owners[-1] else ""
             chosen = [n for n in trainable if n.startswith(prefix) and "." not in n[len(prefix):]]
             what = f"adapt='head' (module {owners[-1]!r})"
@@ -278,20 +337,29 @@ def inner_loop(
         adapt: names of the parameters to update (:func:`select_parameters`).
         first_order: do not differentiate through the inner gradients.
         create_graph: keep the graph from ``params`` to the adapted parameters (``False`` at
-            evaluation: every step is then detached and no graph is kept at all).
-        checkpoint: recompute each step in the backward pass instead of storing it
-            (second-order mode only; it changes memory, not results).
+            evaluation: every entry of the trajectory, ``theta_0`` included, is then detached and
+            no graph is kept at all).
+        checkpoint: recompute each step in the backward pass instead of storing it (it changes
+            memory, not results; an error with ``first_order``, where it would change nothing).
 
     Returns:
         ``steps + 1`` parameter dicts; ``[-1]`` is the adapted model.
     """
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
+    if checkpoint and first_order:
+        raise ValueError(_CHECKPOINT_FIRST_ORDER)
     second_order = create_graph and not first_order
-    traj = [params]
+    traj = [params if create_graph else {n: v.detach() for n, v in params.items()}]
     with torch.enable_grad():
         _run_steps(fmodel, loss_fn, support_x, support_y, traj, steps, lr, adapt, second_order, create_graph, checkpoint)
     return traj
+
+
+_CHECKPOINT_FIRST_ORDER = (
+    "checkpoint=True has no effect with first_order=True: first-order inner steps keep no graph to "
+    "recompute (each step's support activations are freed once its gradient is taken); set checkpoint=False"
+)
 
 
 def _run_steps(
@@ -393,14 +461,26 @@ def inner_loop_vmap(
     ``run(query_fn)(query_x, query_y)`` (``[B, ...]``), evaluates every task at once and returns
     the stacked results. ``params`` are shared by all tasks (``in_dims=None``) and stay connected
     to the caller's autograd graph, so ``.backward()`` on the result gives the meta-gradient.
-    Only for models without BatchNorm (see the module docstring).
+    Only for models made of verified layers (:func:`check_vmap`; see the module docstring).
     """
-    if has_batchnorm(fmodel.module):
-        raise ValueError(
-            "task_batching='vmap' is refused for models with BatchNorm: torch.func.vmap gives a wrong "
-            "second-order meta-gradient through F.batch_norm (measured in metakit's tests); use "
-            "task_batching='loop'"
-        )
+    check_vmap(fmodel.module)
+    return _inner_loop_vmap(fmodel, params, support_x, support_y, loss_fn, steps=steps, lr=lr, adapt=adapt,
+                            first_order=first_order)
+
+
+def _inner_loop_vmap(
+    fmodel: FunctionalModel,
+    params: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    *,
+    steps: int,
+    lr: LearningRate,
+    adapt: Sequence[str],
+    first_order: bool = False,
+) -> Callable[[Callable[[Params], Tensor | tuple[Tensor, ...]]], Callable[..., object]]:
+    """:func:`inner_loop_vmap` without the layer check (the tests use it to watch the known failures)."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     adapt = list(adapt)

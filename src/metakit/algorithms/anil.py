@@ -11,8 +11,9 @@ The body still receives its full meta-gradient, including (second order) the pat
 head's adaptation, because the head's inner gradient depends on the body's features. The
 paper shows ANIL matches MAML on few-shot benchmarks at a fraction of the inner-loop cost.
 
-"Head" means the parameters of the last submodule that owns parameters (``Conv4.head``, the
-last ``Linear`` of an ``MLP``); ``adapt`` takes a regular expression or a list of names for
+"Head" means the parameters of the last submodule that owns parameters, which must be an
+``nn.Linear`` (``Conv4.head``, the last ``Linear`` of an ``MLP``; a Conv4 without
+``out_features`` is an error); ``adapt`` takes a regular expression or a list of names for
 other models. All machinery is :class:`~.maml.MAML`'s.
 """
 
@@ -40,8 +41,8 @@ class ANIL(MAML):
         eval_steps: inner steps for evaluation (default: inner_steps).
         adapt: the adapted parameters: head (default), or a regular expression or list of names.
         learn_inner_lr: none, per_layer_step (MAML++ LSLR) or per_element (Meta-SGD style).
-        checkpoint: recompute the inner steps in the backward pass (less memory).
-        task_batching: loop or vmap (vmap: models without BatchNorm only).
+        checkpoint: recompute the inner steps in the backward pass (less memory; second order only).
+        task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
         channels_last: channels_last memory format for image inputs (CPU speed).
         loss: auto, cross_entropy or mse.
     """

@@ -36,8 +36,9 @@ from ._inner import (
     FunctionalModel,
     LearningRate,
     Params,
+    _CHECKPOINT_FIRST_ORDER,
     check_batchnorm,
-    has_batchnorm,
+    check_vmap,
     inner_loop,
     inner_loop_vmap,
     select_parameters,
@@ -104,17 +105,22 @@ class MAML(Algorithm):
         first_order: ignore second-order terms (first-order MAML).
         eval_steps: inner steps when adapting for evaluation and prediction (default: inner_steps).
         adapt: which parameters the inner loop updates: all, head (the last layer with
-            parameters; ANIL), or a regular expression matched against parameter names
-            (or a list of names).
+            parameters, which must be a Linear; ANIL), or a regular expression matched against
+            parameter names (or a list of names).
         learn_inner_lr: none (fixed inner_lr), per_layer_step (one learned rate per parameter
             tensor and per inner step, MAML++'s LSLR) or per_element (one per weight, Meta-SGD).
+            per_layer_step learns inner_steps rates per tensor: when eval_steps > inner_steps,
+            the steps after the last trained one reuse the last step's rates.
         multi_step_loss: meta-loss is the mean of the query losses after every inner step
             (MAML++'s multi-step loss, uniform weights) instead of after the last one.
         checkpoint: recompute the inner steps during the backward pass instead of storing their
             activations (less memory for many inner steps, about one more support
-            forward/backward per step).
-        task_batching: loop (one task at a time; needed for BatchNorm) or vmap (all tasks in
-            one vectorised call; fast for small models without BatchNorm, e.g. sinusoids).
+            forward/backward per step). Second order only: an error with first_order, where
+            there is nothing to recompute.
+        task_batching: loop (one task at a time; needed for BatchNorm and the other
+            normalisation layers except GroupNorm) or vmap (all tasks in one vectorised call;
+            fast for small models such as the sinusoid MLP; only for the layer types verified
+            under vmap, metakit.algorithms._inner.VMAP_VERIFIED).
         channels_last: run image (4-D) inputs and conv weights in channels_last memory format
             (faster on CPU with oneDNN: 1.4-1.6x per meta-iteration on the Omniglot Conv4). The
             inner loop of second-order training stays in NCHW, where PyTorch's BatchNorm double
@@ -163,12 +169,10 @@ class MAML(Algorithm):
             )
         if task_batching not in ("loop", "vmap"):
             raise ValueError(f"task_batching={task_batching!r} is not valid; use loop or vmap")
+        if checkpoint and first_order:
+            raise ValueError(_CHECKPOINT_FIRST_ORDER)
         if task_batching == "vmap":
-            if has_batchnorm(model):
-                raise ValueError(
-                    "task_batching='vmap' is refused for models with BatchNorm: torch.func.vmap gives a wrong "
-                    "second-order meta-gradient through F.batch_norm; use task_batching='loop'"
-                )
+            check_vmap(model)
             if checkpoint:
                 raise ValueError("checkpoint=True needs task_batching='loop' (vmap keeps every task's graph anyway)")
         if loss not in ("auto", "cross_entropy", "mse"):

@@ -41,8 +41,8 @@ class MetaSGD(MAML):
         first_order: ignore second-order terms (the rates still get their gradient).
         eval_steps: inner steps for evaluation (default: inner_steps).
         adapt: which parameters adapt (all, head, a regular expression or a list of names).
-        checkpoint: recompute the inner steps in the backward pass (less memory).
-        task_batching: loop or vmap (vmap: models without BatchNorm only).
+        checkpoint: recompute the inner steps in the backward pass (less memory; second order only).
+        task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
         channels_last: channels_last memory format for image inputs (CPU speed).
         loss: auto, cross_entropy or mse.
     """

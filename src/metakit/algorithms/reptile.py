@@ -87,7 +87,7 @@ class Reptile(MAML):
         )
         if bs == n:
             return run(self._fmodel.params(), support_x, support_y, steps)
-        traj = [self._fmodel.params()]
+        traj = [{name: v.detach() for name, v in self._fmodel.params().items()}]
         order = torch.empty(0, dtype=torch.long)
         for _ in range(steps):
             if order.numel() < bs:

@@ -8,9 +8,10 @@ and ``so5`` with the inner steps recomputed in the backward pass (``so5ck``, met
 Memory of the recompute option where the support set is large: ONE 20-way 5-shot task (100
 support images, 5 queries per class, inner lr 0.1) with 10 second-order steps, without and with
 recomputation (``so10-20w5s``, ``so10ck-20w5s``; metakit only, at most 3 timed iterations).
-Ten second-order steps of 0.1 on random images are chaotic in float32: every implementation's
-meta-gradient, the plain loop's included, is then far from the float64 one (measured 0.38
-relative for both metakit and the loop), so read those rows for time and memory only.
+Ten second-order steps of 0.1 on random images are chaotic in float32: metakit's meta-gradient
+is then far from the float64 one (measured 0.38 relative; the float64 reference is the plain
+loop's, and the float32 loop and higher are not run in these settings), so read those rows for
+time and memory only.
 
 Implementations, all from the same initial weights on the same (random, fixed-seed) batch:
 
