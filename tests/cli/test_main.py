@@ -30,6 +30,11 @@ def test_console_entry_point_runs():
     assert r.returncode == 0 and r.stdout.startswith("metakit ")
 
 
+def test_python_dash_m_metakit_runs_the_cli():
+    r = subprocess.run([sys.executable, "-m", "metakit", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("metakit "), r.stderr
+
+
 def test_installed_console_script_prints_help():
     # the script pip installs beside this interpreter (e.g. .venv/bin/metakit)
     bin_dir = Path(sys.executable).parent
