@@ -6,7 +6,7 @@ One row per method: each cell is the test accuracy over 1,000 fixed episodes (se
 queries per class) with its 95% interval, read from OUT/<run>.eval.<setting>.json; the
 training column gives, per run, the training episodes, the steps trained and the wall time of
 training (summary.json; the machine was shared, so it is a cost, not a speed). The runs' exact
-commands are the lines of queue_a.jobs / queue_b.jobs beside this file.
+commands are the lines of queue_{a,b,c}.jobs beside this file.
 """
 
 from __future__ import annotations
@@ -26,21 +26,26 @@ ROWS = [
      {"5w1s": "protonet_1shot", "20w1s": "protonet_1shot", "5w5s": "protonet_5shot", "20w5s": "protonet_5shot"},
      "98.8 / 99.7 / 96.0 / 98.9"),
     ("metric", "Matching Nets (Vinyals et al. 2016)",
-     {"5w1s": "matching_5w1s", "20w1s": "matching_5w1s"}, "98.1 / 98.9 / 93.8 / 98.5"),
+     {"5w1s": "matching_5w1s", "20w1s": "matching_5w1s", "5w5s": "matching_5w5s", "20w5s": "matching_5w5s"}, "98.1 / 98.9 / 93.8 / 98.5"),
+    ("metric", "Matching Nets with algorithm.scale=10 (not the paper's 1)",
+     {"5w1s": "matching_5w1s_scale10", "20w1s": "matching_5w1s_scale10"}, "—"),
     ("metric", "Relation Net (Sung et al. 2018)",
-     {"5w1s": "relation_5w1s", "20w1s": "relation_5w1s"}, "99.6 / 99.8 / 97.6 / 99.1"),
+     {"5w1s": "relation_5w1s", "20w1s": "relation_5w1s", "5w5s": "relation_5w5s", "20w5s": "relation_5w5s"},
+     "99.6 / 99.8 / 97.6 / 99.1"),
     ("metric", "Siamese (Koch et al. 2015; Vinyals et al.'s re-run)",
-     {"5w1s": "siamese_5w1s", "20w1s": "siamese_5w1s"}, "96.7 / 98.4 / 88.0 / 96.5"),
+     {"5w1s": "siamese_5w1s", "20w1s": "siamese_5w1s", "5w5s": "siamese_5w5s", "20w5s": "siamese_5w5s"}, "96.7 / 98.4 / 88.0 / 96.5"),
     ("baseline", "Baseline (Chen et al. 2019), linear head",
      {s: "baseline" for s in SETTINGS}, "—"),
     ("baseline", "Baseline++ (Chen et al. 2019), cosine head",
      {"5w1s": "baselinepp", "5w5s": "baselinepp"}, "—"),
-    ("optimization", "MAML, second order (Finn et al. 2017)", {"5w1s": "maml_5w1s"}, "98.7 / 99.9 / — / —"),
-    ("optimization", "first-order MAML", {"5w1s": "fomaml_5w1s"}, "98.3 / 99.2 / — / —"),
-    ("optimization", "Reptile (Nichol et al. 2018), transductive", {"5w1s": "reptile_5w1s"},
+    ("metric", "nearest neighbour + CL2N (SimpleShot-style, Wang et al. 2019)",
+     {"5w1s": "nearest", "20w1s": "nearest"}, "—"),
+    ("optimization", "MAML, second order (Finn et al. 2017)", {"5w1s": "maml_5w1s", "5w5s": "maml_5w5s"}, "98.7 / 99.9 / — / —"),
+    ("optimization", "first-order MAML", {"5w1s": "fomaml_5w1s", "5w5s": "fomaml_5w5s"}, "98.3 / 99.2 / — / —"),
+    ("optimization", "Reptile (Nichol et al. 2018), transductive", {"5w1s": "reptile_5w1s", "5w5s": "reptile_5w5s"},
      "97.7 / 99.5 / — / —"),
-    ("optimization", "ANIL (Raghu et al. 2020)", {"5w1s": "anil_5w1s"}, "—"),
-    ("optimization", "Meta-SGD (Li et al. 2017)", {"5w1s": "metasgd_5w1s"}, "99.5 / 99.9 / — / —"),
+    ("optimization", "ANIL (Raghu et al. 2020)", {"5w1s": "anil_5w1s", "5w5s": "anil_5w5s"}, "—"),
+    ("optimization", "Meta-SGD (Li et al. 2017)", {"5w1s": "metasgd_5w1s", "5w5s": "metasgd_5w5s"}, "99.5 / 99.9 / — / —"),
 ]
 
 
@@ -60,11 +65,11 @@ def _training(out: Path, run: str) -> str:
 
 
 def _cell(out: Path, run: str | None, setting: str) -> str:
-    if run is None:
+    if run is None or not (out / run).exists():
         return "not run"
     f = out / f"{run}.eval.{setting}.json"
     if not f.exists():
-        return "pending"
+        return "pending"  # training or evaluating
     r = json.loads(f.read_text())
     return f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
 
