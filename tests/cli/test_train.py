@@ -88,7 +88,7 @@ def test_resume_continues_a_run(config_file, tmp_path, capsys):
     [
         (["CFG", "optim.lrr=0.1"], r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\)"),
         (["CFG", "train.ways=0"], r"train.ways=0 is out of range: it must be >= 1"),
-        (["CFG", "algorithm.distance=manhattan"], r"distance='manhattan' is not known"),
+        (["CFG", "algorithm.distance=manhattan"], r"algorithm.distance='manhattan' is not a valid choice; use one of: euclidean, cosine"),
         ([], r"give a config file \(e.g. configs/protonet_omniglot_5w1s.yaml\) or --resume RUN_DIR"),
         (["CFG", "train.steps=1", "other.yaml"], r"unexpected argument 'other.yaml'"),
         (["CFG", "--resume", "somewhere"], r"--resume uses the run's own config.yaml; drop"),

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +149,7 @@ class Baseline(Algorithm):
         self,
         encoder: nn.Module,
         num_classes: int | None = None,
-        head: str = "linear",
+        head: Literal["linear", "cosine"] = "linear",
         scale: float | None = None,
         finetune_epochs: int = 100,
         finetune_batch_size: int = 4,

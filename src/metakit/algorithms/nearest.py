@@ -50,7 +50,7 @@ then ``fit_feature_mean(train_images)`` and ``predict(batch)`` / ``adapt(...)``.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -100,9 +100,9 @@ class NearestNeighbour(EmbeddingAlgorithm):
     def __init__(
         self,
         encoder: nn.Module,
-        rule: str = "centroid",
-        distance: str = "euclidean",
-        normalize: str = "none",
+        rule: Literal["neighbour", "centroid"] = "centroid",
+        distance: Literal["euclidean", "cosine"] = "euclidean",
+        normalize: Literal["none", "l2", "cl2n"] = "none",
         scale: float = 1.0,
         mean_momentum: float = 0.01,
         feature_dim: int | None = None,

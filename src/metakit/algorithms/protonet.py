@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ class ProtoNet(Algorithm):
     def __init__(
         self,
         encoder: nn.Module,
-        distance: str = "euclidean",
+        distance: Literal["euclidean", "cosine"] = "euclidean",
         scale: float | None = None,
         learn_scale: bool = False,
     ) -> None:

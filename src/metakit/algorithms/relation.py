@@ -29,6 +29,7 @@ split into a query part and a class part, see :mod:`metakit.models.relation`).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ class RelationNet(EmbeddingAlgorithm):
         encoder: nn.Module,
         relation_channels: int = 64,
         relation_hidden: int = 8,
-        class_pool: str = "sum",
+        class_pool: Literal["sum", "mean"] = "sum",
         max_pair_elements: int = 2**24,
     ) -> None:
         super().__init__()

@@ -100,11 +100,27 @@ def check_value(key: str, value: Any, tp: Any) -> Any:
     """
     ok, out = _match(value, tp)
     if not ok:
+        choices = _literal_choices(tp)
+        if choices and isinstance(value, str):
+            raise ConfigError(
+                f"{key}={value!r} is not a valid choice{_suggest(value, [str(c) for c in choices])}; "
+                f"use one of: {', '.join(map(str, choices))}"
+            )
         raise ConfigError(
             f"{key}={value!r} has the wrong type: expected {_type_name(tp)}, got {type(value).__name__}"
             + (" (quote nothing: numbers and true/false are written bare in YAML)" if isinstance(value, str) else "")
         )
     return out
+
+
+def _literal_choices(tp: Any) -> list[Any]:
+    """The values of the ``Literal`` arms of ``tp`` (``Literal["a", "b"] | None`` -> ``["a", "b"]``)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return list(typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return [c for arm in typing.get_args(tp) for c in _literal_choices(arm)]
+    return []
 
 
 def _match(value: Any, tp: Any) -> tuple[bool, Any]:
