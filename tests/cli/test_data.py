@@ -101,3 +101,15 @@ def test_help_lists_data(capsys):
         main(["data", "--help"])
     out = capsys.readouterr().out
     assert "check" in out and "show" in out
+
+
+def test_check_download_fetches_missing_archives(serve, omniglot_root, cache_dir, tmp_path, monkeypatch, capsys):
+    # the official source replaced by a local server on 127.0.0.1 serving the offline copies
+    monkeypatch.setenv("METAKIT_OMNIGLOT_URL", serve(omniglot_root))
+    root = tmp_path / "omniglot"
+    argv = ["data", "check", "omniglot", "--root", str(root), "--cache-dir", str(cache_dir), "--json"]
+    assert main(argv) != 0  # without --download a missing root is an error
+    assert "--download" in capsys.readouterr().err
+    assert main([*argv, "--download"]) == 0
+    assert json.loads(capsys.readouterr().out) == EXPECTED
+    assert sorted(p.name for p in root.iterdir()) == ["images_background.zip", "images_evaluation.zip"]

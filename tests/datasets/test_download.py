@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import zipfile
 from pathlib import Path
 
@@ -13,46 +10,6 @@ import torch
 
 from metakit.datasets import Omniglot, download_omniglot
 from metakit.datasets.download import download_file
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; ``/short/<file>`` announces the full length but sends half the bytes."""
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/short/"):
-            data = (Path(self.directory) / self.path.removeprefix("/short/")).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.close_connection = True
-            return
-        super().do_GET()
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """``serve(folder) -> base URL`` of a server on 127.0.0.1 (shut down after the test)."""
-    servers = []
-
-    def start(folder: Path) -> str:
-        handler = functools.partial(_Handler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 def _leftovers(folder: Path) -> list[str]:

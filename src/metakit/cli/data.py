@@ -107,7 +107,10 @@ def check_omniglot(
     )
 
     if not root.is_dir() and not download:
-        raise FileNotFoundError(f"--root {str(root)!r} is not a folder; give the folder holding images_background.zip")
+        raise FileNotFoundError(
+            f"--root {str(root)!r} is not a folder; give the folder holding images_background.zip and "
+            "images_evaluation.zip, or add --download to fetch them into it"
+        )
     missing = [a for a in ARCHIVES if locate_archive(root, a) is None]
     if missing and download:
         try:
