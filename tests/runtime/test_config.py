@@ -152,7 +152,7 @@ def test_sinusoid_config_needs_no_data():
     "override, message",
     [
         ("optim.lr", r"override 'optim.lr' must look like section.key=value"),
-        ("lr=0.1", r"override key 'lr' must be section.key"),
+        ("lr=0.1", r"override key 'lr' must be section.key \(e.g. train.steps=100\) \(did you mean 'optim.lr'\?\)"),
         ("optim.lr.x=1", r"override key 'optim.lr.x' must be section.key"),
         ("optim.lr=[1", r"override 'optim.lr=\[1': the value is not valid YAML"),
         ("optm.lr=0.1", r"unknown config key 'optm.lr' \(did you mean 'optim.lr'\?\)"),

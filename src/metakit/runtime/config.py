@@ -585,7 +585,12 @@ def _all_keys() -> list[str]:
 
 def _suggest(word: str, candidates: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    candidates = list(candidates)
+    if "." not in word:  # a bare field name (lr=0.1): the dotted key that ends with it
+        same = [c for c in candidates if c.rsplit(".", 1)[-1] == word]
+        if len(same) == 1:
+            return f" (did you mean {same[0]!r}?)"
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
