@@ -68,9 +68,10 @@ def _cell(out: Path, run: str | None, setting: str) -> str:
     if run is None or not (out / run).exists():
         return "not run"
     f = out / f"{run}.eval.{setting}.json"
-    if not f.exists():
+    try:
+        r = json.loads(f.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
         return "pending"  # training or evaluating
-    r = json.loads(f.read_text())
     return f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
 
 
