@@ -4,7 +4,6 @@ checkpointing; loop vs vmap."""
 
 from __future__ import annotations
 
-import weakref
 
 import pytest
 import torch
@@ -91,46 +90,6 @@ def _rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-class _Box:
-    __slots__ = ("t", "__weakref__")
-
-    def __init__(self, t: Tensor) -> None:
-        self.t = t
-
-
-class SavedBytes:
-    """Bytes autograd keeps for the backward pass of the graphs built inside the block.
-
-    Every tensor saved for backward passes through the pack hook of
-    :func:`torch.autograd.graph.saved_tensors_hooks`; a weak reference to its box tells whether a
-    live graph still holds it, so :meth:`live` counts what the graph keeps, not what a step
-    saved and freed again (distinct storages once)."""
-
-    def __enter__(self) -> "SavedBytes":
-        self._refs: list[weakref.ref] = []
-
-        def pack(t: Tensor) -> _Box:
-            box = _Box(t)
-            self._refs.append(weakref.ref(box))
-            return box
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    def live(self) -> int:
-        storages = {}
-        for ref in self._refs:
-            box = ref()
-            if box is not None:
-                st = box.t.untyped_storage()
-                storages[st.data_ptr()] = st.nbytes()
-        return sum(storages.values())
-
-
 # -- second order ------------------------------------------------------------------------------
 def test_second_order_meta_gradient_matches_finite_differences_with_batchnorm():
     torch.manual_seed(0)
@@ -199,14 +158,14 @@ def _hand_unrolled(params: dict[str, Tensor], data, steps: int, lr: float) -> Te
 
 
 @pytest.mark.parametrize("checkpoint", [False, True])
-def test_matches_hand_unrolled_reference_float32(checkpoint):
+def test_matches_hand_unrolled_reference_float32(checkpoint, saved_bytes):
     torch.manual_seed(2)
     model = TinyConvBN()
     params = dict(model.named_parameters())
     data = _cls_data(tasks=3, seed=3, dtype=torch.float32)
-    with SavedBytes() as saved_ours:
+    with saved_bytes() as saved_ours:
         loss_ours = _meta_loss(model, params, data, steps=3, lr=0.4, checkpoint=checkpoint)
-    with SavedBytes() as saved_ref:
+    with saved_bytes() as saved_ref:
         loss_ref = _hand_unrolled(params, data, 3, 0.4)
     if checkpoint:  # the recomputed steps keep only their input parameters, not the support graphs
         assert saved_ours.live() < 0.5 * saved_ref.live(), (saved_ours.live(), saved_ref.live())
@@ -216,16 +175,16 @@ def test_matches_hand_unrolled_reference_float32(checkpoint):
         assert _rel_err(b[0], b[1]) < 1e-5, n
 
 
-def test_checkpoint_changes_nothing_but_memory_float64():
+def test_checkpoint_changes_nothing_but_memory_float64(saved_bytes):
     torch.manual_seed(3)
     model = TinyConvBN().to(D64)
     params = dict(model.named_parameters())
     data = _cls_data(seed=4)
     lrs = {n: torch.full_like(p, 0.3, requires_grad=True) for n, p in params.items()}  # learned, Meta-SGD style
     kw = dict(steps=3, lr=lambda n, k: lrs[n])
-    with SavedBytes() as saved_plain:
+    with saved_bytes() as saved_plain:
         loss_plain = _meta_loss(model, params, data, **kw)
-    with SavedBytes() as saved_ck:
+    with saved_bytes() as saved_ck:
         loss_ck = _meta_loss(model, params, data, checkpoint=True, **kw)
     # the memory: the recompute path keeps much less for the backward pass (measured 0.32x here)
     assert saved_ck.live() < 0.5 * saved_plain.live(), (saved_ck.live(), saved_plain.live())

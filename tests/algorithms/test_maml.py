@@ -3,7 +3,6 @@ errors, config building, and a short sinusoid training run that must learn."""
 
 from __future__ import annotations
 
-import weakref
 
 import pytest
 import torch
@@ -45,37 +44,6 @@ def _grads(module: nn.Module) -> list[Tensor]:
 
 def _flat(ts) -> Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
-
-
-class _Box:
-    __slots__ = ("t", "__weakref__")
-
-    def __init__(self, t: Tensor) -> None:
-        self.t = t
-
-
-class _SavedBytes:
-    """Bytes still held for backward by graphs built inside the block (saved_tensors_hooks;
-    a weak reference per saved tensor tells whether a live graph keeps it)."""
-
-    def __enter__(self) -> "_SavedBytes":
-        self._refs: list[weakref.ref] = []
-
-        def pack(t: Tensor) -> _Box:
-            box = _Box(t)
-            self._refs.append(weakref.ref(box))
-            return box
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda box: box.t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    def live(self) -> int:
-        boxes = [box for box in (ref() for ref in self._refs) if box is not None]
-        return sum({b.t.untyped_storage().data_ptr(): b.t.untyped_storage().nbytes() for b in boxes}.values())
 
 
 def test_registered_and_model_defaults():
@@ -258,7 +226,7 @@ def test_option_errors():
         MAML(m).meta_backward([])  # type: ignore[arg-type]
 
 
-def test_checkpoint_option_gives_the_same_gradients():
+def test_checkpoint_option_gives_the_same_gradients(saved_bytes):
     torch.manual_seed(7)
     a = MAML(TinyConvBN(), inner_steps=3)
     b = MAML(TinyConvBN(), inner_steps=3, checkpoint=True)
@@ -271,7 +239,7 @@ def test_checkpoint_option_gives_the_same_gradients():
     # and it does save memory: bytes kept for the backward pass of the meta-loss's graph
     kept = []
     for algo in (a, b):
-        with _SavedBytes() as saved:
+        with saved_bytes() as saved:
             loss, _ = algo.meta_loss(batch)
         kept.append(saved.live())
         del loss
