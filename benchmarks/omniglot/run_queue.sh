@@ -19,8 +19,10 @@ while IFS='|' read -r name cfg ovr evals; do
   if grep -qs '"status": "finished"' "$d/summary.json"; then :
   elif [ -d "$d/checkpoints" ]; then
     echo "$(date +%T) resume $name" >> "$out/queue.log"
+    # a job line's train.steps also holds on resume (so a budget can be cut or extended)
+    steps=$(grep -o 'train\.steps=[0-9]*' <<< "$ovr" || true)
     # shellcheck disable=SC2086
-    $mk train --resume "$d" run.progress=false >> "$out/$name.log" 2>&1
+    $mk train --resume "$d" run.progress=false $steps >> "$out/$name.log" 2>&1
   else
     echo "$(date +%T) start $name" >> "$out/queue.log"
     # shellcheck disable=SC2086

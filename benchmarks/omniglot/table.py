@@ -1,22 +1,30 @@
-"""Print the README's Omniglot results table from the run folders of run_queue.sh.
+"""Print the README's Omniglot results table, from run folders and from the committed record.
 
-    python benchmarks/omniglot/table.py ~/runs
+    python benchmarks/omniglot/table.py ~/runs            # print the table
+    python benchmarks/omniglot/table.py ~/runs --update   # also save finished runs to results.json
 
 One row per method: each cell is the test accuracy over 1,000 fixed episodes (seed 0, 15
 queries per class) with its 95% interval, read from OUT/<run>.eval.<setting>.json; the
 training column gives, per run, the training episodes, the steps trained and the wall time of
 training (summary.json; the machine was shared, so it is a cost, not a speed). The runs' exact
-commands are the lines of queue_{a,b,c}.jobs beside this file.
+commands are the lines of queue_*.jobs beside this file.
+
+Run folders live outside the repository and can be lost with a machine, so every finished run
+and evaluation is also kept in ``results.json`` beside this file (``--update``): a run found in
+OUT is taken from its folder, any other from that record, which says where each entry came from.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+RECORD = Path(__file__).with_name("results.json")
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 
 # (family, method, {setting: run}, the papers' numbers for 5w1s / 5w5s / 20w1s / 20w5s, as the issues quote
@@ -37,9 +45,9 @@ ROWS = [
     ("baseline", "Baseline (Chen et al. 2019), linear head",
      {s: "baseline" for s in SETTINGS}, "—"),
     ("baseline", "Baseline++ (Chen et al. 2019), cosine head",
-     {"5w1s": "baselinepp", "5w5s": "baselinepp"}, "—"),
+     {s: "baselinepp" for s in SETTINGS}, "—"),
     ("metric", "nearest neighbour + CL2N (SimpleShot-style, Wang et al. 2019)",
-     {"5w1s": "nearest", "20w1s": "nearest"}, "—"),
+     {s: "nearest" for s in SETTINGS}, "—"),
     ("optimization", "MAML, second order (Finn et al. 2017)", {"5w1s": "maml_5w1s", "5w5s": "maml_5w5s"}, "98.7 / 99.9 / — / —"),
     ("optimization", "first-order MAML", {"5w1s": "fomaml_5w1s", "5w5s": "fomaml_5w5s"}, "98.3 / 99.2 / — / —"),
     ("optimization", "Reptile (Nichol et al. 2018), transductive", {"5w1s": "reptile_5w1s", "5w5s": "reptile_5w5s"},
@@ -49,42 +57,77 @@ ROWS = [
 ]
 
 
-def _training(out: Path, run: str) -> str:
+def _from_folder(out: Path, run: str) -> dict[str, Any] | None:
+    """The run's entry read from its folder (None when OUT has no such run)."""
     folder = out / run
     if not folder.exists():
-        return f"`{run}`: not run yet"
+        return None
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     t = cfg["train"]
-    episodes = f"{t['ways']}-way {t['shots']}-shot {t['queries']}-query x {t['meta_batch']}"
+    entry: dict[str, Any] = {"episodes": f"{t['ways']}-way {t['shots']}-shot {t['queries']}-query x {t['meta_batch']}"}
     summary_file = folder / "summary.json"
-    if not summary_file.exists():
-        return f"`{run}`: {episodes}, in progress"
-    s = json.loads(summary_file.read_text())
-    state = "" if s.get("status") == "finished" else f", {s.get('status')}"
-    return f"`{run}`: {episodes}, {s['step']:,} steps, {s['elapsed'] / 60:.0f} min{state}"
+    if summary_file.exists():
+        s = json.loads(summary_file.read_text())
+        entry.update(status=s.get("status"), steps=s["step"], minutes=round(s["elapsed"] / 60, 1))
+    else:
+        entry["status"] = "in progress"
+    entry["evals"] = {}
+    for setting in SETTINGS:
+        try:
+            r = json.loads((out / f"{run}.eval.{setting}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue  # not evaluated yet, or being written
+        entry["evals"][setting] = {k: r[k] for k in ("accuracy", "ci95", "episodes", "queries", "seed", "split",
+                                                     "checkpoint", "step", "seconds", "episodes_per_s") if k in r}
+    return entry
 
 
-def _cell(out: Path, run: str | None, setting: str) -> str:
-    if run is None or not (out / run).exists():
+def _training(run: str, entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return f"`{run}`: not run yet"
+    if "steps" not in entry:
+        return f"`{run}`: {entry['episodes']}, in progress"
+    state = "" if entry.get("status") == "finished" else f", {entry.get('status')}"
+    return f"`{run}`: {entry['episodes']}, {entry['steps']:,} steps, {entry['minutes']:.0f} min{state}"
+
+
+def _cell(entry: dict[str, Any] | None, setting: str) -> str:
+    if entry is None:
         return "not run"
-    f = out / f"{run}.eval.{setting}.json"
-    try:
-        r = json.loads(f.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return "pending"  # training or evaluating
+    r = entry.get("evals", {}).get(setting)
+    if r is None:  # a run folder still training or evaluating, or a recorded run never evaluated so
+        return "not run" if "source" in entry else "pending"
     return f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
 
 
-def main(argv: list[str]) -> None:
-    out = Path(argv[0]).expanduser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the folder run_queue.sh wrote (OUT)")
+    parser.add_argument("--update", action="store_true", help=f"save the finished runs found in OUT to {RECORD.name}")
+    parser.add_argument("--record", type=Path, default=RECORD, help="the record file (default: results.json here)")
+    args = parser.parse_args(argv)
+    out = args.out.expanduser()
+    record = json.loads(args.record.read_text()) if args.record.exists() else {"runs": {}}
+    entries: dict[str, dict[str, Any] | None] = {}
+    for _, _, runs, _ in ROWS:
+        for run in runs.values():
+            live = _from_folder(out, run)
+            entries[run] = live if live is not None else record["runs"].get(run)
+            if args.update and live is not None and live.get("status") == "finished" and live["evals"]:
+                saved = record["runs"].get(run, {})
+                if {k: v for k, v in saved.items() if k != "source"} != live:
+                    record["runs"][run] = {**live, "source": f"measured {datetime.date.today().isoformat()}, "
+                                                              f"run folder {run} of run_queue.sh"}
+    if args.update:
+        args.record.write_text(json.dumps(record, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     print("| family | method | training runs (episodes x meta-batch, steps, wall time) | 5w1s | 5w5s | 20w1s | 20w5s "
           "| papers (5w1s / 5w5s / 20w1s / 20w5s) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for family, method, runs, paper in ROWS:
-        training = "; ".join(_training(out, r) for r in dict.fromkeys(runs.values()))
-        cells = " | ".join(_cell(out, runs.get(s), s) for s in SETTINGS)
+        training = "; ".join(_training(r, entries[r]) for r in dict.fromkeys(runs.values()))
+        cells = " | ".join(_cell(entries[runs[s]] if s in runs else None, s) for s in SETTINGS)
         print(f"| {family} | {method} | {training} | {cells} | {paper} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -320,3 +320,21 @@ def test_predict_steps_matches_per_task_adaptation(task_batching):
         assert torch.equal(algo.predict(batch), out[-1])
     with pytest.raises(ValueError, match=r"steps=-1 must be an int >= 0"):
         algo.predict_steps(batch, -1)
+
+
+def test_predict_runs_the_queries_through_the_adapted_model_only():
+    """predict() needs the last step's outputs only: one query forward pass per task (Reptile
+    evaluates with 50 steps), where predict_steps() runs one per step."""
+    torch.manual_seed(0)
+    model = MLP(1, [8], 1)
+    algo = MAML(model, inner_lr=0.05, eval_steps=4)
+    batch = SinusoidTasks(5, 7, seed=1).sample(3)  # 5 support, 7 query points: told apart by size
+    sizes: list[int] = []
+    model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        last = algo.predict(batch)
+        assert sizes.count(7) == 3 and sizes.count(5) == 3 * 4
+        sizes.clear()
+        every = algo.predict_steps(batch)
+        assert sizes.count(7) == 3 * 5
+    assert torch.equal(last, every[-1])

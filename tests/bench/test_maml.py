@@ -14,7 +14,7 @@ from metakit.cli.main import main
 @pytest.mark.parametrize("setting", ["so1", "fo1"])
 def test_every_implementation_gives_the_same_meta_gradient(setting):
     batch = bench.make_batch(2)
-    impls = ["metakit", "metakit-nchw", "loop"] + (["higher"] if bench._have_higher() else [])
+    impls = ["metakit", "metakit-nchw", "metakit-classic", "loop"] + (["higher"] if bench._have_higher() else [])
     exact = bench.reference_gradient(bench.SETTINGS[setting], batch, hidden=8)
     scale = max(float(g.abs().max()) for g in exact)
     for impl in impls:
@@ -22,6 +22,18 @@ def test_every_implementation_gives_the_same_meta_gradient(setting):
         grads = bench.first_gradient(model, fn, batch)
         err = max(float((a.double() - b).abs().max()) for a, b in zip(grads, exact)) / scale
         assert err < 1e-3, (impl, err)
+
+
+def test_the_peers_run_the_classic_block_order_with_the_same_weights():
+    ours, _, _ = bench.build("metakit", bench.SETTINGS["so1"], hidden=8)
+    for impl in ("metakit-classic", "loop"):
+        classic, _, _ = bench.build(impl, bench.SETTINGS["so1"], hidden=8)
+        kinds = [type(m).__name__ for m in classic.features[:4]]
+        assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"], impl
+        a, b = dict(ours.named_parameters()), dict(classic.named_parameters())
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(ours(x), classic(x))
 
 
 def test_flops_of_the_issue_workload_per_task():

@@ -32,3 +32,51 @@ def test_build_model_errors():
         build_model("conv5")
     with pytest.raises(ValueError, match=r"model='mlp' does not accept these options \['widht'\]"):
         build_model("mlp", widht=3)
+
+
+def _conventional_forward(features, x):
+    """``features`` run the way the papers write the blocks: ... BatchNorm, ReLU, then pool."""
+    mods = list(features)
+    i = 0
+    while i < len(mods):
+        if isinstance(mods[i], torch.nn.MaxPool2d) and i + 1 < len(mods) and isinstance(mods[i + 1], torch.nn.ReLU):
+            x = mods[i](mods[i + 1](x))
+            i += 2
+        else:
+            x = mods[i](x)
+            i += 1
+    return x
+
+
+@pytest.mark.parametrize("which", ["conv4", "relation"])
+def test_pooling_before_relu_is_the_conventional_block_with_its_gradients(which):
+    """The blocks pool before the ReLU (less work); values, gradients and second-order gradients
+    must equal the conventional conv-BN-ReLU-pool order (float64, where ties cannot occur)."""
+    from metakit.models import RelationEncoder
+
+    torch.manual_seed(0)
+    model = (Conv4(hidden=8, track_running_stats=False) if which == "conv4"
+             else RelationEncoder(hidden=8, track_running_stats=False)).double()
+    order = [type(m).__name__ for m in model.features][:4]
+    assert order == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, -1.5, 1.5)  # negative scales too
+        torch.nn.init.uniform_(bn.bias, -0.5, 0.5)
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    params = list(model.parameters())
+
+    def grads(forward):
+        out = forward(x)
+        loss = (out.flatten(1) ** 2).sum(1).mul(torch.linspace(0.1, 1, len(out), dtype=out.dtype)).sum()
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        gg = torch.autograd.grad(sum((gi ** 2).sum() for gi in g), params, allow_unused=True, materialize_grads=True)
+        return out, g, gg
+
+    ours, g1, gg1 = grads(model.features)
+    ref, g2, gg2 = grads(lambda t: _conventional_forward(model.features, t))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(gg1, gg2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert sum(float(g.abs().sum()) for g in gg1) > 0  # the second-order check is not vacuous

@@ -329,13 +329,21 @@ class MAML(Algorithm):
         return AdaptedLearner(self._fmodel, traj)
 
     def predict(self, batch: EpisodeBatch) -> Tensor:
-        """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model."""
-        return self.predict_steps(batch)[-1]
+        """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model.
+
+        Only the adapted model's queries are computed (not those of every step, as in
+        :meth:`predict_steps`): with Reptile's 50 evaluation steps that is one query forward
+        pass per task instead of 51."""
+        return self._predict(batch, None, every_step=False)[0]
 
     def predict_steps(self, batch: EpisodeBatch, steps: int | None = None) -> Tensor:
         """Outputs on the queries after ``0..steps`` inner steps (default ``eval_steps``):
         ``[steps + 1, B, Q, ...]``. Tasks run one by one, or in one vectorised call with
         ``task_batching='vmap'``; either way without keeping a graph."""
+        return self._predict(batch, steps, every_step=True)
+
+    def _predict(self, batch: EpisodeBatch, steps: int | None, every_step: bool) -> Tensor:
+        """``[steps + 1, B, Q, ...]`` outputs after every step, or ``[1, B, Q, ...]`` after the last."""
         self._check_batch(batch)
         k = self.eval_steps if steps is None else steps
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
@@ -347,13 +355,16 @@ class MAML(Algorithm):
                 self._fmodel, detached, batch.support_x, batch.support_y, self._loss(batch.ways),
                 steps=k, lr=lr, adapt=self.adapt_names, first_order=True,
             )
-            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(p, qx) for p in traj]))(batch.query_x, batch.query_y)
+            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(p, qx) for p in (traj if every_step else traj[-1:])]))(
+                batch.query_x, batch.query_y
+            )
             return out.detach().transpose(0, 1)  # type: ignore[union-attr]
         per_task = []
         for ep in batch:
             learner = self.adapt(ep.support_x, ep.support_y, ep.ways, steps=k)
             with torch.no_grad():
-                per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in range(k + 1)]))
+                at = range(k + 1) if every_step else [k]
+                per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in at]))
         return torch.stack(per_task, dim=1)
 
     def _detached_lr(self) -> LearningRate:

@@ -18,10 +18,18 @@ Implementations, all from the same initial weights on the same (random, fixed-se
 * ``metakit``: :class:`metakit.algorithms.MAML` ``.meta_backward`` (per-task backward,
   channels_last) -- what ``metakit train`` runs;
 * ``metakit-nchw``: the same with ``channels_last=False`` (shows that lever);
+* ``metakit-classic``: the same engine on the Conv4 with the classic block order (shows the
+  model's lever, below);
 * ``loop``: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop with
   ``torch.func.functional_call`` (what most hand-written MAML code does);
 * ``higher``: ``higher.innerloop_ctx`` with an SGD inner optimizer (when ``higher`` is
   installed: ``pip install higher``).
+
+The model: metakit's :class:`~metakit.models.Conv4` pools before the ReLU, which computes the
+same function with the same gradients as the classic conv-BatchNorm-ReLU-pool block with less
+work (see its docstring). The peers (``loop``, ``higher``) and ``metakit-classic`` run the
+classic order, as their users write the Conv4: the same parameters under the same names, the
+same weights, only the two parameter-free layers of each block swapped.
 
 Method: every implementation is built in one process and timed *interleaved* (iteration ``r``
 of each in turn), so a change of machine load hits all of them alike; the median over
@@ -79,7 +87,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "so10ck-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": True,
                      "label": "2nd order, 10 steps, ONE 20-way 5-shot task, recompute"},
 }
-IMPLS = ("metakit", "metakit-nchw", "loop", "higher")
+IMPLS = ("metakit", "metakit-nchw", "metakit-classic", "loop", "higher")
 WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4  # the issue's work
 
 
@@ -116,11 +124,21 @@ def setting_batch(setting: dict[str, Any], meta_batch: int) -> Any:
                       queries=setting.get("queries", QUERIES))
 
 
-def make_model(seed: int = 0, hidden: int = 64, ways: int = WAYS) -> nn.Module:
+def make_model(seed: int = 0, hidden: int = 64, ways: int = WAYS, classic: bool = False) -> nn.Module:
+    """The issue's Conv4; ``classic``: the same weights with each block in the classic order
+    conv, BatchNorm, ReLU, max-pool (metakit's Conv4 pools before the ReLU)."""
     from ..models import Conv4
 
     torch.manual_seed(seed)
-    return Conv4(out_features=ways, hidden=hidden, track_running_stats=False)
+    model = Conv4(out_features=ways, hidden=hidden, track_running_stats=False)
+    if classic:
+        layers = list(model.features)
+        for i in range(0, len(layers), 4):
+            conv, bn, pool, relu = layers[i : i + 4]
+            assert isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU), "Conv4's blocks changed"
+            layers[i + 2], layers[i + 3] = relu, pool
+        model.features = nn.Sequential(*layers)  # parameter names unchanged: features.{0,1,4,5,...}
+    return model
 
 
 # -- the implementations: each returns (module whose parameters are meta-learned, meta_grad(batch)) --
@@ -180,8 +198,9 @@ def _impl_higher(model: nn.Module, setting: dict[str, Any]) -> tuple[nn.Module, 
 
 def build(impl: str, setting: dict[str, Any], seed: int = 0, hidden: int = 64) -> tuple[nn.Module, Callable, torch.optim.Optimizer]:
     """The model, its meta-gradient function and its Adam outer optimizer."""
-    model = make_model(seed, hidden, setting.get("ways", WAYS))
-    if impl == "metakit":
+    classic = impl in ("metakit-classic", "loop", "higher")
+    model = make_model(seed, hidden, setting.get("ways", WAYS), classic=classic)
+    if impl in ("metakit", "metakit-classic"):
         model, fn = _impl_metakit(model, setting, True)
     elif impl == "metakit-nchw":
         model, fn = _impl_metakit(model, setting, False)
@@ -308,8 +327,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)} (default: all)"
     )
     parser.add_argument(
-        "--impls", default="metakit,metakit-nchw,loop,higher",
-        help="comma list of metakit, metakit-nchw, loop, higher (higher is skipped when not installed)",
+        "--impls", default=",".join(IMPLS),
+        help=f"comma list of {', '.join(IMPLS)} (higher is skipped when not installed)",
     )
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per implementation (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded iterations first (default 3)")
@@ -449,12 +468,12 @@ def _print_table(rec: dict[str, Any]) -> None:
         print(f"\n{s['label']} ({s['setting']}{extra}): {s['flops'] / 1e9:.1f} GFLOP per iteration")
         rows = s["impls"]
         base = {k: rows[k]["median_s"] for k in ("higher", "loop") if k in rows}
-        head = f"  {'implementation':<14} {'s/iter':>7} {'CPU s':>6} {'GFLOP/s':>8} {'%matmul':>8} {'%conv':>6}"
+        head = f"  {'implementation':<16} {'s/iter':>7} {'CPU s':>6} {'GFLOP/s':>8} {'%matmul':>8} {'%conv':>6}"
         head += "".join(f" {'x vs ' + k:>10}" for k in base) + f" {'err vs f64':>10} {'vs metakit':>10} {'peak MB':>8} {'+MB':>6}"
         print(head)
         for name, r in rows.items():
             line = (
-                f"  {name:<14} {r['median_s']:>7.3f} {r['cpu_s']:>6.2f} {r['gflops_per_s']:>8.1f} "
+                f"  {name:<16} {r['median_s']:>7.3f} {r['cpu_s']:>6.2f} {r['gflops_per_s']:>8.1f} "
                 f"{100 * r['gflops_per_s'] / mm:>7.0f}% {100 * r['gflops_per_s'] / cp:>5.0f}%"
             )
             line += "".join(f" {v / r['median_s']:>10.2f}" for v in base.values())

