@@ -1,0 +1,97 @@
+"""The scripts behind the README's Omniglot table: the job files and table.py's record."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metakit.runtime.config import load_config
+
+HERE = Path(__file__).resolve().parents[2] / "benchmarks" / "omniglot"
+
+
+def _table():
+    spec = importlib.util.spec_from_file_location("omniglot_table", HERE / "table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _jobs():
+    for f in sorted(HERE.glob("queue_*.jobs")):
+        for line in f.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                yield f.name, line.split("|")
+
+
+@pytest.mark.parametrize("job", list(_jobs()), ids=lambda j: f"{j[0]}:{j[1][0]}")
+def test_every_job_line_is_a_valid_config_with_valid_settings(job, monkeypatch):
+    _, (name, cfg, overrides, evals) = job
+    monkeypatch.chdir(HERE.parents[1])  # the job files are run from the checkout
+    config = load_config(cfg, overrides.split())
+    assert config.train.steps > 0
+    for e in evals.split(";"):
+        ways, shots = (int(v) for v in e.split(","))
+        assert f"{ways}w{shots}s" in _table().SETTINGS
+
+
+def test_the_table_names_every_run_of_the_job_files():
+    table = _table()
+    named = {run for _, _, runs, _ in table.ROWS for run in runs.values()}
+    assert {job[0] for _, job in _jobs()} <= named
+
+
+def test_the_committed_record_is_well_formed():
+    record = json.loads((HERE / "results.json").read_text())
+    table = _table()
+    named = {run for _, _, runs, _ in table.ROWS for run in runs.values()}
+    for run, entry in record["runs"].items():
+        assert run in named, run
+        assert entry["status"] == "finished" and entry["steps"] > 0 and entry["source"]
+        for setting, r in entry["evals"].items():
+            assert setting in table.SETTINGS
+            assert 0 < r["accuracy"] <= 1 and 0 <= r["ci95"] < 0.1
+            assert r["episodes"] >= 600 and r["split"] == "test"
+
+
+def _fake_run(out: Path, name: str, *, finished: bool, evals: dict[str, float]) -> None:
+    d = out / name
+    d.mkdir(parents=True)
+    train = {"ways": 5, "shots": 1, "queries": 15, "meta_batch": 1}
+    (d / "config.yaml").write_text(yaml.safe_dump({"train": train}))
+    if finished:
+        (d / "summary.json").write_text(json.dumps({"status": "finished", "step": 500, "elapsed": 120.0}))
+    for setting, acc in evals.items():
+        (out / f"{name}.eval.{setting}.json").write_text(json.dumps(
+            {"accuracy": acc, "ci95": 0.004, "episodes": 1000, "queries": 15, "seed": 0, "split": "test", "step": 500}))
+
+
+def test_table_merges_run_folders_over_the_record_and_saves_finished_runs(tmp_path, capsys):
+    table = _table()
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"runs": {
+        "siamese_5w1s": {"episodes": "5-way 1-shot 15-query x 1", "status": "finished", "steps": 5000, "minutes": 9.0,
+                         "source": "an earlier machine",
+                         "evals": {"5w1s": {"accuracy": 0.897, "ci95": 0.005, "episodes": 1000, "queries": 15,
+                                            "seed": 0, "split": "test"}}}}}))
+    out = tmp_path / "runs"
+    _fake_run(out, "relation_5w5s", finished=True, evals={"5w5s": 0.991})
+    _fake_run(out, "siamese_5w5s", finished=False, evals={})
+    table.main([str(out), "--record", str(record)])
+    text = capsys.readouterr().out
+    siamese = next(line for line in text.splitlines() if "| Siamese" in line)
+    # recorded 5w1s figure; 20w1s of a recorded run never evaluated is "not run"; the live 5-shot run is in progress
+    assert "| 89.7 ± 0.5 | pending | not run | pending |" in siamese
+    assert "`siamese_5w5s`: 5-way 1-shot 15-query x 1, in progress" in siamese
+    relation = next(line for line in text.splitlines() if "| Relation Net" in line)
+    assert "`relation_5w5s`: 5-way 1-shot 15-query x 1, 500 steps, 2 min" in relation and "99.1 ± 0.4" in relation
+    assert "relation_5w5s" not in json.loads(record.read_text())["runs"]  # without --update nothing is written
+    table.main([str(out), "--record", str(record), "--update"])
+    saved = json.loads(record.read_text())["runs"]
+    assert saved["relation_5w5s"]["evals"]["5w5s"]["accuracy"] == 0.991 and "measured" in saved["relation_5w5s"]["source"]
+    assert "siamese_5w5s" not in saved  # unfinished runs are not recorded
+    assert saved["siamese_5w1s"]["source"] == "an earlier machine"
