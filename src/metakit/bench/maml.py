@@ -135,7 +135,8 @@ def make_model(seed: int = 0, hidden: int = 64, ways: int = WAYS, classic: bool 
         layers = list(model.features)
         for i in range(0, len(layers), 4):
             conv, bn, pool, relu = layers[i : i + 4]
-            assert isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU), "Conv4's blocks changed"
+            if not (isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU)):
+                raise RuntimeError(f"Conv4's block {i // 4} is not conv, BatchNorm, max-pool, ReLU; update make_model")
             layers[i + 2], layers[i + 3] = relu, pool
         model.features = nn.Sequential(*layers)  # parameter names unchanged: features.{0,1,4,5,...}
     return model
