@@ -3,8 +3,8 @@
 #
 #   benchmarks/omniglot/run_queue.sh benchmarks/omniglot/queue_a.jobs ~/runs
 #
-# Each line of the job file: NAME|CONFIG|OVERRIDES|EVALS, where EVALS is a ';'-separated list of
-# WAYS,SHOTS settings evaluated on 1,000 fixed test episodes (seed 0, 15 queries per class) with
+# Each line of the job file: NAME|CONFIG|OVERRIDES|EVALS[|EPISODES], where EVALS is a ';'-separated list of
+# WAYS,SHOTS settings evaluated on EPISODES (default 1,000) fixed test episodes (seed 0, 15 queries per class) with
 # `metakit eval --json` into OUT/NAME.eval.<W>w<S>s.json. A run folder OUT/NAME that already has
 # checkpoints is resumed (`metakit train --resume`), a finished one is skipped, an existing
 # evaluation is kept: run the same command again after a crash or a new session. Run from the
@@ -13,7 +13,7 @@
 set -u
 jobs=$(realpath "$1"); out=${2:-runs}; mkdir -p "$out"; out=$(realpath "$out")
 mk=${METAKIT:-metakit}
-while IFS='|' read -r name cfg ovr evals; do
+while IFS='|' read -r name cfg ovr evals episodes; do
   [ -z "$name" ] && continue; [[ "$name" == \#* ]] && continue
   d=$out/$name
   if grep -qs '"status": "finished"' "$d/summary.json"; then :
@@ -33,7 +33,7 @@ while IFS='|' read -r name cfg ovr evals; do
   for e in "${settings[@]}"; do
     w=${e%,*}; s=${e#*,}; res=$out/$name.eval.${w}w${s}s.json
     [ -s "$res" ] && continue
-    OMP_NUM_THREADS=1 $mk eval "$d" --ways "$w" --shots "$s" --queries 15 --episodes 1000 --seed 0 --json \
+    OMP_NUM_THREADS=1 $mk eval "$d" --ways "$w" --shots "$s" --queries 15 --episodes "${episodes:-1000}" --seed 0 --json \
       > "$res.tmp" 2>> "$out/$name.log" && mv "$res.tmp" "$res"
     echo "$(date +%T) eval $name ${w}w${s}s done" >> "$out/queue.log"
   done

@@ -4,7 +4,7 @@
     python benchmarks/omniglot/table.py ~/runs --update   # also save finished runs to results.json
 
 One row per method: each cell is the test accuracy over 1,000 fixed episodes (seed 0, 15
-queries per class) with its 95% interval, read from OUT/<run>.eval.<setting>.json; the
+queries per class; a cell names another count where its job line set one) with its 95% interval, read from OUT/<run>.eval.<setting>.json; the
 training column gives, per run, the training episodes, the steps trained and the wall time of
 training (summary.json; the machine was shared, so it is a cost, not a speed). The runs' exact
 commands are the lines of queue_*.jobs beside this file.
@@ -97,7 +97,8 @@ def _cell(entry: dict[str, Any] | None, setting: str) -> str:
     r = entry.get("evals", {}).get(setting)
     if r is None:  # a run folder still training or evaluating, or a recorded run never evaluated so
         return "not run" if "source" in entry else "pending"
-    return f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+    cell = f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+    return cell if r.get("episodes", 1000) == 1000 else f"{cell} ({r['episodes']:,} episodes)"
 
 
 def main(argv: list[str] | None = None) -> None:

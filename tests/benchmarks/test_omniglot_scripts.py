@@ -30,7 +30,11 @@ def _jobs():
 
 @pytest.mark.parametrize("job", list(_jobs()), ids=lambda j: f"{j[0]}:{j[1][0]}")
 def test_every_job_line_is_a_valid_config_with_valid_settings(job, monkeypatch):
-    _, (name, cfg, overrides, evals) = job
+    _, fields = job
+    assert len(fields) in (4, 5), fields  # NAME|CONFIG|OVERRIDES|EVALS[|EPISODES]
+    name, cfg, overrides, evals = fields[:4]
+    if len(fields) == 5:
+        assert int(fields[4]) >= 600  # the field's minimum for a reported accuracy
     monkeypatch.chdir(HERE.parents[1])  # the job files are run from the checkout
     config = load_config(cfg, overrides.split())
     assert config.train.steps > 0
@@ -81,6 +85,9 @@ def test_table_merges_run_folders_over_the_record_and_saves_finished_runs(tmp_pa
     out = tmp_path / "runs"
     _fake_run(out, "relation_5w5s", finished=True, evals={"5w5s": 0.991})
     _fake_run(out, "siamese_5w5s", finished=False, evals={})
+    _fake_run(out, "reptile_5w5s", finished=True, evals={"5w5s": 0.95})
+    r = json.loads((out / "reptile_5w5s.eval.5w5s.json").read_text())
+    (out / "reptile_5w5s.eval.5w5s.json").write_text(json.dumps({**r, "episodes": 600}))
     table.main([str(out), "--record", str(record)])
     text = capsys.readouterr().out
     siamese = next(line for line in text.splitlines() if "| Siamese" in line)
@@ -89,6 +96,7 @@ def test_table_merges_run_folders_over_the_record_and_saves_finished_runs(tmp_pa
     assert "`siamese_5w5s`: 5-way 1-shot 15-query x 1, in progress" in siamese
     relation = next(line for line in text.splitlines() if "| Relation Net" in line)
     assert "`relation_5w5s`: 5-way 1-shot 15-query x 1, 500 steps, 2 min" in relation and "99.1 ± 0.4" in relation
+    assert "95.0 ± 0.4 (600 episodes)" in next(line for line in text.splitlines() if "| Reptile" in line)
     assert "relation_5w5s" not in json.loads(record.read_text())["runs"]  # without --update nothing is written
     table.main([str(out), "--record", str(record), "--update"])
     saved = json.loads(record.read_text())["runs"]
