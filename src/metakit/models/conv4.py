@@ -11,9 +11,10 @@ the same gradients (ReLU is monotone, so ``max(relu(a), relu(b)) = relu(max(a, b
 gradient reaches the same input element either way: the window's maximum when it is positive,
 nothing otherwise), but pooling first runs the ReLU and its backward on a quarter of the
 elements. On the Omniglot Conv4 the first block's 64x28x28 maps per image dominate the memory
-traffic, and a second-order MAML meta-iteration got 1.09x faster (measured on this project's
-2-core machine, one and two threads, in an interleaved comparison of both orders with identical
-gradients; see the tests for the equivalence). Parameter names are the usual ones
+traffic: second-order MAML on the issue's 5-way 1-shot work got 1.09x faster with one inner
+step and 1.02-1.05x with five (one and two threads, an interleaved comparison of both orders
+from the same weights on this project's 2-core machine; ``benchmarks/README.md``). The tests
+check the equivalence, second-order gradients included. Parameter names are the usual ones
 (``features.{0,4,8,12}`` convolutions, ``features.{1,5,9,13}`` BatchNorms).
 """
 
