@@ -104,7 +104,8 @@ def _cell(entry: dict[str, Any] | None, setting: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the folder run_queue.sh wrote (OUT)")
-    parser.add_argument("--update", action="store_true", help=f"save the finished runs found in OUT to {RECORD.name}")
+    parser.add_argument("--update", action="store_true",
+                        help=f"save the evaluated runs found in OUT that ended (finished or interrupted) to {RECORD.name}")
     parser.add_argument("--record", type=Path, default=RECORD, help="the record file (default: results.json here)")
     args = parser.parse_args(argv)
     out = args.out.expanduser()
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs.values():
             live = _from_folder(out, run)
             entries[run] = live if live is not None else record["runs"].get(run)
-            if args.update and live is not None and live.get("status") == "finished" and live["evals"]:
+            # a run that ended (finished, or stopped with its checkpoint) and was evaluated is a measurement
+            if args.update and live is not None and live.get("status") in ("finished", "interrupted") and live["evals"]:
                 saved = record["runs"].get(run, {})
                 if {k: v for k, v in saved.items() if k != "source"} != live:
                     record["runs"][run] = {**live, "source": f"measured {datetime.date.today().isoformat()}, "
