@@ -1,7 +1,7 @@
 """Print the README's Omniglot results table, from run folders and from the committed record.
 
     python benchmarks/omniglot/table.py ~/runs            # print the table
-    python benchmarks/omniglot/table.py ~/runs --update   # also save finished runs to results.json
+    python benchmarks/omniglot/table.py ~/runs --update   # also save ended, evaluated runs to results.json
 
 One row per method: each cell is the test accuracy over 1,000 fixed episodes (seed 0, 15
 queries per class; a cell names another count where its job line set one) with its 95% interval, read from OUT/<run>.eval.<setting>.json; the
@@ -9,8 +9,8 @@ training column gives, per run, the training episodes, the steps trained and the
 training (summary.json; the machine was shared, so it is a cost, not a speed). The runs' exact
 commands are the lines of queue_*.jobs beside this file.
 
-Run folders live outside the repository and can be lost with a machine, so every finished run
-and evaluation is also kept in ``results.json`` beside this file (``--update``): a run found in
+Run folders live outside the repository and can be lost with a machine, so every run that
+ended (finished, or interrupted with a checkpoint) and was evaluated is also kept in ``results.json`` beside this file (``--update``): a run found in
 OUT is taken from its folder, any other from that record, which says where each entry came from.
 """
 

@@ -348,6 +348,7 @@ class MAML(Algorithm):
         k = self.eval_steps if steps is None else steps
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"steps={steps!r} must be an int >= 0")
+        at = range(k + 1) if every_step else [k]  # the steps whose query outputs are returned
         if self.task_batching == "vmap":
             detached = {n: p.detach() for n, p in self._fmodel.params().items()}
             lr = self.inner_lr if self.inner_lrs is None else self._detached_lr()
@@ -355,15 +356,12 @@ class MAML(Algorithm):
                 self._fmodel, detached, batch.support_x, batch.support_y, self._loss(batch.ways),
                 steps=k, lr=lr, adapt=self.adapt_names, first_order=True,
             )
-            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(p, qx) for p in (traj if every_step else traj[-1:])]))(
-                batch.query_x, batch.query_y
-            )
+            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(traj[j], qx) for j in at]))(batch.query_x, batch.query_y)
             return out.detach().transpose(0, 1)  # type: ignore[union-attr]
         per_task = []
         for ep in batch:
             learner = self.adapt(ep.support_x, ep.support_y, ep.ways, steps=k)
             with torch.no_grad():
-                at = range(k + 1) if every_step else [k]
                 per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in at]))
         return torch.stack(per_task, dim=1)
 
