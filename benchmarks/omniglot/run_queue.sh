@@ -6,8 +6,9 @@
 # Each line of the job file: NAME|CONFIG|OVERRIDES|EVALS[|EPISODES], where EVALS is a ';'-separated list of
 # WAYS,SHOTS settings evaluated on EPISODES (default 1,000) fixed test episodes (seed 0, 15 queries per class) with
 # `metakit eval --json` into OUT/NAME.eval.<W>w<S>s.json. A run folder OUT/NAME that already has
-# checkpoints is resumed (`metakit train --resume`), a finished one is skipped, an existing
-# evaluation is kept: run the same command again after a crash or a new session. Run from the
+# checkpoints is resumed (`metakit train --resume`), a finished one is skipped unless the job line's
+# train.steps asks for more (it is then resumed to that budget and re-evaluated), an existing
+# evaluation is otherwise kept: run the same command again after a crash or a new session. Run from the
 # checkout (configs name ../shared/data/omniglot). Two queues in parallel, one thread each, is
 # how the README's rows were made on a 2-core machine.
 set -u
@@ -16,11 +17,14 @@ mk=${METAKIT:-metakit}
 while IFS='|' read -r name cfg ovr evals episodes; do
   [ -z "$name" ] && continue; [[ "$name" == \#* ]] && continue
   d=$out/$name
-  if grep -qs '"status": "finished"' "$d/summary.json"; then :
+  # a job line's train.steps also holds on resume (so a budget can be cut or extended)
+  steps=$(grep -o 'train\.steps=[0-9]*' <<< "$ovr" || true)
+  done_steps=$(grep -so '"steps": [0-9]*' "$d/summary.json" | head -1 | grep -o '[0-9]*$' || true)
+  if grep -qs '"status": "finished"' "$d/summary.json" && { [ -z "$steps" ] || [ "${steps#*=}" -le "${done_steps:-0}" ]; }; then :
   elif [ -d "$d/checkpoints" ]; then
     echo "$(date +%T) resume $name" >> "$out/queue.log"
-    # a job line's train.steps also holds on resume (so a budget can be cut or extended)
-    steps=$(grep -o 'train\.steps=[0-9]*' <<< "$ovr" || true)
+    # an extended budget makes the old evaluations stale
+    if [ -n "$steps" ] && [ "${steps#*=}" -gt "${done_steps:-0}" ]; then rm -f "$out/$name".eval.*.json; fi
     # shellcheck disable=SC2086
     $mk train --resume "$d" run.progress=false $steps >> "$out/$name.log" 2>&1
   else

@@ -103,3 +103,81 @@ def test_table_merges_run_folders_over_the_record_and_saves_finished_runs(tmp_pa
     assert saved["relation_5w5s"]["evals"]["5w5s"]["accuracy"] == 0.991 and "measured" in saved["relation_5w5s"]["source"]
     assert "siamese_5w5s" not in saved  # runs still training are not recorded
     assert saved["siamese_5w1s"]["source"] == "an earlier machine"
+
+
+_FAKE_METAKIT = r"""#!/usr/bin/env bash
+# stands in for metakit: logs each call; `train` writes a finished run of the asked budget, `eval` a result
+echo "$*" >> "$CALLS"
+steps=$(grep -o 'train\.steps=[0-9]*' <<< "$*" | tail -1); steps=${steps#*=}
+if [ "$1" = train ]; then
+  if [ "$2" = --resume ]; then d=$3; else d=${@: -1}; fi
+  mkdir -p "$d/checkpoints"
+  printf '{"status": "finished", "step": %s, "steps": %s}\n' "$steps" "$steps" > "$d/summary.json"
+elif [ "$1" = eval ]; then
+  echo '{"accuracy": 0.5}'
+fi
+"""
+
+
+def test_run_queue_starts_skips_and_extends_runs(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    fake = tmp_path / "fake_metakit"
+    fake.write_text(_FAKE_METAKIT)
+    fake.chmod(0o755)
+    calls, out = tmp_path / "calls.txt", tmp_path / "runs"
+    env = {**os.environ, "METAKIT": str(fake), "CALLS": str(calls)}
+
+    def queue(steps: int) -> list[str]:
+        jobs = tmp_path / f"q{steps}.jobs"
+        jobs.write_text(f"# a comment\nrun_a|configs/x.yaml|train.steps={steps} eval.val_every=5|5,5\n")
+        calls.write_text("")
+        subprocess.run(["bash", str(HERE / "run_queue.sh"), str(jobs), str(out)], env=env, check=True,
+                       cwd=tmp_path, timeout=60)
+        return calls.read_text().splitlines()
+
+    first = queue(10)  # a new run: trained from its config, then evaluated
+    assert first[0].startswith("train configs/x.yaml train.steps=10") and first[0].endswith(str(out / "run_a"))
+    assert first[1].startswith("eval ") and "--ways 5 --shots 5" in first[1]
+    assert json.loads((out / "run_a.eval.5w5s.json").read_text()) == {"accuracy": 0.5}
+    assert queue(10) == []  # finished at that budget and evaluated: nothing to do
+    assert queue(8) == []  # a smaller budget than the one trained: nothing to do either
+    longer = queue(20)  # a larger budget: resumed to it, and the stale evaluation redone
+    assert longer[0] == f"train --resume {out / 'run_a'} run.progress=false train.steps=20"
+    assert longer[1].startswith("eval ")
+
+
+def _curves():
+    spec = importlib.util.spec_from_file_location("omniglot_curves", HERE / "curves.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_curves_reads_validation_records_and_writes_a_png(tmp_path):
+    curves = _curves()
+    for name, accs in (("run_a", [0.5, 0.7, 0.8]), ("run_b", [0.6, 0.9])):
+        d = tmp_path / name
+        d.mkdir()
+        lines = []
+        for i, a in enumerate(accs, 1):
+            lines.append(json.dumps({"step": 100 * i, "split": "train", "elapsed": 50.0 * i, "loss": 1.0, "accuracy": 0.1}))
+            lines.append(json.dumps({"step": 100 * i, "split": "val", "elapsed": 60.0 * i, "metric": "accuracy",
+                                     "accuracy": a, "ci95": 0.02, "episodes": 100}))
+        (d / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 4")  # a last line cut by a crash
+    rows = curves.read_val(tmp_path / "run_a")
+    assert rows == [(100, 60.0, 0.5, 0.02), (200, 120.0, 0.7, 0.02), (300, 180.0, 0.8, 0.02)]
+    out = tmp_path / "figs" / "val.png"
+    curves.main([str(tmp_path), "run_a", "run_b", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    empty = tmp_path / "run_c"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="no validation record"):
+        curves.read_val(empty)
+    with pytest.raises(FileNotFoundError, match="run folder"):
+        curves.read_val(tmp_path / "missing")
