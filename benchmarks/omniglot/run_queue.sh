@@ -7,8 +7,8 @@
 # WAYS,SHOTS settings evaluated on EPISODES (default 1,000) fixed test episodes (seed 0, 15 queries per class) with
 # `metakit eval --json` into OUT/NAME.eval.<W>w<S>s.json. A run folder OUT/NAME that already has
 # checkpoints is resumed (`metakit train --resume`), a finished one is skipped unless the job line's
-# train.steps asks for more (it is then resumed to that budget and re-evaluated), an existing
-# evaluation is otherwise kept: run the same command again after a crash or a new session. Run from the
+# train.steps asks for more (it is then resumed to that budget), and a resumed run is evaluated
+# anew; an existing evaluation is otherwise kept: run the same command again after a crash or a new session. Run from the
 # checkout (configs name ../shared/data/omniglot). Two queues in parallel, one thread each, is
 # how the README's rows were made on a 2-core machine.
 set -u
@@ -23,8 +23,8 @@ while IFS='|' read -r name cfg ovr evals episodes; do
   if grep -qs '"status": "finished"' "$d/summary.json" && { [ -z "$steps" ] || [ "${steps#*=}" -le "${done_steps:-0}" ]; }; then :
   elif [ -d "$d/checkpoints" ]; then
     echo "$(date +%T) resume $name" >> "$out/queue.log"
-    # an extended budget makes the old evaluations stale
-    if [ -n "$steps" ] && [ "${steps#*=}" -gt "${done_steps:-0}" ]; then rm -f "$out/$name".eval.*.json; fi
+    # more training makes any earlier evaluation (of an interrupted or shorter run) stale
+    rm -f "$out/$name".eval.*.json
     # shellcheck disable=SC2086
     $mk train --resume "$d" run.progress=false $steps >> "$out/$name.log" 2>&1
   else
