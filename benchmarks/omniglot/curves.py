@@ -4,9 +4,9 @@ training time.
     python benchmarks/omniglot/curves.py ~/runs/omni maml_5w5s fomaml_5w5s anil_5w5s metasgd_5w5s \
         --out docs/optimization_5w5s_validation.png
 
-Each run's ``metrics.jsonl`` gives its validation records (``"split": "val"``: accuracy, its 95%
-interval over the validation episodes, and ``elapsed``, the training seconds so far, which a
-resumed run carries on counting). Left panel: validation accuracy against meta-training step;
+Each run's ``metrics.jsonl``, read with :func:`metakit.runtime.plots.read_curves`, gives its
+validation records: accuracy, its 95% interval over the validation episodes, and ``elapsed``,
+the training seconds so far, which a resumed run carries on counting. Left panel: validation accuracy against meta-training step;
 right panel: the same against elapsed minutes, which puts cheap first-order steps and expensive
 second-order ones on one scale. The shaded band is ``mean ± ci95``.
 """
@@ -14,7 +14,6 @@ second-order ones on one scale. The shaded band is ``mean ± ci95``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -22,22 +21,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from metakit.runtime.plots import read_curves  # noqa: E402
+
 
 def read_val(run_dir: Path) -> list[tuple[int, float, float, float]]:
     """``(step, elapsed_s, accuracy, ci95)`` of every validation record of a run, in step order."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a run folder written by `metakit train`?")
-    rows = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if rec.get("split") == "val" and "accuracy" in rec:
-            rows[rec["step"]] = (rec["step"], float(rec.get("elapsed", "nan")), rec["accuracy"], rec.get("ci95", 0.0))
-    if not rows:
-        raise ValueError(f"{path} holds no validation record (split 'val' with an accuracy)")
+    c = read_curves(run_dir / "metrics.jsonl")
+    if not len(c.val_accuracy):
+        raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no validation record (split 'val' with an accuracy)")
+    elapsed = dict(zip(c.val_elapsed.steps, c.val_elapsed.values))
+    ci = dict(zip(c.val_accuracy_ci95.steps, c.val_accuracy_ci95.values))
+    rows = {s: (s, elapsed.get(s, float("nan")), a, ci.get(s, 0.0)) for s, a in zip(c.val_accuracy.steps, c.val_accuracy.values)}
     return [rows[s] for s in sorted(rows)]
 
 

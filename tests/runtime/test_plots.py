@@ -41,6 +41,16 @@ def test_read_curves_layouts(tmp_path):
     assert (c.val_loss.steps, c.val_mse.values, c.val_mse_ci95.values) == ([3], [0.3], [0.05])
 
 
+def test_read_curves_keeps_the_elapsed_time_of_validations_only(tmp_path):
+    # the trainer's records: training and validation both carry "elapsed"; only the validation one is kept
+    c = read_curves(_write(tmp_path / "m.jsonl", [
+        {"step": 100, "split": "train", "elapsed": 50.0, "loss": 1.0},
+        {"step": 100, "split": "val", "elapsed": 61.5, "accuracy": 0.7, "ci95": 0.02},
+    ]))
+    assert (c.val_elapsed.steps, c.val_elapsed.values) == ([100], [61.5])
+    assert c.val_accuracy.values == [0.7] and c.train_loss.values == [1.0]
+
+
 def test_read_curves_ignores_truncated_last_line_only(tmp_path):
     c = read_curves(_write(tmp_path / "m.jsonl", [{"step": 1, "loss": 1.0}], tail='{"step": 2, "lo'))
     assert c.train_loss.values == [1.0]

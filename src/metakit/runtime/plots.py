@@ -58,6 +58,8 @@ class Curves:
     val_accuracy: Series = field(default_factory=Series)
     val_accuracy_ci95: Series = field(default_factory=Series)
     val_loss: Series = field(default_factory=Series)
+    #: training seconds so far at each validation (the trainer's ``elapsed``; a resumed run carries on counting)
+    val_elapsed: Series = field(default_factory=Series)
     val_mse: Series = field(default_factory=Series)
     val_mse_ci95: Series = field(default_factory=Series)
 
@@ -93,6 +95,7 @@ _KEYS = {
     "val/acc": "val_accuracy",
     "val/accuracy_ci95": "val_accuracy_ci95",
     "val/loss": "val_loss",
+    "val/elapsed": "val_elapsed",
     "val/mse": "val_mse",
     "val/mse_ci95": "val_mse_ci95",
 }
