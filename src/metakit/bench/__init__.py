@@ -24,6 +24,7 @@ __all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark"]
 BENCHMARKS: dict[str, str] = {
     "sampler": "metakit.bench.sampler",
     "maml": "metakit.bench.maml",
+    "precision": "metakit.bench.precision",
 }
 
 
