@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metakit.algorithms import MAML, BuildContext, get_algorithm
+from metakit.algorithms.inner_updates import SGD, ElementSGD, LayerStepSGD, Momentum
 from metakit.models import MLP, Conv4
 from metakit.tasks import EpisodeBatch, SinusoidTasks
 
@@ -285,12 +286,22 @@ def test_builds_and_trains_from_a_config(tmp_path):
 
 
 def test_per_layer_step_rates_after_the_trained_steps_reuse_the_last_one():
-    algo = MAML(MLP(1, [4], 1), inner_steps=2, eval_steps=4, learn_inner_lr="per_layer_step")
+    torch.manual_seed(10)
+    algo = MAML(MLP(1, [4], 1).to(D64), inner_steps=2, eval_steps=4, learn_inner_lr="per_layer_step")
+    assert isinstance(algo.inner_update, LayerStepSGD)
     with torch.no_grad():
         for r in algo.inner_lrs:
-            r.copy_(torch.tensor([0.1, 0.2]))
-    lr = algo._lr()
-    assert [float(lr(algo.adapt_names[0], k).detach()) for k in range(4)] == pytest.approx([0.1, 0.2, 0.2, 0.2])
+            r.copy_(torch.tensor([0.1, 0.2], dtype=D64))
+    ep = SinusoidTasks(5, seed=0).sample(1).to(dtype=D64)[0]
+    learner = algo.adapt(ep.support_x, ep.support_y)
+    p = {n: v.detach() for n, v in algo.model.named_parameters()}
+    for k, rate in enumerate([0.1, 0.2, 0.2, 0.2]):  # by hand: SGD with the step's rate
+        leaves = {n: v.clone().requires_grad_() for n, v in p.items()}
+        loss = F.mse_loss(torch.func.functional_call(algo.model, leaves, (ep.support_x,)), ep.support_y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        p = {n: v - rate * g for (n, v), g in zip(p.items(), grads)}
+        for n in p:
+            assert torch.allclose(learner.trajectory[k + 1][n], p[n], rtol=1e-12, atol=1e-14), (k, n)
 
 
 def test_evaluation_trajectory_is_detached_at_every_step():
