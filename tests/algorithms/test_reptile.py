@@ -66,8 +66,10 @@ def test_inner_minibatches_follow_the_global_rng():
     ep = SinusoidTasks(5, seed=0).sample(1)[0]
     torch.manual_seed(5)
     learner = algo.adapt(ep.support_x, ep.support_y)
+    after = torch.rand(3)
     torch.manual_seed(5)
     perm = torch.cat([torch.randperm(5), torch.randperm(5), torch.randperm(5)])
+    assert torch.equal(torch.rand(3), after)  # a permutation is drawn only when the previous one runs out
     batches = [perm[3 * k : 3 * k + 3] for k in range(4)]
     ref = _sgd(algo.model, ep.support_x, ep.support_y, 4, 0.02, F.mse_loss, batches)
     for n, v in ref.items():
