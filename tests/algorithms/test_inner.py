@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metakit.algorithms.inner_updates import SGD, ElementSGD
 from metakit.algorithms._inner import (
     VMAP_VERIFIED,
+    InnerLoopAlgorithm,
     FunctionalModel,
     _inner_loop_vmap,
     check_batchnorm,
@@ -22,6 +22,7 @@ from metakit.algorithms._inner import (
     select_parameters,
     zero_missing_grads,
 )
+from metakit.algorithms.inner_updates import SGD, ElementSGD
 from metakit.models import MLP, Conv4
 
 D64 = torch.float64
@@ -525,3 +526,37 @@ def test_vmap_still_wrong_through_normalisation_layers(name, norm, measured):
         "vmap + batch_norm double backward -- revisit the refusal in metakit.algorithms._inner.check_vmap "
         "(VMAP_VERIFIED and the module docstring)"
     )
+
+
+# -- the shared algorithm base -----------------------------------------------------------------
+class _Plain(InnerLoopAlgorithm):
+    """The smallest algorithm on the engine: plain adaptation, no meta-training of its own."""
+
+    def __init__(self, model: nn.Module, rule: object) -> None:
+        super().__init__(model, inner_update=lambda params: rule, inner_steps=1, eval_steps=2, adapt="head",
+                         task_batching="loop", channels_last=False, loss="auto")
+
+    def _adapt(self, support_x, support_y, ways, *, train, steps):
+        return inner_loop(self._fmodel, self._fmodel.params(), support_x, support_y, self._loss(ways), steps=steps,
+                          update=self.inner_update, adapt=self.adapt_names, create_graph=train)
+
+
+def test_inner_loop_algorithm_gives_few_shot_use_to_its_subclasses():
+    torch.manual_seed(13)
+    model = MLP(1, [4], 1)
+    rule = ElementSGD({n: p for n, p in model.named_parameters() if n.startswith("net.2")}, 0.1)
+    algo = _Plain(model, rule)
+    assert algo.adapt_names == ["net.2.weight", "net.2.bias"] and algo.inner_update is rule
+    # the model's parameters first, then the rule's (the order optimizer states follow)
+    assert [n for n, _ in algo.named_parameters()] == [f"model.{n}" for n, _ in model.named_parameters()] + [
+        "inner_update.lrs.0", "inner_update.lrs.1"]
+    g = torch.Generator().manual_seed(0)
+    sx, sy = torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g)
+    with torch.no_grad():
+        learner = algo.adapt(sx, sy)
+    assert learner.steps == 2 and not learner.params["net.2.weight"].requires_grad
+    assert torch.equal(learner.params["net.0.weight"], model.net[0].weight.detach())
+    assert not torch.equal(learner.params["net.2.weight"], model.net[2].weight.detach())
+    with pytest.raises(TypeError, match=r"update must be an InnerUpdate \(metakit.algorithms.inner_updates, e.g. "
+                                        r"SGD\(lr\)\), got float"):
+        _Plain(MLP(1, [4], 1), 0.1)

@@ -467,8 +467,8 @@ def test_momentum_from_a_config(tmp_path):
 
 
 def test_checkpoints_with_the_former_rate_names_load():
-    """State dicts that name the learned rates ``inner_lrs.<i>`` (written before the inner update
-    rules) load into the same configuration, with the rates in place."""
+    """State dicts that name the learned rates ``inner_lrs.<i>`` (the name older checkpoints use)
+    load into the same configuration, with the rates in place."""
     torch.manual_seed(13)
     trained = MAML(MLP(1, [4], 1), inner_steps=2, learn_inner_lr="per_layer_step")
     with torch.no_grad():

@@ -34,7 +34,7 @@ def test_registered_and_rates_have_the_shape_of_the_weights():
 
 
 def test_checkpoints_with_the_former_rate_names_load():
-    """State dicts that name the rates ``inner_lrs.<i>`` (written before the inner update rules) load."""
+    """State dicts that name the rates ``inner_lrs.<i>`` (the name older checkpoints use) load."""
     torch.manual_seed(4)
     trained = MetaSGD(MLP(1, [4], 1), inner_lr_range=[0.0, 0.2])
     old = {k.replace("inner_update.lrs.", "inner_lrs."): v for k, v in trained.state_dict().items()}

@@ -109,8 +109,8 @@ def build_inner_update(
 
 
 def _rename_pre_rule_rates(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Load checkpoints that name the learned rates ``inner_lrs.<i>`` (before the inner update
-    rules): the same tensors are ``inner_update.lrs.<i>`` now."""
+    """Load state dicts that name the learned rates ``inner_lrs.<i>``, the name older checkpoints
+    use for what is ``inner_update.lrs.<i>`` (the rates of the inner update rule)."""
     old = f"{prefix}inner_lrs."
     for key in [k for k in state_dict if k.startswith(old)]:
         state_dict[f"{prefix}inner_update.lrs.{key[len(old):]}"] = state_dict.pop(key)
