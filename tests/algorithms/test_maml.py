@@ -427,9 +427,9 @@ def test_learned_momentum_and_rates_get_finite_difference_meta_gradients():
     assert float(algo.inner_update.momentum.grad) != 0.0
     fd = _finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
     assert float((grads - fd).abs().max() / fd.abs().max()) < 1e-7
-    before = float(algo.inner_update.momentum)
+    before = float(algo.inner_update.momentum.detach())
     torch.optim.SGD(algo.parameters(), lr=0.1).step()  # the outer optimizer trains it
-    assert float(algo.inner_update.momentum) != before
+    assert float(algo.inner_update.momentum.detach()) != before
 
 
 def test_momentum_option_errors():
