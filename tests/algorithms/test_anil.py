@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metakit.algorithms import ANIL, MAML, get_algorithm
@@ -86,3 +87,41 @@ def test_a_model_without_a_linear_head_is_an_error():
     with pytest.raises(ValueError, match=r"adapt='head': the last module with parameters is 'features.13' \(BatchNorm2d\), "
                                          r"not an nn.Linear head; give the model a linear head, e.g. Conv4\(out_features=ways\)"):
         ANIL(Conv4(track_running_stats=False))
+
+
+def _tiny_forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """TinyConvBN written with F.* ops (independent of the engine and of functional_call)."""
+    h = F.conv2d(x, p["conv.weight"], p["conv.bias"], padding=1)
+    h = F.batch_norm(h, None, None, p["bn.weight"], p["bn.bias"], training=True)
+    return F.linear(torch.relu(h).flatten(1), p["head.weight"], p["head.bias"])
+
+
+def test_first_order_meta_gradient_matches_a_hand_computation():
+    """First-order ANIL: the head takes SGD steps with its support gradient as a constant; the
+    meta-gradient is the query gradient at (body, adapted head) -- for the body its direct
+    partial derivative only, for the head the gradient at the adapted head."""
+    torch.manual_seed(3)
+    algo = ANIL(TinyConvBN().to(D64), inner_lr=0.5, inner_steps=2, first_order=True)
+    batch = _batch(D64)
+    params = {n: v.detach() for n, v in algo.model.named_parameters()}
+    head = ["head.weight", "head.bias"]
+    expected = {n: torch.zeros_like(v) for n, v in params.items()}
+    for ep in batch:
+        p = dict(params)
+        for _ in range(2):
+            leaves = {n: (v.clone().requires_grad_() if n in head else v) for n, v in p.items()}
+            g = torch.autograd.grad(F.cross_entropy(_tiny_forward(leaves, ep.support_x), ep.support_y),
+                                    [leaves[n] for n in head])
+            p.update({n: p[n] - 0.5 * gn for n, gn in zip(head, g)})
+        leaves = {n: v.clone().requires_grad_() for n, v in p.items()}
+        g = torch.autograd.grad(F.cross_entropy(_tiny_forward(leaves, ep.query_x), ep.query_y), list(leaves.values()))
+        for n, gn in zip(leaves, g):
+            expected[n] = expected[n] + gn / batch.num_tasks
+    algo.meta_backward(batch)
+    for n, p in algo.model.named_parameters():
+        assert torch.allclose(p.grad, expected[n], rtol=1e-10, atol=1e-13), n
+    algo.zero_grad(set_to_none=True)
+    algo.meta_loss(batch)[0].backward()
+    for n, p in algo.model.named_parameters():
+        assert torch.allclose(p.grad, expected[n], rtol=1e-10, atol=1e-13), n
+    assert torch.count_nonzero(expected["conv.weight"]) > 0

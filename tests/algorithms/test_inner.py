@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from metakit.algorithms._inner import (
     VMAP_VERIFIED,
+    InnerLoopAlgorithm,
     FunctionalModel,
     _inner_loop_vmap,
     check_batchnorm,
@@ -21,6 +22,7 @@ from metakit.algorithms._inner import (
     select_parameters,
     zero_missing_grads,
 )
+from metakit.algorithms.inner_updates import SGD, ElementSGD
 from metakit.models import MLP, Conv4
 
 D64 = torch.float64
@@ -48,14 +50,16 @@ def _cls_data(tasks: int = 2, seed: int = 0, dtype=D64):
     return sx, sy, qx, qy
 
 
-def _meta_loss(model, params, data, *, steps, lr, first_order=False, checkpoint=False, adapt=None, channels_last=False):
-    """Mean query loss over tasks after the engine's inner loop (one graph)."""
+def _meta_loss(model, params, data, *, steps, lr=None, update=None, first_order=False, checkpoint=False, adapt=None,
+               channels_last=False):
+    """Mean query loss over tasks after the engine's inner loop (one graph), with ``SGD(lr)`` or ``update``."""
+    update = update if update is not None else SGD(lr)
     fm = FunctionalModel(model, channels_last=channels_last)
     names = adapt if adapt is not None else select_parameters(model)
     sx, sy, qx, qy = data
     total = 0
     for b in range(sx.shape[0]):
-        traj = inner_loop(fm, params, sx[b], sy[b], F.cross_entropy, steps=steps, lr=lr, adapt=names,
+        traj = inner_loop(fm, params, sx[b], sy[b], F.cross_entropy, steps=steps, update=update, adapt=names,
                           first_order=first_order, checkpoint=checkpoint)
         total = total + F.cross_entropy(fm(traj[-1], qx[b]), qy[b])
     return total / sx.shape[0]
@@ -128,7 +132,7 @@ def test_closed_form_linear_regression_second_and_first_order():
     fm = FunctionalModel(model)
     for first_order, expected in ((False, second), (True, g_q)):
         model.w.grad = None
-        traj = inner_loop(fm, dict(model.named_parameters()), xs, ys, F.mse_loss, steps=1, lr=a, adapt=["w"],
+        traj = inner_loop(fm, dict(model.named_parameters()), xs, ys, F.mse_loss, steps=1, update=SGD(a), adapt=["w"],
                           first_order=first_order)
         assert torch.allclose(traj[1]["w"], w1, rtol=1e-12, atol=1e-12)
         F.mse_loss(fm(traj[1], xq), yq).backward()
@@ -180,16 +184,17 @@ def test_checkpoint_changes_nothing_but_memory_float64(saved_bytes):
     model = TinyConvBN().to(D64)
     params = dict(model.named_parameters())
     data = _cls_data(seed=4)
-    lrs = {n: torch.full_like(p, 0.3, requires_grad=True) for n, p in params.items()}  # learned, Meta-SGD style
-    kw = dict(steps=3, lr=lambda n, k: lrs[n])
+    rule = ElementSGD(params, 0.3)  # learned rates, Meta-SGD
+    lrs = list(rule.parameters())
+    kw = dict(steps=3, update=rule)
     with saved_bytes() as saved_plain:
         loss_plain = _meta_loss(model, params, data, **kw)
     with saved_bytes() as saved_ck:
         loss_ck = _meta_loss(model, params, data, checkpoint=True, **kw)
     # the memory: the recompute path keeps much less for the backward pass (measured 0.32x here)
     assert saved_ck.live() < 0.5 * saved_plain.live(), (saved_ck.live(), saved_plain.live())
-    plain = torch.autograd.grad(loss_plain, [*params.values(), *lrs.values()])
-    ck = torch.autograd.grad(loss_ck, [*params.values(), *lrs.values()])
+    plain = torch.autograd.grad(loss_plain, [*params.values(), *lrs])
+    ck = torch.autograd.grad(loss_ck, [*params.values(), *lrs])
     assert _rel_err(_flat(ck), _flat(plain)) < 1e-12
     assert saved_plain.live() == 0 and saved_ck.live() == 0  # the counter sees the graphs go
 
@@ -200,7 +205,7 @@ def test_checkpoint_with_first_order_is_an_error():
     sx, sy, _, _ = (t[0] for t in _cls_data(tasks=1))
     with pytest.raises(ValueError, match=r"checkpoint=True has no effect with first_order=True: first-order inner "
                                          r"steps keep no graph to recompute .*; set checkpoint=False"):
-        inner_loop(FunctionalModel(model), params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=list(params),
+        inner_loop(FunctionalModel(model), params, sx, sy, F.cross_entropy, steps=2, update=SGD(0.5), adapt=list(params),
                    first_order=True, checkpoint=True)
 
 
@@ -224,14 +229,14 @@ def test_first_order_is_the_query_gradient_at_the_adapted_parameters():
     sx, sy, qx, qy = (t[0] for t in _cls_data(tasks=1, seed=6))
     fm = FunctionalModel(model)
     names = select_parameters(model)
-    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=names, first_order=True)
+    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, update=SGD(0.5), adapt=names, first_order=True)
     fo = torch.autograd.grad(F.cross_entropy(fm(traj[-1], qx), qy), list(params.values()))
     # reference: adapted parameters as fresh leaves, plain gradient there
     leaves = {n: v.detach().requires_grad_() for n, v in traj[-1].items()}
     expected = torch.autograd.grad(F.cross_entropy(fm(leaves, qx), qy), list(leaves.values()))
     for a, b in zip(fo, expected):
         assert a is not None and torch.allclose(a, b, rtol=1e-12, atol=1e-14)
-    so_traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=names)
+    so_traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, update=SGD(0.5), adapt=names)
     so = torch.autograd.grad(F.cross_entropy(fm(so_traj[-1], qx), qy), list(params.values()))
     assert _rel_err(_flat(fo), _flat(so)) > 1e-3  # not the second-order gradient
 
@@ -259,7 +264,7 @@ def test_tied_weights_adapt_together_and_match_finite_differences():
 
     def meta(p):
         fm = FunctionalModel(model)
-        traj = inner_loop(fm, p, xs, ys, F.mse_loss, steps=2, lr=0.2, adapt=list(p))
+        traj = inner_loop(fm, p, xs, ys, F.mse_loss, steps=2, update=SGD(0.2), adapt=list(p))
         return F.mse_loss(fm(traj[-1], xq), yq)
 
     grads = torch.autograd.grad(meta(params), list(params.values()))
@@ -268,7 +273,7 @@ def test_tied_weights_adapt_together_and_match_finite_differences():
 
     # and both uses see the adapted weight: compare with an explicit forward using it twice
     fm = FunctionalModel(model)
-    traj = inner_loop(fm, params, xs, ys, F.mse_loss, steps=1, lr=0.2, adapt=list(params))
+    traj = inner_loop(fm, params, xs, ys, F.mse_loss, steps=1, update=SGD(0.2), adapt=list(params))
     w, c = traj[1]["a.weight"], traj[1]["b.bias"]
     assert torch.allclose(fm(traj[1], xq), torch.tanh(xq @ w.T) @ w.T + c)
 
@@ -289,7 +294,7 @@ def test_unused_parameter_gets_zero_gradients_not_none_or_error():
     fm = FunctionalModel(model)
     params = dict(model.named_parameters())
     xs, ys = torch.randn(4, 3, dtype=D64), torch.randint(0, 2, (4,))
-    traj = inner_loop(fm, params, xs, ys, F.cross_entropy, steps=2, lr=0.5, adapt=list(params))
+    traj = inner_loop(fm, params, xs, ys, F.cross_entropy, steps=2, update=SGD(0.5), adapt=list(params))
     assert torch.equal(traj[-1]["unused.weight"], params["unused.weight"])
     assert not torch.equal(traj[-1]["used.weight"], params["used.weight"])
     # the engine leaves the unused parameter out of the graph (no error, no gradient) ...
@@ -319,7 +324,7 @@ def test_frozen_parameter_is_a_constant():
 
     assert _rel_err(_flat(grads), _finite_differences(with_frozen, trainable)) < 1e-7
     fm = FunctionalModel(model)
-    traj = inner_loop(fm, params, data[0][0], data[1][0], F.cross_entropy, steps=2, lr=0.5, adapt=names)
+    traj = inner_loop(fm, params, data[0][0], data[1][0], F.cross_entropy, steps=2, update=SGD(0.5), adapt=names)
     assert traj[-1]["conv.weight"] is params["conv.weight"]
 
 
@@ -329,7 +334,7 @@ def test_inner_lr_zero_is_the_identity():
     params = dict(model.named_parameters())
     sx, sy, qx, qy = (t[0] for t in _cls_data(tasks=1, seed=10))
     fm = FunctionalModel(model)
-    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=3, lr=0.0, adapt=list(params))
+    traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=3, update=SGD(0.0), adapt=list(params))
     for n, p in params.items():
         assert torch.equal(traj[-1][n], p)
     meta = torch.autograd.grad(F.cross_entropy(fm(traj[-1], qx), qy), list(params.values()))
@@ -343,34 +348,20 @@ def test_zero_steps_and_evaluation_mode_under_no_grad():
     params = dict(model.named_parameters())
     sx, sy, _, _ = (t[0] for t in _cls_data(tasks=1))
     fm = FunctionalModel(model)
-    assert inner_loop(fm, params, sx, sy, F.cross_entropy, steps=0, lr=0.5, adapt=list(params)) == [params]
+    assert inner_loop(fm, params, sx, sy, F.cross_entropy, steps=0, update=SGD(0.5), adapt=list(params)) == [params]
     with torch.no_grad():
-        traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, lr=0.5, adapt=list(params), create_graph=False)
+        traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=2, update=SGD(0.5), adapt=list(params), create_graph=False)
     assert all(not v.requires_grad for v in traj[-1].values())
     assert not torch.equal(traj[-1]["head.weight"], params["head.weight"])
     # without a graph every step is detached, the starting point too (with or without no_grad)
     for steps in (0, 2):
-        traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=steps, lr=0.5, adapt=list(params),
+        traj = inner_loop(fm, params, sx, sy, F.cross_entropy, steps=steps, update=SGD(0.5), adapt=list(params),
                           create_graph=False)
         assert all(not v.requires_grad for p in traj for v in p.values()), steps
         assert all(torch.equal(traj[0][n], p) for n, p in params.items())
         assert not fm(traj[0], sx).requires_grad
     with pytest.raises(ValueError, match=r"steps=-1 must be >= 0"):
-        inner_loop(fm, params, sx, sy, F.cross_entropy, steps=-1, lr=0.5, adapt=list(params))
-
-
-def test_learned_per_layer_per_step_rates_get_finite_difference_gradients():
-    torch.manual_seed(10)
-    model = TinyConvBN().to(D64)
-    params = dict(model.named_parameters())
-    data = _cls_data(seed=11)
-    rates = {n: torch.tensor([0.3, 0.2], dtype=D64, requires_grad=True) for n in params}
-
-    def meta(r):
-        return _meta_loss(model, params, data, steps=2, lr=lambda n, k: r[n][k])
-
-    grads = torch.autograd.grad(meta(rates), list(rates.values()))
-    assert _rel_err(_flat(grads), _finite_differences(meta, rates)) < 1e-7
+        inner_loop(fm, params, sx, sy, F.cross_entropy, steps=-1, update=SGD(0.5), adapt=list(params))
 
 
 # -- which parameters adapt --------------------------------------------------------------------
@@ -411,18 +402,17 @@ def test_vmap_path_agrees_with_the_loop(first_order):
     params = dict(model.named_parameters())
     g = torch.Generator().manual_seed(0)
     sx, sy, qx, qy = (torch.randn(4, 5, 1, generator=g, dtype=D64) for _ in range(4))
-    rates = {n: torch.full_like(p, 0.1, requires_grad=True) for n, p in params.items()}
-    lr = lambda n, k: rates[n]  # noqa: E731
+    rule = ElementSGD(params, 0.1)
     fm = FunctionalModel(model)
     names = list(params)
     loop = sum(
-        F.mse_loss(fm(inner_loop(fm, params, sx[b], sy[b], F.mse_loss, steps=2, lr=lr, adapt=names,
+        F.mse_loss(fm(inner_loop(fm, params, sx[b], sy[b], F.mse_loss, steps=2, update=rule, adapt=names,
                                  first_order=first_order)[-1], qx[b]), qy[b])
         for b in range(4)
     ) / 4
-    run = inner_loop_vmap(fm, params, sx, sy, F.mse_loss, steps=2, lr=lr, adapt=names, first_order=first_order)
+    run = inner_loop_vmap(fm, params, sx, sy, F.mse_loss, steps=2, update=rule, adapt=names, first_order=first_order)
     vm = run(lambda traj, x, y: F.mse_loss(fm(traj[-1], x), y))(qx, qy).mean()
-    wrt = [*params.values(), *rates.values()]
+    wrt = [*params.values(), *rule.parameters()]
     a, b = torch.autograd.grad(loop, wrt), torch.autograd.grad(vm, wrt)
     assert torch.allclose(loop, vm, rtol=1e-12)
     assert _rel_err(_flat(b), _flat(a)) < 1e-10
@@ -433,7 +423,7 @@ def test_vmap_is_refused_with_batchnorm():
     sx, sy, _, _ = _cls_data(dtype=torch.float32)
     with pytest.raises(ValueError, match=r"task_batching='vmap' is refused for models with BatchNorm"):
         inner_loop_vmap(FunctionalModel(model), dict(model.named_parameters()), sx, sy, F.cross_entropy,
-                        steps=1, lr=0.1, adapt=["head.weight"])
+                        steps=1, update=SGD(0.1), adapt=["head.weight"])
 
 
 def _vmap_vs_finite_differences(model: nn.Module, x_shape: tuple[int, ...], steps: int = 2, lr: float = 0.5) -> float:
@@ -445,7 +435,7 @@ def _vmap_vs_finite_differences(model: nn.Module, x_shape: tuple[int, ...], step
     sx, qx = torch.randn(2, 6, *x_shape, generator=g, dtype=D64), torch.randn(2, 9, *x_shape, generator=g, dtype=D64)
     sy, qy = torch.randint(0, 3, (2, 6), generator=g), torch.randint(0, 3, (2, 9), generator=g)
     fm, names = FunctionalModel(model), list(params)
-    run = _inner_loop_vmap(fm, params, sx, sy, F.cross_entropy, steps=steps, lr=lr, adapt=names)
+    run = _inner_loop_vmap(fm, params, sx, sy, F.cross_entropy, steps=steps, update=SGD(lr), adapt=names)
     vm = run(lambda traj, x, y: F.cross_entropy(fm(traj[-1], x), y))(qx, qy).mean()
     grads = torch.autograd.grad(vm, list(params.values()), allow_unused=True, materialize_grads=True)
     fd = _finite_differences(lambda p: _meta_loss(model, p, (sx, sy, qx, qy), steps=steps, lr=lr), params)
@@ -511,7 +501,7 @@ def test_vmap_refuses_every_layer_not_verified(layer, name, why):
         check_vmap(model)
     with pytest.raises(ValueError, match=rf"task_batching='vmap' is refused for models with {name}"):
         inner_loop_vmap(FunctionalModel(model), dict(model.named_parameters()), torch.randn(2, 4, 2),
-                        torch.randint(0, 2, (2, 4)), F.cross_entropy, steps=1, lr=0.1, adapt=["2.weight"])
+                        torch.randint(0, 2, (2, 4)), F.cross_entropy, steps=1, update=SGD(0.1), adapt=["2.weight"])
     check_vmap(MLP(1, [8, 8], 1))  # the sinusoid MLP stays allowed
 
 
@@ -536,3 +526,37 @@ def test_vmap_still_wrong_through_normalisation_layers(name, norm, measured):
         "vmap + batch_norm double backward -- revisit the refusal in metakit.algorithms._inner.check_vmap "
         "(VMAP_VERIFIED and the module docstring)"
     )
+
+
+# -- the shared algorithm base -----------------------------------------------------------------
+class _Plain(InnerLoopAlgorithm):
+    """The smallest algorithm on the engine: plain adaptation, no meta-training of its own."""
+
+    def __init__(self, model: nn.Module, rule: object) -> None:
+        super().__init__(model, inner_update=lambda params: rule, inner_steps=1, eval_steps=2, adapt="head",
+                         task_batching="loop", channels_last=False, loss="auto")
+
+    def _adapt(self, support_x, support_y, ways, *, train, steps):
+        return inner_loop(self._fmodel, self._fmodel.params(), support_x, support_y, self._loss(ways), steps=steps,
+                          update=self.inner_update, adapt=self.adapt_names, create_graph=train)
+
+
+def test_inner_loop_algorithm_gives_few_shot_use_to_its_subclasses():
+    torch.manual_seed(13)
+    model = MLP(1, [4], 1)
+    rule = ElementSGD({n: p for n, p in model.named_parameters() if n.startswith("net.2")}, 0.1)
+    algo = _Plain(model, rule)
+    assert algo.adapt_names == ["net.2.weight", "net.2.bias"] and algo.inner_update is rule
+    # the model's parameters first, then the rule's (the order optimizer states follow)
+    assert [n for n, _ in algo.named_parameters()] == [f"model.{n}" for n, _ in model.named_parameters()] + [
+        "inner_update.lrs.0", "inner_update.lrs.1"]
+    g = torch.Generator().manual_seed(0)
+    sx, sy = torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g)
+    with torch.no_grad():
+        learner = algo.adapt(sx, sy)
+    assert learner.steps == 2 and not learner.params["net.2.weight"].requires_grad
+    assert torch.equal(learner.params["net.0.weight"], model.net[0].weight.detach())
+    assert not torch.equal(learner.params["net.2.weight"], model.net[2].weight.detach())
+    with pytest.raises(TypeError, match=r"update must be an InnerUpdate \(metakit.algorithms.inner_updates, e.g. "
+                                        r"SGD\(lr\)\), got float"):
+        _Plain(MLP(1, [4], 1), 0.1)

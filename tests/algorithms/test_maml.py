@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metakit.algorithms import MAML, BuildContext, get_algorithm
+from metakit.algorithms.inner_updates import SGD, ElementSGD, LayerStepSGD, Momentum
 from metakit.models import MLP, Conv4
 from metakit.tasks import EpisodeBatch, SinusoidTasks
 
@@ -285,12 +286,22 @@ def test_builds_and_trains_from_a_config(tmp_path):
 
 
 def test_per_layer_step_rates_after_the_trained_steps_reuse_the_last_one():
-    algo = MAML(MLP(1, [4], 1), inner_steps=2, eval_steps=4, learn_inner_lr="per_layer_step")
+    torch.manual_seed(10)
+    algo = MAML(MLP(1, [4], 1).to(D64), inner_steps=2, eval_steps=4, learn_inner_lr="per_layer_step")
+    assert isinstance(algo.inner_update, LayerStepSGD)
     with torch.no_grad():
         for r in algo.inner_lrs:
-            r.copy_(torch.tensor([0.1, 0.2]))
-    lr = algo._lr()
-    assert [float(lr(algo.adapt_names[0], k).detach()) for k in range(4)] == pytest.approx([0.1, 0.2, 0.2, 0.2])
+            r.copy_(torch.tensor([0.1, 0.2], dtype=D64))
+    ep = SinusoidTasks(5, seed=0).sample(1).to(dtype=D64)[0]
+    learner = algo.adapt(ep.support_x, ep.support_y)
+    p = {n: v.detach() for n, v in algo.model.named_parameters()}
+    for k, rate in enumerate([0.1, 0.2, 0.2, 0.2]):  # by hand: SGD with the step's rate
+        leaves = {n: v.clone().requires_grad_() for n, v in p.items()}
+        loss = F.mse_loss(torch.func.functional_call(algo.model, leaves, (ep.support_x,)), ep.support_y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        p = {n: v - rate * g for (n, v), g in zip(p.items(), grads)}
+        for n in p:
+            assert torch.allclose(learner.trajectory[k + 1][n], p[n], rtol=1e-12, atol=1e-14), (k, n)
 
 
 def test_evaluation_trajectory_is_detached_at_every_step():
@@ -338,3 +349,140 @@ def test_predict_runs_the_queries_through_the_adapted_model_only():
         every = algo.predict_steps(batch)
         assert sizes.count(7) == 3 * 5
     assert torch.equal(last, every[-1])
+
+
+# -- first order at the class level ----------------------------------------------------------------
+def _tiny_forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """TinyConvBN written with F.* ops (independent of the engine and of functional_call)."""
+    h = F.conv2d(x, p["conv.weight"], p["conv.bias"], padding=1)
+    h = F.batch_norm(h, None, None, p["bn.weight"], p["bn.bias"], training=True)
+    return F.linear(torch.relu(h).flatten(1), p["head.weight"], p["head.bias"])
+
+
+def _first_order_by_hand(params: dict[str, Tensor], batch: EpisodeBatch, steps: int, lr: float) -> list[Tensor]:
+    """FOMAML: SGD steps with the support gradient taken at detached copies; the meta-gradient is
+    1/B * sum_i of the query gradient at the adapted weights."""
+    total = {n: torch.zeros_like(v) for n, v in params.items()}
+    for ep in batch:
+        p = {n: v.detach() for n, v in params.items()}
+        for _ in range(steps):
+            leaves = {n: v.clone().requires_grad_() for n, v in p.items()}
+            grads = torch.autograd.grad(F.cross_entropy(_tiny_forward(leaves, ep.support_x), ep.support_y),
+                                        list(leaves.values()))
+            p = {n: v - lr * g for (n, v), g in zip(p.items(), grads)}
+        leaves = {n: v.clone().requires_grad_() for n, v in p.items()}
+        grads = torch.autograd.grad(F.cross_entropy(_tiny_forward(leaves, ep.query_x), ep.query_y), list(leaves.values()))
+        for n, g in zip(leaves, grads):
+            total[n] = total[n] + g / batch.num_tasks
+    return list(total.values())
+
+
+def test_first_order_maml_meta_gradient_matches_a_hand_computation():
+    torch.manual_seed(11)
+    algo = MAML(TinyConvBN().to(D64), inner_lr=0.4, inner_steps=2, first_order=True)
+    batch = _cls_batch(tasks=3, seed=11, dtype=D64)
+    expected = _first_order_by_hand(dict(algo.model.named_parameters()), batch, steps=2, lr=0.4)
+    algo.meta_backward(batch)
+    for (n, p), e in zip(algo.model.named_parameters(), expected):
+        assert torch.allclose(p.grad, e, rtol=1e-10, atol=1e-13), n
+    algo.zero_grad(set_to_none=True)
+    algo.meta_loss(batch)[0].backward()
+    for (n, p), e in zip(algo.model.named_parameters(), expected):
+        assert torch.allclose(p.grad, e, rtol=1e-10, atol=1e-13), n
+
+
+# -- the inner update rule the options choose --------------------------------------------------
+@pytest.mark.parametrize(
+    "options, kind, base, nesterov",
+    [
+        ({}, SGD, None, None),
+        ({"learn_inner_lr": "per_layer_step"}, LayerStepSGD, None, None),
+        ({"learn_inner_lr": "per_element"}, ElementSGD, None, None),
+        ({"inner_update": "momentum"}, Momentum, SGD, False),
+        ({"inner_update": "nesterov", "learn_inner_lr": "per_element"}, Momentum, ElementSGD, True),
+    ],
+)
+def test_options_map_onto_inner_update_rules(options, kind, base, nesterov):
+    algo = MAML(MLP(1, [4], 1), inner_lr=0.2, inner_steps=2, **options)
+    rule = algo.inner_update
+    assert type(rule) is kind
+    if base is not None:
+        assert type(rule.base) is base and rule.nesterov is nesterov and rule.momentum == 0.9 and not rule.learn
+        rule = rule.base
+    assert (algo.inner_lrs is None) == (kind is SGD or base is SGD)
+    assert rule.lr == 0.2 if isinstance(rule, SGD) else all(torch.all(r == 0.2) for r in rule.lrs)
+
+
+def test_learned_momentum_and_rates_get_finite_difference_meta_gradients():
+    torch.manual_seed(12)
+    algo = MAML(TinyConvBN().to(D64), inner_lr=0.3, inner_steps=2, learn_inner_lr="per_layer_step",
+                inner_update="nesterov", inner_momentum=0.5, learn_inner_momentum=True)
+    names = [n for n, _ in algo.named_parameters()]
+    model_names = [f"model.{n}" for n, _ in algo.model.named_parameters()]
+    assert names == model_names + ["inner_update.momentum"] + [f"inner_update.base.lrs.{i}" for i in range(6)]
+    assert algo.inner_lrs is algo.inner_update.base.lrs
+    batch = _cls_batch(tasks=2, seed=12, dtype=D64)
+    algo.meta_backward(batch)
+    grads = _flat(_grads(algo))
+    assert float(algo.inner_update.momentum.grad) != 0.0
+    fd = _finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
+    assert float((grads - fd).abs().max() / fd.abs().max()) < 1e-7
+    before = float(algo.inner_update.momentum.detach())
+    torch.optim.SGD(algo.parameters(), lr=0.1).step()  # the outer optimizer trains it
+    assert float(algo.inner_update.momentum.detach()) != before
+
+
+def test_momentum_option_errors():
+    m = MLP()
+    with pytest.raises(ValueError, match=r"inner_update='adam' is not valid; use sgd, momentum or nesterov"):
+        MAML(m, inner_update="adam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"inner_momentum=0.5 has no effect with inner_update='sgd'; set "
+                                         r"inner_update=momentum \(or nesterov\) to use it, or leave inner_momentum unset"):
+        MAML(m, inner_momentum=0.5)
+    with pytest.raises(ValueError, match=r"learn_inner_momentum=True has no effect with inner_update='sgd'"):
+        MAML(m, learn_inner_momentum=True)
+    with pytest.raises(ValueError, match=r"inner_momentum=1.0 must be a number in \[0, 1\) \(the momentum "
+                                         r"coefficient, e.g. 0.9\)"):
+        MAML(m, inner_update="momentum", inner_momentum=1.0)
+    with pytest.raises(ValueError, match=r"learn_inner_momentum='yes' must be true or false"):
+        MAML(m, inner_update="momentum", learn_inner_momentum="yes")  # type: ignore[arg-type]
+
+
+def test_momentum_from_a_config(tmp_path):
+    from metakit.runtime.config import Config, ConfigError
+    from metakit.runtime.trainer import train
+
+    def config(**algorithm):
+        return Config.from_dict({
+            "data": {"dataset": "sinusoid"},
+            "train": {"shots": 5, "queries": 5, "meta_batch": 2, "steps": 2},
+            "eval": {"val_episodes": 2, "val_every": 2, "test_episodes": 2},
+            "model": {"name": "mlp"},
+            "algorithm": {"name": "maml", "inner_lr": 0.01, **algorithm},
+            "run": {"progress": False, "checkpoint_every": 2},
+        })
+
+    cfg = config(inner_update="momentum", inner_momentum=0.5, learn_inner_momentum=True)
+    assert train(cfg, tmp_path / "run").status == "finished"
+    with pytest.raises(ConfigError, match=r"algorithm.inner_update='adam' is not a valid choice.*; use one of: sgd, "
+                                          r"momentum, nesterov"):
+        config(inner_update="adam")
+
+
+def test_checkpoints_with_the_former_rate_names_load():
+    """State dicts that name the learned rates ``inner_lrs.<i>`` (the name older checkpoints use)
+    load into the same configuration, with the rates in place."""
+    torch.manual_seed(13)
+    trained = MAML(MLP(1, [4], 1), inner_steps=2, learn_inner_lr="per_layer_step")
+    with torch.no_grad():
+        for r in trained.inner_lrs:
+            r.uniform_(0.0, 0.5)
+    old = {k.replace("inner_update.lrs.", "inner_lrs."): v for k, v in trained.state_dict().items()}
+    assert "inner_lrs.0" in old and not any(k.startswith("inner_update") for k in old)
+    fresh = MAML(MLP(1, [4], 1), inner_steps=2, learn_inner_lr="per_layer_step")
+    fresh.load_state_dict(old)  # strict
+    for a, b in zip(fresh.parameters(), trained.parameters()):
+        assert torch.equal(a, b)
+    outer = nn.ModuleDict({"algo": MAML(MLP(1, [4], 1), inner_steps=2, learn_inner_lr="per_layer_step")})
+    outer.load_state_dict({f"algo.{k}": v for k, v in old.items()})  # also under a prefix
+    assert torch.equal(outer["algo"].inner_lrs[0], trained.inner_lrs[0])

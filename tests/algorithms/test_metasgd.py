@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.algorithms import MetaSGD, get_algorithm
+from metakit.algorithms.inner_updates import ElementSGD
 from metakit.models import MLP
 from metakit.tasks import SinusoidTasks
 
@@ -24,8 +25,25 @@ def test_registered_and_rates_have_the_shape_of_the_weights():
     params = dict(algo.model.named_parameters())
     assert [tuple(r.shape) for r in algo.inner_lrs] == [tuple(params[n].shape) for n in algo.adapt_names]
     assert all(torch.all(r == 0.01) for r in algo.inner_lrs)
+    # the rates are the rule's, after the model's weights (the order optimizer states follow)
+    assert isinstance(algo.inner_update, ElementSGD) and algo.inner_lrs is algo.inner_update.lrs
     names = [n for n, _ in algo.named_parameters()]
-    assert "inner_lrs.0" in names and "inner_lrs.0" in algo.state_dict()
+    model_names = [f"model.{n}" for n, _ in algo.model.named_parameters()]
+    assert names == model_names + [f"inner_update.lrs.{i}" for i in range(len(algo.adapt_names))]
+    assert list(algo.state_dict()) == names
+
+
+def test_checkpoints_with_the_former_rate_names_load():
+    """State dicts that name the rates ``inner_lrs.<i>`` (the name older checkpoints use) load."""
+    torch.manual_seed(4)
+    trained = MetaSGD(MLP(1, [4], 1), inner_lr_range=[0.0, 0.2])
+    old = {k.replace("inner_update.lrs.", "inner_lrs."): v for k, v in trained.state_dict().items()}
+    assert "inner_lrs.0" in old and not any(k.startswith("inner_update") for k in old)
+    fresh = MetaSGD(MLP(1, [4], 1))
+    fresh.load_state_dict(old)  # strict
+    for a, b in zip(fresh.parameters(), trained.parameters()):
+        assert torch.equal(a, b)
+    fresh.load_state_dict(trained.state_dict())  # and the current names, of course
 
 
 def test_uniform_initial_rates():

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metakit.algorithms import Reptile, get_algorithm
+from metakit.algorithms import MAML, Reptile, get_algorithm
+from metakit.algorithms._inner import InnerLoopAlgorithm
+from metakit.algorithms.inner_updates import SGD
 from metakit.models import MLP
+from metakit.runtime.config import algorithm_option_specs
 from metakit.tasks import EpisodeBatch, SinusoidTasks
 
 
@@ -63,8 +66,10 @@ def test_inner_minibatches_follow_the_global_rng():
     ep = SinusoidTasks(5, seed=0).sample(1)[0]
     torch.manual_seed(5)
     learner = algo.adapt(ep.support_x, ep.support_y)
+    after = torch.rand(3)
     torch.manual_seed(5)
     perm = torch.cat([torch.randperm(5), torch.randperm(5), torch.randperm(5)])
+    assert torch.equal(torch.rand(3), after)  # a permutation is drawn only when the previous one runs out
     batches = [perm[3 * k : 3 * k + 3] for k in range(4)]
     ref = _sgd(algo.model, ep.support_x, ep.support_y, 4, 0.02, F.mse_loss, batches)
     for n, v in ref.items():
@@ -92,3 +97,27 @@ def test_zero_inner_steps_gives_a_zero_detached_direction(inner_batch):
         assert torch.count_nonzero(p.grad) == 0, n
     learner = algo.adapt(batch[0].support_x, batch[0].support_y)
     assert all(not v.requires_grad for v in learner.params.values())
+
+
+def test_its_own_class_sharing_the_engine_with_the_same_options_and_checkpoint_names():
+    assert not issubclass(Reptile, MAML) and issubclass(Reptile, InnerLoopAlgorithm)
+    assert list(algorithm_option_specs("reptile")) == [
+        "inner_lr", "inner_steps", "inner_batch", "eval_steps", "task_batching", "channels_last", "loss",
+    ]
+    algo = Reptile(TinyConvBN(), inner_lr=0.25)
+    assert list(algo.state_dict()) == [f"model.{n}" for n in TinyConvBN().state_dict()]
+    assert type(algo.inner_update) is SGD and algo.inner_update.lr == 0.25
+    assert algo.adapt_names == [n for n, _ in algo.model.named_parameters()]
+    with pytest.raises(ValueError, match=r"inner_lr=-1 must be a number >= 0"):
+        Reptile(MLP(), inner_lr=-1)
+    with pytest.raises(ValueError, match=r"Reptile: layer 'bn' \(BatchNorm2d\) tracks running statistics"):
+        Reptile(_WithRunningStats())
+
+
+class _WithRunningStats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x)

@@ -1,34 +1,39 @@
-"""The one inner-loop engine of the MAML family (MAML, first-order MAML, Meta-SGD, ANIL, Reptile).
+"""The one inner-loop engine of the MAML family (MAML, first-order MAML, Meta-SGD, ANIL) and Reptile.
 
-The inner loop adapts a copy of the parameters to one task by gradient descent on the task's
+The inner loop adapts a copy of the parameters to one task by gradient steps on the task's
 support loss, as a pure function of a parameter dict::
 
-    theta_0 = theta                                     (the model's own meta-parameters)
-    theta_{k+1}[n] = theta_k[n] - lr(n, k) * d L_support(theta_k) / d theta_k[n]   for adapted n
-    theta_{k+1}[n] = theta_k[n]                                                   otherwise
+    theta_0 = theta                                      (the model's own meta-parameters)
+    g_k = d L_support(theta_k) / d theta_k[adapted]
+    theta_{k+1}[adapted], s_{k+1} = rule.update(g_k, s_k, theta_k[adapted], k),   s_0 = rule.init(theta[adapted])
+    theta_{k+1}[n] = theta_k[n]                          for the parameters not adapted
 
-(Finn et al. 2017, "Model-Agnostic Meta-Learning", eq. 1). The model is called with
+where ``rule`` is an inner update rule (:mod:`.inner_updates`: plain SGD, ``theta - lr * g`` as in
+Finn et al. 2017, eq. 1; MAML++'s learned per-layer per-step rates; Meta-SGD's per-weight
+rates; momentum) and ``s_k`` its state. The model is called with
 :func:`torch.func.functional_call`; it is never cloned, patched or updated in place, and the
 meta-parameters are only read. Second-order meta-gradients come from differentiating through
-``torch.autograd.grad(..., create_graph=True)``; first-order mode (FOMAML, Reptile) takes the
-inner gradients without a graph, so ``d theta_K / d theta = I`` and the meta-gradient is the
-query gradient at the adapted parameters -- never ``None`` and never the second-order one.
+``torch.autograd.grad(..., create_graph=True)`` and the rule; first-order mode (FOMAML, Reptile)
+takes the inner gradients without a graph, so ``d theta_K / d theta = I`` for SGD and the
+meta-gradient is the query gradient at the adapted parameters -- never ``None`` and never the
+second-order one. Learned hyper-parameters of the rule (rates, a momentum coefficient) get
+their meta-gradient in both modes.
 
 Options (each a plain argument, see :func:`inner_loop`):
 
 * ``steps``: number of inner gradient steps (0 is allowed: adaptation is the identity).
-* ``lr``: a float (MAML), or a function ``lr(name, step) -> Tensor`` returning a learned rate
-  broadcastable to the parameter -- one tensor per parameter (Meta-SGD, Li et al. 2017) or one
-  scalar per parameter tensor and per step (MAML++'s LSLR, Antoniou et al. 2019). An inner
-  learning rate of 0 makes adaptation the identity.
+* ``update``: the rule (an :class:`~.inner_updates.InnerUpdate`). An inner learning rate of 0
+  makes adaptation the identity.
 * ``first_order``: drop the second-order terms.
 * ``adapt``: the names of the parameters the inner loop updates (all trainable ones for MAML,
   the head for ANIL, Raghu et al. 2020); see :func:`select_parameters`.
+* ``minibatch``: the support examples each step trains on (Reptile's inner minibatches;
+  default: all of them).
 * ``checkpoint``: recompute every inner step during the backward pass instead of keeping its
   activations and double-backward graph, so that second-order MAML with many inner steps fits in
-  memory: the forward pass keeps only the parameters after each step; the backward pass redoes
-  one step at a time, with its graph, and takes the vector-Jacobian product through it
-  (:class:`_RecomputedStep`). ``torch.utils.checkpoint`` (non-reentrant) gives the same
+  memory: the forward pass keeps only the parameters and the rule's state after each step; the
+  backward pass redoes one step at a time, with its graph, and takes the vector-Jacobian product
+  through it (:class:`_RecomputedStep`). ``torch.utils.checkpoint`` (non-reentrant) gives the same
   gradients around an inner step but saved no memory at all here (its region contains the
   inner ``autograd.grad``, whose saved tensors it keeps): measured peak increase for one
   20-way 5-shot task with 10 second-order steps, 1655 MB with or without it. ``checkpoint`` is
@@ -38,11 +43,16 @@ Options (each a plain argument, see :func:`inner_loop`):
 Parameters that need no flags:
 
 * frozen parameters (``requires_grad=False``) are constants: neither adapted nor meta-learned;
-* parameters the loss does not use get a zero inner gradient (they stay put) and a zero
-  meta-gradient (see :meth:`MAML.meta_backward <metakit.algorithms.maml.MAML.meta_backward>`);
+* parameters the loss does not use get a zero inner gradient (they stay put under SGD) and a
+  zero meta-gradient (see :meth:`MAML.meta_backward <metakit.algorithms.maml.MAML.meta_backward>`);
 * tied parameters (one tensor registered under several names) appear once, under the first
   name :meth:`~torch.nn.Module.named_parameters` gives, and every use of them is adapted
   together (``functional_call`` ties them).
+
+What the algorithms share beyond the loop -- the model, the rule, the adapted parameters, the
+few-shot half of the protocol (``adapt`` returning an :class:`AdaptedLearner`, ``predict``,
+``predict_steps``) -- is :class:`InnerLoopAlgorithm`, the base of MAML and of Reptile; their
+meta-training is each their own.
 
 BatchNorm policy
 ----------------
@@ -50,12 +60,12 @@ BatchNorm in the inner loop normalises with the statistics of the batch at hand 
 set during adaptation, the query set at prediction time -- both in training and at test time.
 This is MAML's transductive setting (the one its published Omniglot/miniImageNet numbers use).
 Use BatchNorm built with ``track_running_stats=False`` (``Conv4(track_running_stats=False)``,
-which :meth:`MAML.model_defaults` asks for). A BatchNorm layer *with* running statistics is an
-error (:func:`check_batchnorm`): in training mode every inner step would overwrite its running
-averages in place with the statistics of one task's support or query set, and in evaluation
-mode it would normalise with those leaked averages instead of the batch -- a silently different
-algorithm. Layer/Group/Instance norms without running statistics are fine with
-``task_batching='loop'``; under ``'vmap'`` only GroupNorm is (see below).
+which :meth:`InnerLoopAlgorithm.model_defaults` asks for). A BatchNorm layer *with* running
+statistics is an error (:func:`check_batchnorm`): in training mode every inner step would
+overwrite its running averages in place with the statistics of one task's support or query set,
+and in evaluation mode it would normalise with those leaked averages instead of the batch -- a
+silently different algorithm. Layer/Group/Instance norms without running statistics are fine
+with ``task_batching='loop'``; under ``'vmap'`` only GroupNorm is (see below).
 
 Task batching (measured, not assumed)
 -------------------------------------
@@ -91,35 +101,32 @@ on channels_last tensors.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..tasks.episode import EpisodeBatch
+from .base import Algorithm, BuildContext
+from .inner_updates import InnerUpdate, Params, State
+
 __all__ = [
     "Params",
-    "LearningRate",
     "FunctionalModel",
     "to_channels_last",
     "check_batchnorm",
     "check_vmap",
-    "has_batchnorm",
     "VMAP_VERIFIED",
     "select_parameters",
     "inner_loop",
     "inner_loop_vmap",
+    "zero_missing_grads",
+    "loss_function",
+    "AdaptedLearner",
+    "InnerLoopAlgorithm",
 ]
-
-Params = dict[str, Tensor]
-#: a constant inner learning rate, or ``lr(name, step)`` giving a (learned) tensor broadcastable
-#: to the parameter called ``name`` at inner step ``step`` (0-based)
-LearningRate = float | Callable[[str, int], Tensor]
-
-
-def has_batchnorm(module: nn.Module) -> bool:
-    """Whether ``module`` contains any BatchNorm layer (with or without running statistics)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 #: layer types whose second-order meta-gradient under ``task_batching='vmap'`` is checked against
@@ -284,29 +291,38 @@ def to_channels_last(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def _lr_at(lr: LearningRate, name: str, step: int) -> Tensor | float:
-    return lr if isinstance(lr, (int, float)) else lr(name, step)
+def _detached(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {n: v.detach() for n, v in tensors.items()}
+
+
+def _check_update(update: object) -> None:
+    if not isinstance(update, InnerUpdate):
+        raise TypeError(
+            f"update must be an InnerUpdate (metakit.algorithms.inner_updates, e.g. SGD(lr)), got {type(update).__name__}"
+        )
 
 
 def _step(
     fmodel: FunctionalModel,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     names: Sequence[str],
-    lr: LearningRate,
+    update: InnerUpdate,
+    state: State,
     step: int,
     create_graph: bool,
     x: Tensor,
     y: Tensor,
     params: Params,
-) -> Params:
-    """One inner gradient step on ``names`` (the shared rule of every path)."""
+) -> tuple[Params, State]:
+    """One inner step on ``names`` (the shared rule of every loop path)."""
     loss = loss_fn(fmodel(params, x), y)
-    inputs = [params[n] for n in names]
-    grads = torch.autograd.grad(loss, inputs, create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad(
+        loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True, materialize_grads=True
+    )
+    adapted, state = update.update(dict(zip(names, grads)), state, {n: params[n] for n in names}, step)
     new = dict(params)
-    for n, g in zip(names, grads):
-        new[n] = params[n] - _lr_at(lr, n, step) * g
-    return new
+    new.update(adapted)
+    return new, state
 
 
 def inner_loop(
@@ -317,11 +333,12 @@ def inner_loop(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     *,
     steps: int,
-    lr: LearningRate,
+    update: InnerUpdate,
     adapt: Sequence[str],
     first_order: bool = False,
     create_graph: bool = True,
     checkpoint: bool = False,
+    minibatch: Callable[[int], Tensor] | None = None,
 ) -> list[Params]:
     """Adapt ``params`` to one task; return the trajectory ``[theta_0, ..., theta_steps]``.
 
@@ -333,14 +350,17 @@ def inner_loop(
         support_x, support_y: the task's support set (one task, no task dimension).
         loss_fn: ``loss_fn(output, target) -> scalar``.
         steps: number of gradient steps (>= 0).
-        lr: inner learning rate (see :data:`LearningRate`).
+        update: the inner update rule (:mod:`.inner_updates`); its state starts from
+            ``update.init`` of the adapted parameters.
         adapt: names of the parameters to update (:func:`select_parameters`).
         first_order: do not differentiate through the inner gradients.
-        create_graph: keep the graph from ``params`` to the adapted parameters (``False`` at
-            evaluation: every entry of the trajectory, ``theta_0`` included, is then detached and
-            no graph is kept at all).
+        create_graph: keep the graph from ``params`` (and the rule's learned hyper-parameters) to
+            the adapted parameters (``False`` at evaluation: every entry of the trajectory,
+            ``theta_0`` included, is then detached and no graph is kept at all).
         checkpoint: recompute each step in the backward pass instead of storing it (it changes
             memory, not results; an error with ``first_order``, where it would change nothing).
+        minibatch: ``minibatch(k)`` gives the indices of the support examples step ``k`` trains
+            on (called once per step, in order); ``None``: the whole support set every step.
 
     Returns:
         ``steps + 1`` parameter dicts; ``[-1]`` is the adapted model.
@@ -349,11 +369,31 @@ def inner_loop(
         raise ValueError(f"steps={steps} must be >= 0")
     if checkpoint and first_order:
         raise ValueError(_CHECKPOINT_FIRST_ORDER)
+    _check_update(update)
+    adapt = list(adapt)
     second_order = create_graph and not first_order
-    traj = [params if create_graph else {n: v.detach() for n, v in params.items()}]
+    start = params if create_graph else _detached(params)
+    traj = [start]
     with torch.enable_grad():
-        _run_steps(fmodel, loss_fn, support_x, support_y, traj, steps, lr, adapt, second_order, create_graph, checkpoint)
+        state = update.init({n: start[n] for n in adapt})
+        for k in range(steps):
+            x, y = (support_x, support_y) if minibatch is None else _take(support_x, support_y, minibatch(k))
+            cur = traj[-1]
+            if not create_graph:
+                cur = {n: (v.detach().requires_grad_(True) if n in adapt else v) for n, v in cur.items()}
+                state = _detached(state)
+            if second_order and checkpoint:
+                nxt, state = _recomputed_step(fmodel, loss_fn, adapt, update, state, k, x, y, cur)
+            else:
+                nxt, state = _step(fmodel, loss_fn, adapt, update, state, k, second_order, x, y, cur)
+            if not create_graph:
+                nxt = _detached(nxt)
+            traj.append(nxt)
     return traj
+
+
+def _take(x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    return x[idx], y[idx]
 
 
 _CHECKPOINT_FIRST_ORDER = (
@@ -362,59 +402,38 @@ _CHECKPOINT_FIRST_ORDER = (
 )
 
 
-def _run_steps(
-    fmodel: FunctionalModel,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    support_x: Tensor,
-    support_y: Tensor,
-    traj: list[Params],
-    steps: int,
-    lr: LearningRate,
-    adapt: Sequence[str],
-    second_order: bool,
-    create_graph: bool,
-    checkpoint: bool,
-) -> None:
-    for k in range(steps):
-        cur = traj[-1]
-        if not create_graph:
-            cur = {n: (v.detach().requires_grad_(True) if n in adapt else v.detach()) for n, v in cur.items()}
-        if second_order and checkpoint:
-            nxt = _recomputed_step(fmodel, loss_fn, adapt, lr, k, support_x, support_y, cur)
-        else:
-            nxt = _step(fmodel, loss_fn, adapt, lr, k, second_order, support_x, support_y, cur)
-        if not create_graph:
-            nxt = {n: v.detach() for n, v in nxt.items()}
-        traj.append(nxt)
-
-
 def _recomputed_step(
     fmodel: FunctionalModel,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     adapt: Sequence[str],
-    lr: LearningRate,
+    update: InnerUpdate,
+    state: State,
     step: int,
     x: Tensor,
     y: Tensor,
     params: Params,
-) -> Params:
-    """One second-order inner step whose graph is rebuilt in the backward pass (see ``checkpoint``)."""
-    names = list(params)
-    rates = [_lr_at(lr, n, step) for n in adapt]
-    rate_tensors = [r for r in rates if isinstance(r, Tensor)]
+) -> tuple[Params, State]:
+    """One second-order inner step whose graph is rebuilt in the backward pass (see ``checkpoint``).
+
+    Its inputs are the parameters and the rule's state (learned rates included, so they get
+    their gradient); its outputs the adapted parameters and the next state."""
+    names, keys = list(params), list(state)
+    out_keys: list[str] | None = None  # the state entries the rule returns, fixed by the first run
 
     def step_fn(tensors: Sequence[Tensor], create_graph: bool) -> tuple[Tensor, ...]:
+        nonlocal out_keys
         p = dict(zip(names, tensors[: len(names)]))
-        it = iter(tensors[len(names) :])
-        r = {n: (next(it) if isinstance(v, Tensor) else v) for n, v in zip(adapt, rates)}
-        out = _step(fmodel, loss_fn, adapt, lambda n, _k: r[n], step, create_graph, x, y, p)
-        return tuple(out[n] for n in adapt)
+        s = dict(zip(keys, tensors[len(names) :]))
+        new, new_state = _step(fmodel, loss_fn, adapt, update, s, step, create_graph, x, y, p)
+        if out_keys is None:
+            out_keys = list(new_state)
+        return tuple(new[n] for n in adapt) + tuple(new_state[k] for k in out_keys)
 
-    inputs = [params[n] for n in names] + rate_tensors
-    new = _RecomputedStep.apply(step_fn, len(names), *inputs)
-    out = dict(params)
-    out.update(zip(adapt, new))
-    return out
+    outs = _RecomputedStep.apply(step_fn, len(names), *(params[n] for n in names), *(state[k] for k in keys))
+    assert out_keys is not None
+    new = dict(params)
+    new.update(zip(adapt, outs[: len(adapt)]))
+    return new, dict(zip(out_keys, outs[len(adapt) :]))
 
 
 class _RecomputedStep(torch.autograd.Function):
@@ -437,8 +456,10 @@ class _RecomputedStep(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(True) for t in inputs]
             outs = ctx.step_fn(leaves, True)
+            pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o.requires_grad]
             wanted = [leaf for leaf, need in zip(leaves, needs) if need]
-            grads = iter(torch.autograd.grad(outs, wanted, grad_outputs, allow_unused=True, materialize_grads=True))
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True,
+                                             materialize_grads=True))
         return (None, None, *(next(grads) if need else None for need in needs))
 
 
@@ -450,22 +471,25 @@ def inner_loop_vmap(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     *,
     steps: int,
-    lr: LearningRate,
+    update: InnerUpdate,
     adapt: Sequence[str],
     first_order: bool = False,
-) -> Callable[[Callable[[Params], Tensor | tuple[Tensor, ...]]], Callable[..., object]]:
+    create_graph: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Vectorised inner loop: the same update rule as :func:`inner_loop`, under :func:`torch.func.vmap`.
 
     Returns a function ``run(query_fn)`` -- ``query_fn(trajectory, query_x, query_y)`` maps one
     task's trajectory (list of parameter dicts) and query set to tensors -- which, called with
     ``run(query_fn)(query_x, query_y)`` (``[B, ...]``), evaluates every task at once and returns
     the stacked results. ``params`` are shared by all tasks (``in_dims=None``) and stay connected
-    to the caller's autograd graph, so ``.backward()`` on the result gives the meta-gradient.
-    Only for models made of verified layers (:func:`check_vmap`; see the module docstring).
+    to the caller's autograd graph, so ``.backward()`` on the result gives the meta-gradient;
+    with ``create_graph=False`` the parameters and the rule's state are detached and the inner
+    gradients taken first-order (evaluation). Only for models made of verified layers
+    (:func:`check_vmap`; see the module docstring).
     """
     check_vmap(fmodel.module)
-    return _inner_loop_vmap(fmodel, params, support_x, support_y, loss_fn, steps=steps, lr=lr, adapt=adapt,
-                            first_order=first_order)
+    return _inner_loop_vmap(fmodel, params, support_x, support_y, loss_fn, steps=steps, update=update, adapt=adapt,
+                            first_order=first_order, create_graph=create_graph)
 
 
 def _inner_loop_vmap(
@@ -476,19 +500,24 @@ def _inner_loop_vmap(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     *,
     steps: int,
-    lr: LearningRate,
+    update: InnerUpdate,
     adapt: Sequence[str],
     first_order: bool = False,
-) -> Callable[[Callable[[Params], Tensor | tuple[Tensor, ...]]], Callable[..., object]]:
+    create_graph: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """:func:`inner_loop_vmap` without the layer check (the tests use it to watch the known failures)."""
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
+    _check_update(update)
     adapt = list(adapt)
+    if not create_graph:
+        params, first_order = _detached(params), True
 
-    def one_task(
-        query_fn: Callable[..., object], sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
-    ) -> object:
+    def one_task(query_fn: Callable[..., Any], sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Any:
         traj = [dict(params)]
+        state = update.init({n: params[n] for n in adapt})
+        if not create_graph:
+            state = _detached(state)
         for k in range(steps):
             cur = traj[-1]
             rest = {n: v for n, v in cur.items() if n not in adapt}
@@ -497,16 +526,15 @@ def _inner_loop_vmap(
                 return loss_fn(fmodel({**rest, **ad}, sx), sy)
 
             ad = {n: cur[n] for n in adapt}
-            grads = torch.func.grad(support_loss)({n: v.detach() for n, v in ad.items()} if first_order else ad)
-            nxt = dict(cur)
-            for n in adapt:
-                g = grads[n].detach() if first_order else grads[n]
-                nxt[n] = cur[n] - _lr_at(lr, n, k) * g
-            traj.append(nxt)
+            grads = torch.func.grad(support_loss)(_detached(ad) if first_order else ad)
+            if first_order:
+                grads = _detached(grads)
+            new, state = update.update(grads, state, ad, k)
+            traj.append({**cur, **new})
         return query_fn(traj, qx, qy)
 
-    def run(query_fn: Callable[..., object]) -> Callable[..., object]:
-        def batched(qx: Tensor, qy: Tensor) -> object:
+    def run(query_fn: Callable[..., Any]) -> Callable[..., Any]:
+        def batched(qx: Tensor, qy: Tensor) -> Any:
             with torch.enable_grad():
                 return torch.func.vmap(lambda a, b, c, d: one_task(query_fn, a, b, c, d))(support_x, support_y, qx, qy)
 
@@ -520,3 +548,190 @@ def zero_missing_grads(params: Iterable[nn.Parameter]) -> None:
     for p in params:
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
+
+
+# -- what the algorithms share beyond the loop ---------------------------------------------------
+LossName = Literal["auto", "cross_entropy", "mse"]
+
+
+def loss_function(name: str, ways: int | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The inner and query loss: ``auto`` is cross-entropy for classification (``ways`` set), MSE otherwise."""
+    if name == "auto":
+        name = "mse" if ways is None else "cross_entropy"
+    return F.mse_loss if name == "mse" else F.cross_entropy
+
+
+class AdaptedLearner:
+    """A model adapted to one task: the parameters after each inner step.
+
+    Attributes:
+        trajectory: ``[theta_0, ..., theta_K]`` parameter dicts (detached); ``theta_K`` is the
+            adapted model.
+    """
+
+    def __init__(self, fmodel: FunctionalModel, trajectory: list[Params]) -> None:
+        self._fmodel = fmodel
+        self.trajectory = trajectory
+
+    @property
+    def steps(self) -> int:
+        """Inner steps taken."""
+        return len(self.trajectory) - 1
+
+    @property
+    def params(self) -> Params:
+        """The adapted parameters."""
+        return self.trajectory[-1]
+
+    def predict(self, query_x: Tensor, step: int | None = None) -> Tensor:
+        """Outputs for ``query_x`` (``[Q, ...]``) after ``step`` inner steps (default: all).
+
+        Models with BatchNorm normalise with the statistics of ``query_x`` (transductive).
+        """
+        k = self.steps if step is None else step
+        if not 0 <= k <= self.steps:
+            raise ValueError(f"step={step} is out of range: this learner took {self.steps} inner steps (0..{self.steps})")
+        return self._fmodel(self.trajectory[k], query_x)
+
+
+def _check_steps(what: str, value: object, none_means: str | None = None) -> None:
+    if none_means is not None and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        tail = f" (or None: {none_means})" if none_means else ""
+        raise ValueError(f"{what}={value!r} must be an int >= 0{tail}")
+
+
+class InnerLoopAlgorithm(Algorithm):
+    """Base of the algorithms whose few-shot use is an inner loop (MAML and its family, Reptile).
+
+    It holds the model, the inner update rule (``self.inner_update``, registered after the model
+    so that ``parameters()`` lists the model's first) and the names of the adapted parameters
+    (``self.adapt_names``), and implements the few-shot half of the protocol once: :meth:`adapt`
+    runs ``eval_steps`` inner steps without a graph and returns an :class:`AdaptedLearner`;
+    :meth:`predict` and :meth:`predict_steps` do it for every task of a batch (one by one, or
+    under ``vmap``). Meta-training -- :meth:`meta_loss`, :meth:`meta_backward` -- and the inner
+    loop of training (:meth:`_adapt`) are each subclass's own.
+
+    Args:
+        model: the network (BatchNorm without running statistics, see the module docstring).
+        inner_update: builds the rule from the adapted parameters (name -> parameter).
+        inner_steps: inner steps during meta-training.
+        eval_steps: inner steps for evaluation and prediction (``None``: ``inner_steps``).
+        adapt: which parameters the inner loop updates (:func:`select_parameters`).
+        task_batching: ``loop`` or ``vmap`` (for models of :data:`VMAP_VERIFIED` layers).
+        channels_last: run 4-D inputs and conv weights in ``channels_last`` memory format.
+        loss: ``auto``, ``cross_entropy`` or ``mse``.
+    """
+
+    task_kind = "any"
+    inner_update: InnerUpdate
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_update: Callable[[Params], InnerUpdate],
+        inner_steps: int,
+        eval_steps: int | None,
+        adapt: str | Sequence[str],
+        task_batching: str,
+        channels_last: bool,
+        loss: str,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_batchnorm(model, type(self).__name__)
+        _check_steps("inner_steps", inner_steps)
+        _check_steps("eval_steps", eval_steps, none_means="the same as inner_steps")
+        if task_batching not in ("loop", "vmap"):
+            raise ValueError(f"task_batching={task_batching!r} is not valid; use loop or vmap")
+        if task_batching == "vmap":
+            check_vmap(model)
+        if loss not in ("auto", "cross_entropy", "mse"):
+            raise ValueError(f"loss={loss!r} is not valid; use auto, cross_entropy or mse")
+        self.model = model
+        self.inner_steps = inner_steps
+        self.eval_steps = inner_steps if eval_steps is None else eval_steps
+        self.task_batching = task_batching
+        self.loss = loss
+        self.channels_last = bool(channels_last)
+        self.adapt_names = select_parameters(model, adapt)
+        self._fmodel = FunctionalModel(model, channels_last=self.channels_last)
+        params = dict(model.named_parameters())
+        rule = inner_update({n: params[n] for n in self.adapt_names})
+        _check_update(rule)
+        self.inner_update = rule
+
+    @classmethod
+    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
+        """A linear head of ``ways`` outputs and BatchNorm without running statistics (classification)."""
+        if context.ways is None:
+            return {}
+        return {"out_features": context.ways, "track_running_stats": False}
+
+    def _loss(self, ways: int | None) -> Callable[[Tensor, Tensor], Tensor]:
+        return loss_function(self.loss, ways)
+
+    def _adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None, *, train: bool, steps: int) -> list[Params]:
+        """The trajectory of ``steps`` inner steps on one task (``train``: with the graph meta-training needs)."""
+        raise NotImplementedError
+
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, ways: int | None = None, steps: int | None = None
+    ) -> AdaptedLearner:
+        """Adapt to one task (``eval_steps`` inner steps unless ``steps`` is given); works under
+        ``torch.no_grad()``. The learner keeps every step (``learner.predict(x, step=k)``)."""
+        k = self.eval_steps if steps is None else steps
+        _check_steps("steps", k)
+        with torch.enable_grad():
+            traj = self._adapt(support_x, support_y, ways, train=False, steps=k)
+        return AdaptedLearner(self._fmodel, traj)
+
+    def predict(self, batch: EpisodeBatch) -> Tensor:
+        """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model.
+
+        Only the adapted model's queries are computed (not those of every step, as in
+        :meth:`predict_steps`): with Reptile's 50 evaluation steps that is one query forward
+        pass per task instead of 51."""
+        return self._predict(batch, None, every_step=False)[0]
+
+    def predict_steps(self, batch: EpisodeBatch, steps: int | None = None) -> Tensor:
+        """Outputs on the queries after ``0..steps`` inner steps (default ``eval_steps``):
+        ``[steps + 1, B, Q, ...]``. Tasks run one by one, or in one vectorised call with
+        ``task_batching='vmap'``; either way without keeping a graph."""
+        return self._predict(batch, steps, every_step=True)
+
+    def _predict(self, batch: EpisodeBatch, steps: int | None, every_step: bool) -> Tensor:
+        """``[steps + 1, B, Q, ...]`` outputs after every step, or ``[1, B, Q, ...]`` after the last."""
+        self._check_batch(batch)
+        k = self.eval_steps if steps is None else steps
+        _check_steps("steps", k)
+        at = range(k + 1) if every_step else [k]  # the steps whose query outputs are returned
+        if self.task_batching == "vmap":
+            run = inner_loop_vmap(
+                self._fmodel, self._fmodel.params(), batch.support_x, batch.support_y, self._loss(batch.ways),
+                steps=k, update=self.inner_update, adapt=self.adapt_names, create_graph=False,
+            )
+            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(traj[j], qx) for j in at]))(batch.query_x, batch.query_y)
+            return out.detach().transpose(0, 1)
+        per_task = []
+        for ep in batch:
+            learner = self.adapt(ep.support_x, ep.support_y, ep.ways, steps=k)
+            with torch.no_grad():
+                per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in at]))
+        return torch.stack(per_task, dim=1)
+
+    def _metrics(self, losses: list[float], outs: list[Tensor], batch: EpisodeBatch) -> dict[str, float]:
+        metrics = {"loss": sum(losses) / len(losses)}
+        if batch.ways is not None:
+            acc = [(o.argmax(-1) == y).float().mean().item() for o, y in zip(outs, batch.query_y)]
+            metrics["accuracy"] = sum(acc) / len(acc)
+        return metrics
+
+    def _check_batch(self, batch: EpisodeBatch) -> None:
+        if not isinstance(batch, EpisodeBatch):
+            raise TypeError(f"batch must be an EpisodeBatch, got {type(batch).__name__}")
+        if self.loss == "cross_entropy" and batch.ways is None:
+            raise ValueError("loss='cross_entropy' needs classification episodes (ways set); this batch is regression")

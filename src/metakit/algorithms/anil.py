@@ -45,6 +45,9 @@ class ANIL(MAML):
         task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
         channels_last: channels_last memory format for image inputs (CPU speed).
         loss: auto, cross_entropy or mse.
+        inner_update: sgd, momentum or nesterov (momentum on top of the rates; see MAML).
+        inner_momentum: the momentum coefficient in [0, 1) (default 0.9); only with momentum or nesterov.
+        learn_inner_momentum: meta-learn the momentum coefficient; only with momentum or nesterov.
     """
 
     def __init__(
@@ -60,6 +63,9 @@ class ANIL(MAML):
         task_batching: Literal["loop", "vmap"] = "loop",
         channels_last: bool = True,
         loss: Literal["auto", "cross_entropy", "mse"] = "auto",
+        inner_update: Literal["sgd", "momentum", "nesterov"] = "sgd",
+        inner_momentum: float | None = None,
+        learn_inner_momentum: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -73,4 +79,7 @@ class ANIL(MAML):
             task_batching=task_batching,
             channels_last=channels_last,
             loss=loss,
+            inner_update=inner_update,
+            inner_momentum=inner_momentum,
+            learn_inner_momentum=learn_inner_momentum,
         )

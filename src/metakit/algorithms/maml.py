@@ -11,10 +11,15 @@ Second-order MAML differentiates through the inner gradient steps; first-order M
 (``first_order=True``, FOMAML, section 5.2 of the paper) treats the inner gradients as constants,
 so the meta-gradient is ``1/B * sum_i dL_query/d theta_i'``.
 
-This module also holds what the rest of the family shares (Meta-SGD, ANIL and Reptile subclass
-:class:`MAML`): learned inner learning rates (per parameter tensor and step as in MAML++'s LSLR,
-Antoniou et al. 2019, or per element as in Meta-SGD), MAML++'s multi-step loss, which
-parameters adapt, and the learner returned by :meth:`MAML.adapt`.
+The inner step is an update rule of :mod:`.inner_updates`, picked by the options: plain SGD
+``theta - inner_lr * g`` (the paper's), learned rates per parameter tensor and step (MAML++'s
+LSLR, Antoniou et al. 2019; ``learn_inner_lr=per_layer_step``) or per weight (Meta-SGD;
+``per_element``), optionally with momentum (``inner_update=momentum`` or ``nesterov``, fixed or
+learned coefficient ``inner_momentum``). Learned hyper-parameters are parameters of the
+algorithm (``self.inner_update``), trained by the outer optimizer with ``theta``. Besides,
+MAML++'s multi-step loss and the choice of adapted parameters (ANIL) are options; Meta-SGD and
+ANIL subclass :class:`MAML`. The model, the rule and few-shot use (:meth:`MAML.adapt`,
+``predict``) are the engine's (:class:`~._inner.InnerLoopAlgorithm`), shared with Reptile.
 
 Memory and speed: :meth:`MAML.meta_backward` (what the trainer calls) back-propagates each task
 as soon as its query loss is computed, so memory holds one task's graph at a time;
@@ -25,76 +30,94 @@ natively on CPU. BatchNorm follows the transductive policy of :mod:`._inner`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
 from ._inner import (
+    AdaptedLearner,
     FunctionalModel,
-    LearningRate,
+    InnerLoopAlgorithm,
+    LossName,
     Params,
     _CHECKPOINT_FIRST_ORDER,
-    check_batchnorm,
-    check_vmap,
     inner_loop,
     inner_loop_vmap,
-    select_parameters,
     zero_missing_grads,
 )
-from .base import Algorithm, BuildContext, register
+from .base import register
+from .inner_updates import SGD, ElementSGD, InnerUpdate, LayerStepSGD, Momentum
 
 __all__ = ["MAML", "AdaptedLearner"]
 
-LossName = Literal["auto", "cross_entropy", "mse"]
 LearnLR = Literal["none", "per_layer_step", "per_element"]
+InnerUpdateName = Literal["sgd", "momentum", "nesterov"]
+#: the momentum coefficient of inner_update=momentum/nesterov when inner_momentum is not given
+DEFAULT_INNER_MOMENTUM = 0.9
 
 
-def _loss_fn(name: str, ways: int | None) -> Any:
-    if name == "auto":
-        name = "mse" if ways is None else "cross_entropy"
-    if name == "mse":
-        return F.mse_loss
-    return F.cross_entropy
+def build_inner_update(
+    params: Params, *, inner_lr: object, learn_inner_lr: object, inner_steps: int, inner_update: object = "sgd",
+    inner_momentum: object = None, learn_inner_momentum: object = False,
+) -> InnerUpdate:
+    """The rule MAML's options describe, for the adapted parameters ``params``: ``SGD``,
+    ``LayerStepSGD`` or ``ElementSGD`` by ``learn_inner_lr``, inside ``Momentum`` when
+    ``inner_update`` is momentum or nesterov.
 
-
-class AdaptedLearner:
-    """A model adapted to one task: the parameters after each inner step.
-
-    Attributes:
-        trajectory: ``[theta_0, ..., theta_K]`` parameter dicts (detached); ``theta_K`` is the
-            adapted model.
+    Raises:
+        ValueError: an option is invalid or has no effect; the message names it, its value and the fix.
     """
+    if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not inner_lr >= 0:
+        raise ValueError(f"inner_lr={inner_lr!r} must be a number >= 0")
+    if learn_inner_lr not in ("none", "per_layer_step", "per_element"):
+        raise ValueError(f"learn_inner_lr={learn_inner_lr!r} is not valid; use none, per_layer_step or per_element")
+    if inner_update not in ("sgd", "momentum", "nesterov"):
+        raise ValueError(f"inner_update={inner_update!r} is not valid; use sgd, momentum or nesterov")
+    if not isinstance(learn_inner_momentum, bool):
+        raise ValueError(f"learn_inner_momentum={learn_inner_momentum!r} must be true or false")
+    if inner_update == "sgd":
+        for name, value, unset in (("inner_momentum", inner_momentum, None), ("learn_inner_momentum", learn_inner_momentum, False)):
+            if value is not unset:
+                raise ValueError(
+                    f"{name}={value!r} has no effect with inner_update='sgd'; set inner_update=momentum "
+                    f"(or nesterov) to use it, or leave {name} unset"
+                )
+    elif inner_momentum is not None and (
+        not isinstance(inner_momentum, (int, float)) or isinstance(inner_momentum, bool)
+        or not math.isfinite(inner_momentum) or not 0 <= inner_momentum < 1
+    ):
+        raise ValueError(
+            f"inner_momentum={inner_momentum!r} must be a number in [0, 1) (the momentum coefficient, "
+            f"e.g. {DEFAULT_INNER_MOMENTUM})"
+        )
+    if learn_inner_lr == "per_layer_step":
+        if inner_steps < 1:
+            raise ValueError("learn_inner_lr='per_layer_step' needs inner_steps >= 1 (one rate per step)")
+        rule: InnerUpdate = LayerStepSGD(params, inner_steps, float(inner_lr))
+    elif learn_inner_lr == "per_element":
+        rule = ElementSGD(params, float(inner_lr))
+    else:
+        rule = SGD(float(inner_lr))
+    if inner_update == "sgd":
+        return rule
+    mu = DEFAULT_INNER_MOMENTUM if inner_momentum is None else float(inner_momentum)  # type: ignore[arg-type]
+    dtype = next(iter(params.values())).dtype
+    return Momentum(rule, mu, nesterov=inner_update == "nesterov", learn=learn_inner_momentum, dtype=dtype)
 
-    def __init__(self, fmodel: FunctionalModel, trajectory: list[Params]) -> None:
-        self._fmodel = fmodel
-        self.trajectory = trajectory
 
-    @property
-    def steps(self) -> int:
-        """Inner steps taken."""
-        return len(self.trajectory) - 1
-
-    @property
-    def params(self) -> Params:
-        """The adapted parameters."""
-        return self.trajectory[-1]
-
-    def predict(self, query_x: Tensor, step: int | None = None) -> Tensor:
-        """Outputs for ``query_x`` (``[Q, ...]``) after ``step`` inner steps (default: all).
-
-        Models with BatchNorm normalise with the statistics of ``query_x`` (transductive).
-        """
-        k = self.steps if step is None else step
-        if not 0 <= k <= self.steps:
-            raise ValueError(f"step={step} is out of range: this learner took {self.steps} inner steps (0..{self.steps})")
-        return self._fmodel(self.trajectory[k], query_x)
+def _rename_pre_rule_rates(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load state dicts that name the learned rates ``inner_lrs.<i>``, the name older checkpoints
+    use for what is ``inner_update.lrs.<i>`` (the rates of the inner update rule)."""
+    old = f"{prefix}inner_lrs."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}inner_update.lrs.{key[len(old):]}"] = state_dict.pop(key)
 
 
 @register("maml")
-class MAML(Algorithm):
+class MAML(InnerLoopAlgorithm):
     """Model-Agnostic Meta-Learning (Finn et al. 2017); ``first_order=True`` gives FOMAML.
 
     Args:
@@ -133,9 +156,14 @@ class MAML(Algorithm):
             with 100-300 query images (2e-3 to 6e-3, against 1e-5 to 3e-4 in NCHW). Set
             false when you need reference-grade float32 gradients.
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
+        inner_update: sgd (the rates alone), momentum (heavy ball: v = mu*v + g, step along v)
+            or nesterov (step along g + mu*v), as torch.optim.SGD's momentum, on top of the
+            rates chosen by inner_lr and learn_inner_lr.
+        inner_momentum: the momentum coefficient mu in [0, 1) (initial value when learned;
+            default 0.9); only with inner_update momentum or nesterov.
+        learn_inner_momentum: meta-learn mu (one scalar); only with inner_update momentum or
+            nesterov.
     """
-
-    task_kind = "any"
 
     def __init__(
         self,
@@ -151,84 +179,45 @@ class MAML(Algorithm):
         task_batching: Literal["loop", "vmap"] = "loop",
         channels_last: bool = True,
         loss: LossName = "auto",
+        inner_update: InnerUpdateName = "sgd",
+        inner_momentum: float | None = None,
+        learn_inner_momentum: bool = False,
     ) -> None:
-        super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        name = type(self).__name__
-        check_batchnorm(model, name)
-        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 0:
-            raise ValueError(f"inner_steps={inner_steps!r} must be an int >= 0")
-        if eval_steps is not None and (not isinstance(eval_steps, int) or isinstance(eval_steps, bool) or eval_steps < 0):
-            raise ValueError(f"eval_steps={eval_steps!r} must be an int >= 0 (or None: the same as inner_steps)")
-        if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not inner_lr >= 0:
-            raise ValueError(f"inner_lr={inner_lr!r} must be a number >= 0")
-        if learn_inner_lr not in ("none", "per_layer_step", "per_element"):
-            raise ValueError(
-                f"learn_inner_lr={learn_inner_lr!r} is not valid; use none, per_layer_step or per_element"
-            )
-        if task_batching not in ("loop", "vmap"):
-            raise ValueError(f"task_batching={task_batching!r} is not valid; use loop or vmap")
         if checkpoint and first_order:
             raise ValueError(_CHECKPOINT_FIRST_ORDER)
-        if task_batching == "vmap":
-            check_vmap(model)
-            if checkpoint:
-                raise ValueError("checkpoint=True needs task_batching='loop' (vmap keeps every task's graph anyway)")
-        if loss not in ("auto", "cross_entropy", "mse"):
-            raise ValueError(f"loss={loss!r} is not valid; use auto, cross_entropy or mse")
-        self.model = model
+        if checkpoint and task_batching == "vmap":
+            raise ValueError("checkpoint=True needs task_batching='loop' (vmap keeps every task's graph anyway)")
+        super().__init__(
+            model,
+            inner_update=lambda params: build_inner_update(
+                params, inner_lr=inner_lr, learn_inner_lr=learn_inner_lr, inner_steps=inner_steps,
+                inner_update=inner_update, inner_momentum=inner_momentum, learn_inner_momentum=learn_inner_momentum,
+            ),
+            inner_steps=inner_steps,
+            eval_steps=eval_steps,
+            adapt=adapt,
+            task_batching=task_batching,
+            channels_last=channels_last,
+            loss=loss,
+        )
         self.inner_lr = float(inner_lr)
-        self.inner_steps = inner_steps
         self.first_order = bool(first_order)
-        self.eval_steps = inner_steps if eval_steps is None else eval_steps
         self.multi_step_loss = bool(multi_step_loss)
         self.checkpoint = bool(checkpoint)
-        self.task_batching = task_batching
-        self.loss = loss
         self.learn_inner_lr = learn_inner_lr
-        self.adapt_names = select_parameters(model, adapt)
-        self.channels_last = bool(channels_last)
-        self._fmodel = FunctionalModel(model, channels_last=self.channels_last)
         # the inner loop of second-order training runs in NCHW: PyTorch's BatchNorm double
         # backward is ~3x slower on channels_last tensors (see the class docstring)
         self._fmodel_second_order = FunctionalModel(model, channels_last=False)
-        self._lr_index = {n: i for i, n in enumerate(self.adapt_names)}
-        params = dict(model.named_parameters())
-        if learn_inner_lr == "per_layer_step":
-            if inner_steps < 1:
-                raise ValueError("learn_inner_lr='per_layer_step' needs inner_steps >= 1 (one rate per step)")
-            self.inner_lrs = nn.ParameterList(
-                [nn.Parameter(torch.full((inner_steps,), self.inner_lr, dtype=params[n].dtype)) for n in self.adapt_names]
-            )
-        elif learn_inner_lr == "per_element":
-            self.inner_lrs = nn.ParameterList(
-                [nn.Parameter(torch.full_like(params[n].detach(), self.inner_lr)) for n in self.adapt_names]
-            )
-        else:
-            self.inner_lrs = None
+        self.register_load_state_dict_pre_hook(_rename_pre_rule_rates)
 
-    # -- building from a config ----------------------------------------------------------------
-    @classmethod
-    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
-        """A linear head of ``ways`` outputs and BatchNorm without running statistics (classification)."""
-        if context.ways is None:
-            return {}
-        return {"out_features": context.ways, "track_running_stats": False}
+    @property
+    def inner_lrs(self) -> nn.ParameterList | None:
+        """The learned inner rates (``lrs`` of the rule, one entry per adapted parameter in the
+        order of ``adapt_names``), or ``None`` with a fixed ``inner_lr``."""
+        rule = self.inner_update.base if isinstance(self.inner_update, Momentum) else self.inner_update
+        return getattr(rule, "lrs", None)
 
     # -- the inner loop --------------------------------------------------------------------------
-    def _lr(self) -> LearningRate:
-        if self.inner_lrs is None:
-            return self.inner_lr
-        lrs, index = self.inner_lrs, self._lr_index
-        if self.learn_inner_lr == "per_layer_step":
-            last = self.inner_steps - 1
-            return lambda name, step: lrs[index[name]][min(step, last)]
-        return lambda name, step: lrs[index[name]]
-
-    def _loss(self, ways: int | None) -> Any:
-        return _loss_fn(self.loss, ways)
-
     def _adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None, *, train: bool, steps: int) -> list[Params]:
         second_order = train and not self.first_order
         return inner_loop(
@@ -238,7 +227,7 @@ class MAML(Algorithm):
             support_y,
             self._loss(ways),
             steps=steps,
-            lr=self._lr(),
+            update=self.inner_update,
             adapt=self.adapt_names,
             first_order=self.first_order,
             create_graph=train,
@@ -263,18 +252,11 @@ class MAML(Algorithm):
             batch.support_y,
             self._loss(batch.ways),
             steps=self.inner_steps,
-            lr=self._lr(),
+            update=self.inner_update,
             adapt=self.adapt_names,
             first_order=self.first_order,
         )
-        return run(lambda traj, qx, qy: self._query_loss(traj, qx, qy, batch.ways))(batch.query_x, batch.query_y)  # type: ignore[return-value]
-
-    def _metrics(self, losses: list[float], outs: list[Tensor], batch: EpisodeBatch) -> dict[str, float]:
-        metrics = {"loss": sum(losses) / len(losses)}
-        if batch.ways is not None:
-            acc = [(o.argmax(-1) == y).float().mean().item() for o, y in zip(outs, batch.query_y)]
-            metrics["accuracy"] = sum(acc) / len(acc)
-        return metrics
+        return run(lambda traj, qx, qy: self._query_loss(traj, qx, qy, batch.ways))(batch.query_x, batch.query_y)  # type: ignore[no-any-return]
 
     # -- the protocol -----------------------------------------------------------------------------
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
@@ -315,63 +297,3 @@ class MAML(Algorithm):
             outs.append(out.detach())
         zero_missing_grads(self.parameters())
         return self._metrics(losses, outs, batch)
-
-    def adapt(
-        self, support_x: Tensor, support_y: Tensor, ways: int | None = None, steps: int | None = None
-    ) -> AdaptedLearner:
-        """Adapt to one task (``eval_steps`` inner steps unless ``steps`` is given); works under
-        ``torch.no_grad()``. The learner keeps every step (``learner.predict(x, step=k)``)."""
-        k = self.eval_steps if steps is None else steps
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"steps={steps!r} must be an int >= 0")
-        with torch.enable_grad():
-            traj = self._adapt(support_x, support_y, ways, train=False, steps=k)
-        return AdaptedLearner(self._fmodel, traj)
-
-    def predict(self, batch: EpisodeBatch) -> Tensor:
-        """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model.
-
-        Only the adapted model's queries are computed (not those of every step, as in
-        :meth:`predict_steps`): with Reptile's 50 evaluation steps that is one query forward
-        pass per task instead of 51."""
-        return self._predict(batch, None, every_step=False)[0]
-
-    def predict_steps(self, batch: EpisodeBatch, steps: int | None = None) -> Tensor:
-        """Outputs on the queries after ``0..steps`` inner steps (default ``eval_steps``):
-        ``[steps + 1, B, Q, ...]``. Tasks run one by one, or in one vectorised call with
-        ``task_batching='vmap'``; either way without keeping a graph."""
-        return self._predict(batch, steps, every_step=True)
-
-    def _predict(self, batch: EpisodeBatch, steps: int | None, every_step: bool) -> Tensor:
-        """``[steps + 1, B, Q, ...]`` outputs after every step, or ``[1, B, Q, ...]`` after the last."""
-        self._check_batch(batch)
-        k = self.eval_steps if steps is None else steps
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise ValueError(f"steps={steps!r} must be an int >= 0")
-        at = range(k + 1) if every_step else [k]  # the steps whose query outputs are returned
-        if self.task_batching == "vmap":
-            detached = {n: p.detach() for n, p in self._fmodel.params().items()}
-            lr = self.inner_lr if self.inner_lrs is None else self._detached_lr()
-            run = inner_loop_vmap(
-                self._fmodel, detached, batch.support_x, batch.support_y, self._loss(batch.ways),
-                steps=k, lr=lr, adapt=self.adapt_names, first_order=True,
-            )
-            out = run(lambda traj, qx, qy: torch.stack([self._fmodel(traj[j], qx) for j in at]))(batch.query_x, batch.query_y)
-            return out.detach().transpose(0, 1)  # type: ignore[union-attr]
-        per_task = []
-        for ep in batch:
-            learner = self.adapt(ep.support_x, ep.support_y, ep.ways, steps=k)
-            with torch.no_grad():
-                per_task.append(torch.stack([learner.predict(ep.query_x, step=j) for j in at]))
-        return torch.stack(per_task, dim=1)
-
-    def _detached_lr(self) -> LearningRate:
-        lr = self._lr()
-        assert callable(lr)
-        return lambda name, step: lr(name, step).detach()
-
-    def _check_batch(self, batch: EpisodeBatch) -> None:
-        if not isinstance(batch, EpisodeBatch):
-            raise TypeError(f"batch must be an EpisodeBatch, got {type(batch).__name__}")
-        if self.loss == "cross_entropy" and batch.ways is None:
-            raise ValueError("loss='cross_entropy' needs classification episodes (ways set); this batch is regression")

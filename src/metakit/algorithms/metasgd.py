@@ -10,9 +10,10 @@ so ``alpha`` sets both the size and (through its sign) the direction of each wei
 adaptation, exactly as MAML trains ``theta`` (second order by default). The paper uses one
 inner step; more steps reuse the same ``alpha``.
 
-Everything else (inner loop, BatchNorm policy, task-by-task backward) is :class:`~.maml.MAML`'s;
-the rates live in ``self.inner_lrs`` (one tensor per adapted parameter, in the order of
-``self.adapt_names``) and are part of ``parameters()`` and the checkpoints.
+The inner step is the rule :class:`~.inner_updates.ElementSGD`; everything else (inner loop,
+BatchNorm policy, task-by-task backward) is :class:`~.maml.MAML`'s. The rates are the rule's
+``lrs`` (``self.inner_update.lrs``, also ``self.inner_lrs``: one tensor per adapted parameter, in
+the order of ``self.adapt_names``) and are part of ``parameters()`` and the checkpoints.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class MetaSGD(MAML):
         task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
         channels_last: channels_last memory format for image inputs (CPU speed).
         loss: auto, cross_entropy or mse.
+        inner_update: sgd, momentum or nesterov (momentum on top of the rates; see MAML).
+        inner_momentum: the momentum coefficient in [0, 1) (default 0.9); only with momentum or nesterov.
+        learn_inner_momentum: meta-learn the momentum coefficient; only with momentum or nesterov.
     """
 
     def __init__(
@@ -60,6 +64,9 @@ class MetaSGD(MAML):
         task_batching: Literal["loop", "vmap"] = "loop",
         channels_last: bool = True,
         loss: Literal["auto", "cross_entropy", "mse"] = "auto",
+        inner_update: Literal["sgd", "momentum", "nesterov"] = "sgd",
+        inner_momentum: float | None = None,
+        learn_inner_momentum: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -73,6 +80,9 @@ class MetaSGD(MAML):
             task_batching=task_batching,
             channels_last=channels_last,
             loss=loss,
+            inner_update=inner_update,
+            inner_momentum=inner_momentum,
+            learn_inner_momentum=learn_inner_momentum,
         )
         if inner_lr_range is not None:
             lo_hi = list(inner_lr_range)

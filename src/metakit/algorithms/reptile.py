@@ -17,27 +17,46 @@ The inner loop trains on the support set of each task, in minibatches of ``inner
 examples (taken in a random order per pass, from the global torch RNG; ``None``: the whole
 support set every step). The paper trains with more shots than it tests with (e.g. 10 per
 class in 5-way Omniglot) -- set ``train.shots`` accordingly -- and uses Adam with beta1=0 as
-inner optimizer where this implementation uses SGD. Query sets are used only for the reported
-metrics. BatchNorm follows MAML's transductive policy (Reptile's "transductive" setting).
+inner optimizer where this implementation uses SGD (the rule :class:`~.inner_updates.SGD`).
+Query sets are used only for the reported metrics. BatchNorm follows MAML's transductive policy
+(Reptile's "transductive" setting).
+
+Reptile is not a MAML: it shares the engine (:class:`~._inner.InnerLoopAlgorithm`: the inner
+loop, the adapted learner, the choice of adapted parameters), not MAML's meta-training.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._inner import Params, inner_loop
+from ._inner import InnerLoopAlgorithm, LossName, Params, inner_loop
 from .base import register
-from .maml import MAML
+from .inner_updates import SGD
 
 __all__ = ["Reptile"]
 
 
+def _shuffled_minibatches(n: int, size: int, device: torch.device) -> Callable[[int], Tensor]:
+    """``size`` indices of ``0..n-1`` per call, running through a fresh random permutation (global
+    torch RNG) per pass over the ``n`` examples; a permutation is drawn only when needed."""
+    order = torch.empty(0, dtype=torch.long, device=device)
+
+    def take(step: int) -> Tensor:
+        nonlocal order
+        if order.numel() < size:
+            order = torch.cat([order, torch.randperm(n, device=device)])
+        idx, order = order[:size], order[size:]
+        return idx
+
+    return take
+
+
 @register("reptile")
-class Reptile(MAML):
+class Reptile(InnerLoopAlgorithm):
     """Reptile: move the initialisation towards the task-adapted weights (Nichol et al. 2018).
 
     Args:
@@ -60,41 +79,36 @@ class Reptile(MAML):
         eval_steps: int | None = None,
         task_batching: Literal["loop"] = "loop",
         channels_last: bool = True,
-        loss: Literal["auto", "cross_entropy", "mse"] = "auto",
+        loss: LossName = "auto",
     ) -> None:
         if task_batching != "loop":
             raise ValueError(f"task_batching={task_batching!r} is not supported by Reptile; use loop")
         if inner_batch is not None and (not isinstance(inner_batch, int) or isinstance(inner_batch, bool) or inner_batch < 1):
             raise ValueError(f"inner_batch={inner_batch!r} must be an int >= 1 (or None: the whole support set)")
+        if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not inner_lr >= 0:
+            raise ValueError(f"inner_lr={inner_lr!r} must be a number >= 0")
         super().__init__(
             model,
-            inner_lr=inner_lr,
+            inner_update=lambda params: SGD(float(inner_lr)),
             inner_steps=inner_steps,
-            first_order=True,
             eval_steps=eval_steps,
+            adapt="all",
+            task_batching=task_batching,
             channels_last=channels_last,
             loss=loss,
         )
+        self.inner_lr = float(inner_lr)
         self.inner_batch = inner_batch
 
     def _adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None, *, train: bool, steps: int) -> list[Params]:
         """``steps`` SGD steps on minibatches of the support set; no graph is kept."""
         n = support_x.shape[0]
-        bs = n if self.inner_batch is None or self.inner_batch >= n else self.inner_batch
-        run = lambda p, x, y, k: inner_loop(  # noqa: E731
-            self._fmodel, p, x, y, self._loss(ways), steps=k, lr=self.inner_lr, adapt=self.adapt_names,
-            first_order=True, create_graph=False,
+        whole = self.inner_batch is None or self.inner_batch >= n
+        return inner_loop(
+            self._fmodel, self._fmodel.params(), support_x, support_y, self._loss(ways), steps=steps,
+            update=self.inner_update, adapt=self.adapt_names, first_order=True, create_graph=False,
+            minibatch=None if whole else _shuffled_minibatches(n, self.inner_batch, support_x.device),  # type: ignore[arg-type]
         )
-        if bs == n:
-            return run(self._fmodel.params(), support_x, support_y, steps)
-        traj = [{name: v.detach() for name, v in self._fmodel.params().items()}]
-        order = torch.empty(0, dtype=torch.long)
-        for _ in range(steps):
-            if order.numel() < bs:
-                order = torch.cat([order, torch.randperm(n, device=support_x.device)])
-            idx, order = order[:bs], order[bs:]
-            traj.append(run(traj[-1], support_x[idx], support_y[idx], 1)[-1])
-        return traj
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean query loss after adaptation, for monitoring only: Reptile's update is not its

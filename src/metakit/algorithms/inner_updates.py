@@ -1,0 +1,234 @@
+"""Inner-loop update rules: small stateful transformations of parameter dicts (optax style).
+
+An inner update turns the gradient of a task's support loss into the next parameters of the
+inner loop. Every rule is an :class:`InnerUpdate` with two pure methods::
+
+    state = rule.init(params)                                   # once, before the first step
+    params, state = rule.update(grads, state, params, step)     # every step, step = 0, 1, ...
+
+``params`` and ``grads`` are dicts over the names of the adapted parameters; ``state`` is a flat
+dict of named tensors: the velocity of momentum, and every *learned* hyper-parameter. As with
+optax's ``inject_hyperparams``, a learned rate travels in the state (``init`` puts the
+:class:`~torch.nn.Parameter` there, ``update`` reads it from there), so ``update`` depends on its
+arguments and its fixed settings only. Nothing is modified in place. Hence:
+
+* the second-order meta-gradient flows through every rule to the meta-parameters *and* to the
+  learned hyper-parameters (the tests check each rule against finite differences in float64);
+* the engine (:mod:`._inner`) can rebuild a step in the backward pass (``checkpoint=True``) from
+  the step's input parameters and state alone, and run the rule under ``torch.func.vmap``;
+* a rule with learned hyper-parameters is an :class:`~torch.nn.Module` owning them as
+  ``nn.Parameter``: the algorithm that holds the rule registers it, so the outer optimizer trains
+  them and the checkpoints store them.
+
+The rules, with ``g_k`` the gradient of the support loss at ``theta_k`` (``k`` counts from 0),
+written per parameter tensor ``n``:
+
+* :class:`SGD` -- ``theta_{k+1} = theta_k - lr * g_k`` with a fixed ``lr`` (Finn et al. 2017,
+  "Model-Agnostic Meta-Learning", eq. 1; Reptile's inner loop).
+* :class:`LayerStepSGD` -- ``theta_{k+1}[n] = theta_k[n] - alpha[n][min(k, K-1)] * g_k[n]``: one
+  learned scalar rate per parameter tensor and per step (``K`` of them; steps after the last
+  trained one reuse its rate). MAML++'s LSLR (Antoniou, Edwards & Storkey 2019, "How to train
+  your MAML", section 4).
+* :class:`ElementSGD` -- ``theta_{k+1} = theta_k - alpha * g_k`` element-wise, ``alpha`` of the
+  shape of ``theta``: one learned rate per weight, its sign included (Li, Zhou, Chen & Li 2017,
+  "Meta-SGD").
+* :class:`Momentum` -- ``v_{k+1} = mu * v_k + g_k`` with ``v_0 = 0``, then the step of a base
+  rule (any of the above) applied to ``v_{k+1}`` in place of ``g_k`` (heavy ball, Polyak 1964)
+  or to ``g_k + mu * v_{k+1}`` (Nesterov, in the form of Sutskever et al. 2013 that
+  ``torch.optim.SGD(nesterov=True)`` uses); ``mu`` fixed or learned.
+
+A learned optimizer is one more instance: its network's weights are its parameters, its
+per-step memory its state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Params", "State", "InnerUpdate", "SGD", "LayerStepSGD", "ElementSGD", "Momentum"]
+
+Params = dict[str, Tensor]
+#: named tensors carried from one inner step to the next (learned hyper-parameters included)
+State = dict[str, Tensor]
+
+
+class InnerUpdate(nn.Module):
+    """The interface of an inner-loop update rule (see the module docstring).
+
+    Subclasses implement :meth:`init` and :meth:`update`; both must be pure (no in-place change of
+    their arguments or of the rule) and differentiable in ``grads``, ``params`` and the state.
+    """
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        """The state before the first step, for the adapted parameters ``params``."""
+        raise NotImplementedError
+
+    def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
+        """The parameters after inner step ``step`` (0-based) and the state for the next one."""
+        raise NotImplementedError
+
+    def forward(self, *args: object) -> None:
+        raise TypeError(f"{type(self).__name__} is an inner update rule: call its init() and update(), not the module")
+
+
+def _finite_number(what: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what}={value!r} must be a finite number")
+    return float(value)
+
+
+class SGD(InnerUpdate):
+    """Plain gradient descent with a fixed rate: ``theta_{k+1} = theta_k - lr * g_k`` (MAML's inner step).
+
+    Args:
+        lr: the learning rate (a number; it is not learned).
+    """
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = _finite_number("lr", lr)
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr}"
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        return {}
+
+    def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
+        lr = self.lr
+        return {n: params[n] - lr * g for n, g in grads.items()}, state
+
+
+class _LearnedRates(InnerUpdate):
+    """Gradient descent with learned rates ``lrs[i]`` for the ``i``-th of ``names``, carried in the
+    state under ``lr/<name>``."""
+
+    lrs: nn.ParameterList
+
+    def __init__(self, names: list[str], rates: list[Tensor]) -> None:
+        super().__init__()
+        if not names:
+            raise ValueError(f"{type(self).__name__} needs at least one parameter to adapt; got none")
+        self.names = tuple(names)
+        self.lrs = nn.ParameterList([nn.Parameter(r) for r in rates])
+        self._keys = tuple(f"lr/{n}" for n in names)
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        if set(params) != set(self.names):
+            raise ValueError(
+                f"{type(self).__name__} was built for the parameters {list(self.names)} but init() got "
+                f"{list(params)}; build it from the parameters the inner loop adapts"
+            )
+        return dict(zip(self._keys, self.lrs))
+
+    def _rate(self, rate: Tensor, step: int) -> Tensor:
+        return rate
+
+    def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
+        return {n: params[n] - self._rate(state[k], step) * grads[n] for n, k in zip(self.names, self._keys)}, state
+
+
+class LayerStepSGD(_LearnedRates):
+    """Learned rates, one scalar per parameter tensor and per inner step (MAML++'s LSLR,
+    Antoniou et al. 2019): ``theta_{k+1}[n] = theta_k[n] - alpha[n][min(k, K-1)] * g_k[n]``.
+
+    Args:
+        params: the adapted parameters by name (their dtypes are the rates' dtypes).
+        steps: ``K``, the number of steps with their own rate (the inner steps of meta-training);
+            later steps (evaluation with more steps) reuse the last rate.
+        lr: the initial value of every rate.
+
+    Attributes:
+        lrs: ``lrs[i]`` holds the ``K`` rates of the ``i``-th parameter, in the order of ``params``.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], steps: int, lr: float) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps={steps!r} must be an int >= 1 (one learned rate per step)")
+        lr = _finite_number("lr", lr)
+        super().__init__(list(params), [torch.full((steps,), lr, dtype=p.dtype, device=p.device) for p in params.values()])
+        self.steps = steps
+
+    def _rate(self, rate: Tensor, step: int) -> Tensor:
+        return rate[min(step, self.steps - 1)]
+
+
+class ElementSGD(_LearnedRates):
+    """Learned rates, one per weight (Meta-SGD, Li et al. 2017): ``theta_{k+1} = theta_k - alpha * g_k``
+    element-wise, the same ``alpha`` at every step.
+
+    Args:
+        params: the adapted parameters by name (each rate tensor takes its shape and dtype).
+        lr: the initial value of every rate.
+
+    Attributes:
+        lrs: ``lrs[i]`` is the rate tensor of the ``i``-th parameter, in the order of ``params``.
+    """
+
+    def __init__(self, params: Mapping[str, Tensor], lr: float) -> None:
+        lr = _finite_number("lr", lr)
+        super().__init__(list(params), [torch.full_like(p.detach(), lr) for p in params.values()])
+
+
+class Momentum(InnerUpdate):
+    """Momentum on top of a base rule: ``v_{k+1} = mu * v_k + g_k`` (``v_0 = 0``), then the base
+    rule's step with ``v_{k+1}`` (heavy ball, Polyak 1964) or ``g_k + mu * v_{k+1}`` (Nesterov, as
+    ``torch.optim.SGD(nesterov=True)``, Sutskever et al. 2013) in place of the gradient.
+
+    With ``SGD(lr)`` as base this is ``torch.optim.SGD(lr=lr, momentum=mu, nesterov=...)``
+    (dampening 0, no weight decay), written without in-place updates.
+
+    Args:
+        base: the rule that turns the momentum direction into a step (its rates, learned or not).
+        momentum: ``mu``, the coefficient (its initial value when learned).
+        nesterov: Nesterov's form instead of the heavy ball.
+        learn: make ``mu`` a learned scalar (``self.momentum``, an ``nn.Parameter``).
+        dtype: dtype of the learned ``mu`` (that of the parameters).
+
+    The state holds ``velocity/<name>`` per parameter, the learned ``mu`` under ``momentum`` and
+    the base rule's entries.
+    """
+
+    def __init__(
+        self, base: InnerUpdate, momentum: float, nesterov: bool = False, learn: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(base, InnerUpdate):
+            raise TypeError(f"base must be an InnerUpdate (e.g. SGD(lr)), got {type(base).__name__}")
+        mu = _finite_number("momentum", momentum)
+        self.base = base
+        self.nesterov = bool(nesterov)
+        self.learn = bool(learn)
+        if self.learn:
+            self.momentum: nn.Parameter | float = nn.Parameter(torch.tensor(mu, dtype=dtype))
+        else:
+            self.momentum = mu
+
+    def extra_repr(self) -> str:
+        mu = "learned" if self.learn else self.momentum
+        return f"momentum={mu}, nesterov={self.nesterov}"
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        state = self.base.init(params)
+        mine = {f"velocity/{n}": torch.zeros_like(p) for n, p in params.items()}
+        if self.learn:
+            mine["momentum"] = self.momentum  # type: ignore[assignment]
+        clash = sorted(set(state) & set(mine))
+        if clash:
+            raise ValueError(f"Momentum: the base rule's state already has the entries {clash}; momentum cannot be stacked on it")
+        state.update(mine)
+        return state
+
+    def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
+        mu = state["momentum"] if self.learn else self.momentum
+        velocity = {n: mu * state[f"velocity/{n}"] + g for n, g in grads.items()}
+        direction = {n: g + mu * velocity[n] for n, g in grads.items()} if self.nesterov else velocity
+        new_params, base_state = self.base.update(direction, state, params, step)
+        new_state = dict(base_state)
+        new_state.update((f"velocity/{n}", v) for n, v in velocity.items())
+        return new_params, new_state
