@@ -38,7 +38,6 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "CHECKPOINT_DIR",
-    "TB_DIR",
     "RESUMABLE_KEYS",
     "LoadedRun",
     "load_run",
@@ -46,15 +45,15 @@ __all__ = [
     "default_run_dir",
     "checkpoint_manager",
     "check_resume_changes",
+    "context_record",
+    "context_from_record",
     "write_summary",
-    "read_summary",
 ]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
-TB_DIR = "tb"
 
 #: config keys that may change when a run is resumed (the others would make the resumed run a
 #: different experiment). ``optim.grad_clip`` changes the parameters from then on (a way out of
@@ -124,11 +123,6 @@ def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> P
     path = Path(run_dir) / SUMMARY_FILE
     atomic_write_bytes(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return path
-
-
-def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass
@@ -217,14 +211,24 @@ class LoadedRun:
         )
 
 
-def _context_from(state: dict[str, Any], path: Path) -> BuildContext:
-    ctx = state.get("context")
-    if not isinstance(ctx, dict):
+def context_record(context: BuildContext) -> dict[str, Any]:
+    """The :class:`~metakit.algorithms.BuildContext` as the plain dict checkpoints store under
+    ``"context"`` (read back by :func:`context_from_record`)."""
+    return {
+        "ways": context.ways,
+        "example_shape": list(context.example_shape),
+        "num_train_classes": context.num_train_classes,
+    }
+
+
+def context_from_record(record: object, path: Path) -> BuildContext:
+    """The build context stored by :func:`context_record` in the checkpoint ``path``."""
+    if not isinstance(record, dict):
         raise CheckpointError(path, "it holds no build context (not written by the metakit trainer)")
     return BuildContext(
-        ways=ctx.get("ways"),
-        example_shape=tuple(ctx.get("example_shape") or ()),
-        num_train_classes=ctx.get("num_train_classes"),
+        ways=record.get("ways"),
+        example_shape=tuple(record.get("example_shape") or ()),
+        num_train_classes=record.get("num_train_classes"),
     )
 
 
@@ -290,7 +294,7 @@ def load_run(
     else:
         path = Path(checkpoint)
         state = load_checkpoint(path)
-    context = _context_from(state, path)
+    context = context_from_record(state.get("context"), path)
     if "model" not in state or not isinstance(state["model"], dict):
         raise CheckpointError(path, "it holds no model weights")
     with torch.random.fork_rng(devices=[]):  # building initialises weights; leave the caller's RNG alone

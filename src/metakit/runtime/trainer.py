@@ -55,7 +55,7 @@ from .builders import build_optimizer, build_scheduler, lr_of, trainable_paramet
 from .checkpoint import CheckpointManager
 from .config import Config, RunConfig
 from .logging import MetricsLogger
-from .run import CHECKPOINT_DIR, CONFIG_FILE, write_summary
+from .run import CHECKPOINT_DIR, CONFIG_FILE, context_record, write_summary
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "train", "torch_settings", "seed_everything", "tune_allocator"]
 
@@ -331,11 +331,7 @@ class Trainer:
         return {
             "step": self.step,
             "config": self.config.to_yaml(),
-            "context": {
-                "ways": self.context.ways,
-                "example_shape": list(self.context.example_shape),
-                "num_train_classes": self.context.num_train_classes,
-            },
+            "context": context_record(self.context),
             "data_meta": self.data_meta,
             "algorithm": self.config.algorithm.name,
             "versions": {"metakit": _version(), "torch": torch.__version__},
