@@ -3,8 +3,7 @@
 Each subcommand lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (called with the parsed
 arguments; returns an exit code). Add a new command by adding its module name to
-``_COMMANDS``. Subcommand modules import torch inside their functions, not at import time, so
-that the process options below are applied before torch starts.
+``_COMMANDS``.
 
 Process options (before the command: ``metakit --omp-wait-policy active train ...``) tune the
 whole process; the command sets them, importing metakit never does:
@@ -17,9 +16,9 @@ whole process; the command sets them, importing metakit never does:
   0.20 s per step). OpenMP reads the policy once, when torch is loaded: when torch is already
   loaded (``main`` called from Python), an explicit ``--omp-wait-policy`` that differs from the
   environment is an error, and the default leaves the caller's process alone.
-* ``--no-tune-allocator``: by default the command calls
-  :func:`metakit.runtime.trainer.tune_allocator` (glibc ``mallopt``: freed buffers stay in the
-  heap; its docstring gives the measured effect). Library users call it themselves if they want it.
+* ``--tune-allocator`` (off by default): call :func:`metakit.runtime.trainer.tune_allocator`
+  (glibc ``mallopt``: freed buffers stay in the heap) before the command; its docstring gives
+  the measured effect. Library users call that function themselves if they want it.
 """
 
 from __future__ import annotations
@@ -39,12 +38,10 @@ class UsageError(Exception):
     """A user error the CLI reports as one line on stderr with exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="metakit",
-        description="Meta-learning (learning to learn): train, evaluate and benchmark few-shot learners.",
-    )
-    parser.add_argument("--version", action="version", version=f"metakit {_version()}")
+def _process_parser() -> argparse.ArgumentParser:
+    """The process options alone (module docstring): parsed before the command modules, some of
+    which load torch, are imported."""
+    parser = argparse.ArgumentParser(prog="metakit", add_help=False, allow_abbrev=False)
     parser.add_argument(
         "--omp-wait-policy",
         choices=_WAIT_POLICIES,
@@ -53,11 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         "much faster when other processes share the cores)",
     )
     parser.add_argument(
-        "--no-tune-allocator",
-        dest="tune_allocator",
-        action="store_false",
-        help="leave glibc's allocator as it is (default: keep freed buffers in the heap, fewer page faults)",
+        "--tune-allocator",
+        action="store_true",
+        help="keep freed buffers of up to 32 MiB in the heap (glibc mallopt): fewer page faults; off by default",
     )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metakit",
+        description="Meta-learning (learning to learn): train, evaluate and benchmark few-shot learners.",
+        parents=[_process_parser()],
+    )
+    parser.add_argument("--version", action="version", version=f"metakit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         importlib.import_module(f"metakit.cli.{name}").register(sub)
@@ -71,7 +77,7 @@ def _version() -> str:
 
 
 def apply_process_options(omp_wait_policy: str | None, tune_allocator: bool) -> None:
-    """Set the process options of the command (module docstring) before torch is used."""
+    """Set the process options of the command (module docstring); call it before torch is loaded."""
     current = os.environ.get("OMP_WAIT_POLICY")
     if "torch" in sys.modules:
         if omp_wait_policy is not None and omp_wait_policy.upper() != (current or "").upper():
@@ -89,13 +95,19 @@ def apply_process_options(omp_wait_policy: str | None, tune_allocator: bool) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    early, _ = _process_parser().parse_known_args(argv)
+    try:
+        apply_process_options(early.omp_wait_policy, early.tune_allocator)
+    except UsageError as e:
+        print(f"metakit: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        apply_process_options(args.omp_wait_policy, args.tune_allocator)
         return int(args.func(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as e:
         # errors raised at the library boundary already name the argument and the fix

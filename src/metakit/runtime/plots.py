@@ -50,7 +50,7 @@ def check_out_dir(out_dir: str | os.PathLike, arg: str = "out_dir") -> Path:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         where = "is a file" if existing == folder else f"lies under the file {str(existing)!r}"
-        raise ValueError(f"{arg} {str(folder)!r} {where}, not a folder; give a folder for the PNG files")
+        raise ValueError(f"{arg} {str(folder)!r} {where}, not a folder; give the path of a folder")
     return folder
 
 
