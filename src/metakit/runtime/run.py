@@ -177,38 +177,20 @@ class LoadedRun:
             self._datasets[split] = build_dataset(self.config, split, progress=progress)
         return self._datasets[split]
 
-    def episodes(
-        self,
-        split: str | None = None,
-        *,
-        ways: int | None = None,
-        shots: int | None = None,
-        queries: int | None = None,
-        episodes: int | None = None,
-        seed: int | None = None,
-        batch_size: int = 50,
-    ) -> Iterable[Any]:
+    def episodes(self, split: str | None = None, **options: Any) -> Iterable[Any]:
         """Fixed, seeded evaluation episodes (iterable of ``EpisodeBatch``) of ``split`` (default test).
 
-        ``ways``/``shots``/``queries`` default to the config's ``eval`` section, ``episodes`` to
-        ``eval.test_episodes`` (``eval.val_episodes`` for ``split="val"``), ``seed`` to ``eval.seed``.
-        Other ways or shots than in training are allowed (e.g. train 20-way, test 5-way) when the
-        algorithm supports them.
+        ``options`` are those of :func:`~metakit.runtime.builders.build_episodes` (``ways``,
+        ``shots``, ``queries``, ``episodes``, ``seed``, ``batch_size``): ``ways``/``shots``/``queries``
+        default to the config's ``eval`` section, ``episodes`` to ``eval.test_episodes``
+        (``eval.val_episodes`` for ``split="val"``), ``seed`` to ``eval.seed``. Other ways or
+        shots than in training are allowed (e.g. train 20-way, test 5-way) when the algorithm
+        supports them. The split's dataset is loaded once and cached.
         """
         from .builders import build_episodes
 
         split = split or "test"
-        return build_episodes(
-            self.config,
-            split,
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            episodes=episodes,
-            seed=seed,
-            batch_size=batch_size,
-            dataset=self.dataset(split),
-        )
+        return build_episodes(self.config, split, dataset=self.dataset(split), **options)
 
 
 def context_record(context: BuildContext) -> dict[str, Any]:
