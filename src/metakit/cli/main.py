@@ -11,7 +11,7 @@ whole process; the command sets them, importing metakit never does:
 * ``--omp-wait-policy {passive,active}`` (default: ``OMP_WAIT_POLICY`` from the environment,
   else passive). With OpenMP's active policy idle worker threads spin, which stalls every
   parallel op when other processes hold the cores. Measured: a ProtoNet Conv4 training step
-  (20-way 1-shot, 5 queries, 2 threads) with the load average at 6-7 on 2 cores took 0.97 s
+  (20-way 1-shot, 5 queries, 2 threads) with the load average at 5.8-7.3 on 2 cores took 0.97 s
   active against 0.41 s passive (mean of 3 interleaved runs of 8 steps; CPU 0.50 against
   0.20 s per step). OpenMP reads the policy once, when torch is loaded: when torch is already
   loaded (``main`` called from Python), an explicit ``--omp-wait-policy`` that differs from the

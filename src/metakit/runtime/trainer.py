@@ -179,7 +179,7 @@ def tune_allocator() -> bool:
     A no-op (``False``) where the C library has no ``mallopt`` (not glibc).
 
     Measured effect on ProtoNet Conv4 training steps (one thread, 2-core machine with load
-    average 4-7, 3 interleaved runs each): 20-way 1-shot 5-query, CPU 0.17 s per step tuned
+    average 4.4-7.5, 3 interleaved runs each): 20-way 1-shot 5-query, CPU 0.17 s per step tuned
     against 0.18 s untuned (page faults 2k against 9k per step); 60-way 1-shot 15-query, 2.05 s
     against 2.06 s (455k against 482k page faults: its activations exceed 32 MiB). An earlier
     60-way 1-shot measurement gave 0.40 s against 0.60 s; the runs above did not reproduce it.
