@@ -197,7 +197,7 @@ def test_bad_inputs():
 
 
 def test_encoder_runs_in_chunks_only_when_batch_independent():
-    from metakit.algorithms._metric import batch_dependent, run_encoder
+    from metakit.algorithms._embedding import batch_dependent, run_encoder
 
     calls = []
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.algorithms import BuildContext, ProtoNet, get_algorithm
+from metakit.algorithms._embedding import batch_dependent
 from metakit.algorithms.protonet import cosine_scores, euclidean_scores, prototypes
 from metakit.models import Conv4
 from metakit.tasks import EpisodeBatch
@@ -169,7 +170,8 @@ def test_adapt_default_ways_and_learner_shape():
     algo = _identity_net()
     learner = algo.adapt(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), torch.tensor([2, 0, 1]))
     assert learner.ways == 3
-    assert torch.equal(learner.prototypes, torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.0, 0.0]]))
+    # prototypes (5, 0), (0, 5), (0, 0) by label: the query (1, 0) is 16, 26 and 1 away (squared)
+    assert torch.equal(learner.predict(torch.tensor([[1.0, 0.0]])), torch.tensor([[-16.0, -26.0, -1.0]]))
     assert learner.predict(torch.tensor([[4.0, 1.0], [0.1, 0.0]])).argmax(-1).tolist() == [0, 2]
 
 
@@ -221,7 +223,7 @@ def test_eval_mode_chunks_large_batches_with_identical_results():
     )
     algo.meta_loss(batch)  # one training step's worth of running statistics
     algo.eval()
-    assert not algo.batch_dependent()
+    assert not batch_dependent(algo.encoder)
     with torch.no_grad():
         whole = algo.predict(batch)
         algo.embed_chunk_values = 7 * 28 * 28  # 7 images per encoder call: 30 images -> 5 calls
@@ -235,14 +237,14 @@ def test_eval_mode_chunks_large_batches_with_identical_results():
 
 def test_batch_statistics_encoders_are_never_chunked():
     algo = ProtoNet(Conv4(hidden=8, track_running_stats=False)).eval()
-    assert algo.batch_dependent()
+    assert batch_dependent(algo.encoder)
     algo.embed_chunk_values = 28 * 28
     calls = []
     algo.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     with torch.no_grad():
         algo.embed(torch.rand(5, 1, 28, 28))
     assert calls == [5]
-    assert ProtoNet(Conv4(hidden=8)).batch_dependent()  # training mode
+    assert batch_dependent(ProtoNet(Conv4(hidden=8)).encoder)  # training mode
 
 
 def test_model_defaults_fit_the_images():

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import metakit
+
 from metakit.cli.demo import demo_config, mse_by_step
 from metakit.cli.main import main
 from metakit.runtime.config import load_config
@@ -64,6 +66,15 @@ def test_demo_config_is_the_shipped_config():
     for k in (5, 10):
         shipped = load_config(REPO / "configs" / f"maml_sinusoid_k{k}.yaml")
         assert demo_config(20000, k).to_dict() == shipped.to_dict()
+    # one copy of the settings: the packaged file the demo reads, which configs/ links to
+    packaged = Path(metakit.__file__).parent / "configs" / "maml_sinusoid_k5.yaml"
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert (REPO / "configs" / "maml_sinusoid_k5.yaml").resolve() == packaged.resolve()
+    assert demo_config(40, 5, seed=3, threads=2, tasks=12).to_dict() == load_config(
+        packaged,
+        ["train.steps=40", "eval.val_every=10", "run.checkpoint_every=10", "run.seed=3", "run.num_threads=2",
+         "eval.test_episodes=12"],
+    ).to_dict()
 
 
 @pytest.mark.parametrize(
@@ -85,3 +96,15 @@ def test_bad_options(tmp_path, capsys, argv, message):
 def test_refuses_an_existing_run(demo_dir, capsys):
     assert main(["demo", "--steps", "3", "--out", str(demo_dir)]) == 2
     assert "already holds a demo run" in capsys.readouterr().err
+
+
+def test_refuses_a_run_folder_and_a_file(demo_dir, tmp_path, capsys):
+    run = demo_dir / "run"
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["demo", "--steps", "3", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {str(run)!r} holds a run (config.yaml); the demo writes its own run into --out/run" in err
+    assert sorted(p.name for p in run.iterdir()) == before
+    (tmp_path / "f").write_text("x")
+    assert main(["demo", "--steps", "3", "--out", str(tmp_path / "f")]) == 2
+    assert f"--out {str(tmp_path / 'f')!r} is a file, not a folder" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 from PIL import Image
@@ -10,7 +11,7 @@ from metakit.runtime.plots import read_curves
 from metakit.runtime.run import CONFIG_FILE
 
 
-def _fake_run(tmp_path, val: bool = True):
+def _fake_run(tmp_path, val: bool = True, algorithm: str = "protonet"):
     """A run folder with the trainer's own log format (MetricsLogger) and config, without training."""
     run = tmp_path / "run"
     run.mkdir()
@@ -18,7 +19,7 @@ def _fake_run(tmp_path, val: bool = True):
         {
             "data": {"dataset": "omniglot", "root": str(tmp_path)},
             "train": {"ways": 20, "shots": 1, "meta_batch": 4},
-            "algorithm": {"name": "protonet"},
+            "algorithm": {"name": algorithm},
         }
     )
     (run / CONFIG_FILE).write_text(cfg.to_yaml())
@@ -67,3 +68,26 @@ def test_plot_command_nothing_to_plot(tmp_path, capsys, content):
     (run / "metrics.jsonl").write_text(content)
     assert main(["plot", str(run)]) == 2
     assert "the metrics log holds no loss or accuracy values yet" in capsys.readouterr().err
+
+
+def test_plot_out_must_be_a_folder(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    (tmp_path / "file.png").write_bytes(b"x")
+    assert main(["plot", str(run), "--out", str(tmp_path / "file.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {str(tmp_path / 'file.png')!r} is a file, not a folder; give the path of a folder" in err
+    assert (tmp_path / "file.png").read_bytes() == b"x" and not (run / "learning_curves.png").exists()
+
+
+def test_embeddings_of_a_run_without_an_embedding_network_is_a_one_line_error(tmp_path, capsys):
+    run = _fake_run(tmp_path, algorithm="maml")
+    assert main(["plot", str(run), "--embeddings"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: --embeddings: run {str(run)!r} trains maml, which has no embedding network" in err
+    able = set(re.search(r"embedding plots are for (.*?)\. Run", err).group(1).split(", "))
+    # (other tests may register more algorithms)
+    assert {"baseline", "matching", "nearest", "protonet", "relation", "siamese"} <= able
+    assert not able & {"maml", "metasgd", "anil", "reptile"}
+    assert f"Run `metakit plot {run}` without --embeddings" in err
+    assert not (run / "learning_curves.png").exists()  # refused before any figure is written

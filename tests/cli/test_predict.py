@@ -9,9 +9,10 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from metakit.algorithms import ProtoNet
+from metakit.algorithms import MAML, Baseline, BuildContext, ProtoNet
 from metakit.cli.main import main
-from metakit.cli.predict import predict_images, read_queries, read_support
+from metakit.cli.predict import fixed_ways, predict_images, read_queries, read_support
+from metakit.models import Conv4
 from metakit.runtime.config import Config
 from metakit.runtime.run import load_run
 from metakit.runtime.trainer import train
@@ -69,7 +70,7 @@ def test_support_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--support '.*missing' does not exist"):
         read_support(tmp_path / "missing", PREP)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="--support '.*empty' has no class sub-folders; lay it out as"):
+    with pytest.raises(ValueError, match=r"--support: root='.*empty' has no class folders; expected root/<class>/<image>"):
         read_support(tmp_path / "empty", PREP)
     _img(tmp_path / "loose" / "x.png", 0)
     with pytest.raises(ValueError, match=r"has images directly inside it \(x.png\); put each class's images in a sub-folder"):
@@ -77,7 +78,7 @@ def test_support_errors(tmp_path):
     _img(tmp_path / "s" / "a" / "x.png", 0)
     (tmp_path / "s" / "b").mkdir()
     (tmp_path / "s" / "b" / "readme.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"class 'b' \(.*\) has no images .*add at least one example or remove the folder"):
+    with pytest.raises(ValueError, match=r"--support: class folder .*b has no images .*add images or remove the folder"):
         read_support(tmp_path / "s", PREP)
     _img(tmp_path / "f.png", 0)
     with pytest.raises(ValueError, match="--support '.*f.png' is a file, not a folder"):
@@ -138,6 +139,9 @@ def trained(tmp_path_factory):
         }
     )
     train(config, tmp / "run")
+    maml = config.to_dict()
+    maml["algorithm"] = {"name": "maml", "inner_steps": 1}
+    train(Config.from_dict(maml), tmp / "maml")
     return tmp
 
 
@@ -179,7 +183,7 @@ def test_predict_command_errors(trained, tmp_path, capsys):
     (tmp_path / "s" / "a").mkdir(parents=True)
     (tmp_path / "q").mkdir()
     assert main(["predict", str(trained / "run"), "--support", str(tmp_path / "s"), "--query", str(tmp_path / "q")]) == 2
-    assert "class 'a' (" in capsys.readouterr().err
+    assert "--support: class folder " in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "norun"), "--support", "s", "--query", "q"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -206,3 +210,42 @@ def test_predict_help_says_checkpoint_is_a_path():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     checkpoint = next(a for a in sub.choices["predict"]._actions if a.dest == "checkpoint")
     assert checkpoint.help == "'best' (default), 'last', or the path of a checkpoint file"
+
+
+def test_a_one_class_support_is_refused(tmp_path):
+    sup, qry = _folders(tmp_path)
+    sx, sy, classes, _ = read_support(sup, PREP)
+    qx, names = read_queries(qry, PREP)
+    one = sy == 0
+    with pytest.raises(ValueError, match=r"the support set has 1 class \('ink'\); classification needs at least 2 classes"):
+        predict_images(ProtoNet(nn.Identity()), sx[one], sy[one], qx, ["ink"], names)
+
+
+def test_fixed_ways_tells_which_models_are_tied_to_the_training_ways():
+    ctx = BuildContext(ways=5, example_shape=(1, 28, 28), num_train_classes=20)
+    assert fixed_ways(MAML(Conv4(out_features=5, track_running_stats=False)), ctx) == 5
+    assert fixed_ways(ProtoNet(Conv4()), ctx) is None
+    assert fixed_ways(Baseline(Conv4(), num_classes=20), ctx) is None
+    assert fixed_ways(ProtoNet(Conv4()), BuildContext(ways=None, example_shape=(1,))) is None
+
+
+def test_predict_command_names_the_runs_ways(trained, tmp_path, capsys):
+    sup, qry = tmp_path / "support", tmp_path / "query"
+    for c in ("class0", "class1", "class2"):
+        shutil.copytree(trained / "data" / "test" / c, sup / c)
+    qry.mkdir()
+    shutil.copy(trained / "data" / "test" / "class1" / "2.png", qry / "one.png")
+    run = trained / "maml"
+    assert main(["predict", str(run), "--support", str(sup), "--query", str(qry)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--support {str(sup)!r} has 3 classes but run {str(run)!r} (maml) was trained 2-way and its model has 2 "
+        "outputs: it predicts among exactly 2 classes; give a support folder with 2 class sub-folders"
+    ) in err
+    shutil.rmtree(sup / "class2")
+    assert main(["predict", str(run), "--support", str(sup), "--query", str(qry), "--json"]) == 0
+    (pred,) = json.loads(capsys.readouterr().out)
+    assert pred["file"] == "one.png" and pred["class"] in ("class0", "class1")
+    shutil.rmtree(sup / "class1")
+    assert main(["predict", str(trained / "run"), "--support", str(sup), "--query", str(qry)]) == 2
+    assert "the support set has 1 class ('class0')" in capsys.readouterr().err

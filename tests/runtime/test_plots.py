@@ -1,10 +1,14 @@
 import json
 import math
 
+import matplotlib
 import pytest
 from PIL import Image
 
-from metakit.runtime.plots import plot_learning_curves, read_curves
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from metakit.runtime.plots import check_out_dir, plot_learning_curves, read_curves, save_figure
 
 
 def _write(path, records, tail: str = ""):
@@ -83,3 +87,18 @@ def test_plot_regression_run_has_one_panel(tmp_path):
 def test_plot_empty_log_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="the metrics log holds no loss or accuracy values yet"):
         plot_learning_curves(read_curves(_write(tmp_path / "m.jsonl", [{"step": 1, "lr": 0.1}])), tmp_path / "c.png")
+
+
+def test_save_figure_writes_a_png_and_refuses_a_file_in_the_way(tmp_path):
+    fig = plt.figure()
+    out = save_figure(fig, tmp_path / "new" / "f.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list((tmp_path / "new").glob("*.tmp.png"))
+    assert not plt.fignum_exists(fig.number)  # closed
+    (tmp_path / "file").write_text("x")
+    fig = plt.figure()
+    with pytest.raises(ValueError, match=r"the folder of f.png, '.*file' is a file, not a folder"):
+        save_figure(fig, tmp_path / "file" / "f.png")
+    assert not plt.fignum_exists(fig.number)  # closed on error too
+    with pytest.raises(ValueError, match=r"--out '.*file/sub' lies under the file '.*file', not a folder"):
+        check_out_dir(tmp_path / "file" / "sub", "--out")
+    assert check_out_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"

@@ -11,11 +11,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from metakit.algorithms import Algorithm, register
+from metakit.algorithms import Algorithm, BuildContext, register
 from metakit.runtime.checkpoint import CheckpointError, load_checkpoint
 from metakit.runtime.config import Config, ConfigError
 from metakit.runtime.evaluation import evaluate
-from metakit.runtime.run import check_resume_changes, default_run_dir, load_run, read_run_config
+from metakit.runtime.run import (
+    check_resume_changes,
+    context_from_record,
+    context_record,
+    default_run_dir,
+    load_run,
+    read_run_config,
+)
 from metakit.runtime.trainer import train
 from metakit.tasks import EpisodeBatch
 
@@ -271,3 +278,12 @@ def test_sinusoid_runs_need_no_data_and_keep_the_lowest_mse(tmp_path):
     assert evaluate(loaded.algorithm, test).metric == "mse"
     with pytest.raises(ValueError, match=r"ways=5 but sinusoid tasks are regression tasks"):
         loaded.episodes(ways=5)
+
+
+def test_context_record_round_trip_and_missing_context(tmp_path):
+    ctx = BuildContext(ways=5, example_shape=(1, 28, 28), num_train_classes=4112)
+    record = context_record(ctx)
+    assert record == {"ways": 5, "example_shape": [1, 28, 28], "num_train_classes": 4112}
+    assert context_from_record(record, tmp_path / "c.safetensors") == ctx
+    with pytest.raises(CheckpointError, match=r"c.safetensors' is unusable: it holds no build context"):
+        context_from_record(None, tmp_path / "c.safetensors")

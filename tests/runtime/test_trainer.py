@@ -28,6 +28,7 @@ from metakit.runtime.checkpoint import load_checkpoint, save_checkpoint
 from metakit.runtime.config import Config
 from metakit.runtime.evaluation import EvalResult
 from metakit.runtime.logging import read_metrics
+import metakit.runtime.trainer as trainer_module
 from metakit.runtime.trainer import NonFiniteLossError, Trainer, seed_everything
 from metakit.tasks.sampler import EpisodeSampler, FixedEpisodes
 
@@ -347,6 +348,14 @@ def test_allocator_tuning_applies_once_on_glibc():
     expected = platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
     assert tune_allocator() is expected  # idempotent
+
+
+def test_fit_leaves_the_process_allocator_alone(tmp_path, monkeypatch):
+    def refuse() -> bool:
+        raise AssertionError("fit() must not tune the process allocator")
+
+    monkeypatch.setattr(trainer_module, "tune_allocator", refuse)
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=2", "eval.val_episodes=0")).fit()
 
 
 def test_resume_refuses_fewer_steps_than_the_checkpoint(tmp_path):

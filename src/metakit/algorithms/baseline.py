@@ -45,19 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import (
+from ._embedding import (
+    EmbeddingAlgorithm,
     check_batch,
     check_choice,
-    check_every_class_present,
+    check_encoder,
     check_positive,
-    check_support,
-    describe,
-    encode_batch,
+    check_query,
     feature_shape_of,
-    image_model_defaults,
-    run_encoder,
 )
-from .base import Algorithm, BuildContext, accuracy, register
+from .base import BuildContext, register
 
 __all__ = ["Baseline", "HeadLearner", "CosineHead", "head_scores", "default_cosine_scale"]
 
@@ -116,15 +113,13 @@ class HeadLearner:
 
     def predict(self, query_x: Tensor) -> Tensor:
         """Scores ``[Q, ways]`` (logits) of query inputs ``[Q, *x_shape]``."""
-        if not isinstance(query_x, Tensor) or query_x.dim() < 1:
-            raise TypeError(f"query_x must be a tensor [Q, *x_shape], got {describe(query_x)}")
         a = self.algorithm
-        zq = a.embed(query_x).unsqueeze(0)
+        zq = a.embed(check_query(query_x)).unsqueeze(0)
         return head_scores(zq, a.head, self.weight.unsqueeze(0), self.second.unsqueeze(0), a.finetune_scale(self.ways))[0]
 
 
 @register("baseline")
-class Baseline(Algorithm):
+class Baseline(EmbeddingAlgorithm):
     """Baseline / Baseline++ (Chen et al. 2019); see the module docstring.
 
     Args:
@@ -145,6 +140,8 @@ class Baseline(Algorithm):
         feature_dim: feature size D; None reads it from the encoder's feature_dim.
     """
 
+    display_name = "Baseline"
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -161,8 +158,7 @@ class Baseline(Algorithm):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        check_encoder(encoder)
         if num_classes is None:
             raise ValueError(
                 "num_classes is not set; give the number of training classes (the pre-training head's "
@@ -204,11 +200,6 @@ class Baseline(Algorithm):
             self.classifier = CosineHead(feature_dim, num_classes, self.finetune_scale(num_classes))
 
     @classmethod
-    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
-        """``in_channels`` and ``image_size`` of the data's images (the backbone's feature size)."""
-        return image_model_defaults(context)
-
-    @classmethod
     def from_config(cls, model: nn.Module, context: BuildContext, **options: Any) -> "Baseline":
         """Build with ``num_classes`` defaulting to ``context.num_train_classes``."""
         given = options.get("num_classes")
@@ -233,7 +224,7 @@ class Baseline(Algorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Backbone features ``[N, D]`` (flattened)."""
-        z = run_encoder(self.encoder, x).flatten(1)
+        z = super().embed(x)
         if z.shape[1] != self.feature_dim:
             raise ValueError(
                 f"the encoder gives {z.shape[1]} features but the heads expect {self.feature_dim}; "
@@ -264,7 +255,7 @@ class Baseline(Algorithm):
 
         Metrics: ``loss`` and ``accuracy`` (of the ``num_classes``-way classifier, 0..1).
         """
-        check_batch(batch, "Baseline")
+        check_batch(batch, self.display_name)
         ys, yq = self.global_labels(batch)
         x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
         y = torch.cat([ys.flatten(), yq.flatten()])
@@ -332,18 +323,16 @@ class Baseline(Algorithm):
                     opt.step()
         return weight.detach(), second.detach()
 
-    def predict(self, batch: EpisodeBatch) -> Tensor:
-        """Scores ``[B, Q, ways]``: a new head per task fitted on its support (all tasks at once)."""
-        check_batch(batch, "Baseline")
-        check_every_class_present(batch.support_y, batch.ways)  # type: ignore[arg-type]
-        zs, zq = encode_batch(self.embed, batch)
-        weight, second = self.fit_heads(zs, batch.support_y, batch.ways)  # type: ignore[arg-type]
-        return head_scores(zq, self.head, weight, second, self.finetune_scale(batch.ways))  # type: ignore[arg-type]
+    def task_scores(self, support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int) -> Tensor:
+        """Scores ``[B, Q, ways]``: a new head per task fitted on its support (all tasks at once);
+        :meth:`predict` applies it to a batch."""
+        weight, second = self.fit_heads(support_z, support_y, ways)
+        return head_scores(query_z, self.head, weight, second, self.finetune_scale(ways))
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None = None) -> HeadLearner:
-        """Fit a new head on one task's support set ``[S, *x_shape]`` with labels ``[S]``."""
-        ways = check_support(support_x, support_y, ways, "Baseline")
-        check_every_class_present(support_y.unsqueeze(0), ways)
+        """Fit a new head on one task's support set ``[S, *x_shape]`` with labels ``[S]`` (once:
+        the learner keeps the fitted head)."""
+        ways = self.check_adapt_input(support_x, support_y, ways)
         zs = self.embed(support_x).unsqueeze(0)
         weight, second = self.fit_heads(zs, support_y.unsqueeze(0), ways)
         return HeadLearner(self, weight[0], second[0])

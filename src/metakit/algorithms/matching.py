@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of, run_encoder
+from ._embedding import EmbeddingAlgorithm, check_encoder, check_positive, class_reduce, feature_shape_of
 from .base import accuracy, register
 
 __all__ = ["MatchingNet", "attention_log_probs"]
@@ -81,8 +81,7 @@ class MatchingNet(EmbeddingAlgorithm):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        check_encoder(encoder)
         if not isinstance(fce, bool):
             raise TypeError(f"fce={fce!r} must be True or False")
         check_positive("fce_steps", fce_steps, int)
@@ -100,10 +99,6 @@ class MatchingNet(EmbeddingAlgorithm):
         else:
             self.support_lstm = None
             self.query_cell = None
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Encoder embeddings ``[N, D]`` (``f'`` and ``g'``; flattened)."""
-        return run_encoder(self.encoder, x).flatten(1)
 
     def full_context_support(self, support_z: Tensor) -> Tensor:
         """``g(x_i) = g'(x_i) + h_i(forward) + h_i(backward)``: ``[B, S, D] -> [B, S, D]``."""

@@ -57,15 +57,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import (
+from ._embedding import (
     EmbeddingAlgorithm,
     check_choice,
+    check_encoder,
     check_positive,
     class_reduce,
     describe,
     eval_mode,
     feature_shape_of,
-    run_encoder,
 )
 from .base import Algorithm, accuracy, register
 from .protonet import cosine_scores, euclidean_scores, prototypes
@@ -108,8 +108,7 @@ class NearestNeighbour(EmbeddingAlgorithm):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        check_encoder(encoder)
         self.rule = check_choice("rule", rule, _RULES)
         self.distance = check_choice("distance", distance, _DISTANCES)
         self.normalize = check_choice("normalize", normalize, _NORMALIZE)
@@ -147,10 +146,6 @@ class NearestNeighbour(EmbeddingAlgorithm):
         return cls(encoder, **options)
 
     # -- features ---------------------------------------------------------------------------
-    def embed(self, x: Tensor) -> Tensor:
-        """Raw encoder features ``[N, D]`` (flattened)."""
-        return run_encoder(self.encoder, x).flatten(1)
-
     def transform(self, z: Tensor) -> Tensor:
         """The feature normalisation ``normalize`` applied to features ``[..., D]``."""
         if self.normalize == "none":

@@ -38,18 +38,17 @@ separate calls.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import check_support, describe, image_model_defaults
-from .base import Algorithm, BuildContext, accuracy, register
+from ._embedding import EmbeddingAlgorithm, check_choice, check_encoder, check_every_class_present
+from .base import accuracy, register
 
-__all__ = ["ProtoNet", "PrototypeLearner", "prototypes", "euclidean_scores", "cosine_scores"]
+__all__ = ["ProtoNet", "prototypes", "euclidean_scores", "cosine_scores"]
 
 _DISTANCES = ("euclidean", "cosine")
 
@@ -69,17 +68,10 @@ def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
         ValueError: when a class of some task has no support example (its prototype would be
             undefined).
     """
+    check_every_class_present(labels, ways)
     one_hot = F.one_hot(labels.long(), ways).to(embeddings.dtype)  # [B, S, W]
-    counts = one_hot.sum(1)  # [B, W]
-    if bool((counts == 0).any()):
-        task, label = (int(v) for v in torch.nonzero(counts == 0)[0])
-        present = sorted(int(v) for v in torch.unique(labels[task]))
-        raise ValueError(
-            f"support_y of task {task} has no example of label {label} (labels present: {present}, "
-            f"ways={ways}); every label 0..{ways - 1} needs at least one support example to form its prototype"
-        )
     sums = one_hot.transpose(1, 2) @ embeddings  # [B, W, D]
-    return sums / counts.unsqueeze(-1)
+    return sums / one_hot.sum(1).unsqueeze(-1)
 
 
 def euclidean_scores(queries: Tensor, protos: Tensor) -> Tensor:
@@ -101,33 +93,8 @@ def cosine_scores(queries: Tensor, protos: Tensor, eps: float = 1e-8) -> Tensor:
     return qn @ cn.transpose(1, 2)
 
 
-@dataclass(frozen=True)
-class PrototypeLearner:
-    """A ProtoNet adapted to one task: the class prototypes and the network that embeds queries.
-
-    Attributes:
-        algorithm: the :class:`ProtoNet` (its encoder, distance and scale are used as they are
-            when :meth:`predict` is called).
-        prototypes: ``[ways, D]`` mean support embedding of each class.
-    """
-
-    algorithm: "ProtoNet"
-    prototypes: Tensor
-
-    @property
-    def ways(self) -> int:
-        return self.prototypes.shape[0]
-
-    def predict(self, query_x: Tensor) -> Tensor:
-        """Scores ``[Q, ways]`` (logits: higher is more likely) of the query inputs ``[Q, *x_shape]``."""
-        if not isinstance(query_x, Tensor) or query_x.dim() < 1:
-            raise TypeError(f"query_x must be a tensor [Q, *x_shape], got {describe(query_x)}")
-        z = self.algorithm.embed(query_x)
-        return self.algorithm.scores(z.unsqueeze(0), self.prototypes.unsqueeze(0))[0]
-
-
 @register("protonet")
-class ProtoNet(Algorithm):
+class ProtoNet(EmbeddingAlgorithm):
     """Prototypical Networks (Snell et al. 2017); see the module docstring for the rule.
 
     Args:
@@ -141,12 +108,7 @@ class ProtoNet(Algorithm):
             the parameter log_scale); false keeps it fixed.
     """
 
-    #: eval-mode encoder calls take at most this many input values (see :meth:`embed`): 167
-    #: Omniglot images, ~34 MB per Conv4 activation. Measured on Conv4, 28x28, in CPU time on a
-    #: loaded 2-core machine, 167 against 1,337 images per call: one thread 1,789 against 1,075
-    #: images per CPU-second; two threads with OMP_WAIT_POLICY=passive (the CLI's default) 1,659
-    #: against 1,119. The difference is kernel time of page faults on large allocations.
-    embed_chunk_values: int = 1 << 17
+    display_name = "ProtoNet"
 
     def __init__(
         self,
@@ -156,14 +118,8 @@ class ProtoNet(Algorithm):
         learn_scale: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
-        if distance not in _DISTANCES:
-            import difflib
-
-            close = difflib.get_close_matches(str(distance), _DISTANCES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"distance={distance!r} is not known{hint} Use one of: {', '.join(_DISTANCES)}")
+        check_encoder(encoder)
+        check_choice("distance", distance, _DISTANCES)
         if scale is None:
             scale = 1.0 if distance == "euclidean" else 10.0
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
@@ -178,89 +134,29 @@ class ProtoNet(Algorithm):
         else:
             self.register_buffer("log_scale", torch.tensor(math.log(float(scale))))
 
-    @classmethod
-    def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
-        """``in_channels`` and ``image_size`` of the data's square images (``{}`` otherwise)."""
-        return image_model_defaults(context)
-
     # -- building blocks ----------------------------------------------------------------------
     @property
     def scale(self) -> Tensor:
         """The current score multiplier (a 0-d tensor; differentiable when ``learn_scale``)."""
         return self.log_scale.exp()
 
-    def batch_dependent(self) -> bool:
-        """Whether the encoder's output for one image depends on the other images of the call.
-
-        True when a BatchNorm layer normalises with batch statistics: in training mode, or
-        always when built with ``track_running_stats=False``.
-        """
-        return any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-            for m in self.encoder.modules()
-        )
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Embeddings ``[N, D]`` of inputs ``[N, *x_shape]`` (the encoder output, flattened).
-
-        One encoder call when the encoder is :meth:`batch_dependent` (training mode); otherwise
-        (e.g. ``eval()`` with running BatchNorm statistics) the inputs are encoded in chunks of
-        at most :attr:`embed_chunk_values` input values, which gives the same embeddings with
-        bounded memory (a 50-episode batch of 20-way 5-shot Omniglot is 20,000 images) and less
-        CPU time.
-        """
-        per_example = max(1, x[0].numel()) if x.shape[0] else 1
-        chunk = max(1, self.embed_chunk_values // per_example)
-        if x.shape[0] <= chunk or self.batch_dependent():
-            return self.encoder(x).flatten(1)
-        return torch.cat([self.encoder(x[i : i + chunk]).flatten(1) for i in range(0, x.shape[0], chunk)])
-
     def scores(self, queries: Tensor, protos: Tensor) -> Tensor:
         """Scores ``[B, Q, W]`` of query embeddings ``[B, Q, D]`` against prototypes ``[B, W, D]``."""
         raw = euclidean_scores(queries, protos) if self.distance == "euclidean" else cosine_scores(queries, protos)
         return raw * self.scale.to(raw.dtype)
 
-    def _batch_scores(self, batch: EpisodeBatch) -> Tensor:
-        if not isinstance(batch, EpisodeBatch):
-            raise TypeError(f"batch must be an EpisodeBatch, got {type(batch).__name__}")
-        if batch.ways is None:
-            raise ValueError(
-                "batch.ways is None (a regression batch); ProtoNet classifies: give integer labels and ways"
-            )
-        if batch.support_y.dim() != 2 or batch.query_y.dim() != 2:
-            raise ValueError(
-                f"support_y has shape {tuple(batch.support_y.shape)} and query_y {tuple(batch.query_y.shape)}; "
-                "ProtoNet needs one integer label per example ([tasks, examples])"
-            )
-        b, s = batch.support_y.shape
-        q = batch.query_y.shape[1]
-        x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.embed(x)  # one encoder call for the support and query of every task
-        zs = z[: b * s].reshape(b, s, -1)
-        zq = z[b * s :].reshape(b, q, -1)
-        return self.scores(zq, prototypes(zs, batch.support_y, batch.ways))
+    def task_scores(self, support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int) -> Tensor:
+        """Scores ``[B, Q, ways]`` of query embeddings ``[B, Q, D]`` against the prototypes of the
+        support embeddings ``[B, S, D]`` with labels ``[B, S]``."""
+        return self.scores(query_z, prototypes(support_z, support_y, ways))
 
     # -- the algorithm protocol -----------------------------------------------------------------
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy of the queries over all tasks; metrics ``loss`` and ``accuracy`` (0..1)."""
-        scores = self._batch_scores(batch)
+        scores = self.predict(batch)
         loss = F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten().long())
         acc = accuracy(scores.detach(), batch.query_y).mean()
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
-
-    def predict(self, batch: EpisodeBatch) -> Tensor:
-        """Scores ``[B, Q, ways]`` of the queries of every task (batched, one encoder call)."""
-        return self._batch_scores(batch)
-
-    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int | None = None) -> PrototypeLearner:
-        """Prototypes of one task from its support set ``[S, *x_shape]`` and labels ``[S]``.
-
-        ``ways`` defaults to ``max(support_y) + 1``; every label ``0..ways-1`` needs a support
-        example.
-        """
-        ways = check_support(support_x, support_y, ways, "ProtoNet")
-        z = self.embed(support_x).unsqueeze(0)
-        return PrototypeLearner(self, prototypes(z, support_y.unsqueeze(0), ways)[0])
 
     def extra_repr(self) -> str:
         return f"distance={self.distance!r}, scale={float(self.scale):.4g}, learn_scale={self.learn_scale}"

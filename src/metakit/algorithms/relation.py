@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..models.relation import RelationModule
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_choice, check_positive, feature_shape_of, run_encoder
+from ._embedding import EmbeddingAlgorithm, check_choice, check_encoder, check_positive, feature_shape_of, run_encoder
 from .base import accuracy, register
 
 __all__ = ["RelationNet", "class_features"]
@@ -87,8 +87,7 @@ class RelationNet(EmbeddingAlgorithm):
         max_pair_elements: int = 2**24,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        check_encoder(encoder)
         check_positive("relation_channels", relation_channels, int)
         check_positive("relation_hidden", relation_hidden, int)
         self.class_pool = check_choice("class_pool", class_pool, _POOLS)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from ._metric import EmbeddingAlgorithm, check_positive, class_reduce, feature_shape_of, run_encoder
+from ._embedding import EmbeddingAlgorithm, check_encoder, check_positive, class_reduce, feature_shape_of
 from .base import accuracy, register
 
 __all__ = ["SiameseNet", "weighted_l1_logits"]
@@ -78,8 +78,7 @@ class SiameseNet(EmbeddingAlgorithm):
         max_pair_elements: int = 2**24,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        check_encoder(encoder)
         if not isinstance(balance, bool):
             raise TypeError(f"balance={balance!r} must be True or False")
         check_positive("max_pair_elements", max_pair_elements, int)
@@ -97,7 +96,7 @@ class SiameseNet(EmbeddingAlgorithm):
 
     def embed(self, x: Tensor) -> Tensor:
         """Embeddings ``[N, D]`` (the encoder output, flattened)."""
-        z = run_encoder(self.encoder, x).flatten(1)
+        z = super().embed(x)
         if z.shape[1] != self.alpha.shape[0]:
             raise ValueError(
                 f"the encoder gives {z.shape[1]} features but the distance has {self.alpha.shape[0]} weights; "

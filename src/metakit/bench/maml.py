@@ -47,7 +47,7 @@ Conv4 convolution (forward, 75 images, both memory formats). Peak memory: each i
 and setting runs two iterations in a fresh subprocess; its peak resident set (``VmHWM``) is
 reported, with its increase over the peak after building the model and batch.
 
-Like ``metakit train``, the benchmark keeps freed buffers in the heap (glibc ``mallopt``,
+The benchmark keeps freed buffers in the heap (glibc ``mallopt``,
 :func:`metakit.runtime.trainer.tune_allocator`) for every implementation alike; pass
 ``--no-tune-allocator`` to measure without it.
 """

@@ -7,8 +7,8 @@ gradient step of size 0.01 on K support points, K query points per task, 25 task
 meta-batch and Adam (lr 1e-3) as outer optimizer. The paper trains for 70,000 meta-steps; the
 demo takes ``--steps`` (default 20,000: one and a half to three minutes on two cores, and
 enough to match the paper's errors) through the ordinary trainer (``metakit train``'s run
-folder: config, metrics, checkpoints); with the defaults its config is
-``configs/maml_sinusoid_k5.yaml``.
+folder: config, metrics, checkpoints). Its config is ``maml_sinusoid_k5.yaml``, shipped in the
+package (``configs/maml_sinusoid_k5.yaml`` links to it), with the options as overrides.
 
 Evaluation: 600 fixed test tasks (``metakit eval``'s seeded test tasks), each adapted on its K
 support points with 0..10 plain gradient steps of size 0.01; the number reported after ``k``
@@ -34,7 +34,8 @@ __all__ = ["register", "run", "demo_config", "mse_by_step", "plot_figure2"]
 REPORT_STEPS = (1, 5, 10)
 MAX_STEPS = 10
 TEST_TASKS = 600
-TEST_QUERIES = 100
+#: the demo's config, in the package's ``configs`` folder
+DEMO_CONFIG = "maml_sinusoid_k5.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=20000, help="meta-training steps (default 20000; the paper: 70000)")
     p.add_argument("--shots", type=int, default=5, help="K, support points per task (default 5; the paper shows 5 and 10)")
-    p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default runs/demo; must not hold a run)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="runs/demo",
+        help="output folder (default runs/demo); it must not hold a run: the demo writes its run into DIR/run",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and training tasks (default 0)")
     p.add_argument("--tasks", type=int, default=TEST_TASKS, help=f"test tasks (default {TEST_TASKS}, the paper's number)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for this tiny network)")
@@ -55,28 +61,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def demo_config(steps: int, shots: int, seed: int = 0, threads: int = 1, tasks: int = TEST_TASKS) -> Any:
-    """The run config of the demo (``configs/maml_sinusoid_k{5,10}.yaml`` for the defaults)."""
-    from ..runtime.config import Config
+    """The run config of the demo: the packaged :data:`DEMO_CONFIG` with the demo's options as
+    overrides (validation and checkpoints every quarter of ``steps``)."""
+    from importlib.resources import as_file, files
 
-    val_every = max(1, steps // 4)
-    return Config.from_dict(
-        {
-            "data": {"dataset": "sinusoid"},
-            "train": {"shots": shots, "queries": shots, "meta_batch": 25, "steps": steps},
-            "eval": {"queries": TEST_QUERIES, "val_episodes": 100, "val_every": val_every, "test_episodes": tasks},
-            "model": {"name": "mlp", "in_features": 1, "hidden": [40, 40], "out_features": 1},
-            "algorithm": {
-                "name": "maml",
-                "inner_lr": 0.01,
-                "inner_steps": 1,
-                "eval_steps": MAX_STEPS,
-                "first_order": False,
-                "task_batching": "vmap",
-            },
-            "optim": {"name": "adam", "lr": 1e-3},
-            "run": {"seed": seed, "checkpoint_every": max(1, steps // 4), "num_threads": threads, "log_every": 100},
-        }
-    )
+    from ..runtime.config import load_config
+
+    every = max(1, steps // 4)
+    overrides = [
+        f"train.steps={steps}",
+        f"train.shots={shots}",
+        f"train.queries={shots}",
+        f"eval.val_every={every}",
+        f"eval.test_episodes={tasks}",
+        f"run.checkpoint_every={every}",
+        f"run.seed={seed}",
+        f"run.num_threads={threads}",
+    ]
+    with as_file(files("metakit") / "configs" / DEMO_CONFIG) as path:
+        return load_config(path, overrides)
 
 
 def mse_by_step(algorithm: Any, episodes: Any, max_steps: int = MAX_STEPS) -> dict[int, Any]:
@@ -102,6 +105,8 @@ def plot_figure2(algorithm: Any, fixed: Any, results: dict[int, Any], shots: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
+
+    from ..runtime.plots import save_figure
 
     grid = torch.linspace(-5, 5, 200).view(-1, 1)
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 3.6))
@@ -134,10 +139,7 @@ def plot_figure2(algorithm: Any, fixed: Any, results: dict[int, Any], shots: int
     ax.legend(fontsize=8)
     fig.suptitle(f"MAML on sinusoid regression, K={shots} (metakit demo)", fontsize=11)
     fig.tight_layout()
-    path = out / "figure2.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "figure2.png")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -151,9 +153,17 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--tasks={args.tasks} must be >= 2 (the 95% interval needs two tasks; the paper uses 600)")
     if args.threads < 1:
         raise UsageError(f"--threads={args.threads} must be >= 1")
-    out = Path(args.out)
-    if (out / "run" / "config.yaml").exists():
-        raise UsageError(f"--out {str(out)!r} already holds a demo run; choose another folder or delete it")
+    from ..runtime.plots import check_out_dir
+    from ..runtime.run import CONFIG_FILE
+
+    out = check_out_dir(args.out, "--out")
+    if (out / CONFIG_FILE).exists():
+        raise UsageError(
+            f"--out {str(out)!r} holds a run ({CONFIG_FILE}); the demo writes its own run into --out/run: "
+            "choose another folder"
+        )
+    if (out / "run").exists():
+        raise UsageError(f"--out {str(out)!r} already holds a demo run ({out / 'run'}); choose another folder or delete it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(out / "run", "last")
     t1 = time.perf_counter()
     with torch_settings(loaded.config.run):
-        fixed = loaded.episodes("test", queries=TEST_QUERIES, episodes=args.tasks)
+        fixed = loaded.episodes("test", episodes=args.tasks)
         results = mse_by_step(loaded.algorithm, fixed)
         figure = plot_figure2(loaded.algorithm, fixed, results, args.shots, out)
     eval_time = time.perf_counter() - t1
@@ -189,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         "shots": args.shots,
         "train_steps": args.steps,
         "test_tasks": args.tasks,
-        "test_queries_per_task": TEST_QUERIES,
+        "test_queries_per_task": loaded.config.eval.queries,
         "seed": args.seed,
         "test_seed": loaded.config.eval.seed,
         "mse": {str(k): {"mean": r.mean, "ci95": r.ci95} for k, r in results.items()},
@@ -203,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(f"MAML sinusoid regression, K={args.shots}: test MSE over {args.tasks} tasks ({TEST_QUERIES} query points each), 95% CI")
+    print(f"MAML sinusoid regression, K={args.shots}: test MSE over {args.tasks} tasks ({loaded.config.eval.queries} query points each), 95% CI")
     print(f"  {'gradient steps':>14}  {'MSE':>18}")
     for k in (0, *REPORT_STEPS):
         r = results[k]

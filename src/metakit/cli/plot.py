@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
-    p.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG files (default: RUN_DIR)")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the PNG files (default: RUN_DIR; created if missing)")
     p.add_argument(
         "--embeddings",
         nargs="?",
@@ -49,6 +49,24 @@ def _embeddings(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     return [plot_run_embeddings(args.run_dir, out_dir, method=args.embeddings)]
 
 
+def _check_embeddings(run_dir: Path) -> None:
+    """Refuse ``--embeddings`` up front for a run whose algorithm has no embedding network."""
+    from ..algorithms import available_algorithms, get_algorithm
+    from ..runtime.run import read_run_config
+    from .main import UsageError
+
+    def embeds(name: str) -> bool:
+        return callable(getattr(get_algorithm(name), "embed", None))
+
+    name = read_run_config(run_dir).algorithm.name
+    if not embeds(name):
+        able = ", ".join(n for n in available_algorithms() if embeds(n))
+        raise UsageError(
+            f"--embeddings: run {str(run_dir)!r} trains {name}, which has no embedding network (it outputs class "
+            f"scores directly); embedding plots are for {able}. Run `metakit plot {run_dir}` without --embeddings"
+        )
+
+
 def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
     """The figures this invocation asks for, in order."""
     return [_learning_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
@@ -58,7 +76,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist; give a folder written by `metakit train`")
-    out_dir = Path(args.out) if args.out is not None else run_dir
+    if args.out is not None:
+        from ..runtime.plots import check_out_dir
+
+        out_dir = check_out_dir(args.out, "--out")
+    else:
+        out_dir = run_dir
+    if args.embeddings:
+        _check_embeddings(run_dir)
     for figure in _figures(args):
         for path in figure(args, out_dir):
             print(f"wrote {path}")

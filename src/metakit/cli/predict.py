@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported when a command runs (see metakit.cli.main)
+    import torch
+    from torch import Tensor
 
-__all__ = ["Prediction", "read_support", "read_queries", "predict_images", "register"]
+__all__ = ["Prediction", "read_support", "read_queries", "predict_images", "fixed_ways", "register"]
 
 #: queries scored per call of ``learner.predict`` (bounds memory on large query folders)
 QUERY_CHUNK = 256
@@ -47,16 +48,6 @@ class Prediction:
         return {"file": self.file, "class": self.cls, "score": self.score}
 
 
-def _extensions() -> tuple[str, ...]:
-    from ..datasets import IMAGE_EXTENSIONS
-
-    return tuple(e.lower() for e in IMAGE_EXTENSIONS)
-
-
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _extensions()
-
-
 def _check_dir(path: str | os.PathLike, arg: str) -> Path:
     folder = Path(path)
     if not folder.exists():
@@ -66,16 +57,10 @@ def _check_dir(path: str | os.PathLike, arg: str) -> Path:
     return folder
 
 
-def _preprocess(path: Path, preprocessing: Mapping[str, Any]) -> Tensor:
-    from ..datasets import preprocess_image
-
-    return preprocess_image(path, **preprocessing)
-
-
 def read_support(
     folder: str | os.PathLike, preprocessing: Mapping[str, Any]
 ) -> tuple[Tensor, Tensor, list[str], list[Path]]:
-    """Read ``folder/<class>/<images>``.
+    """Read ``folder/<class>/<images>`` as a :class:`~metakit.datasets.ImageFolder`.
 
     Returns:
         ``(x, y, class_names, files)``: ``x`` uint8 ``[S, C, H, W]``, ``y`` int64 labels
@@ -83,38 +68,41 @@ def read_support(
         file of each example.
 
     Raises:
-        FileNotFoundError / ValueError: a missing folder, no class sub-folders, images lying
-            directly in ``folder``, a class folder without images, or an unreadable image
-            (named).
+        FileNotFoundError / ValueError: a missing folder, images lying directly in ``folder``
+            (they would belong to no class), and every error of ``ImageFolder`` (no class
+            sub-folders, a class folder without images, an unreadable image), prefixed with
+            ``--support``.
     """
+    import torch
+
+    from ..datasets import ImageFolder
+    from ..datasets.images import list_images
+
     root = _check_dir(folder, "--support")
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = sorted(p.name for p in root.iterdir() if _is_image(p))
+    loose = [p.name for p in list_images(root)]
     if loose:
         raise ValueError(
             f"--support {str(root)!r} has images directly inside it ({', '.join(loose[:3])}"
             f"{', ...' if len(loose) > 3 else ''}); put each class's images in a sub-folder "
             f"{str(root)}/<class name>/"
         )
-    if not classes:
-        raise ValueError(
-            f"--support {str(root)!r} has no class sub-folders; lay it out as {str(root)}/<class name>/<image files>"
-        )
-    xs: list[Tensor] = []
-    ys: list[int] = []
+    try:
+        ds = ImageFolder(root, **preprocessing)
+    except ValueError as e:
+        raise ValueError(f"--support: {e}") from None
+    y = torch.repeat_interleave(torch.arange(ds.num_classes), ds.counts)
+    return ds.data, y, list(ds.class_names), list(ds.files)
+
+
+def _query_files(root: Path) -> list[Path]:
+    """Images under ``root``, recursively, skipping hidden files and folders, sorted by relative path."""
+    from ..datasets.images import list_images
+
     files: list[Path] = []
-    for label, d in enumerate(classes):
-        imgs = sorted(p for p in d.iterdir() if _is_image(p))
-        if not imgs:
-            raise ValueError(
-                f"class {d.name!r} ({str(d)}) has no images (looked for {', '.join(_extensions())}); "
-                "add at least one example or remove the folder"
-            )
-        for p in imgs:
-            xs.append(_preprocess(p, preprocessing))
-            ys.append(label)
-            files.append(p)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), [d.name for d in classes], files
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files.extend(list_images(folder))
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def read_queries(path: str | os.PathLike, preprocessing: Mapping[str, Any]) -> tuple[Tensor, list[str]]:
@@ -123,24 +111,41 @@ def read_queries(path: str | os.PathLike, preprocessing: Mapping[str, Any]) -> t
     Returns ``(x, names)``: uint8 ``[Q, C, H, W]`` and each file's path relative to ``path``
     (``/``-separated; the file name when ``path`` is a file).
     """
+    import torch
+
+    from ..datasets import IMAGE_EXTENSIONS, load_images
+
     root = Path(path)
     if root.is_file():
-        return _preprocess(root, preprocessing).unsqueeze(0), [root.name]
+        return load_images([root], **preprocessing)[0][1].unsqueeze(0), [root.name]
     root = _check_dir(root, "--query")
-    files = sorted(
-        (p for p in root.rglob("*") if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files = _query_files(root)
     if not files:
         raise ValueError(
-            f"--query {str(root)!r} holds no images (looked for {', '.join(_extensions())}, recursively)"
+            f"--query {str(root)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)"
         )
-    x = torch.stack([_preprocess(p, preprocessing) for p in files])
+    x = torch.stack([image for _, image in load_images(files, **preprocessing)])
     return x, [p.relative_to(root).as_posix() for p in files]
+
+
+def fixed_ways(algorithm: torch.nn.Module, context: Any) -> int | None:
+    """The number of classes the trained model is tied to, or ``None`` if it adapts to any.
+
+    An algorithm's model is tied to the training way count when the backbone options it asks
+    for depend on ``ways`` (e.g. a linear head of ``ways`` outputs): compared here for the
+    run's ``context`` (a :class:`~metakit.algorithms.BuildContext`) and one more way.
+    """
+    ways = getattr(context, "ways", None)
+    if ways is None:
+        return None
+    defaults = type(algorithm).model_defaults
+    return ways if defaults(context) != defaults(replace(context, ways=ways + 1)) else None
 
 
 def _to_float(x: Tensor) -> Tensor:
     # the same conversion as ClassIndexedDataset.to_float, which produced the training inputs
+    import torch
+
     return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
 
 
@@ -155,9 +160,18 @@ def predict_images(
     """Adapt ``algorithm`` to the support set and predict every query (eval mode, no grad).
 
     ``support_x`` / ``query_x`` are uint8 images (or float model input); the mode of every
-    sub-module is restored afterwards.
+    sub-module is restored afterwards. A support set of one class is refused (every query
+    would get that class with probability 1).
     """
+    import torch
+
     ways = len(class_names)
+    if ways < 2:
+        only = f" ({class_names[0]!r})" if class_names else ""
+        raise ValueError(
+            f"the support set has {ways} class{only}; classification needs at least 2 classes to choose between "
+            "(with one, every query would get it with score 1.0): add a sub-folder of examples for each other class"
+        )
     device = next((t.device for t in list(algorithm.parameters()) + list(algorithm.buffers())), torch.device("cpu"))
     modes = [(m, m.training) for m in algorithm.modules()]
     try:
@@ -211,12 +225,19 @@ def run(args: argparse.Namespace) -> int:
         )
     prep = dict(loaded.preprocessing)
     sx, sy, classes, _ = read_support(args.support, prep)
+    limit = fixed_ways(loaded.algorithm, loaded.context)
+    if limit is not None and len(classes) != limit:
+        raise ValueError(
+            f"--support {str(args.support)!r} has {len(classes)} classes but run {str(args.run_dir)!r} "
+            f"({loaded.algorithm.name}) was trained {limit}-way and its model has {limit} outputs: it predicts "
+            f"among exactly {limit} classes; give a support folder with {limit} class sub-folders"
+        )
     qx, names = read_queries(args.query, prep)
     preds = predict_images(loaded.algorithm, sx, sy, qx, classes, names)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=2))
         return 0
-    counts = torch.bincount(sy, minlength=len(classes)).tolist()
+    counts = sy.bincount(minlength=len(classes)).tolist()
     print(f"run: {args.run_dir} ({loaded.algorithm.name}, checkpoint {loaded.checkpoint.name})")
     print(f"support: {len(classes)} classes, {len(sy)} images ({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))})")
     print(f"preprocessing: {', '.join(f'{k}={v}' for k, v in prep.items())}")

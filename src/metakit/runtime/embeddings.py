@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
+from .plots import save_figure
 
 __all__ = [
     "EpisodeProjection",
@@ -286,16 +287,7 @@ def plot_embeddings(
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False, title="colour = class", title_fontsize=9)
     fig.suptitle(title or f"{type(algorithm).__name__} embeddings of test episodes", fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_run_embeddings(

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Curves", "Series", "read_curves", "plot_learning_curves", "plot_run", "LEARNING_CURVES_PNG"]
+__all__ = [
+    "Curves",
+    "Series",
+    "read_curves",
+    "plot_learning_curves",
+    "plot_run",
+    "save_figure",
+    "check_out_dir",
+    "LEARNING_CURVES_PNG",
+]
 
 #: file name of the learning-curve figure written into the run folder
 LEARNING_CURVES_PNG = "learning_curves.png"
@@ -32,6 +41,40 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 _TRAIN = ("train", "training")
 _VAL = ("val", "valid", "validation")
 _TAGS = ("split", "phase", "kind", "type")
+
+
+def check_out_dir(out_dir: str | os.PathLike, arg: str = "out_dir") -> Path:
+    """``out_dir`` as a Path if it is a folder or can become one (it or a parent may not exist
+    yet); a ValueError naming ``arg`` when it, or the nearest existing parent, is a file."""
+    folder = Path(out_dir)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under the file {str(existing)!r}"
+        raise ValueError(f"{arg} {str(folder)!r} {where}, not a folder; give the path of a folder")
+    return folder
+
+
+def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write the matplotlib figure ``fig`` to the PNG file ``out`` and close it.
+
+    The folder of ``out`` is created if needed (a ValueError if a file stands in its way); the
+    PNG is written beside ``out`` and renamed over it, so a reader never sees half a file.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    try:
+        check_out_dir(out.parent, f"the folder of {out.name},")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.png")
+        try:
+            fig.savefig(tmp, dpi=dpi)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        plt.close(fig)
+    return out
 
 
 @dataclass
@@ -246,16 +289,7 @@ def plot_learning_curves(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:

@@ -38,7 +38,6 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "CHECKPOINT_DIR",
-    "TB_DIR",
     "RESUMABLE_KEYS",
     "LoadedRun",
     "load_run",
@@ -46,15 +45,15 @@ __all__ = [
     "default_run_dir",
     "checkpoint_manager",
     "check_resume_changes",
+    "context_record",
+    "context_from_record",
     "write_summary",
-    "read_summary",
 ]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
-TB_DIR = "tb"
 
 #: config keys that may change when a run is resumed (the others would make the resumed run a
 #: different experiment). ``optim.grad_clip`` changes the parameters from then on (a way out of
@@ -126,11 +125,6 @@ def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> P
     return path
 
 
-def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 @dataclass
 class LoadedRun:
     """A trained run, ready for evaluation and prediction.
@@ -183,48 +177,40 @@ class LoadedRun:
             self._datasets[split] = build_dataset(self.config, split, progress=progress)
         return self._datasets[split]
 
-    def episodes(
-        self,
-        split: str | None = None,
-        *,
-        ways: int | None = None,
-        shots: int | None = None,
-        queries: int | None = None,
-        episodes: int | None = None,
-        seed: int | None = None,
-        batch_size: int = 50,
-    ) -> Iterable[Any]:
+    def episodes(self, split: str | None = None, **options: Any) -> Iterable[Any]:
         """Fixed, seeded evaluation episodes (iterable of ``EpisodeBatch``) of ``split`` (default test).
 
-        ``ways``/``shots``/``queries`` default to the config's ``eval`` section, ``episodes`` to
-        ``eval.test_episodes`` (``eval.val_episodes`` for ``split="val"``), ``seed`` to ``eval.seed``.
-        Other ways or shots than in training are allowed (e.g. train 20-way, test 5-way) when the
-        algorithm supports them.
+        ``options`` are those of :func:`~metakit.runtime.builders.build_episodes` (``ways``,
+        ``shots``, ``queries``, ``episodes``, ``seed``, ``batch_size``): ``ways``/``shots``/``queries``
+        default to the config's ``eval`` section, ``episodes`` to ``eval.test_episodes``
+        (``eval.val_episodes`` for ``split="val"``), ``seed`` to ``eval.seed``. Other ways or
+        shots than in training are allowed (e.g. train 20-way, test 5-way) when the algorithm
+        supports them. The split's dataset is loaded once and cached.
         """
         from .builders import build_episodes
 
         split = split or "test"
-        return build_episodes(
-            self.config,
-            split,
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            episodes=episodes,
-            seed=seed,
-            batch_size=batch_size,
-            dataset=self.dataset(split),
-        )
+        return build_episodes(self.config, split, dataset=self.dataset(split), **options)
 
 
-def _context_from(state: dict[str, Any], path: Path) -> BuildContext:
-    ctx = state.get("context")
-    if not isinstance(ctx, dict):
+def context_record(context: BuildContext) -> dict[str, Any]:
+    """The :class:`~metakit.algorithms.BuildContext` as the plain dict checkpoints store under
+    ``"context"`` (read back by :func:`context_from_record`)."""
+    return {
+        "ways": context.ways,
+        "example_shape": list(context.example_shape),
+        "num_train_classes": context.num_train_classes,
+    }
+
+
+def context_from_record(record: object, path: Path) -> BuildContext:
+    """The build context stored by :func:`context_record` in the checkpoint ``path``."""
+    if not isinstance(record, dict):
         raise CheckpointError(path, "it holds no build context (not written by the metakit trainer)")
     return BuildContext(
-        ways=ctx.get("ways"),
-        example_shape=tuple(ctx.get("example_shape") or ()),
-        num_train_classes=ctx.get("num_train_classes"),
+        ways=record.get("ways"),
+        example_shape=tuple(record.get("example_shape") or ()),
+        num_train_classes=record.get("num_train_classes"),
     )
 
 
@@ -290,7 +276,7 @@ def load_run(
     else:
         path = Path(checkpoint)
         state = load_checkpoint(path)
-    context = _context_from(state, path)
+    context = context_from_record(state.get("context"), path)
     if "model" not in state or not isinstance(state["model"], dict):
         raise CheckpointError(path, "it holds no model weights")
     with torch.random.fork_rng(devices=[]):  # building initialises weights; leave the caller's RNG alone

@@ -1,10 +1,10 @@
-"""Tests of the shared machinery of the metric methods (metakit.algorithms._metric)."""
+"""Tests of the machinery shared by the embedding methods (metakit.algorithms._embedding)."""
 
 import pytest
 import torch
 from torch import nn
 
-from metakit.algorithms._metric import check_batch, check_support, eval_mode, feature_shape_of
+from metakit.algorithms._embedding import check_batch, check_support, eval_mode, feature_shape_of
 from metakit.algorithms.protonet import ProtoNet
 from metakit.tasks import EpisodeBatch
 
