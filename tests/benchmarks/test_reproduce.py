@@ -32,7 +32,7 @@ rp = _load()
 
 # Stands in for metakit: logs each call to $CALLS; `train` writes a finished run of the asked budget
 # (config.yaml, metrics.jsonl, a best checkpoint whose bytes depend on the steps, summary.json);
-# `eval` prints a JSON result; $FAIL=train|eval makes that command fail.
+# `eval` prints a JSON result; $FAIL=train|eval makes that command exit with status 1.
 _FAKE = """\
 #!{python}
 import json, os, sys
@@ -40,7 +40,7 @@ from pathlib import Path
 args = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as f:
     f.write(" ".join(args) + "\\n")
-if os.environ.get("FAIL") == args[0]:
+if os.environ.get("FAIL") == "train" == args[0]:
     sys.exit(1)
 if args[0] == "train":
     steps = int([a for a in args if a.startswith("train.steps=")][-1].split("=")[1])
@@ -71,6 +71,7 @@ elif args[0] == "eval":
                       "shots": int(opt["--shots"]), "checkpoint": "best.safetensors",
                       "step": json.loads((d / "summary.json").read_text())["best"]["step"], "seconds": 2.0,
                       "episodes_per_s": 5.0, "formatted": "90.00 ± 1.00 %"}}))
+    sys.exit(1 if os.environ.get("FAIL") == "eval" else 0)  # a result printed by a failing command is not one
 """
 
 _LIST = """\
