@@ -5,6 +5,7 @@
     python benchmarks/omniglot/reproduce.py --runs ~/runs/repro --dry-run        # say what it would do
     python benchmarks/omniglot/reproduce.py --runs ~/runs/repro --only-eval nearest
     python benchmarks/omniglot/reproduce.py --table                              # the README table
+    python benchmarks/omniglot/reproduce.py --table --readme README.md           # ... written into it
 
 For each named run (all of the list by default), in the order given:
 
@@ -279,6 +280,19 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
                   "hardware were recorded; `results.json` holds the result, steps and training time, and marks "
                   "the rest unknown."]
     return lines
+
+
+README_MARKERS = ("<!-- omniglot-table -->", "<!-- /omniglot-table -->")
+
+
+def write_into_readme(path: Path, lines: list[str]) -> None:
+    """Replace what stands between the README's table markers by ``lines``."""
+    text = path.read_text()
+    begin, end = README_MARKERS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ListError(f"{path}: expected one {begin} line followed by one {end} line around the table")
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
 
 
 # -- running ----------------------------------------------------------------------------------------
@@ -572,13 +586,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print what would be run; change nothing")
     parser.add_argument("--only-eval", action="store_true", help="train nothing; evaluate existing run folders")
     parser.add_argument("--table", action="store_true", help="print the README's results table from the record and exit")
+    parser.add_argument("--readme", type=Path, help="with --table: write the table between the markers of this README")
     parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
     parser.add_argument("--record", type=Path, default=RECORD, help="the record (default: results.json beside this script)")
     args = parser.parse_args(argv)
     try:
         run_list = load_run_list(args.list)
         if args.table:
-            print("\n".join(table_lines(run_list, read_record(args.record))))
+            lines = table_lines(run_list, read_record(args.record))
+            if args.readme:
+                write_into_readme(args.readme, lines)
+            else:
+                print("\n".join(lines))
             return 0
         if args.runs is None:
             parser.error("give --runs DIR (the folder of the run folders), or --table")

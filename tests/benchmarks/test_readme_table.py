@@ -19,5 +19,6 @@ def test_the_readme_table_is_what_the_record_prints():
                              capture_output=True, text=True, check=True, timeout=120).stdout.strip("\n")
     assert in_readme == printed, (
         "README.md's table differs from the record; paste the output of "
-        "`python benchmarks/omniglot/reproduce.py --table` between its markers"
+        "`python benchmarks/omniglot/reproduce.py --table` between its markers "
+        "(`... --table --readme README.md` does it)"
     )

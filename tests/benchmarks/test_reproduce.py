@@ -306,3 +306,14 @@ def test_the_committed_record_is_well_formed():
         else:  # what was not recorded is said to be unknown, never filled in
             assert r["config_sha256"] == r["checkpoint"]["sha256"] == r["commands"] == r["hardware"] == "unknown"
             assert r["source"]
+
+
+def test_table_readme_writes_between_the_markers_only(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- omniglot-table -->\nold table\n<!-- /omniglot-table -->\n\nafter\n")
+    assert rp.main(["--table", "--list", str(bench.list), "--record", str(bench.record), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n<!-- omniglot-table -->\n| family | method |") and text.endswith("<!-- /omniglot-table -->\n\nafter\n")
+    assert "old table" not in text and "| Method A |" in text
+    readme.write_text("no markers\n")
+    assert rp.main(["--table", "--list", str(bench.list), "--record", str(bench.record), "--readme", str(readme)]) == 2
