@@ -489,7 +489,10 @@ class Runner:
             self.fail(run, f"{d / 'summary.json'} is missing or says {summary and summary.get('status')!r}: the run is "
                            "still training, was killed or failed; wait for it, or resume it (without --only-eval)")
             return
+        # the file `metakit eval` reads: the best checkpoint, or the newest step checkpoint of a run without validation
         best = d / "checkpoints" / "best.safetensors"
+        if not best.exists():
+            best = max((d / "checkpoints").glob("step-*.safetensors"), default=best)
         before = sha256(best) if best.exists() else None
         config_digest = sha256(d / "config.yaml")
         run_id = _run_id(d)

@@ -60,7 +60,8 @@ if args[0] == "train":
     cfg["train"]["steps"] = steps
     (d / "config.yaml").write_text(json.dumps(cfg))
     (d / "checkpoints").mkdir(exist_ok=True)
-    (d / "checkpoints" / "best.safetensors").write_bytes(b"weights after %d steps" % steps)
+    name = "step-%08d.safetensors" % steps if os.environ.get("NO_VALIDATION") else "best.safetensors"
+    (d / "checkpoints" / name).write_bytes(b"weights after %d steps" % steps)
     (d / "summary.json").write_text(json.dumps({{"status": "finished", "step": steps, "elapsed": 1.5 * steps,
                                                 "best": {{"step": steps - 1}}}}))
 elif args[0] == "eval":
@@ -68,7 +69,8 @@ elif args[0] == "eval":
     opt = dict(zip(args[2::2], args[3::2]))
     print(json.dumps({{"accuracy": 0.9, "ci95": 0.01, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
                       "seed": int(opt["--seed"]), "split": opt["--split"], "ways": int(opt["--ways"]),
-                      "shots": int(opt["--shots"]), "checkpoint": "best.safetensors",
+                      "shots": int(opt["--shots"]),
+                      "checkpoint": sorted(p.name for p in (d / "checkpoints").iterdir())[0],
                       "step": json.loads((d / "summary.json").read_text())["best"]["step"], "seconds": 2.0,
                       "episodes_per_s": 5.0, "formatted": "90.00 ± 1.00 %"}}))
     sys.exit(1 if os.environ.get("FAIL") == "eval" else 0)  # a result printed by a failing command is not one
@@ -317,3 +319,13 @@ def test_table_readme_writes_between_the_markers_only(bench, tmp_path):
     assert "old table" not in text and "| Method A |" in text
     readme.write_text("no markers\n")
     assert rp.main(["--table", "--list", str(bench.list), "--record", str(bench.record), "--readme", str(readme)]) == 2
+
+
+def test_a_run_without_validation_is_recorded_from_its_last_checkpoint_and_left_alone(bench, monkeypatch):
+    monkeypatch.setenv("NO_VALIDATION", "1")
+    assert bench.main()[0] == 0
+    d = bench.runs / "run_a"
+    r = bench.records()[0]
+    assert r["checkpoint"]["file"] == "step-00000010.safetensors"
+    assert r["checkpoint"]["sha256"] == _sha(d / "checkpoints" / "step-00000010.safetensors")
+    assert bench.main() == (0, [])
