@@ -157,6 +157,11 @@ def test_a_new_run_is_trained_evaluated_and_recorded_then_left_alone(bench):
     # nothing changed: nothing to train, nothing to evaluate, nothing recorded
     assert bench.main() == (0, [])
     assert bench.records() == recs
+    # an evaluation setting changed in the list: that evaluation alone is run and recorded again
+    bench.list.write_text(bench.list.read_text().replace("episodes: 600", "episodes: 700"))
+    rc, calls = bench.main()
+    assert rc == 0 and calls == [calls[0]] and "--ways 20 --shots 5 --queries 15 --episodes 700" in calls[0]
+    assert len(bench.records()) == 3
 
 
 def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
