@@ -409,6 +409,7 @@ class Runner:
         self.dir: Path = args.runs.expanduser().resolve()
         self.metakit = args.metakit
         self.failed = False
+        self.interrupted = False
         self._env: dict[str, Any] | None = None
 
     # progress: stdout and the run's log
@@ -429,9 +430,17 @@ class Runner:
         return self._env
 
     def _call(self, run: Run, cmd: list[str]) -> subprocess.CompletedProcess:
+        """Run ``cmd`` (stderr to the run's log). On Ctrl-C, which reaches the child too, wait for it to
+        stop by itself (``metakit train`` writes a checkpoint first) and stop after this command."""
         with open(self.dir / f"{run.name}.log", "a") as log:
-            return subprocess.run(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=subprocess.PIPE,
-                                  stderr=log, text=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=subprocess.PIPE,
+                                    stderr=log, text=True)
+            try:
+                out, _ = proc.communicate()
+            except KeyboardInterrupt:
+                self.interrupted = True
+                out, _ = proc.communicate()
+        return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
     # 1. training
     def train(self, run: Run) -> bool:
@@ -560,7 +569,11 @@ class Runner:
         for name in names:
             run = self.list.runs[name]
             if self.train(run) or self.args.dry_run:
-                self.evaluate(run)
+                if not self.interrupted:
+                    self.evaluate(run)
+            if self.interrupted:
+                self.say(run, "interrupted (Ctrl-C); run the same command again to continue")
+                return 130
         return 1 if self.failed else 0
 
 

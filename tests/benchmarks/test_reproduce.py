@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -41,6 +43,17 @@ args = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as f:
     f.write(" ".join(args) + "\\n")
 if os.environ.get("FAIL") == "train" == args[0]:
+    sys.exit(1)
+if args[0] == "train" and os.environ.get("WAIT_FOR_SIGINT"):  # a long training that Ctrl-C stops cleanly
+    import signal, time
+    d = Path(args[args.index("--out") + 1])
+    def stop(*_):
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({{"status": "interrupted", "step": 3, "elapsed": 4.0}}))
+        sys.exit(130)
+    signal.signal(signal.SIGINT, stop)
+    open(os.environ["WAIT_FOR_SIGINT"], "w").close()
+    time.sleep(60)
     sys.exit(1)
 if args[0] == "train":
     steps = int([a for a in args if a.startswith("train.steps=")][-1].split("=")[1])
@@ -334,3 +347,21 @@ def test_a_run_without_validation_is_recorded_from_its_last_checkpoint_and_left_
     assert r["checkpoint"]["file"] == "step-00000010.safetensors"
     assert r["checkpoint"]["sha256"] == _sha(d / "checkpoints" / "step-00000010.safetensors")
     assert bench.main() == (0, [])
+
+
+def test_ctrl_c_lets_training_stop_cleanly_and_stops_after_it(bench, tmp_path):
+    started = tmp_path / "started"
+    script = subprocess.Popen(
+        [sys.executable, str(HERE / "reproduce.py"), "--runs", str(bench.runs), "--metakit", str(bench.fake),
+         "--list", str(bench.list), "--record", str(bench.record)],
+        env={**os.environ, "WAIT_FOR_SIGINT": str(started)}, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    for _ in range(300):
+        if started.exists():
+            break
+        subprocess.run(["sleep", "0.1"])
+    os.killpg(script.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    out, _ = script.communicate(timeout=60)
+    assert script.returncode == 130 and "run the same command again to continue" in out
+    ledger = [json.loads(line) for line in (bench.runs / "run_a.commands.jsonl").read_text().splitlines()]
+    assert ledger[0]["returncode"] == 130  # the training stopped by itself (checkpoint written), was not killed
+    assert bench.calls.read_text().splitlines()[-1].startswith("train ") and bench.records() == []  # nothing evaluated
