@@ -28,6 +28,8 @@ Run folders made by ``metakit train`` outside this script are adopted as they ar
 says so: the command that started them is unknown). Progress goes to ``DIR/NAME.log``, the train
 commands run for a folder to ``DIR/NAME.commands.jsonl`` and each evaluation's JSON to
 ``DIR/NAME.eval.<W>w<S>s.json``. The exit status is 1 if any step failed (the others still ran).
+Ctrl-C stops after the running command, which stops by itself (a training writes its checkpoint
+first; exit status 130); running the same command again continues where it stopped.
 
 ``--table`` prints the README's Omniglot table from the record: per run and setting, the latest
 record. Records whose status is ``unrecorded`` (figures transcribed by hand, with no run folder or
