@@ -256,7 +256,7 @@ def test_run_list_errors_name_the_run_and_the_field(bench, edit, message):
     bench.list.write_text(bench.list.read_text().replace(*edit))
     with pytest.raises(rp.ListError) as e:
         rp.load_run_list(bench.list)
-    assert f"run 'run_a'" in str(e.value) and message in str(e.value)
+    assert "run 'run_a'" in str(e.value) and message in str(e.value)
 
 
 def test_appends_from_parallel_processes_are_all_kept(tmp_path):
