@@ -80,7 +80,7 @@ Two ways to run the tasks of a meta-batch share this engine:
   (:func:`check_vmap`); any other layer is refused rather than risked. On torch 2.13 the
   normalisation layers are wrong under ``vmap`` although the loop is exact (float64, tiny conv
   models, two inner steps, relative error against finite differences, loop below 1e-9):
-  BatchNorm 5e-2 to 6e-2 (the issue tracker measured up to 0.13 on Conv4), InstanceNorm 7e-2
+  BatchNorm 5e-2 to 6e-2 (up to 0.13 measured on Conv4), InstanceNorm 7e-2
   to 8e-2, LayerNorm 4e-3 to 9e-3; GroupNorm is exact (below 1e-9). On the Conv4 every conv after the first step also
   becomes a grouped conv, slower than the loop on CPU. Only module types are checked: a custom
   ``forward`` that calls ``F.batch_norm`` or ``F.layer_norm`` itself is not seen.

@@ -1,6 +1,6 @@
 """Speed, FLOPs and memory of one MAML meta-iteration on the Omniglot Conv4.
 
-Work (issue 4): ``Conv4(out_features=5, track_running_stats=False)`` on 1x28x28 inputs,
+Work: ``Conv4(out_features=5, track_running_stats=False)`` on 1x28x28 inputs,
 5-way 1-shot with 15 queries per class (5 support + 75 query images per task), meta-batch 32,
 inner learning rate 0.4, then one Adam step on the meta-gradient. Settings: second-order with
 1 inner step (``so1``), first-order with 1 step (``fo1``), second-order with 5 steps (``so5``),
@@ -72,15 +72,15 @@ from torch import Tensor, nn
 
 DESCRIPTION = "seconds, FLOPs and peak memory of a MAML meta-iteration (Conv4, 5-way 1-shot, meta-batch 32) vs a plain loop and higher"
 
-_ISSUE = {"ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.4, "meta_batch": None, "impls": None}
+_MAIN = {"ways": 5, "shots": 1, "queries": 15, "inner_lr": 0.4, "meta_batch": None, "impls": None}
 # the memory settings: one 20-way 5-shot task (100 support images) with 10 second-order steps;
 # memory grows with the support graph of every step unless the steps are recomputed
 _BIG_SUPPORT = {"ways": 20, "shots": 5, "queries": 5, "inner_lr": 0.1, "meta_batch": 1, "impls": ("metakit",)}
 SETTINGS: dict[str, dict[str, Any]] = {
-    "so1": {**_ISSUE, "steps": 1, "first_order": False, "checkpoint": False, "label": "2nd order, 1 step"},
-    "fo1": {**_ISSUE, "steps": 1, "first_order": True, "checkpoint": False, "label": "1st order, 1 step"},
-    "so5": {**_ISSUE, "steps": 5, "first_order": False, "checkpoint": False, "label": "2nd order, 5 steps"},
-    "so5ck": {**_ISSUE, "steps": 5, "first_order": False, "checkpoint": True, "impls": ("metakit", "metakit-nchw"),
+    "so1": {**_MAIN, "steps": 1, "first_order": False, "checkpoint": False, "label": "2nd order, 1 step"},
+    "fo1": {**_MAIN, "steps": 1, "first_order": True, "checkpoint": False, "label": "1st order, 1 step"},
+    "so5": {**_MAIN, "steps": 5, "first_order": False, "checkpoint": False, "label": "2nd order, 5 steps"},
+    "so5ck": {**_MAIN, "steps": 5, "first_order": False, "checkpoint": True, "impls": ("metakit", "metakit-nchw"),
               "label": "2nd order, 5 steps, recompute"},
     "so10-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": False,
                    "label": "2nd order, 10 steps, ONE 20-way 5-shot task (5 queries/class)"},
@@ -88,7 +88,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                      "label": "2nd order, 10 steps, ONE 20-way 5-shot task, recompute"},
 }
 IMPLS = ("metakit", "metakit-nchw", "metakit-classic", "loop", "higher")
-WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4  # the issue's work
+WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4  # the main settings' work
 
 
 def _have_higher() -> bool:
@@ -125,7 +125,7 @@ def setting_batch(setting: dict[str, Any], meta_batch: int) -> Any:
 
 
 def make_model(seed: int = 0, hidden: int = 64, ways: int = WAYS, classic: bool = False) -> nn.Module:
-    """The issue's Conv4; ``classic``: the same weights with each block in the classic order
+    """The benchmark's Conv4; ``classic``: the same weights with each block in the classic order
     conv, BatchNorm, ReLU, max-pool (metakit's Conv4 pools before the ReLU)."""
     from ..models import Conv4
 

@@ -11,9 +11,9 @@ the same gradients (ReLU is monotone, so ``max(relu(a), relu(b)) = relu(max(a, b
 gradient reaches the same input element either way: the window's maximum when it is positive,
 nothing otherwise), but pooling first runs the ReLU and its backward on a quarter of the
 elements. On the Omniglot Conv4 the first block's 64x28x28 maps per image dominate the memory
-traffic: second-order MAML on the issue's 5-way 1-shot work got 1.09x faster with one inner
-step and 1.02-1.05x with five (one and two threads, an interleaved comparison of both orders
-from the same weights on this project's 2-core machine; ``benchmarks/README.md``). The tests
+traffic: second-order MAML on the 5-way 1-shot work of ``metakit bench maml`` got 1.09x faster with
+one inner step and 1.02-1.05x with five (one and two threads, an interleaved comparison of both
+orders from the same weights on 2 vCPUs; ``benchmarks/README.md``). The tests
 check the equivalence, second-order gradients included. Parameter names are the usual ones
 (``features.{0,4,8,12}`` convolutions, ``features.{1,5,9,13}`` BatchNorms).
 """

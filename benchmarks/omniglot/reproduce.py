@@ -1,0 +1,634 @@
+"""Train, evaluate and record the Omniglot runs of ``runs.yaml``; print the README's results table.
+
+    python benchmarks/omniglot/reproduce.py --runs ~/runs/repro                  # every run of the list
+    python benchmarks/omniglot/reproduce.py --runs ~/runs/repro maml_5w1s anil_5w1s
+    python benchmarks/omniglot/reproduce.py --runs ~/runs/repro --dry-run        # say what it would do
+    python benchmarks/omniglot/reproduce.py --runs ~/runs/repro --only-eval nearest
+    python benchmarks/omniglot/reproduce.py --table                              # the README table
+    python benchmarks/omniglot/reproduce.py --table --readme README.md           # ... written into it
+
+For each named run (all of the list by default), in the order given:
+
+1. Training (skipped with ``--only-eval``). ``DIR/NAME`` absent: ``metakit train CONFIG OVERRIDES
+   --out DIR/NAME``. Present and ended (``summary.json``) as ``finished`` at or beyond the list's
+   ``train.steps``: nothing. Otherwise: ``metakit train --resume DIR/NAME train.steps=N``, so a
+   budget raised in the list extends a finished run and an interrupted or killed run continues.
+   Training runs with one thread (``run.num_threads=1``, ``OMP_NUM_THREADS=1``): start one
+   process per core, each with its own run names, to use several cores.
+2. Evaluation of each listed setting with ``metakit eval DIR/NAME ... --json`` (one thread),
+   unless the record already holds an evaluation of that setting with the same run, config
+   digest, checkpoint digest, steps and evaluation parameters (so re-running is safe and cheap).
+3. Right after each evaluation, one record is appended to ``results.json`` (under a file lock:
+   parallel processes may share it): the result, the run id, sha256 digests of the run's
+   ``config.yaml`` and of the evaluated checkpoint file, the exact commands, training and
+   evaluation seconds, steps trained and best step, hardware (CPU model, cores, load average,
+   torch version and build), date and the git commit of the metakit code that ran.
+
+Run folders made by ``metakit train`` outside this script are adopted as they are (their record
+says so: the command that started them is unknown). Progress goes to ``DIR/NAME.log``, the train
+commands run for a folder to ``DIR/NAME.commands.jsonl`` and each evaluation's JSON to
+``DIR/NAME.eval.<W>w<S>s.json``. The exit status is 1 if any step failed (the others still ran).
+Ctrl-C stops after the running command, which stops by itself (a training writes its checkpoint
+first; exit status 130); running the same command again continues where it stopped.
+
+``--table`` prints the README's Omniglot table from the record: per run and setting, the latest
+record. Records whose status is ``unrecorded`` (figures transcribed by hand, with no run folder or
+evaluation output behind them) are printed with "(unrecorded)"; ``partial`` ones (a ``metakit eval
+--json`` result read from a run folder before digests and commands were recorded) with "*".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RUN_LIST = HERE / "runs.yaml"
+RECORD = HERE / "results.json"
+RECORD_FORMAT = 2
+STATUSES = ("recorded", "partial", "unrecorded")
+EVAL_FIELDS = ("split", "ways", "shots", "queries", "episodes", "seed")
+# config keys that may differ between a run folder and the list (they can change on resume)
+RESUMABLE_PREFIXES = ("train.steps", "eval.val_every", "optim.grad_clip", "run.")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class ListError(ValueError):
+    """The run list or the record is malformed."""
+
+
+# -- the run list -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    split: str
+    ways: int
+    shots: int
+    queries: int
+    episodes: int
+    seed: int
+
+    @property
+    def setting(self) -> str:
+        return f"{self.ways}w{self.shots}s"
+
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in EVAL_FIELDS}
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    family: str
+    method: str
+    config: str
+    overrides: tuple[str, ...]
+    evaluations: tuple[Evaluation, ...]
+    paper: dict[str, float] = field(default_factory=dict)
+    paper_source: str | None = None
+
+    @property
+    def steps(self) -> int:
+        return int(dict(o.split("=", 1) for o in self.overrides)["train.steps"])
+
+
+@dataclass(frozen=True)
+class RunList:
+    columns: tuple[str, ...]
+    runs: dict[str, Run]
+
+
+def _need(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ListError(f"{where}: {message}")
+
+
+def load_run_list(path: Path = RUN_LIST) -> RunList:
+    """Read and check ``runs.yaml``: every error names the run and the field."""
+    raw = yaml.safe_load(Path(path).read_text())
+    where = str(path)
+    _need(isinstance(raw, dict) and set(raw) == {"columns", "evaluation", "runs"}, where,
+          f"expected exactly the keys columns, evaluation, runs; got {sorted(raw) if isinstance(raw, dict) else raw!r}")
+    columns = tuple(raw["columns"])
+    defaults = raw["evaluation"]
+    _need(isinstance(defaults, dict) and set(defaults) <= set(EVAL_FIELDS), f"{where}: evaluation",
+          f"keys must be among {', '.join(EVAL_FIELDS)}; got {defaults!r}")
+    runs: dict[str, Run] = {}
+    for name, body in raw["runs"].items():
+        at = f"{where}: run {name!r}"
+        _need(isinstance(body, dict), at, f"expected a mapping, got {body!r}")
+        allowed = {"family", "method", "config", "overrides", "evaluate", "paper"}
+        _need(set(body) <= allowed and {"family", "method", "config", "overrides", "evaluate"} <= set(body), at,
+              f"keys must be family, method, config, overrides, evaluate[, paper]; got {sorted(body)}")
+        overrides = tuple(body["overrides"])
+        _need(all(isinstance(o, str) and "=" in o for o in overrides), f"{at}: overrides",
+              f"each override is 'section.key=value'; got {list(overrides)}")
+        steps = [o for o in overrides if o.startswith("train.steps=")]
+        _need(len(steps) == 1 and steps[0].split("=", 1)[1].isdigit() and int(steps[0].split("=", 1)[1]) > 0,
+              f"{at}: overrides", f"state the budget exactly once as train.steps=N (N >= 1); got {list(overrides)}")
+        evaluations = []
+        for e in body["evaluate"]:
+            _need(isinstance(e, dict) and set(e) <= set(EVAL_FIELDS), f"{at}: evaluate",
+                  f"each evaluation is a mapping of {', '.join(EVAL_FIELDS)}; got {e!r}")
+            merged = {**defaults, **e}
+            _need(set(merged) == set(EVAL_FIELDS), f"{at}: evaluate", f"{e!r} lacks {sorted(set(EVAL_FIELDS) - set(merged))}")
+            for k in ("ways", "shots", "queries", "episodes"):
+                _need(isinstance(merged[k], int) and merged[k] >= 1, f"{at}: evaluate", f"{k} must be an int >= 1, got {merged[k]!r}")
+            evaluations.append(Evaluation(**merged))
+        settings = [e.setting for e in evaluations]
+        _need(len(set(settings)) == len(settings), f"{at}: evaluate", f"a setting is listed twice: {settings}")
+        paper = dict(body.get("paper") or {})
+        source = paper.pop("source", None)
+        _need(set(paper) <= set(settings), f"{at}: paper", f"numbers for settings not evaluated: {sorted(set(paper) - set(settings))}")
+        _need(not paper or bool(source), f"{at}: paper", "give the source of the papers' numbers (source: 'Author year, Table N')")
+        runs[name] = Run(name, str(body["family"]), str(body["method"]), str(body["config"]), overrides,
+                         tuple(evaluations), paper, source)
+    return RunList(columns, runs)
+
+
+# -- the record -------------------------------------------------------------------------------------
+def read_record(path: Path = RECORD) -> list[dict[str, Any]]:
+    """The records of ``results.json``, oldest first."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        raise ListError(
+            f"{path}: not a results record of format {RECORD_FORMAT} (a mapping with 'format': {RECORD_FORMAT} and "
+            "'records': [...]); a record of the older {'runs': {...}} form was converted once, in the repository's "
+            "results.json: start from that file"
+        )
+    return data["records"]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record to ``path`` atomically, under an exclusive lock."""
+    with _locked(path):
+        records = read_record(path)
+        records.append(record)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": RECORD_FORMAT, "records": records}, indent=1, ensure_ascii=False,
+                                  sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+
+def latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest record of every (run, setting)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        out[(r["run"], r["setting"])] = r
+    return out
+
+
+# -- the table --------------------------------------------------------------------------------------
+def _minutes(r: dict[str, Any]) -> float | None:
+    if isinstance(r.get("train_seconds"), (int, float)):
+        return r["train_seconds"] / 60
+    if isinstance(r.get("train_minutes"), (int, float)):
+        return r["train_minutes"]
+    return None
+
+
+def _training(name: str, recs: list[dict[str, Any]]) -> str:
+    if not recs:
+        return f"`{name}`: not run yet"
+    r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
+    parts = [r["training"]["episodes"], f"{r['steps']:,} steps"]
+    minutes = _minutes(r)
+    if minutes is not None:
+        parts.append(f"{minutes:.0f} min")
+    if r["training"]["status"] != "finished":
+        parts.append(r["training"]["status"])
+    return f"`{name}`: " + ", ".join(parts)
+
+
+def _cell(r: dict[str, Any] | None, steps: int | None) -> str:
+    if r is None:
+        return "not run"
+    res = r["result"]
+    cell = f"{100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f}"
+    notes = []
+    if res["episodes"] != 1000:
+        notes.append(f"{res['episodes']:,} episodes")
+    if steps is not None and r["steps"] != steps:
+        notes.append(f"after {r['steps']:,} steps")
+    if r["status"] == "unrecorded":
+        notes.append("unrecorded")
+    cell += f" ({', '.join(notes)})" if notes else ""
+    return cell + ("*" if r["status"] == "partial" else "")
+
+
+def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
+    """The README's Omniglot table (and its legend) from the record."""
+    newest = latest(records)
+    cols = run_list.columns
+    rows: dict[str, list[Run]] = {}
+    for run in run_list.runs.values():
+        rows.setdefault(run.method, []).append(run)
+    lines = [
+        "| family | method | training runs (episodes x meta-batch, steps, training time) | " + " | ".join(cols)
+        + f" | papers ({' / '.join(cols)}) |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " | --- |",
+    ]
+    for method, runs in rows.items():
+        by_setting = {e.setting: run for run in runs for e in run.evaluations}
+        run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
+        steps = {n: max((r["steps"] for r in rs if isinstance(r["steps"], int)), default=None) for n, rs in run_recs.items()}
+        training = "; ".join(_training(run.name, run_recs[run.name]) for run in runs)
+        cells = [_cell(newest.get((by_setting[c].name, c)), steps[by_setting[c].name]) if c in by_setting else "not run"
+                 for c in cols]
+        papers = [f"{by_setting[c].paper[c]:.1f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]
+        paper = "—" if all(p == "—" for p in papers) else " / ".join(papers)
+        lines.append(f"| {runs[0].family} | {method} | {training} | " + " | ".join(cells) + f" | {paper} |")
+    lines.append("")
+    sources: dict[str, list[str]] = {}
+    for run in run_list.runs.values():
+        if run.paper_source:
+            sources.setdefault(run.paper_source, []).append(f"`{run.name}`")
+    lines.append("Papers' numbers: " + "; ".join(f"{', '.join(n)}: {s}" for s, n in sources.items()) + ".")
+    shown = {r["status"] for r in newest.values()}
+    if "unrecorded" in shown:
+        lines += ["", "(unrecorded): a figure transcribed by hand from an earlier results table, with no run folder, "
+                  "evaluation output or digest behind it; it stays marked until a recorded run replaces it."]
+    if "partial" in shown:
+        lines += ["", "*: the output of `metakit eval --json`, read from its run folder before commands, digests and "
+                  "hardware were recorded; `results.json` holds the result, steps and training time, and marks "
+                  "the rest unknown."]
+    return lines
+
+
+README_MARKERS = ("<!-- omniglot-table -->", "<!-- /omniglot-table -->")
+
+
+def write_into_readme(path: Path, lines: list[str]) -> None:
+    """Replace what stands between the README's table markers by ``lines``."""
+    text = path.read_text()
+    begin, end = README_MARKERS
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ListError(f"{path}: expected one {begin} line followed by one {end} line around the table")
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+
+
+# -- running ----------------------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+_PROBE = """\
+import json, platform, subprocess, os
+out = {"python": platform.python_version()}
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = torch.version.cuda
+    out["torch_git"] = torch.version.git_version
+    out["torch_debug"] = bool(torch.version.debug)
+except Exception as e:
+    out["torch"] = "unknown (%s)" % type(e).__name__
+try:
+    import metakit
+    d = os.path.dirname(os.path.abspath(metakit.__file__))
+    out["metakit_path"] = d
+    head = subprocess.run(["git", "-C", d, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", d, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    if head.returncode == 0:
+        out["git_commit"] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+except Exception as e:
+    out["metakit_path"] = "unknown (%s)" % type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def probe_environment(metakit: str) -> dict[str, Any]:
+    """Hardware and software of the runs: CPU model and cores from this machine, torch and the git
+    commit of the metakit code from the interpreter that ``metakit`` runs on (its ``#!`` line)."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    if cpu == "unknown" and platform.processor():
+        cpu = platform.processor()
+    env: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform()}
+    software: dict[str, Any] = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        first = Path(metakit).read_bytes()[:200].split(b"\n", 1)[0].decode()
+        interpreter = first[2:].strip().split()[0] if first.startswith("#!") else ""
+        if Path(interpreter).name.startswith("python"):
+            p = subprocess.run([interpreter, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+            if p.returncode == 0:
+                software = json.loads(p.stdout)
+    env.update({k: software.get(k, "unknown") for k in ("torch", "torch_cuda", "torch_git", "torch_debug", "python")})
+    return {"hardware": env, "git_commit": software.get("git_commit", "unknown")}
+
+
+def _run_id(run_dir: Path) -> str:
+    """``NAME-<UTC start>``: the start of training, from the first line of ``metrics.jsonl``
+    (its wall-clock ``time`` minus the training seconds ``elapsed`` it reports)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError):
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        start = datetime.datetime.fromtimestamp(first["time"] - first["elapsed"], datetime.timezone.utc)
+        return f"{run_dir.name}-{start:%Y%m%dT%H%M%SZ}"
+    return "unknown"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train_section(run_dir: Path) -> dict[str, Any]:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return cfg.get("train", {}) if isinstance(cfg, dict) else {}
+
+
+def _episodes_text(train: dict[str, Any]) -> str:
+    try:
+        return f"{train['ways']}-way {train['shots']}-shot {train['queries']}-query x {train['meta_batch']}"
+    except KeyError:
+        return "episodes unknown"
+
+
+def _config_mismatches(run: Run, run_dir: Path) -> list[str]:
+    """The list's overrides (other than those a resume may change) that the run's config.yaml contradicts."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    out = []
+    for o in run.overrides:
+        key, value = o.split("=", 1)
+        if key.startswith(RESUMABLE_PREFIXES):
+            continue
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part, "<absent>") if isinstance(node, dict) else "<absent>"
+        if node != yaml.safe_load(value):
+            out.append(f"{key} is {node!r} in {run_dir / 'config.yaml'}, {value} in the list")
+    return out
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, run_list: RunList) -> None:
+        self.args = args
+        self.list = run_list
+        self.dir: Path = args.runs.expanduser().resolve()
+        self.metakit = args.metakit
+        self.failed = False
+        self.interrupted = False
+        self._env: dict[str, Any] | None = None
+
+    # progress: stdout and the run's log
+    def say(self, run: Run, text: str) -> None:
+        line = f"{datetime.datetime.now():%H:%M:%S} {run.name}: {text}"
+        print(line, flush=True)
+        if not self.args.dry_run:
+            with open(self.dir / f"{run.name}.log", "a") as f:
+                f.write(line + "\n")
+
+    def fail(self, run: Run, text: str) -> None:
+        self.failed = True
+        self.say(run, f"FAILED: {text}")
+
+    def env(self) -> dict[str, Any]:
+        if self._env is None:
+            self._env = probe_environment(self.metakit)
+        return self._env
+
+    def _call(self, run: Run, cmd: list[str]) -> subprocess.CompletedProcess:
+        """Run ``cmd`` (stderr to the run's log). On Ctrl-C, which reaches the child too, wait for it to
+        stop by itself (``metakit train`` writes a checkpoint first) and stop after this command."""
+        with open(self.dir / f"{run.name}.log", "a") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=subprocess.PIPE,
+                                    stderr=log, text=True)
+            try:
+                out, _ = proc.communicate()
+            except KeyboardInterrupt:
+                self.interrupted = True
+                out, _ = proc.communicate()
+        return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+    # 1. training
+    def train(self, run: Run) -> bool:
+        d = self.dir / run.name
+        ledger = self.dir / f"{run.name}.commands.jsonl"
+        if d.exists():
+            if not (d / "config.yaml").exists():
+                self.fail(run, f"{d} exists but holds no config.yaml: not a metakit run folder; move it away")
+                return False
+            for m in _config_mismatches(run, d):
+                self.say(run, f"warning: the run folder differs from runs.yaml: {m}")
+            if not ledger.exists() and not self.args.dry_run:
+                ledger.write_text(json.dumps({"adopted": str(d), "date": _now(),
+                                              "note": "run folder made outside reproduce.py; its first command is unknown"}) + "\n")
+        if self.args.only_eval:
+            return d.exists() or self._missing(run, d)
+        summary = _read_json(d / "summary.json") if d.exists() else None
+        if summary and summary.get("status") == "finished" and summary.get("step", 0) >= run.steps:
+            self.say(run, f"trained: finished at step {summary['step']} (the list asks {run.steps})")
+            return True
+        if not d.exists():
+            cmd = [self.metakit, "train", run.config, *run.overrides, "run.progress=false", "run.num_threads=1", "--out", str(d)]
+        else:
+            cmd = [self.metakit, "train", "--resume", str(d), f"train.steps={run.steps}", "run.progress=false",
+                   "run.num_threads=1"]
+        if self.args.dry_run:
+            self.say(run, f"would run: {shlex.join(cmd)}")
+            return d.exists()
+        self.say(run, f"run: {shlex.join(cmd)}")
+        start = time.perf_counter()
+        p = self._call(run, cmd)
+        with open(ledger, "a") as f:
+            f.write(json.dumps({"command": shlex.join(cmd), "cwd": str(REPO), "date": _now(), "returncode": p.returncode,
+                                "seconds": round(time.perf_counter() - start, 1)}) + "\n")
+        summary = _read_json(d / "summary.json")
+        if p.returncode not in (0, 130) or not summary or summary.get("status") not in ("finished", "interrupted"):
+            self.fail(run, f"training exited with status {p.returncode} (see {self.dir / run.name}.log)")
+            return False
+        self.say(run, f"trained: {summary['status']} at step {summary['step']}")
+        return True
+
+    def _missing(self, run: Run, d: Path) -> bool:
+        self.fail(run, f"no run folder {d} to evaluate (--only-eval trains nothing)")
+        return False
+
+    # 2-3. evaluation and record
+    def evaluate(self, run: Run) -> None:
+        d = self.dir / run.name
+        if not d.exists():  # a dry run that would train it first
+            for e in run.evaluations:
+                self.say(run, f"would evaluate {e.setting} after training")
+            return
+        summary = _read_json(d / "summary.json")
+        if not summary or summary.get("status") not in ("finished", "interrupted"):
+            self.fail(run, f"{d / 'summary.json'} is missing or says {summary and summary.get('status')!r}: the run is "
+                           "still training, was killed or failed; wait for it, or resume it (without --only-eval)")
+            return
+        # the file `metakit eval` reads: the best checkpoint, or the newest step checkpoint of a run without validation
+        best = d / "checkpoints" / "best.safetensors"
+        if not best.exists():
+            best = max((d / "checkpoints").glob("step-*.safetensors"), default=best)
+        before = sha256(best) if best.exists() else None
+        config_digest = sha256(d / "config.yaml")
+        run_id = _run_id(d)
+        newest = latest(read_record(self.args.record))
+        for e in run.evaluations:
+            old = newest.get((run.name, e.setting))
+            if (old and old["status"] == "recorded" and old["run_id"] == run_id and old["config_sha256"] == config_digest
+                    and old["checkpoint"]["sha256"] == before and old["steps"] == summary["step"]
+                    and all(old["result"].get(k) == v for k, v in e.params().items())):
+                self.say(run, f"{e.setting}: up to date in {self.args.record.name}")
+                continue
+            cmd = [self.metakit, "eval", str(d), "--split", e.split, "--ways", str(e.ways), "--shots", str(e.shots),
+                   "--queries", str(e.queries), "--episodes", str(e.episodes), "--seed", str(e.seed), "--json"]
+            if self.args.dry_run:
+                self.say(run, f"would run: {shlex.join(cmd)}")
+                continue
+            self.say(run, f"run: {shlex.join(cmd)}")
+            start = time.perf_counter()
+            p = self._call(run, cmd)
+            wall = time.perf_counter() - start
+            try:
+                result = json.loads(p.stdout)
+            except json.JSONDecodeError:
+                result = None
+            if p.returncode != 0 or not isinstance(result, dict) or not {"accuracy", "ci95", "checkpoint"} <= set(result):
+                self.fail(run, f"{e.setting}: evaluation exited with status {p.returncode} without a JSON result "
+                               f"(see {self.dir / run.name}.log)")
+                continue
+            ckpt = d / "checkpoints" / Path(result["checkpoint"]).name
+            digest = sha256(ckpt)
+            if ckpt == best and digest != before:
+                self.fail(run, f"{e.setting}: {ckpt} changed during the evaluation (is the run still training?); not recorded")
+                continue
+            out = self.dir / f"{run.name}.eval.{e.setting}.json"
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            ledger = self.dir / f"{run.name}.commands.jsonl"
+            train_cmds = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
+            env = self.env()
+            record = {
+                "run": run.name,
+                "setting": e.setting,
+                "status": "recorded",
+                "run_id": run_id,
+                "date": _now(),
+                "git_commit": env["git_commit"],
+                "hardware": {**env["hardware"], "load_average": [round(x, 2) for x in os.getloadavg()]},
+                "config_sha256": config_digest,
+                "checkpoint": {"file": ckpt.name, "sha256": digest, "step": result.get("step")},
+                "commands": {"train": train_cmds, "eval": shlex.join(cmd), "cwd": str(REPO)},
+                "train_seconds": summary.get("elapsed"),
+                "eval_seconds": result.get("seconds"),
+                "eval_wall_seconds": round(wall, 1),
+                "steps": summary["step"],
+                "best_step": (summary.get("best") or {}).get("step", result.get("step")),
+                "training": {"episodes": _episodes_text(_train_section(d)), "status": summary["status"]},
+                "result": {k: v for k, v in result.items() if k != "formatted"},
+            }
+            append_record(self.args.record, record)
+            self.say(run, f"{e.setting}: {100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f} % "
+                          f"({result['episodes']} episodes, checkpoint {ckpt.name} sha256 {digest[:12]}), recorded")
+
+    def run(self, names: list[str]) -> int:
+        if not self.args.dry_run:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            run = self.list.runs[name]
+            if self.train(run) or self.args.dry_run:
+                if not self.interrupted:
+                    self.evaluate(run)
+            if self.interrupted:
+                self.say(run, "interrupted (Ctrl-C); run the same command again to continue")
+                return 130
+        return 1 if self.failed else 0
+
+
+def _metakit_path(text: str | None) -> str:
+    if text is None:
+        beside = Path(sys.executable).with_name("metakit")
+        found = str(beside) if beside.exists() else shutil.which("metakit")
+        if found is None:
+            raise SystemExit("reproduce.py: error: no metakit executable beside this Python or on PATH; "
+                             "give --metakit PATH (e.g. .venv/bin/metakit)")
+        return found
+    p = Path(text).expanduser()
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        raise SystemExit(f"reproduce.py: error: --metakit {text!r} is not an executable file; "
+                         "give the metakit command of an installed checkout (e.g. .venv/bin/metakit)")
+    return str(p.resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+    parser.add_argument("names", nargs="*", metavar="NAME", help="runs of the list (default: all, in list order)")
+    parser.add_argument("--runs", type=Path, metavar="DIR", help="folder of the run folders DIR/NAME")
+    parser.add_argument("--metakit", help="the metakit executable (default: the one beside this Python, else on PATH)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be run; change nothing")
+    parser.add_argument("--only-eval", action="store_true", help="train nothing; evaluate existing run folders")
+    parser.add_argument("--table", action="store_true", help="print the README's results table from the record and exit")
+    parser.add_argument("--readme", type=Path, help="with --table: write the table between the markers of this README")
+    parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
+    parser.add_argument("--record", type=Path, default=RECORD, help="the record (default: results.json beside this script)")
+    args = parser.parse_args(argv)
+    try:
+        run_list = load_run_list(args.list)
+        if args.table:
+            lines = table_lines(run_list, read_record(args.record))
+            if args.readme:
+                write_into_readme(args.readme, lines)
+            else:
+                print("\n".join(lines))
+            return 0
+        if args.runs is None:
+            parser.error("give --runs DIR (the folder of the run folders), or --table")
+        unknown = [n for n in args.names if n not in run_list.runs]
+        if unknown:
+            parser.error(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: {', '.join(run_list.runs)}")
+        read_record(args.record)  # a malformed record is an error before any work
+    except ListError as e:
+        print(f"reproduce.py: error: {e}", file=sys.stderr)
+        return 2
+    args.metakit = _metakit_path(args.metakit)
+    return Runner(args, run_list).run(args.names or list(run_list.runs))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The README's Omniglot results table is exactly what the record prints
+(``python benchmarks/omniglot/reproduce.py --table``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- omniglot-table -->", "<!-- /omniglot-table -->"
+
+
+def test_the_readme_table_is_what_the_record_prints():
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
+    in_readme = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "omniglot" / "reproduce.py"), "--table"],
+                             capture_output=True, text=True, check=True, timeout=120).stdout.strip("\n")
+    assert in_readme == printed, (
+        "README.md's table differs from the record; paste the output of "
+        "`python benchmarks/omniglot/reproduce.py --table` between its markers "
+        "(`... --table --readme README.md` does it)"
+    )

@@ -1,0 +1,367 @@
+"""benchmarks/omniglot/reproduce.py: the run list, the record, training/evaluation driven through a
+stand-in ``metakit`` executable, and the table printed from the record."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from metakit.runtime.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = REPO / "benchmarks" / "omniglot"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("omniglot_reproduce", HERE / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rp = _load()
+
+# Stands in for metakit: logs each call to $CALLS; `train` writes a finished run of the asked budget
+# (config.yaml, metrics.jsonl, a best checkpoint whose bytes depend on the steps, summary.json);
+# `eval` prints a JSON result; $FAIL=train|eval makes that command exit with status 1.
+_FAKE = """\
+#!{python}
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["CALLS"], "a") as f:
+    f.write(" ".join(args) + "\\n")
+if os.environ.get("FAIL") == "train" == args[0]:
+    sys.exit(1)
+if args[0] == "train" and os.environ.get("WAIT_FOR_SIGINT"):  # a long training that Ctrl-C stops cleanly
+    import signal, time
+    d = Path(args[args.index("--out") + 1])
+    def stop(*_):
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({{"status": "interrupted", "step": 3, "elapsed": 4.0}}))
+        sys.exit(130)
+    signal.signal(signal.SIGINT, stop)
+    open(os.environ["WAIT_FOR_SIGINT"], "w").close()
+    time.sleep(60)
+    sys.exit(1)
+if args[0] == "train":
+    steps = int([a for a in args if a.startswith("train.steps=")][-1].split("=")[1])
+    if args[1] == "--resume":
+        d = Path(args[2])
+        cfg = json.loads((d / "config.yaml").read_text())
+    else:
+        d = Path(args[args.index("--out") + 1])
+        d.mkdir(parents=True)
+        cfg = {{"train": {{"ways": 5, "shots": 5, "queries": 5, "meta_batch": 32}}, "algorithm": {{}}, "run": {{}}}}
+        for a in args:
+            if "=" in a:
+                k, v = a.split("=", 1)
+                sec, key = k.split(".")
+                cfg.setdefault(sec, {{}})[key] = json.loads(v) if v[0].isdigit() else v
+        (d / "metrics.jsonl").write_text(json.dumps({{"step": 1, "split": "train", "time": 1796083200.5, "elapsed": 0.5}}) + "\\n")
+    cfg["train"]["steps"] = steps
+    (d / "config.yaml").write_text(json.dumps(cfg))
+    (d / "checkpoints").mkdir(exist_ok=True)
+    name = "step-%08d.safetensors" % steps if os.environ.get("NO_VALIDATION") else "best.safetensors"
+    (d / "checkpoints" / name).write_bytes(b"weights after %d steps" % steps)
+    (d / "summary.json").write_text(json.dumps({{"status": "finished", "step": steps, "elapsed": 1.5 * steps,
+                                                "best": {{"step": steps - 1}}}}))
+elif args[0] == "eval":
+    d = Path(args[1])
+    opt = dict(zip(args[2::2], args[3::2]))
+    print(json.dumps({{"accuracy": 0.9, "ci95": 0.01, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
+                      "seed": int(opt["--seed"]), "split": opt["--split"], "ways": int(opt["--ways"]),
+                      "shots": int(opt["--shots"]),
+                      "checkpoint": sorted(p.name for p in (d / "checkpoints").iterdir())[0],
+                      "step": json.loads((d / "summary.json").read_text())["best"]["step"], "seconds": 2.0,
+                      "episodes_per_s": 5.0, "formatted": "90.00 ± 1.00 %"}}))
+    sys.exit(1 if os.environ.get("FAIL") == "eval" else 0)  # a result printed by a failing command is not one
+"""
+
+_LIST = """\
+columns: [5w1s, 5w5s, 20w1s, 20w5s]
+evaluation: {{split: test, queries: 15, episodes: 1000, seed: 0}}
+runs:
+  run_a:
+    family: metric
+    method: Method A
+    config: configs/x.yaml
+    overrides: [train.steps={steps}, algorithm.scale=10]
+    evaluate: [{{ways: 5, shots: 5}}, {{ways: 20, shots: 5, episodes: 600}}]
+    paper: {{5w5s: 99.0, source: "Someone 2020, Table 3"}}
+"""
+
+
+class Bench:
+    """A temporary run list, record, runs folder and stand-in metakit."""
+
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp = tmp
+        self.fake = tmp / "metakit"
+        self.fake.write_text(_FAKE.format(python=sys.executable))
+        self.fake.chmod(0o755)
+        self.calls = tmp / "calls.txt"
+        self.list = tmp / "runs.yaml"
+        self.record = tmp / "results.json"
+        self.record.write_text(json.dumps({"format": 2, "records": []}))
+        self.runs = tmp / "runs"
+        monkeypatch.setenv("CALLS", str(self.calls))
+        self.set_steps(10)
+
+    def set_steps(self, steps: int) -> None:
+        self.list.write_text(_LIST.format(steps=steps))
+
+    def main(self, *args: str) -> tuple[int, list[str]]:
+        self.calls.write_text("")
+        rc = rp.main(["--runs", str(self.runs), "--metakit", str(self.fake), "--list", str(self.list),
+                      "--record", str(self.record), *args])
+        return rc, self.calls.read_text().splitlines()
+
+    def records(self) -> list[dict]:
+        return json.loads(self.record.read_text())["records"]
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch) -> Bench:
+    return Bench(tmp_path, monkeypatch)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_new_run_is_trained_evaluated_and_recorded_then_left_alone(bench):
+    rc, calls = bench.main()
+    d = bench.runs / "run_a"
+    assert rc == 0
+    assert calls[0] == f"train configs/x.yaml train.steps=10 algorithm.scale=10 run.progress=false run.num_threads=1 --out {d}"
+    assert calls[1] == f"eval {d} --split test --ways 5 --shots 5 --queries 15 --episodes 1000 --seed 0 --json"
+    assert calls[2] == f"eval {d} --split test --ways 20 --shots 5 --queries 15 --episodes 600 --seed 0 --json"
+    assert len(calls) == 3
+    recs = bench.records()
+    assert [(r["run"], r["setting"], r["status"]) for r in recs] == [("run_a", "5w5s", "recorded"), ("run_a", "20w5s", "recorded")]
+    r = recs[1]
+    assert r["config_sha256"] == _sha(d / "config.yaml")
+    assert r["checkpoint"] == {"file": "best.safetensors", "sha256": _sha(d / "checkpoints" / "best.safetensors"), "step": 9}
+    assert r["commands"]["eval"] == f"{bench.fake} {calls[2]}"
+    assert [c["command"] for c in r["commands"]["train"]] == [f"{bench.fake} {calls[0]}"]
+    assert r["commands"]["train"][0]["returncode"] == 0
+    assert (r["steps"], r["best_step"], r["train_seconds"], r["eval_seconds"]) == (10, 9, 15.0, 2.0)
+    assert r["run_id"] == "run_a-20261201T000000Z"  # metrics.jsonl's first line: time - elapsed
+    assert r["result"]["episodes"] == 600 and r["result"]["accuracy"] == 0.9 and "formatted" not in r["result"]
+    assert r["training"] == {"episodes": "5-way 5-shot 5-query x 32", "status": "finished"}
+    hw = r["hardware"]
+    assert hw["cores"] >= 1 and hw["cpu"] and hw["torch"].startswith("2.") and len(hw["load_average"]) == 3
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", r["git_commit"])  # this checkout's commit, from metakit's interpreter
+    assert re.match(r"\d{4}-\d\d-\d\dT", r["date"])
+    assert json.loads((bench.runs / "run_a.eval.20w5s.json").read_text())["episodes"] == 600
+    assert "20w5s: 90.00 ± 1.00 %" in (bench.runs / "run_a.log").read_text()
+    # nothing changed: nothing to train, nothing to evaluate, nothing recorded
+    assert bench.main() == (0, [])
+    assert bench.records() == recs
+    # an evaluation setting changed in the list: that evaluation alone is run and recorded again
+    bench.list.write_text(bench.list.read_text().replace("episodes: 600", "episodes: 700"))
+    rc, calls = bench.main()
+    assert rc == 0 and calls == [calls[0]] and "--ways 20 --shots 5 --queries 15 --episodes 700" in calls[0]
+    assert len(bench.records()) == 3
+
+
+def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
+    bench.main()
+    bench.set_steps(25)
+    rc, calls = bench.main()
+    d = bench.runs / "run_a"
+    assert rc == 0
+    assert calls[0] == f"train --resume {d} train.steps=25 run.progress=false run.num_threads=1"
+    assert [c.split()[0] for c in calls[1:]] == ["eval", "eval"]
+    recs = bench.records()
+    assert len(recs) == 4 and recs[2]["steps"] == 25
+    assert recs[2]["checkpoint"]["sha256"] == _sha(d / "checkpoints" / "best.safetensors") != recs[0]["checkpoint"]["sha256"]
+    assert [c["command"].split()[1:3] for c in recs[3]["commands"]["train"]] == [["train", "configs/x.yaml"], ["train", "--resume"]]
+    bench.set_steps(20)  # a smaller budget than trained: nothing to do
+    assert bench.main() == (0, [])
+
+
+def test_dry_run_prints_the_commands_and_changes_nothing(bench, capsys):
+    assert bench.main("--dry-run") == (0, [])
+    out = capsys.readouterr().out
+    assert f"would run: {bench.fake} train configs/x.yaml train.steps=10" in out and "would evaluate 20w5s" in out
+    assert not bench.runs.exists() and bench.records() == []
+    bench.main()
+    bench.set_steps(30)
+    assert bench.main("--dry-run") == (0, [])
+    out = capsys.readouterr().out
+    assert f"train --resume {bench.runs / 'run_a'} train.steps=30" in out and " eval " in out
+    assert len(bench.records()) == 2
+
+
+def test_only_eval_adopts_a_run_folder_made_by_metakit_train(bench, monkeypatch, capsys):
+    d = bench.runs / "run_a"
+    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=3", "--out", str(d)], check=True)
+    rc, calls = bench.main("--only-eval")
+    assert rc == 0 and [c.split()[0] for c in calls] == ["eval", "eval"]
+    r = bench.records()[0]
+    assert r["steps"] == 7 and "adopted" in r["commands"]["train"][0]
+    assert "algorithm.scale is 3" in capsys.readouterr().out  # the folder contradicts the list: said, not hidden
+    # --only-eval never trains: a missing folder is an error, and the exit status says so
+    bench.list.write_text(bench.list.read_text().replace("run_a", "run_b"))
+    rc, calls = bench.main("--only-eval")
+    assert rc == 1 and calls == [] and "no run folder" in capsys.readouterr().out
+
+
+def test_a_failed_evaluation_is_not_recorded_and_fails_the_exit_status(bench, monkeypatch):
+    monkeypatch.setenv("FAIL", "eval")
+    rc, calls = bench.main()
+    assert rc == 1 and len(calls) == 3 and bench.records() == []
+    assert "FAILED: 5w5s: evaluation exited with status 1" in (bench.runs / "run_a.log").read_text()
+    monkeypatch.setenv("FAIL", "train")
+    bench.set_steps(40)
+    rc, calls = bench.main()
+    assert rc == 1 and len(calls) == 1 and "FAILED: training exited with status 1" in (bench.runs / "run_a.log").read_text()
+
+
+def test_bad_arguments_are_clear_errors(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main("no_such_run")
+    assert "unknown run name(s) no_such_run; the list" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--metakit '/nonexistent/metakit' is not an executable file"):
+        rp.main(["--runs", str(bench.runs), "--metakit", "/nonexistent/metakit", "--list", str(bench.list)])
+    bench.record.write_text(json.dumps({"runs": {}}))
+    assert bench.main() == (2, [])
+    assert "not a results record of format 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("train.steps=10, ", ""), "state the budget exactly once as train.steps=N"),
+        ((', source: "Someone 2020, Table 3"', ""), "give the source of the papers' numbers"),
+        (("{ways: 5, shots: 5}", "{ways: 5, shots: 5, batch: 3}"), "each evaluation is a mapping of split, ways"),
+        (("{ways: 5, shots: 5}", "{ways: 0, shots: 5}"), "ways must be an int >= 1, got 0"),
+        (("5w5s: 99.0", "5w1s: 99.0"), "numbers for settings not evaluated: ['5w1s']"),
+    ],
+)
+def test_run_list_errors_name_the_run_and_the_field(bench, edit, message):
+    bench.list.write_text(bench.list.read_text().replace(*edit))
+    with pytest.raises(rp.ListError) as e:
+        rp.load_run_list(bench.list)
+    assert "run 'run_a'" in str(e.value) and message in str(e.value)
+
+
+def test_appends_from_parallel_processes_are_all_kept(tmp_path):
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"format": 2, "records": []}))
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("r", {str(HERE / 'reproduce.py')!r})
+        m = importlib.util.module_from_spec(spec); sys.modules["r"] = m; spec.loader.exec_module(m)
+        from pathlib import Path
+        for i in range(40):
+            m.append_record(Path({str(record)!r}), {{"run": sys.argv[1], "setting": str(i)}})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len(json.loads(record.read_text())["records"]) == 80
+
+
+def _rec(run: str, setting: str, status: str, acc: float, *, episodes: int = 1000, steps: int = 100) -> dict:
+    return {"run": run, "setting": setting, "status": status, "steps": steps, "train_seconds": 600.0,
+            "training": {"episodes": "5-way 5-shot 5-query x 32", "status": "finished"},
+            "result": {"accuracy": acc, "ci95": 0.004, "episodes": episodes}}
+
+
+def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(bench):
+    run_list = rp.load_run_list(bench.list)
+    lines = rp.table_lines(run_list, [
+        _rec("run_a", "5w5s", "unrecorded", 0.5),
+        _rec("run_a", "20w5s", "partial", 0.80, episodes=600),
+    ])
+    row = next(line for line in lines if "| Method A |" in line)
+    assert row == ("| metric | Method A | `run_a`: 5-way 5-shot 5-query x 32, 100 steps, 10 min | not run | "
+                   "50.0 ± 0.4 (unrecorded) | not run | 80.0 ± 0.4 (600 episodes)* | — / 99.0 / — / — |")
+    assert "Papers' numbers: `run_a`: Someone 2020, Table 3." in lines
+    assert any(line.startswith("(unrecorded): ") for line in lines) and any(line.startswith("*: ") for line in lines)
+    # a recorded run replaces the transcribed figure; a cell of an older, shorter training says so
+    lines = rp.table_lines(run_list, [
+        _rec("run_a", "5w5s", "unrecorded", 0.5),
+        _rec("run_a", "20w5s", "recorded", 0.80, steps=50),
+        _rec("run_a", "5w5s", "recorded", 0.9812),
+    ])
+    row = next(line for line in lines if "| Method A |" in line)
+    assert "| not run | 98.1 ± 0.4 | not run | 80.0 ± 0.4 (after 50 steps) |" in row
+    assert not any(line.startswith(("(unrecorded)", "*:")) for line in lines)
+
+
+def test_the_shipped_run_list_names_todays_runs_and_loads_every_config(monkeypatch):
+    run_list = rp.load_run_list()
+    records = rp.read_record()
+    assert {r["run"] for r in records} == set(run_list.runs)  # every run of the table has a record, and no other
+    monkeypatch.chdir(REPO)  # config paths are relative to the checkout
+    for run in run_list.runs.values():
+        config = load_config(run.config, list(run.overrides))
+        assert config.train.steps == run.steps
+        assert all(e.setting in run_list.columns and e.episodes >= 600 for e in run.evaluations), run.name
+
+
+def test_the_committed_record_is_well_formed():
+    records = rp.read_record()
+    for r in records:
+        assert r["status"] in rp.STATUSES, r
+        res = r["result"]
+        assert 0 < res["accuracy"] <= 1 and 0 <= res["ci95"] < 0.1 and res["episodes"] >= 600 and res["split"] == "test"
+        assert r["setting"] == f"{res['ways']}w{res['shots']}s"
+        if r["status"] == "recorded":
+            assert re.fullmatch(r"[0-9a-f]{64}", r["config_sha256"]) and re.fullmatch(r"[0-9a-f]{64}", r["checkpoint"]["sha256"])
+        else:  # what was not recorded is said to be unknown, never filled in
+            assert r["config_sha256"] == r["checkpoint"]["sha256"] == r["commands"] == r["hardware"] == "unknown"
+            assert r["source"]
+
+
+def test_table_readme_writes_between_the_markers_only(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- omniglot-table -->\nold table\n<!-- /omniglot-table -->\n\nafter\n")
+    assert rp.main(["--table", "--list", str(bench.list), "--record", str(bench.record), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n<!-- omniglot-table -->\n| family | method |") and text.endswith("<!-- /omniglot-table -->\n\nafter\n")
+    assert "old table" not in text and "| Method A |" in text
+    readme.write_text("no markers\n")
+    assert rp.main(["--table", "--list", str(bench.list), "--record", str(bench.record), "--readme", str(readme)]) == 2
+
+
+def test_a_run_without_validation_is_recorded_from_its_last_checkpoint_and_left_alone(bench, monkeypatch):
+    monkeypatch.setenv("NO_VALIDATION", "1")
+    assert bench.main()[0] == 0
+    d = bench.runs / "run_a"
+    r = bench.records()[0]
+    assert r["checkpoint"]["file"] == "step-00000010.safetensors"
+    assert r["checkpoint"]["sha256"] == _sha(d / "checkpoints" / "step-00000010.safetensors")
+    assert bench.main() == (0, [])
+
+
+def test_ctrl_c_lets_training_stop_cleanly_and_stops_after_it(bench, tmp_path):
+    started = tmp_path / "started"
+    script = subprocess.Popen(
+        [sys.executable, str(HERE / "reproduce.py"), "--runs", str(bench.runs), "--metakit", str(bench.fake),
+         "--list", str(bench.list), "--record", str(bench.record)],
+        env={**os.environ, "WAIT_FOR_SIGINT": str(started)}, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    for _ in range(300):
+        if started.exists():
+            break
+        subprocess.run(["sleep", "0.1"])
+    os.killpg(script.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    out, _ = script.communicate(timeout=60)
+    assert script.returncode == 130 and "run the same command again to continue" in out
+    ledger = [json.loads(line) for line in (bench.runs / "run_a.commands.jsonl").read_text().splitlines()]
+    assert ledger[0]["returncode"] == 130  # the training stopped by itself (checkpoint written), was not killed
+    assert bench.calls.read_text().splitlines()[-1].startswith("train ") and bench.records() == []  # nothing evaluated
