@@ -73,10 +73,22 @@ def test_default_run_folder_is_under_runs(config_file, tmp_path, monkeypatch, ca
     assert run_dir.name.startswith("tiny-") and (run_dir / "config.yaml").is_file()
 
 
+def _lines_up_to(run_dir: Path, step: int) -> list[str]:
+    """The metrics.jsonl lines of steps <= ``step`` as written (wall-clock times included)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["step"] <= step]
+
+
 def test_resume_continues_a_run(config_file, tmp_path, capsys):
     out_dir = tmp_path / "run"
     assert main(["train", str(config_file), "train.steps=2", "--out", str(out_dir)]) == 0
+    before = _lines_up_to(out_dir, 2)
+    capsys.readouterr()
     assert main(["train", "--resume", str(out_dir), "train.steps=4"]) == 0
+    # it continued from the step-2 checkpoint: steps 1-2 were not trained (nor logged) again
+    assert f"resuming {out_dir} from step-00000002.safetensors (step 2)" in capsys.readouterr().err
+    assert len(before) == 2 and _lines_up_to(out_dir, 2) == before  # the train and val lines of step 2
+    assert [r["step"] for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())] == [2, 2, 4, 4]
     straight = tmp_path / "straight"
     assert main(["train", str(config_file), "train.steps=4", "--out", str(straight)]) == 0
     a, b = load_run(out_dir, "last").algorithm.state_dict(), load_run(straight, "last").algorithm.state_dict()
@@ -153,7 +165,7 @@ def test_help_documents_every_config_field(capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(config_file, tmp_path):
+def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(config_file, tmp_path, capsys):
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "metakit.cli.main", "train", str(config_file), "train.steps=100000",
            "run.checkpoint_every=3", "eval.val_every=0", "--out", str(out_dir)]
@@ -176,7 +188,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(conf
     assert json.loads((out_dir / "summary.json").read_text())["status"] == "interrupted"
     # resume to a few steps past the interruption; compare with a straight run of that length
     total = stopped + 3
+    before = _lines_up_to(out_dir, stopped)
     assert main(["train", "--resume", str(out_dir), f"train.steps={total}"]) == 0
+    # it continued from the interruption's checkpoint, not from step 0
+    assert f"from step-{stopped:08d}.safetensors (step {stopped})" in capsys.readouterr().err
+    assert len(before) >= 1 and _lines_up_to(out_dir, stopped) == before
+    assert max(json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()) == total
     straight = tmp_path / "straight"
     assert main(["train", str(config_file), f"train.steps={total}", "run.checkpoint_every=3", "eval.val_every=0",
                  "--out", str(straight)]) == 0
