@@ -51,6 +51,7 @@ def test_tsne_keeps_clusters_apart_and_is_seeded():
     nearest = d.argmin(1)
     assert ((nearest < 15) == (torch.arange(30) < 15)).all()
     assert torch.equal(tsne_2d(torch.cat([a, b]), steps=300), y)
+    assert not torch.allclose(tsne_2d(torch.cat([a, b]), steps=300, seed=1), y)  # the seed is used
 
 
 def test_embedding_function_prefers_embed_then_encoder():

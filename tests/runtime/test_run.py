@@ -105,6 +105,8 @@ def test_load_run_builds_evaluation_episodes_for_any_size(trained):
     # the same seed gives the same episodes
     a, b = next(iter(loaded.episodes(seed=3))), next(iter(loaded.episodes(seed=3)))
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+    c = next(iter(loaded.episodes(seed=4)))  # and another seed other episodes
+    assert not torch.equal(a.support_x, c.support_x)
 
 
 def test_load_run_leaves_the_callers_rng_alone(trained):
