@@ -121,8 +121,8 @@ class ArchiveSource:
         For a folder the listing holds every file's relative path and the sha256 of its bytes,
         so any change to a file changes the key, even one that keeps its size and modification
         time (``cp -p``, ``rsync -t``); the same files in another place give the same key.
-        For the 19,280 files of Omniglot's ``images_background`` it took 0.3-0.5 s, against 0.2-0.3 s
-        for a listing of sizes and modification times (2-core machine under load).
+        For the 19,280 files of Omniglot's ``images_background`` it took 0.3-0.5 s, against
+        0.2-0.3 s for a listing of sizes and modification times (2 cores, other jobs running).
         """
         if self.is_zip:
             return sha256_file(self.path)
