@@ -33,6 +33,26 @@ def omniglot_root() -> Path:
     return OMNIGLOT_ROOT
 
 
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """The matplotlib figures saved during a test, as ``(figure, path)`` in order of saving.
+
+    Records every ``Figure.savefig`` and still writes the file, so a test can read what a plot
+    shows (axes, lines, bands, titles) besides checking the file.
+    """
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        saved.append((self, Path(fname)))
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One decoded-dataset cache folder for the whole test session."""

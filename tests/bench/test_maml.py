@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -45,16 +47,55 @@ def test_flops_of_the_issue_workload_per_task():
 
 
 def test_cli_json_record(capsys):
-    argv = ["bench", "maml", "--settings", "fo1,so5ck", "--impls", "metakit,loop", "--iters", "1", "--warmup", "0",
+    argv = ["bench", "maml", "--settings", "fo1,so5ck", "--impls", "metakit,loop", "--iters", "2", "--warmup", "0",
             "--meta-batch", "1", "--hidden", "8", "--json", "--no-peaks", "--no-memory"]
     assert main(argv) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["benchmark"] == "maml" and rec["matmul_gflops"] is None
+    assert rec["benchmark"] == "maml" and rec["matmul_gflops"] is None and rec["meta_batch"] == 1
     fo1, so5ck = rec["settings"]
     assert set(fo1["impls"]) == {"metakit", "loop"} and set(so5ck["impls"]) == {"metakit"}  # recompute: metakit only
     for s in rec["settings"]:
+        assert s["meta_batch"] == 1 and math.isfinite(s["flops"]) and s["flops"] > 0
         for r in s["impls"].values():
-            assert r["median_s"] > 0 and r["grad_err_f64_rel"] < 1e-3 and "memory" not in r
+            # the reported numbers are those of the timed iterations
+            assert len(r["wall"]) == len(r["cpu"]) == s["iters"] == 2 and all(t > 0 for t in r["wall"])
+            assert r["median_s"] == statistics.median(r["wall"]) and r["min_s"] == min(r["wall"])
+            assert r["gflops_per_s"] == pytest.approx(s["flops"] / r["median_s"] / 1e9)
+            # the compared meta-gradients agree: with float64 and with metakit's own float32 gradient
+            assert 0 <= r["grad_err_f64_rel"] < 1e-3 and 0 <= r["grad_diff_rel"] < 1e-4
+            assert "memory" not in r
+    assert fo1["impls"]["metakit"]["grad_diff_rel"] == 0.0  # metakit is the float32 reference
+    # the loop's reported differences are those of its gradient on the same weights and batch
+    batch = bench.setting_batch(bench.SETTINGS["fo1"], 1)
+    exact = bench.reference_gradient(bench.SETTINGS["fo1"], batch, hidden=8)
+    ours, loop = (bench.first_gradient(*bench.build(i, bench.SETTINGS["fo1"], hidden=8)[:2], batch) for i in ("metakit", "loop"))
+    scale = max(float(g.abs().max()) for g in exact)
+    r = fo1["impls"]["loop"]
+    assert r["grad_diff_rel"] == pytest.approx(max(float((a - b).abs().max()) for a, b in zip(loop, ours)) / scale, rel=1e-6)
+    assert r["grad_err_f64_rel"] == pytest.approx(max(float((a.double() - b).abs().max()) for a, b in zip(loop, exact)) / scale, rel=1e-6)
+
+
+def test_cli_table_reports_finite_ratios_of_the_medians(capsys):
+    argv = ["bench", "maml", "--settings", "fo1", "--impls", "metakit,loop", "--iters", "2", "--warmup", "0",
+            "--meta-batch", "1", "--hidden", "8", "--no-peaks", "--no-memory"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["implementation", "s/iter"])
+    assert "x vs loop" in header and "err vs f64" in header
+    rows = {}
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in ("metakit", "loop") and len(fields) >= 9:
+            rows[fields[0]] = fields
+    assert set(rows) == {"metakit", "loop"}
+    seconds = {k: float(v[1]) for k, v in rows.items()}
+    ratio = {k: float(v[6]) for k, v in rows.items()}  # after s/iter, CPU s, GFLOP/s, %matmul, %conv
+    assert ratio["loop"] == 1.0
+    assert math.isfinite(ratio["metakit"]) and ratio["metakit"] > 0
+    # the loop's median over metakit's (from the printed, rounded medians)
+    assert ratio["metakit"] == pytest.approx(seconds["loop"] / seconds["metakit"], rel=0.03, abs=0.011)
+    for fields in rows.values():
+        assert 0 <= float(fields[7]) < 1e-3 and 0 <= float(fields[8]) < 1e-4  # err vs f64, vs metakit
 
 
 def test_recompute_settings_use_their_own_task_shape():

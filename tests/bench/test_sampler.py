@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -19,11 +21,14 @@ def test_synthetic_dataset_has_the_requested_shape():
 
 def test_measure_sampler_reports_rates_of_the_requested_setting():
     ds = bench.synthetic_dataset(classes=12, per_class=6, size=4)
-    r = bench.measure_sampler(ds, 3, 1, 2, batch=4, seconds=0.02, repeats=2, warmup=0.01)
+    r = bench.measure_sampler(ds, 3, 1, 2, batch=4, seconds=0.03, repeats=3, warmup=0.01)
     assert (r["ways"], r["shots"], r["queries"], r["batch"]) == (3, 1, 2, 4)
-    assert len(r["repeats"]) == 2 and all(x > 0 for x in r["repeats"])
-    assert r["episodes_per_s_min"] <= r["episodes_per_s"] <= r["episodes_per_s_max"]
-    assert r["ms_per_batch"] > 0 and r["cpu_ms_per_batch"] >= 0
+    assert len(r["repeats"]) == 3 and all(math.isfinite(x) and x > 0 for x in r["repeats"])
+    assert r["episodes_per_s"] == statistics.median(r["repeats"])
+    assert (r["episodes_per_s_min"], r["episodes_per_s_max"]) == (min(r["repeats"]), max(r["repeats"]))
+    # a batch of 4 episodes per ms_per_batch milliseconds: the same median repeat
+    assert r["ms_per_batch"] == pytest.approx(1000 * 4 / r["episodes_per_s"], rel=1e-9)
+    assert r["cpu_ms_per_batch"] >= 0
     with pytest.raises(ValueError, match="ways=13 but the dataset 'synthetic' has only 12 classes"):
         bench.measure_sampler(ds, 13, 1, 1, batch=1, seconds=0.01, repeats=1, warmup=0.01)
 

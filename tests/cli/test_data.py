@@ -6,6 +6,8 @@ import pytest
 from PIL import Image
 
 from metakit.cli.main import main
+from metakit.datasets import ImageFolder, Omniglot
+from metakit.tasks import EpisodeSampler
 
 EXPECTED = [
     {"protocol": "lake", "split": "background", "alphabets": 30, "characters": 964, "classes": 964, "images": 19_280},
@@ -51,7 +53,24 @@ def _png_shape(path):
         return im.size
 
 
-def test_show_omniglot(omniglot_root, cache_dir, tmp_path, capsys):
+def _assert_shows_the_episode(fig, dataset, episode, shots: int, queries: int) -> None:
+    """Row i: the support then the query images of label i, as the model sees them (0..1)."""
+    axes = [ax for ax in fig.axes if ax.get_images()]
+    assert len(axes) == episode.ways * (shots + queries)
+    for i in range(episode.ways):
+        row = axes[i * (shots + queries) : (i + 1) * (shots + queries)]
+        images = list(episode.support_x[episode.support_y == i]) + list(episode.query_x[episode.query_y == i])
+        for ax, img in zip(row, images):
+            x = dataset.to_float(img)
+            expected = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+            assert np.array_equal(np.asarray(ax.get_images()[0].get_array()), expected.numpy())
+        name = dataset.class_names[int(episode.classes[i])]
+        assert row[0].get_ylabel().startswith(f"label {i}\n") and row[0].get_ylabel().replace("\n", "") == f"label {i}{name}"
+    assert [ax.get_title() for ax in axes[: shots + queries]] == [f"support {j + 1}" for j in range(shots)] + [
+        f"query {j + 1}" for j in range(queries)]
+
+
+def test_show_omniglot(omniglot_root, cache_dir, tmp_path, capsys, saved_figures):
     out = tmp_path / "figs" / "episode.png"
     argv = ["data", "show", "omniglot", "--root", str(omniglot_root), "--cache-dir", str(cache_dir),
             "--ways", "5", "--shots", "2", "--queries", "3", "--seed", "1", "--out", str(out)]
@@ -59,30 +78,39 @@ def test_show_omniglot(omniglot_root, cache_dir, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     w, h = _png_shape(out)
     assert w > h > 300  # 5 rows, 2 + 3 columns plus labels
+    # the figure shows the episode the sampler draws with that seed from the vinyals test split
+    test = Omniglot(omniglot_root, "vinyals", "test", cache_dir=cache_dir, progress=False)
+    episode = EpisodeSampler(test, 5, 2, 3, seed=1).sample(1)[0]
+    (fig, _), = saved_figures
+    _assert_shows_the_episode(fig, test, episode, 2, 3)
+    assert fig.get_suptitle().startswith("Omniglot vinyals/test: 5-way 2-shot, 3 queries per class, seed 1\n")
     first = out.read_bytes()
     assert main(argv) == 0 and out.read_bytes() == first  # same seed, same picture
     argv[argv.index("--seed") + 1] = "2"
     assert main(argv) == 0 and out.read_bytes() != first
 
 
-def test_show_lake_and_errors(omniglot_root, cache_dir, tmp_path, capsys):
+def test_show_lake_and_errors(omniglot_root, cache_dir, tmp_path, capsys, saved_figures):
     out = tmp_path / "e.png"
     base = ["data", "show", "omniglot", "--root", str(omniglot_root), "--cache-dir", str(cache_dir), "--out", str(out)]
     assert main(base + ["--protocol", "lake", "--ways", "3", "--shots", "1"]) == 0
     assert out.exists()
+    evaluation = Omniglot(omniglot_root, "lake", "evaluation", cache_dir=cache_dir, progress=False)  # lake's default
+    (fig, _), = saved_figures
+    _assert_shows_the_episode(fig, evaluation, EpisodeSampler(evaluation, 3, 1, 1, seed=0).sample(1)[0], 1, 1)
     assert main(base + ["--protocol", "lake", "--split", "test", "--ways", "3", "--shots", "1"]) == 2
     assert "split='test' is not a split of protocol='lake'" in capsys.readouterr().err
     assert main(base + ["--ways", "5", "--shots", "20", "--queries", "1"]) == 2
     assert "shots" in capsys.readouterr().err
 
 
-def test_folder_check_and_show(tmp_path, capsys):
+def test_folder_check_and_show(tmp_path, capsys, saved_figures):
     root = tmp_path / "mine"
-    for c, n in [("cat", 3), ("dog", 4)]:
+    for k, (c, n) in enumerate([("cat", 3), ("dog", 4)]):
         (root / c).mkdir(parents=True)
         for i in range(n):
             a = np.full((30, 30, 3), 255, dtype=np.uint8)
-            a[5 + i : 15 + i, 5:25] = (200, 30 * i, 0)
+            a[5 + i : 15 + i, 5:25] = (200, 30 * i, 120 * k)  # every image differs
             Image.fromarray(a).save(root / c / f"{i}.png")
     assert main(["data", "check", "folder", "--root", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
@@ -92,6 +120,9 @@ def test_folder_check_and_show(tmp_path, capsys):
     assert main(["data", "show", "folder", "--root", str(root), "--channels", "3", "--no-invert",
                  "--ways", "2", "--shots", "2", "--queries", "1", "--out", str(out)]) == 0
     assert out.exists()
+    (fig, _), = saved_figures
+    folder = ImageFolder(root, image_size=28, channels=3, invert=False)
+    _assert_shows_the_episode(fig, folder, EpisodeSampler(folder, 2, 2, 1, seed=0).sample(1)[0], 2, 1)
     assert main(["data", "check", "folder", "--root", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
 

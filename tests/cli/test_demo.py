@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import metakit
 
-from metakit.cli.demo import demo_config, mse_by_step
+from metakit.cli.demo import demo_config, mse_by_step, plot_figure2
 from metakit.cli.main import main
 from metakit.runtime.config import load_config
 from metakit.runtime.evaluation import evaluate
@@ -51,6 +52,39 @@ def test_demo_numbers_agree_with_evaluate(demo_dir):
     result = evaluate(loaded.algorithm, episodes)
     assert result.metric == "mse"
     assert torch.allclose(result.per_episode, by_step[10].per_episode, rtol=1e-5)
+
+
+def test_figure2_draws_the_true_curves_the_fits_and_the_error_by_step(demo_dir, tmp_path, saved_figures):
+    loaded = load_run(demo_dir / "run", "last")
+    fixed = loaded.episodes("test", queries=100, episodes=12)
+    results = mse_by_step(loaded.algorithm, fixed)
+    path = plot_figure2(loaded.algorithm, fixed, results, 5, tmp_path)
+    assert path == tmp_path / "figure2.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig, _), = saved_figures
+    *task_axes, mse_ax = fig.axes
+    assert len(task_axes) == 3
+    grid = np.linspace(-5, 5, 200)
+    with torch.no_grad():
+        for i, ax in enumerate(task_axes):
+            amplitude, phase = float(fixed.params.amplitude[i]), float(fixed.params.phase[i])
+            truth, before, one, ten = ax.get_lines()
+            assert truth.get_label() == "ground truth"
+            assert np.allclose(np.ravel(truth.get_ydata()), amplitude * np.sin(grid - phase), atol=1e-5)
+            # before any step: the meta-learned model itself; after 1 and 10 steps: the adapted learner
+            x = torch.linspace(-5, 5, 200).view(-1, 1)
+            assert np.allclose(np.ravel(before.get_ydata()), loaded.algorithm.model(x).view(-1).numpy(), atol=1e-6)
+            learner = loaded.algorithm.adapt(fixed[i].support_x, fixed[i].support_y, None, steps=10)
+            for line, k, label in ((one, 1, "1 grad step"), (ten, 10, "10 grad steps")):
+                assert line.get_label() == label
+                assert np.allclose(np.ravel(line.get_ydata()), learner.predict(x, step=k).view(-1).numpy(), atol=1e-6)
+            assert not np.allclose(np.ravel(one.get_ydata()), np.ravel(before.get_ydata()))  # the step moved the fit
+            (support,) = ax.collections
+            assert np.allclose(support.get_offsets(), torch.stack([fixed[i].support_x.view(-1), fixed[i].support_y.view(-1)], 1))
+            assert ax.get_title() == f"test task {i}: A={amplitude:.2f}, phase={phase:.2f}"
+    mean_line = mse_ax.get_lines()[0]
+    assert list(mean_line.get_xdata()) == list(range(11))
+    assert np.allclose(mean_line.get_ydata(), [results[k].mean for k in range(11)])
+    assert mse_ax.get_title() == "12 test tasks, 95% CI"
 
 
 def test_demo_prints_the_table(tmp_path, capsys):

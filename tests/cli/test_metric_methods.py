@@ -29,7 +29,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_train_eval_predict_plot(name, data_root, tmp_path, capsys):
+def test_train_eval_predict_plot(name, data_root, tmp_path, capsys, saved_figures):
     model, options = CASES[name]
     config = Config.from_dict(
         {
@@ -59,3 +59,10 @@ def test_train_eval_predict_plot(name, data_root, tmp_path, capsys):
 
     assert main(["plot", str(run), "--embeddings"]) == 0
     assert (run / "embeddings.png").stat().st_size > 1000
+    (fig, path), = [(f, p) for f, p in saved_figures if p.name.startswith("embeddings.png")]
+    assert fig.get_suptitle().startswith(f"{name} embeddings, folder test episodes (best.safetensors, step ")
+    assert len(fig.axes) == 3  # three test episodes (the default)
+    for ax in fig.axes:
+        assert ax.get_title().startswith("episode ") and " 3-way 1-shot (PCA, " in ax.get_title()
+        points = [len(c.get_offsets()) for c in ax.collections]
+        assert points == [1, 2] * 3  # per class: 1 support star, 2 queries

@@ -32,24 +32,40 @@ def _fake_run(tmp_path, val: bool = True, algorithm: str = "protonet"):
     return run
 
 
-def test_plot_command_writes_png_into_the_run(tmp_path, capsys):
+def test_plot_command_writes_png_into_the_run(tmp_path, capsys, saved_figures):
     run = _fake_run(tmp_path)
     assert main(["plot", str(run)]) == 0
     png = run / "learning_curves.png"
     assert capsys.readouterr().out.strip() == f"wrote {png}"
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size[0] > 3 * 400  # three panels: loss, accuracy, validation
+    (fig, _), = saved_figures
+    # the title and legends come from the run's config.yaml, the curves from its metrics.jsonl
+    assert fig.get_suptitle() == "protonet on omniglot (vinyals), meta-batch 4  [run]"
+    loss_ax, acc_ax, val_ax = fig.axes
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert "training loss (20-way 1-shot)" in labels
+    assert "validation accuracy (20-way 1-shot, 100 episodes)" in labels
+    steps = list(range(10, 310, 10))
+    (loss_line,) = loss_ax.get_lines()  # 30 points: no moving average
+    assert list(loss_line.get_xdata()) == steps
+    assert list(loss_line.get_ydata()) == pytest.approx([2 * math.exp(-s / 80) for s in steps])
+    val_lines = [ln for ln in val_ax.get_lines() if list(ln.get_xdata()) == [100, 200, 300]]
+    assert [list(ln.get_ydata()) for ln in val_lines][0] == pytest.approx([91.0, 92.0, 93.0])
     curves = read_curves(run / "metrics.jsonl")
     assert curves.val_accuracy.steps == [100, 200, 300] and curves.val_accuracy_ci95.values == [0.01] * 3
-    assert len(curves.train_loss) == 30 and len(curves.train_accuracy) == 30
 
 
-def test_plot_command_out_folder(tmp_path, capsys):
+def test_plot_command_out_folder(tmp_path, capsys, saved_figures):
     run = _fake_run(tmp_path, val=False)
     assert main(["plot", str(run), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "learning_curves.png").is_file() and not (run / "learning_curves.png").exists()
     with Image.open(tmp_path / "figs" / "learning_curves.png") as img:
         assert img.size[0] < 3 * 500  # two panels without validation
+    (fig, _), = saved_figures
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    (acc_line,) = fig.axes[1].get_lines()
+    assert list(acc_line.get_ydata()) == pytest.approx([100 * (1 - math.exp(-s / 60)) for s in range(10, 310, 10)])
 
 
 def test_plot_command_errors(tmp_path, capsys):

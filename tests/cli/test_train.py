@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import signal
 import subprocess
@@ -16,10 +17,14 @@ import torch
 import yaml
 from PIL import Image
 
-from metakit.algorithms import ProtoNet, register
+from metakit.algorithms import ProtoNet, get_algorithm, register
 from metakit.cli.main import main
-from metakit.runtime.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from metakit.runtime.config import DataConfig, OptimConfig, RunConfig, TrainConfig, load_config
+from metakit.runtime.logging import read_metrics
 from metakit.runtime.run import load_run, read_run_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def make_image_folder(root: Path, classes: int = 4, per_class: int = 4) -> Path:
@@ -73,10 +78,22 @@ def test_default_run_folder_is_under_runs(config_file, tmp_path, monkeypatch, ca
     assert run_dir.name.startswith("tiny-") and (run_dir / "config.yaml").is_file()
 
 
+def _lines_up_to(run_dir: Path, step: int) -> list[str]:
+    """The metrics.jsonl lines of steps <= ``step`` as written (wall-clock times included)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["step"] <= step]
+
+
 def test_resume_continues_a_run(config_file, tmp_path, capsys):
     out_dir = tmp_path / "run"
     assert main(["train", str(config_file), "train.steps=2", "--out", str(out_dir)]) == 0
+    before = _lines_up_to(out_dir, 2)
+    capsys.readouterr()
     assert main(["train", "--resume", str(out_dir), "train.steps=4"]) == 0
+    # it continued from the step-2 checkpoint: steps 1-2 were not trained (nor logged) again
+    assert f"resuming {out_dir} from step-00000002.safetensors (step 2)" in capsys.readouterr().err
+    assert len(before) == 2 and _lines_up_to(out_dir, 2) == before  # the train and val lines of step 2
+    assert [r["step"] for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())] == [2, 2, 4, 4]
     straight = tmp_path / "straight"
     assert main(["train", str(config_file), "train.steps=4", "--out", str(straight)]) == 0
     a, b = load_run(out_dir, "last").algorithm.state_dict(), load_run(straight, "last").algorithm.state_dict()
@@ -153,7 +170,7 @@ def test_help_documents_every_config_field(capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(config_file, tmp_path):
+def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(config_file, tmp_path, capsys):
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "metakit.cli.main", "train", str(config_file), "train.steps=100000",
            "run.checkpoint_every=3", "eval.val_every=0", "--out", str(out_dir)]
@@ -176,10 +193,63 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(conf
     assert json.loads((out_dir / "summary.json").read_text())["status"] == "interrupted"
     # resume to a few steps past the interruption; compare with a straight run of that length
     total = stopped + 3
+    before = _lines_up_to(out_dir, stopped)
     assert main(["train", "--resume", str(out_dir), f"train.steps={total}"]) == 0
+    # it continued from the interruption's checkpoint, not from step 0
+    assert f"from step-{stopped:08d}.safetensors (step {stopped})" in capsys.readouterr().err
+    assert len(before) >= 1 and _lines_up_to(out_dir, stopped) == before
+    assert max(json.loads(line)["step"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()) == total
     straight = tmp_path / "straight"
     assert main(["train", str(config_file), f"train.steps={total}", "run.checkpoint_every=3", "eval.val_every=0",
                  "--out", str(straight)]) == 0
     a = load_run(out_dir, "last").algorithm.state_dict()
     b = load_run(straight, "last").algorithm.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- every shipped config trains -------------------------------------------------------------------
+_ONE_SMALL_STEP = ["train.steps=1", "train.meta_batch=1", "eval.val_episodes=0", "run.progress=false"]
+
+
+@pytest.fixture
+def beside_shared_data(omniglot_root, cache_dir, tmp_path, monkeypatch):
+    """A working folder from which the configs' ``root: ../shared/data/omniglot`` is the real data."""
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "omniglot").symlink_to(omniglot_root)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("METAKIT_CACHE", str(cache_dir))  # the session's decoded Omniglot
+    return tmp_path / "work"
+
+
+def test_configs_are_shipped():
+    assert len(SHIPPED_CONFIGS) >= 30
+
+
+def _assert_settings_kept(shipped, ran, where: str = "") -> None:
+    if isinstance(shipped, dict):
+        assert isinstance(ran, dict), where
+        for key, value in shipped.items():
+            assert key in ran, f"{where}{key} is missing from the run's config"
+            _assert_settings_kept(value, ran[key], f"{where}{key}.")
+    elif shipped is not None:
+        assert ran == shipped, f"{where.rstrip('.')}: {shipped!r} in the config file, {ran!r} in the run"
+
+
+@pytest.mark.slow  # about a second each: loads its data, builds its model and algorithm, one step
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_config_builds_its_algorithm_and_trains_one_step(path, beside_shared_data, capsys):
+    """The shipped file as it is (its data, model, algorithm and options) with one step of one task."""
+    assert "BUDGET" in path.read_text().upper(), "every shipped config states its budget in a comment"
+    out_dir = beside_shared_data / "run"
+    assert main(["train", str(path), *_ONE_SMALL_STEP, "--out", str(out_dir)]) == 0, capsys.readouterr().err
+    shipped = load_config(path, _ONE_SMALL_STEP)
+    # the run used every setting of the file (its data, episodes, model, algorithm options...);
+    # the run's config may only add what the file leaves to the data (null) or to defaults
+    _assert_settings_kept(yaml.safe_load(shipped.to_yaml()), yaml.safe_load(read_run_config(out_dir).to_yaml()))
+    run = load_run(out_dir, "last")
+    assert run.step == 1 and type(run.algorithm) is get_algorithm(shipped.algorithm.name)
+    (line,) = read_metrics(out_dir, split="train")
+    assert line["step"] == 1 and math.isfinite(line["loss"])
+    assert math.isfinite(line["grad_norm"]) and line["grad_norm"] > 0  # the step had a gradient to apply
+    assert json.loads((out_dir / "summary.json").read_text())["status"] == "finished"

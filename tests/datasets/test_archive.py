@@ -1,3 +1,4 @@
+import os
 import zipfile
 
 import pytest
@@ -85,3 +86,54 @@ def test_folder_source_matches_zip(tmp_path):
         assert [a.read(n) for n in a.names] == [b.read(n) for n in b.names]
         assert a.content_key() != b.content_key()
         assert b.content_key().startswith("listing-")
+
+
+# -- content keys: what the decoded-dataset cache is keyed by -------------------------------------
+def test_zip_key_changes_with_any_member_and_only_with_the_bytes(tmp_path):
+    members = {"top/a/1.png": b"first image", "top/a/2.png": b"second image"}
+    a = _zip(tmp_path / "a.zip", members)
+    same = tmp_path / "same.zip"
+    same.write_bytes(a.read_bytes())
+    changed = _zip(tmp_path / "changed.zip", {**members, "top/a/2.png": b"second imagE"})
+    with ArchiveSource(a) as x, ArchiveSource(same) as y, ArchiveSource(changed) as z:
+        assert x.content_key() == y.content_key()
+        assert z.content_key() != x.content_key()
+
+
+def _folder(root, files: dict[str, bytes]):
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root / "top"
+
+
+def test_folder_key_changes_when_a_file_changes_even_with_its_size_and_time_kept(tmp_path):
+    files = {"top/a/1.png": b"first image", "top/b/2.png": b"second image"}
+    folder = _folder(tmp_path / "x", files)
+    key = ArchiveSource(folder).content_key()
+    assert key.startswith("listing-")
+    twin = _folder(tmp_path / "y", files)  # the same files elsewhere, written at another time
+    assert ArchiveSource(twin).content_key() == key
+    # the same number of bytes, the modification time put back (as `cp -p` or `rsync -t` do)
+    target = folder / "b" / "2.png"
+    st = target.stat()
+    target.write_bytes(b"second imagE")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    assert ArchiveSource(folder).content_key() != key
+    target.write_bytes(b"second image")
+    assert ArchiveSource(folder).content_key() == key  # back to the same bytes: the same key
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename"])
+def test_folder_key_changes_when_the_file_list_changes(tmp_path, change):
+    folder = _folder(tmp_path, {"top/a/1.png": b"one", "top/a/2.png": b"two"})
+    key = ArchiveSource(folder).content_key()
+    if change == "add":
+        (folder / "a" / "3.png").write_bytes(b"three")
+    elif change == "remove":
+        (folder / "a" / "2.png").unlink()
+    else:
+        (folder / "a" / "2.png").rename(folder / "a" / "9.png")
+    assert ArchiveSource(folder).content_key() != key

@@ -1,4 +1,5 @@
 import io
+import math
 
 import numpy as np
 import pytest
@@ -20,6 +21,100 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# -- an independent Lanczos-3 resize, as Pillow defines it ---------------------------------------
+# Pillow resamples separably: for every output pixel o of an axis of n_in -> n_out pixels
+# (scale = n_in / n_out, widened = max(scale, 1)), the inputs i in [center - 3 widened,
+# center + 3 widened) around center = (o + 0.5) scale, rounded to the nearest integer, are weighted
+# by lanczos3((i + 0.5 - center) / widened), lanczos3(x) = sinc(x) sinc(x / 3) on [-3, 3);
+# the weights are normalised to sum 1 and rounded to fixed point with 22 fractional bits; each
+# pass sums in integers from 2^21 (rounding) and clips to 0..255, so the intermediate is uint8.
+
+_FRACTION_BITS = 22
+
+
+def _lanczos3(x: float) -> float:
+    def sinc(t: float) -> float:
+        return 1.0 if t == 0.0 else math.sin(math.pi * t) / (math.pi * t)
+
+    return sinc(x) * sinc(x / 3.0) if -3.0 <= x < 3.0 else 0.0
+
+
+def _fixed_point_weights(n_in: int, n_out: int) -> list[tuple[int, list[int]]]:
+    scale = n_in / n_out
+    widened = max(scale, 1.0)
+    out = []
+    for o in range(n_out):
+        center = (o + 0.5) * scale
+        first = max(int(center - 3.0 * widened + 0.5), 0)
+        stop = min(int(center + 3.0 * widened + 0.5), n_in)
+        w = [_lanczos3((i + 0.5 - center) / widened) for i in range(first, stop)]
+        total = sum(w)
+        fixed = [int(v / total * (1 << _FRACTION_BITS) + (0.5 if v >= 0 else -0.5)) for v in w]
+        out.append((first, fixed))
+    return out
+
+
+def _resample_last_axis(a: np.ndarray, n_out: int) -> np.ndarray:
+    out = np.empty(a.shape[:-1] + (n_out,), dtype=np.uint8)
+    for o, (first, w) in enumerate(_fixed_point_weights(a.shape[-1], n_out)):
+        acc = (a[..., first : first + len(w)].astype(np.int64) * np.array(w, dtype=np.int64)).sum(-1)
+        out[..., o] = np.clip((acc + (1 << (_FRACTION_BITS - 1))) >> _FRACTION_BITS, 0, 255)
+    return out
+
+
+def _lanczos_reference(a: np.ndarray, size: int, rows_first: bool = True) -> np.ndarray:
+    """``a`` (uint8 [H, W]) resized to ``size x size``; ``rows_first``: the horizontal pass first."""
+    def horizontal(x):
+        return _resample_last_axis(x, size) if x.shape[1] != size else x
+
+    def vertical(x):
+        return _resample_last_axis(x.T, size).T if x.shape[0] != size else x
+
+    return vertical(horizontal(a)) if rows_first else horizontal(vertical(a))
+
+
+def test_reference_lanczos_weights_are_a_partition_of_unity_peaked_at_the_center():
+    assert _lanczos3(0.0) == 1.0 and all(abs(_lanczos3(k)) < 1e-15 for k in (-3.0, -2.0, -1.0, 1.0, 2.0))
+    assert _lanczos3(3.0) == 0.0 and _lanczos3(0.5) == pytest.approx(math.sin(math.pi / 2) * math.sin(math.pi / 6) / (math.pi**2 / 12))
+    for n_in, n_out in [(105, 28), (20, 28), (9, 4)]:
+        for _, w in _fixed_point_weights(n_in, n_out):
+            assert abs(sum(w) - (1 << _FRACTION_BITS)) <= len(w)
+    flat = np.full((105, 105), 77, dtype=np.uint8)
+    assert (_lanczos_reference(flat, 28) == 77).all()
+
+
+@pytest.mark.parametrize("size_in, size_out", [(105, 28), (60, 28), (9, 4), (20, 28)])
+def test_lanczos_resize_matches_an_independent_lanczos3(size_in, size_out):
+    # square inputs (Omniglot's 105 x 105 PNGs): Pillow takes the horizontal pass first
+    rng = np.random.default_rng(size_in * 100 + size_out)
+    noise = rng.integers(0, 256, (size_in, size_in), dtype=np.uint8)
+    strokes = np.where(rng.random((size_in, size_in)) < 0.15, 0, 255).astype(np.uint8)
+    for a in (noise, strokes):
+        expected = _lanczos_reference(a, size_out)
+        got = preprocess_image(Image.fromarray(a, "L"), image_size=size_out, invert=False)
+        assert np.array_equal(got[0].numpy(), expected)
+        inverted = preprocess_image(Image.fromarray(a, "L"), image_size=size_out)
+        assert np.array_equal(inverted[0].numpy(), 255 - expected)
+
+
+def test_one_bit_glyph_is_resized_by_lanczos3_in_grayscale():
+    glyph = _glyph(mode="1")  # Omniglot's PNGs are 1-bit
+    expected = 255 - _lanczos_reference(np.array(glyph.convert("L")), 28)
+    assert np.array_equal(preprocess_image(glyph, image_size=28)[0].numpy(), expected)
+    assert len(np.unique(expected)) > 2  # grey levels: not a nearest-neighbour resize
+
+
+def test_non_square_input_is_a_lanczos3_resize_in_one_of_the_two_pass_orders():
+    # For non-square inputs Pillow picks which of its two passes runs first; the two orders
+    # differ by the rounding of the uint8 intermediate, both are a Lanczos-3 resample.
+    rng = np.random.default_rng(3)
+    for h, w, size in [(31, 17, 8), (9, 7, 5), (12, 40, 16)]:
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        got = preprocess_image(Image.fromarray(a, "L"), image_size=size, invert=False)[0].numpy()
+        candidates = [_lanczos_reference(a, size, rows_first) for rows_first in (True, False)]
+        assert any(np.array_equal(got, c) for c in candidates), (h, w, size)
 
 
 def test_inverts_black_strokes_to_bright():

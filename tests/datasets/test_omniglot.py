@@ -1,4 +1,5 @@
 import io
+import os
 import re
 import time
 import zipfile
@@ -184,13 +185,66 @@ def test_corrupt_cache_is_rebuilt(load_omniglot, omniglot_root, cache_dir, tmp_p
     assert torch.equal(rebuilt["images"].view_as(reference.data), reference.data)
 
 
-@pytest.mark.slow  # decodes the evaluation archive again (~2-3 s)
-def test_extracted_folder_reads_like_the_zip(load_omniglot, omniglot_root, tmp_path):
+def _swap_target(ds) -> tuple[int, str, str]:
+    """An image index of ``ds`` (lake evaluation), its member name and a member of another class."""
+    c, other = 5, 100
+    a_alpha, a_char = ds.class_names[c].split("/")
+    b_alpha, b_char = ds.class_names[other].split("/")
+    return c, f"images_evaluation/{a_alpha}/{a_char}/", f"images_evaluation/{b_alpha}/{b_char}/"
+
+
+def _assert_only_first_image_of_class_changed(ds, reference, c: int, new_png: bytes) -> None:
+    first = int(reference.counts[:c].sum())  # classes are stored one after the other, 20 images each
+    assert torch.equal(ds.data[first], preprocess_image(new_png, **PREP))
+    assert not torch.equal(ds.data[first], reference.data[first])
+    assert torch.equal(ds.data[:first], reference.data[:first]) and torch.equal(ds.data[first + 1 :], reference.data[first + 1 :])
+
+
+@pytest.mark.slow  # decodes the evaluation archive again (~3 s)
+def test_a_changed_zip_is_not_served_from_the_cache_of_the_original(load_omniglot, omniglot_root, cache_dir, tmp_path):
+    reference = load_omniglot("lake", "evaluation")
+    # a cache folder that already holds the decoded original archive
+    cache = tmp_path / "cache"
+    (cache / "omniglot").mkdir(parents=True)
+    for f in (cache_dir / "omniglot").glob("evaluation-*.safetensors"):
+        (cache / "omniglot" / f.name).write_bytes(f.read_bytes())
+    # the same archive with the first image of one character replaced by an image of another
+    c, prefix, donor_prefix = _swap_target(reference)
+    root = tmp_path / "root"
+    root.mkdir()
+    with zipfile.ZipFile(omniglot_root / "images_evaluation.zip") as zin:
+        names = sorted(n for n in zin.namelist() if n.endswith(".png"))
+        target = next(n for n in names if n.startswith(prefix))
+        donor = zin.read(next(n for n in names if n.startswith(donor_prefix)))
+        with zipfile.ZipFile(root / "images_evaluation.zip", "w", zipfile.ZIP_STORED) as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, donor if info.filename == target else zin.read(info))
+    ds = Omniglot(root, "lake", "evaluation", cache_dir=cache, progress=False)
+    key, old_key = ds.meta["archives"]["images_evaluation.zip"], reference.meta["archives"]["images_evaluation.zip"]
+    assert key != old_key
+    _assert_only_first_image_of_class_changed(ds, reference, c, donor)
+    assert len(list((cache / "omniglot").glob("evaluation-*.safetensors"))) == 2  # the original's entry is kept
+
+
+@pytest.mark.slow  # decodes the evaluation archive twice (~6 s)
+def test_extracted_folder_reads_like_the_zip_and_a_changed_file_is_decoded_again(load_omniglot, omniglot_root, tmp_path):
     reference = load_omniglot("lake", "evaluation")
     safe_extract(omniglot_root / "images_evaluation.zip", tmp_path / "root")
-    ds = Omniglot(tmp_path / "root", "lake", "evaluation", cache_dir=tmp_path / "cache", progress=False)
+    cache = tmp_path / "cache"
+    ds = Omniglot(tmp_path / "root", "lake", "evaluation", cache_dir=cache, progress=False)
     assert torch.equal(ds.data, reference.data) and ds.class_names == reference.class_names
-    assert ds.meta["archives"]["images_evaluation.zip"].startswith("listing-")
+    key = ds.meta["archives"]["images_evaluation.zip"]
+    assert key.startswith("listing-")
+    # replace one extracted PNG by another character's, keeping its modification time (cp -p)
+    c, prefix, donor_prefix = _swap_target(reference)
+    target = sorted((tmp_path / "root" / prefix).iterdir())[0]
+    donor = sorted((tmp_path / "root" / donor_prefix).iterdir())[0].read_bytes()
+    st = target.stat()
+    target.write_bytes(donor)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = Omniglot(tmp_path / "root", "lake", "evaluation", cache_dir=cache, progress=False)
+    assert changed.meta["archives"]["images_evaluation.zip"] != key
+    _assert_only_first_image_of_class_changed(changed, reference, c, donor)
 
 
 # -- damaged archives ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def test_tsne_keeps_clusters_apart_and_is_seeded():
     nearest = d.argmin(1)
     assert ((nearest < 15) == (torch.arange(30) < 15)).all()
     assert torch.equal(tsne_2d(torch.cat([a, b]), steps=300), y)
+    assert not torch.allclose(tsne_2d(torch.cat([a, b]), steps=300, seed=1), y)  # the seed is used
 
 
 def test_embedding_function_prefers_embed_then_encoder():
@@ -84,14 +85,37 @@ def test_project_episodes_shapes_and_modes():
     assert torch.allclose(torch.cat([out[0].support, out[0].query]), coords)
 
 
-def test_plot_writes_png(tmp_path):
+def _assert_points_by_class(ax, projection) -> None:
+    """Per class: the support stars, then the queries, at the projected coordinates, one colour."""
+    collections = ax.collections
+    assert len(collections) == 2 * projection.ways
+    colours = []
+    for k in range(projection.ways):
+        support, query = collections[2 * k], collections[2 * k + 1]
+        assert torch.allclose(torch.as_tensor(support.get_offsets().data).float(), projection.support[projection.support_y == k].float())
+        assert torch.allclose(torch.as_tensor(query.get_offsets().data).float(), projection.query[projection.query_y == k].float())
+        assert (support.get_facecolor()[0][:3] == query.get_facecolor()[0][:3]).all()  # RGB; queries are translucent
+        colours.append(tuple(support.get_facecolor()[0][:3]))
+    assert len(set(colours)) == projection.ways
+
+
+def test_plot_draws_each_episode_projection(tmp_path, saved_figures):
     batch = _clusters()
     algo = NearestNeighbour(nn.Identity())
     path = plot_embeddings(algo, batch, tmp_path / "sub" / "emb.png", method="pca", max_episodes=2)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["emb.png"]  # no temporary file left
-    path2 = plot_embeddings(algo, batch, tmp_path / "tsne.png", method="tsne", max_episodes=1)
-    assert path2.stat().st_size > 1000
+    (fig, _), = saved_figures
+    projections = project_episodes(algo, batch, "pca", max_episodes=2)
+    assert len(fig.axes) == 2 and fig.get_suptitle() == "NearestNeighbour embeddings of test episodes"
+    for i, (ax, pr) in enumerate(zip(fig.axes, projections)):
+        assert ax.get_title() == f"episode {i + 1}: 3-way 2-shot (PCA, {100 * pr.explained:.0f}% of variance)"
+        _assert_points_by_class(ax, pr)
+    plot_embeddings(algo, batch, tmp_path / "tsne.png", method="tsne", max_episodes=1, title="t")
+    fig, _ = saved_figures[1]
+    (ax,) = fig.axes
+    assert ax.get_title() == "episode 1: 3-way 2-shot (t-SNE)" and fig.get_suptitle() == "t"
+    _assert_points_by_class(ax, project_episodes(algo, batch, "tsne", max_episodes=1)[0])
 
 
 def test_bad_inputs():

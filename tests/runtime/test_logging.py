@@ -20,7 +20,28 @@ def test_records_have_step_split_and_time_and_go_to_tensorboard(tmp_path):
     assert first["step"] == 5 and first["split"] == "train" and isinstance(first["time"], float)
     assert first["elapsed"] == 1.235 and first["loss"] == 0.5
     assert [r["step"] for r in read_metrics(tmp_path, split="val")] == [10]
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # the numbers, not the strings or flags, are TensorBoard scalars "<split>/<name>"
+    assert _tensorboard_scalars(tmp_path / "tb") == {
+        "train/loss": [(5, 0.5)], "train/accuracy": [(5, 0.75)], "val/accuracy": [(10, pytest.approx(0.9))],
+        "val/ci95": [(10, pytest.approx(0.01))],
+    }
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_resume_purges_tensorboard_steps_after_the_checkpoint(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        for step in (2, 4, 6):
+            log.log(step, "train", {"loss": float(step)})
+    with MetricsLogger(tmp_path, resume_step=3) as log:
+        log.log(4, "train", {"loss": 40.0})
+    assert _tensorboard_scalars(tmp_path / "tb") == {"train/loss": [(2, 2.0), (4, 40.0)]}
 
 
 def test_non_finite_values_are_written_as_null(tmp_path):

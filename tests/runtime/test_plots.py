@@ -2,6 +2,7 @@ import json
 import math
 
 import matplotlib
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -68,20 +69,79 @@ def test_read_curves_ignores_truncated_last_line_only(tmp_path):
         read_curves(tmp_path / "nope.jsonl")
 
 
-def test_plot_writes_png(tmp_path):
-    curves = read_curves(_write(tmp_path / "m.jsonl", _synthetic_run()))
+def _curve(ax, xs, ys) -> bool:
+    """Whether ``ax`` has a line through exactly these points."""
+    return any(
+        np.array_equal(line.get_xdata(), xs) and np.allclose(line.get_ydata(), ys, rtol=0, atol=1e-9)
+        for line in ax.get_lines()
+    )
+
+
+def _band(ax, xs, low, high) -> bool:
+    """Whether ``ax`` has a shaded band between ``low`` and ``high`` at ``xs``."""
+    for collection in ax.collections:
+        vertices = np.concatenate([p.vertices for p in collection.get_paths()])
+        ok = True
+        for x, lo, hi in zip(xs, low, high):
+            at = vertices[np.isclose(vertices[:, 0], x)][:, 1]
+            ok &= bool(np.isclose(at, lo).any() and np.isclose(at, hi).any())
+        if ok:
+            return True
+    return False
+
+
+def _centred_average(values, window):
+    half, n = window // 2, len(values)
+    return [float(np.mean(values[max(0, i - half) : i + half + 1])) for i in range(n)]
+
+
+def test_plot_shows_the_logged_curves(tmp_path, saved_figures):
+    records = _synthetic_run()
+    curves = read_curves(_write(tmp_path / "m.jsonl", records))
     out = plot_learning_curves(curves, tmp_path / "sub" / "curves.png", title="protonet omniglot 5-way 1-shot")
     assert out == tmp_path / "sub" / "curves.png"
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size[0] > img.size[1] > 300
     assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]  # no temporary file left
+    (fig, _), = saved_figures
+    assert fig.get_suptitle() == "protonet omniglot 5-way 1-shot"
+    loss_ax, acc_ax, val_ax = fig.axes
+    assert [a.get_title() for a in fig.axes] == ["loss", "accuracy", "validation accuracy (mean ± 95% CI)"]
+    assert all(a.get_xlabel() == "step" for a in fig.axes)
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    steps = [r["step"] for r in train]
+    loss = [r["loss"] for r in train]
+    acc = [100 * r["accuracy"] for r in train]
+    # raw values and their centred moving average (200 points: a window of 5)
+    assert _curve(loss_ax, steps, loss) and _curve(loss_ax, steps, _centred_average(loss, 5))
+    assert _curve(acc_ax, steps, acc) and _curve(acc_ax, steps, _centred_average(acc, 5))
+    vs = [r["step"] for r in val]
+    vm = [100 * r["accuracy"] for r in val]
+    lo, hi = [m - 1.0 for m in vm], [m + 1.0 for m in vm]  # ci95 0.01 = 1 point
+    for ax in (acc_ax, val_ax):
+        assert _curve(ax, vs, vm) and _band(ax, vs, lo, hi)
+    # the best validation is starred, and the zoomed panel spans the band
+    assert _curve(val_ax, [vs[-1]], [vm[-1]])
+    assert any(f"best {vm[-1]:.2f}% @ step {vs[-1]}" == t.get_text() for t in val_ax.get_legend().get_texts())
+    bottom, top = val_ax.get_ylim()
+    assert bottom < min(lo) and max(hi) < top and top - bottom < np.subtract(*acc_ax.get_ylim()[::-1])
 
 
-def test_plot_regression_run_has_one_panel(tmp_path):
-    recs = [{"step": s, "loss": 1 / s} for s in range(1, 30)] + [{"step": 10, "split": "val", "mse": 0.2, "ci95": 0.02}]
+def test_plot_regression_run_has_one_panel(tmp_path, saved_figures):
+    recs = [{"step": s, "loss": 1 / s} for s in range(1, 30)] + [
+        {"step": 10, "split": "val", "mse": 0.2, "ci95": 0.02},
+        {"step": 20, "split": "val", "mse": 0.1, "ci95": 0.01},
+        {"step": 29, "split": "val", "mse": 0.15, "ci95": 0.03},
+    ]
     out = plot_learning_curves(read_curves(_write(tmp_path / "m.jsonl", recs)), tmp_path / "c.png")
     with Image.open(out) as img:
         assert img.size[0] < 1000  # one panel (6.5 in at 110 dpi)
+    (fig, _), = saved_figures
+    (ax,) = fig.axes
+    assert _curve(ax, list(range(1, 30)), [1 / s for s in range(1, 30)])
+    assert _curve(ax, [10, 20, 29], [0.2, 0.1, 0.15]) and _band(ax, [10, 20, 29], [0.18, 0.09, 0.12], [0.22, 0.11, 0.18])
+    assert _curve(ax, [20], [0.1])  # the lowest MSE is the best
 
 
 def test_plot_empty_log_is_an_error(tmp_path):

@@ -112,6 +112,8 @@ def test_load_run_builds_evaluation_episodes_for_any_size(trained):
     # the same seed gives the same episodes
     a, b = next(iter(loaded.episodes(seed=3))), next(iter(loaded.episodes(seed=3)))
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+    c = next(iter(loaded.episodes(seed=4)))  # and another seed other episodes
+    assert not torch.equal(a.support_x, c.support_x)
 
 
 def test_load_run_leaves_the_callers_rng_alone(trained):
@@ -194,8 +196,13 @@ def test_resume_extends_a_finished_run_exactly(folder, tmp_path):
     long_dir, short_dir = tmp_path / "long", tmp_path / "short"
     train(folder_config(folder, "train.steps=8"), long_dir, stream=io.StringIO())
     train(folder_config(folder, "train.steps=5"), short_dir, stream=io.StringIO())
-    result = train(read_run_config(short_dir, ["train.steps=8"]), short_dir, resume=True, stream=io.StringIO())
+    before = (short_dir / "metrics.jsonl").read_text()
+    stream = io.StringIO()
+    result = train(read_run_config(short_dir, ["train.steps=8"]), short_dir, resume=True, stream=stream)
     assert result.step == 8
+    # it continued from step 5: the first five steps were neither trained nor logged again
+    assert f"resuming {short_dir} from step-00000005.safetensors (step 5)" in stream.getvalue()
+    assert (short_dir / "metrics.jsonl").read_text().startswith(before) and before
     a, b = load_run(long_dir, "last"), load_run(short_dir, "last")
     for k, v in a.algorithm.state_dict().items():
         assert torch.equal(v, b.algorithm.state_dict()[k]), k

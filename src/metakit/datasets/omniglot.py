@@ -40,8 +40,9 @@ A missing, truncated or corrupt archive raises an error naming the file and the 
 Caching: decoding 32,460 PNGs takes seconds, so the decoded, resized, unrotated characters of
 each archive are stored once as a uint8 safetensors file in the cache folder (``cache_dir``,
 default ``$METAKIT_CACHE`` or ``~/.cache/metakit``), keyed by the sha256 of the zip (or a
-digest of the extracted folder's listing) and by the preprocessing. Later loads read that file
-(its tensors are checksummed; a damaged file is rebuilt) and apply the rotations in memory.
+digest of the extracted folder's file names and contents) and by the preprocessing. Later
+loads read that file (its tensors are checksummed; a damaged file is rebuilt) and apply the
+rotations in memory.
 """
 
 from __future__ import annotations
