@@ -18,7 +18,7 @@ from PIL import Image
 
 from metakit.algorithms import ProtoNet, register
 from metakit.cli.main import main
-from metakit.runtime.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from metakit.runtime.config import OptimConfig, RunConfig, TrainConfig
 from metakit.runtime.run import load_run, read_run_config
 
 
@@ -145,9 +145,10 @@ def test_help_documents_every_config_field(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for section in (DataConfig, TrainConfig, OptimConfig, RunConfig):
+    for section in (TrainConfig, OptimConfig, RunConfig):
         for f in dataclasses.fields(section):
             assert f"{section.section}.{f.name} = " in out
+    assert "task.family = classification" in out and "task.protocol = vinyals" in out
     assert "algorithm options" in out and "protonet:" in out and "algorithm.distance = euclidean" in out
     assert "--resume RUN_DIR" in out
 

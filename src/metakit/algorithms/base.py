@@ -29,8 +29,10 @@ enables them itself with ``torch.enable_grad()``.
 
 Algorithms register under a short name with :func:`register` so that configs and the command
 line can build them. The keyword arguments of ``__init__`` after the model (with type
-annotations and defaults, documented in the class docstring's ``Args:`` section) are the
-algorithm's config. Building from a config goes through two class methods that an algorithm
+annotations and defaults) are the algorithm's config; their help text is the ``Args:`` section of
+the class docstring, or the class attribute ``option_help`` (``{option: text}``) where an entry
+there should not be shown as help. ``task_kinds`` declares the kinds of task families the
+algorithm solves. Building from a config goes through two class methods that an algorithm
 may override: :meth:`Algorithm.model_defaults` (default backbone options for the task at hand,
 e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`.
 """
@@ -77,8 +79,10 @@ class Algorithm(nn.Module):
 
     #: registry name, set by :func:`register`
     name: str = ""
-    #: whether the algorithm solves classification episodes (labels + ways) or regression
-    task_kind: str = "classification"
+    #: the kinds of tasks the algorithm solves (``TaskFamily.kind`` of the families it supports:
+    #: "classification" episodes with labels and ways, "regression" with real targets); a config
+    #: pairing it with a family of another kind is refused when it is read
+    task_kinds: tuple[str, ...] = ("classification",)
 
     @classmethod
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class MAML(Algorithm):
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
     """
 
-    task_kind = "any"
+    task_kinds = ("classification", "regression")
 
     def __init__(
         self,
