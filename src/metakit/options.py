@@ -189,10 +189,11 @@ def range_text(meta: Mapping[str, Any]) -> str:
 def suggest(word: str, candidates: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
     candidates = list(candidates)
-    if "." not in word:  # a bare field name (lr=0.1): the dotted key that ends with it
-        same = [c for c in candidates if c.rsplit(".", 1)[-1] == word]
-        if len(same) == 1:
-            return f" (did you mean {same[0]!r}?)"
+    # a field name that exists in one other section (lr=0.1, task.steps=3): the key that ends with it
+    name = word.rsplit(".", 1)[-1]
+    same = [c for c in candidates if c.rsplit(".", 1)[-1] == name and c != word]
+    if len(same) == 1:
+        return f" (did you mean {same[0]!r}?)"
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -81,7 +81,7 @@ def test_eval_text_states_the_protocol(run_dir, capsys):
     assert "protonet on folder, split val" in out
     assert "6 x 3-way 1-shot, 2 queries per class, seed 0" in out
     assert "1.96 * sample std / sqrt(6)" in out
-    assert "accuracy" in out and " %" in out and "±" in out
+    assert "accuracy" in out and " %" in out and "±" in out and "higher is better" in out
 
 
 def test_eval_errors(run_dir, tmp_path, capsys):

@@ -22,6 +22,9 @@ from metakit.runtime.config import OptimConfig, RunConfig, TrainConfig
 from metakit.runtime.run import load_run, read_run_config
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def make_image_folder(root: Path, classes: int = 4, per_class: int = 4) -> Path:
     g = torch.Generator().manual_seed(2)
     for split in ("train", "val", "test"):
@@ -184,3 +187,13 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(conf
     a = load_run(out_dir, "last").algorithm.state_dict()
     b = load_run(straight, "last").algorithm.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("override", ["model.hidden=[-4]", "model.out_features=0", "model.in_features=2"])
+def test_model_options_that_cannot_run_fail_before_any_work(tmp_path, capsys, override):
+    out_dir = tmp_path / "run"
+    code = main(["train", str(REPO / "configs" / "maml_sinusoid_k5.yaml"), override, "--out", str(out_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metakit train: error: model 'mlp' with ") and override.split("=")[0].split(".")[1] in err
+    assert not out_dir.exists()

@@ -260,3 +260,109 @@ def test_parse_overrides_keeps_strings_and_null():
         ("task.cache_dir", None),
         ("task.cache_dir", None),
     ]
+
+
+# -- the task section and the older data section -------------------------------------------------
+OLD_RUN_SECTIONS = {
+    # data sections exactly as config.yaml of run folders had them before task: (every key written)
+    "omniglot": {"dataset": "omniglot", "root": "/d/omniglot", "protocol": "vinyals", "train_split": "train",
+                 "val_split": "val", "test_split": "test", "image_size": 28, "channels": None, "invert": None,
+                 "cache_dir": None, "download": False},
+    "folder": {"dataset": "folder", "root": "/d/folder", "protocol": None, "train_split": "train", "val_split": "val",
+               "test_split": "test", "image_size": 16, "channels": 3, "invert": False, "cache_dir": None,
+               "download": False},
+    "sinusoid": {"dataset": "sinusoid", "root": None, "protocol": None, "train_split": None, "val_split": None,
+                 "test_split": None, "image_size": None, "channels": None, "invert": None, "cache_dir": None,
+                 "download": False},
+}
+NEW_SECTIONS = {
+    "omniglot": {"family": "classification", "dataset": "omniglot", "root": "/d/omniglot"},
+    "folder": {"family": "classification", "dataset": "folder", "root": "/d/folder", "image_size": 16,
+               "channels": 3, "invert": False},
+    "sinusoid": {"family": "sinusoid"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OLD_RUN_SECTIONS))
+def test_old_data_sections_load_as_the_same_task(tmp_path, kind):
+    rest = {"train": {"ways": 5}} if kind != "sinusoid" else MAML_MLP
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump({"data": OLD_RUN_SECTIONS[kind], **rest}))
+    new.write_text(yaml.safe_dump({"task": NEW_SECTIONS[kind], **rest}))
+    assert load_config(old) == load_config(new)
+    assert "data" not in load_config(old).to_dict() and load_config(old).to_dict()["task"]["family"] == NEW_SECTIONS[kind]["family"]
+    if kind != "sinusoid":  # overrides in the spelling of the file they apply to
+        assert load_config(old, ["data.root=/e"]).task.options["root"] == "/e"
+
+
+def test_mixed_or_unknown_data_sections_say_how_to_write_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"the config has both a task: section and a data: section .*data.root -> task.root"):
+        Config.from_dict({"task": {"root": "/d"}, "data": {"root": "/d"}, "train": {"ways": 5}})
+    with pytest.raises(ConfigError, match=r"data.dataset='omniglott' is not a known task family or dataset \(did you mean "
+                                          r"'omniglot'\?\); write the section as task: with task.family"):
+        Config.from_dict({"data": {"dataset": "omniglott", "root": "/d"}, "train": {"ways": 5}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError, match=r"'data.root': the data section is now called task; write task.root=..."):
+        load_config(path, ["data.root=/e"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'task.channels' for task.dataset=omniglot"):
+        Config.from_dict({"data": {"root": "/d", "channels": 3}, "train": {"ways": 5}})
+
+
+def test_changing_the_family_drops_the_old_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    cfg = load_config(path, ["task.family=sinusoid", "train.ways=null", "model.name=mlp", "algorithm.name=maml"])
+    assert cfg.task.to_dict()["family"] == "sinusoid" and "root" not in cfg.task.options
+
+
+# -- the algorithm must solve the family's tasks -------------------------------------------------
+def test_an_algorithm_for_another_kind_of_task_is_refused():
+    with pytest.raises(ConfigError, match=r"algorithm.name=protonet solves classification tasks, but task.family=sinusoid "
+                                          r"gives regression tasks; choose an algorithm that solves them \(anil, maml, "
+                                          r"metasgd, reptile\) or another task family"):
+        Config.from_dict({"task": {"family": "sinusoid"}, "model": {"name": "mlp"}})
+
+
+# -- model options are tried when the config is read ---------------------------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hidden=[-4]", r"model 'mlp' with in_features=1, hidden=\[-4\], out_features=1 cannot run on the examples "
+                              r"of task.family=sinusoid \(one example is \[1\]\): .*negative dimension -4"),
+        ("model.out_features=0", r"model 'mlp' with in_features=1, hidden=\[40, 40\], out_features=0 gives outputs of shape "
+                                 r"\[2, 0\] for 2 examples of shape \[1\]: no features per example"),
+        ("model.in_features=2", r"model 'mlp' with in_features=2, hidden=\[40, 40\], out_features=1 cannot run on the "
+                                r"examples of task.family=sinusoid \(one example is \[1\]\)"),
+        ("model.out_features=3", r"model 'mlp' .* gives outputs of shape \[3\] per example, but a sinusoid task has one "
+                                 r"target per input, so the model must give 1 output per example, not 3; fix model.out_features"),
+    ],
+)
+def test_model_options_that_cannot_run_are_refused_when_read(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "maml_sinusoid_k5.yaml", [override])
+
+
+def test_image_model_options_are_tried_on_the_task_images():
+    with pytest.raises(ConfigError, match=r"model 'conv4' with out_features=5, track_running_stats=False, in_channels=3 "
+                                          r"cannot run on the examples of task.family=classification \(one example is "
+                                          r"\[1, 28, 28\]\): Invalid channel dimensions"):
+        Config.from_dict(base(model={"in_channels": 3}, algorithm={"name": "maml"}))
+    assert Config.from_dict(base(task={"dataset": "folder", "channels": 3}, model={"in_channels": 3}))
+
+
+# -- YAML files that repeat a key ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  ways: 5\n  steps: 3\n  ways: 20\n", r"the key 'ways' is given twice in the same mapping \(lines 2 and 4\)"),
+        ("train: {ways: 5}\ntask: {root: /d}\ntrain: {steps: 2}\n", r"the key 'train' is given twice .* \(lines 1 and 3\)"),
+    ],
+)
+def test_a_repeated_key_is_refused_with_its_lines(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"config file '.*dup.yaml': " + message + r"; YAML would silently keep the last one"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"override 'model.hidden=\{a: 1, a: 2\}': the key 'a' is given twice"):
+        parse_overrides(["model.hidden={a: 1, a: 2}"])

@@ -168,3 +168,31 @@ def test_evaluate_refuses_non_finite_predictions():
     batch = EpisodeBatch(torch.zeros(1, 2, 1), torch.ones(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2, 1))
     with pytest.raises(ValueError, match=r"InfMean.predict returned 2 non-finite values \(of 2\), first in task 0: inf"):
         evaluate(InfMean(), [batch])
+
+
+def test_evaluate_uses_the_family_metric_direction_and_display():
+    class Offsets:
+        """A stand-in family: scores each task by its first query target, lower is better."""
+
+        metric, higher_is_better, percent = "regret", False, False
+
+        def __init__(self):
+            self.seen = []
+
+        def score(self, algorithm, batch):
+            self.seen.append(batch)
+            return batch.query_y[:, 0, 0].double()
+
+    fam = Offsets()
+    batches = [EpisodeBatch(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1),
+                            torch.tensor([[[1.0]], [[3.0]]])),
+               EpisodeBatch(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.tensor([[[5.0]]]))]
+    algo = _Mean()
+    algo.train()
+    r = evaluate(algo, batches, family=fam)
+    assert len(fam.seen) == 2 and algo.training
+    assert (r.metric, r.higher_is_better, r.percent, r.episodes) == ("regret", False, False, 3)
+    assert r.per_episode.tolist() == [1.0, 3.0, 5.0] and r.mean == pytest.approx(3.0)
+    assert r.format() == f"3 ± {1.96 * 2 / math.sqrt(3):.4g}"
+    assert r.to_dict() == {"metric": "regret", "regret": 3.0, "ci95": pytest.approx(1.96 * 2 / math.sqrt(3)),
+                           "episodes": 3, "higher_is_better": False}

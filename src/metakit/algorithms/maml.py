@@ -136,6 +136,7 @@ class MAML(Algorithm):
     """
 
     task_kinds = ("classification", "regression")
+    option_help = {"channels_last": "run image (4-D) inputs and conv weights in channels_last memory format (the inner loop of second-order training stays in NCHW); false gives reference-grade float32 gradients on 20-way tasks"}  # noqa: E501 - the Args entry carries measurements, not help
 
     def __init__(
         self,

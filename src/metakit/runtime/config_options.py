@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,7 +158,8 @@ def check_model_fits(name: str, options: Mapping[str, Any], family: Any, context
     shape = tuple(family.example_shape())
     where = f"model {name!r} with {_shown(options)}"
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zero-size layers warn; they are reported below
             model = models.build_model(name, **options)
             out = model(torch.empty((2, *shape)))
     except (ValueError, TypeError, RuntimeError) as e:
