@@ -90,7 +90,7 @@ def test_int_is_accepted_for_float_fields():
         (base(run={"keep_lst": 2}), r"did you mean 'run.keep_last'\?"),
         (base(algorithm={"distanse": "cosine"}), r"unknown config key 'algorithm.distanse' for algorithm 'protonet' \(did you mean 'algorithm.distance'\?\)"),
         (base(model={"hiden": 32}), r"unknown config key 'model.hiden' for model 'conv4' \(did you mean 'model.hidden'\?\)"),
-        (base(algorithm={"name": "protonett"}), r"algorithm.name: algorithm='protonett' is not known; did you mean 'protonet'"),
+        (base(algorithm={"name": "protonett"}), r"algorithm.name='protonett' is not a known algorithm \(did you mean 'protonet'\?\); available: anil, baseline"),
         (base(model={"name": "conv5"}), r"model.name='conv5' is not known \(did you mean 'conv4'\?\)"),
     ],
 )
@@ -113,7 +113,7 @@ def test_unknown_keys_suggest_the_closest(raw, message):
         (base(run={"deterministic": "yes"}), r"run.deterministic='yes' has the wrong type: expected bool"),
         (base(eval={"val_episodes": -1}), r"eval.val_episodes=-1 is out of range: it must be >= 0"),
         (base(task={"protocol": "vinyal"}), r"task.protocol='vinyal' is not a valid choice \(did you mean 'vinyals'\?\)"),
-        (base(task={"dataset": "omniglott"}), r"task.dataset='omniglott' is not a known dataset source \(did you mean 'omniglot'\?\); use one of: folder, omniglot"),
+        (base(task={"dataset": "omniglott"}), r"task.dataset='omniglott' is not a known dataset source \(did you mean 'omniglot'\?\); available: folder, omniglot"),
         (base(task={"family": "sinusiod"}), r"task.family='sinusiod' is not a known task family \(did you mean 'sinusoid'\?\)"),
         (base(task={"protcol": "lake"}), r"unknown config key 'task.protcol' for task.dataset=omniglot \(did you mean 'task.protocol'\?\)"),
         (base(algorithm={"distance": 3}), r"algorithm.distance=3 has the wrong type: expected one of euclidean\|cosine, got int"),

@@ -45,6 +45,7 @@ from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ..registry import Registry
 from ..tasks.episode import EpisodeBatch
 
 __all__ = ["Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
@@ -118,35 +119,20 @@ def accuracy(scores: Tensor, labels: Tensor) -> Tensor:
     return (scores.argmax(-1) == labels).float().mean(-1)
 
 
-_REGISTRY: dict[str, type[Algorithm]] = {}
 A = TypeVar("A", bound=type[Algorithm])
+_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm", "algorithm.name")
 
 
 def register(name: str) -> Callable[[A], A]:
     """Class decorator: make an algorithm buildable by ``name`` from configs and the CLI."""
-
-    def deco(cls: A) -> A:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)  # type: ignore[return-value]
 
 
 def available_algorithms() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered name (those starting with ``_`` too: tests build them by name)."""
+    return _REGISTRY.names(private=True)
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"algorithm={name!r} is not known{hint} Available: {', '.join(available_algorithms())}"
-        ) from None
+    """The algorithm registered as ``name``; a ``ValueError`` (ConfigError) with a suggestion otherwise."""
+    return _REGISTRY.get(name)

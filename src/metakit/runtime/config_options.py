@@ -89,11 +89,7 @@ def algorithm_option_specs(name: str) -> dict[str, OptionSpec]:
     from ..algorithms import get_algorithm
 
     check_value("algorithm.name", name, str)
-    try:
-        cls = get_algorithm(name)
-    except ValueError as e:
-        raise ConfigError(f"algorithm.name: {e}") from None
-    return _signature_specs(cls, skip=1)
+    return _signature_specs(get_algorithm(name), skip=1)
 
 
 def model_class(name: str) -> type:

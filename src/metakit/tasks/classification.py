@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..datasets.base import ClassIndexedDataset
 from ..options import ConfigError, Options, option, suggest
+from ..registry import Registry
 from .episode import EpisodeBatch
 from .family import TaskFamily, checked_predictions, register_family
 from .sampler import EpisodeSampler, FixedEpisodes
@@ -71,26 +72,18 @@ class DatasetSource:
         return None
 
 
-_SOURCES: dict[str, type[DatasetSource]] = {}
+_SOURCES: Registry[type[DatasetSource]] = Registry("dataset source", "task.dataset")
 S = TypeVar("S", bound=type[DatasetSource])
 
 
 def register_source(name: str) -> Callable[[S], S]:
     """Class decorator: make a dataset source selectable with ``task.dataset: name``."""
-
-    def deco(cls: S) -> S:
-        if name in _SOURCES and _SOURCES[name] is not cls:
-            raise ValueError(f"dataset source {name!r} is already registered by {_SOURCES[name].__qualname__}")
-        cls.name = name
-        _SOURCES[name] = cls
-        return cls
-
-    return deco
+    return _SOURCES.register(name)  # type: ignore[return-value]
 
 
 def available_sources(private: bool = False) -> list[str]:
     """Names of the registered dataset sources (those starting with ``_`` only with ``private``)."""
-    return sorted(n for n in _SOURCES if private or not n.startswith("_"))
+    return _SOURCES.names(private)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -206,12 +199,7 @@ class ClassificationOptions(Options):
     image_size: int = option(28, "side of the square images after resizing", ge=4)
 
     def _resolve(self) -> None:
-        if self.dataset not in _SOURCES:
-            avail = available_sources()
-            raise ConfigError(
-                f"task.dataset={self.dataset!r} is not a known dataset source{suggest(self.dataset, avail)}; "
-                f"use one of: {', '.join(avail)}"
-            )
+        _SOURCES.get(self.dataset)  # an unknown source: named, with the closest name
         if self.root is None:
             raise ConfigError(
                 f"task.root is required for task.dataset={self.dataset}; set it to the folder holding the data "
@@ -232,7 +220,7 @@ class ClassificationFamily(TaskFamily):
 
     def __init__(self, options: Options, source_options: Options | None = None) -> None:
         super().__init__(options)
-        self.source = _SOURCES[options.dataset]  # type: ignore[attr-defined]
+        self.source = _SOURCES.get(options.dataset)  # type: ignore[attr-defined]
         self.source_options = source_options if source_options is not None else self.source.Options()
         defaults = self.source.default_splits(self.source_options)
         self.splits = {
@@ -246,7 +234,7 @@ class ClassificationFamily(TaskFamily):
     def from_options(cls, raw: Mapping[str, Any], all_keys: Sequence[str] = ()) -> "ClassificationFamily":
         common_keys = set(ClassificationOptions.keys())
         common = ClassificationOptions.from_mapping({k: v for k, v in raw.items() if k in common_keys}, all_keys, owner=f"task.family={cls.name}")
-        source = _SOURCES[common.dataset]  # type: ignore[attr-defined]
+        source = _SOURCES.get(common.dataset)  # type: ignore[attr-defined]
         rest = {k: v for k, v in raw.items() if k not in common_keys}
         own = source.Options.keys()
         for key in rest:
@@ -261,7 +249,7 @@ class ClassificationFamily(TaskFamily):
 
     @classmethod
     def option_classes(cls) -> list[tuple[str, type[Options]]]:
-        return [("", ClassificationOptions)] + [(f"task.dataset={n}", _SOURCES[n].Options) for n in available_sources()]
+        return [("", ClassificationOptions)] + [(f"task.dataset={n}", _SOURCES.get(n).Options) for n in available_sources()]
 
     def to_dict(self) -> dict[str, Any]:
         d = self.options.to_dict()
@@ -307,18 +295,8 @@ class ClassificationFamily(TaskFamily):
     def train_sampler(self, data: Any, *, ways: int | None, shots: int, queries: int, seed: int) -> EpisodeSampler:
         return EpisodeSampler(data, ways, shots, queries, seed=seed)  # type: ignore[arg-type]
 
-    def eval_set(
-        self,
-        split: str,
-        data: Any,
-        *,
-        ways: int | None,
-        shots: int,
-        queries: int,
-        episodes: int,
-        seed: int,
-        batch_size: int = 50,
-    ) -> Iterable[EpisodeBatch]:
+    def eval_set(self, split: str, data: Any, *, ways: int | None, shots: int, queries: int, episodes: int,
+                 seed: int, batch_size: int = 50) -> Iterable[EpisodeBatch]:
         if ways is None:
             raise ValueError(f"ways is required for task.family={self.name} (classes per episode)")
         if data is None:

@@ -25,7 +25,6 @@ a family.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..options import ConfigError, Options
+from ..registry import Registry
 
 __all__ = ["TaskFamily", "checked_predictions", "register_family", "get_family", "available_families", "SPLITS"]
 
@@ -139,18 +139,8 @@ class TaskFamily:
         """The seeded source of training tasks (``sample(meta_batch)``, ``state_dict()``...)."""
         raise NotImplementedError
 
-    def eval_set(
-        self,
-        split: str,
-        data: Any,
-        *,
-        ways: int | None,
-        shots: int,
-        queries: int,
-        episodes: int,
-        seed: int,
-        batch_size: int = 50,
-    ) -> Iterable[Any]:
+    def eval_set(self, split: str, data: Any, *, ways: int | None, shots: int, queries: int, episodes: int,
+                 seed: int, batch_size: int = 50) -> Iterable[Any]:
         """A fixed evaluation set of ``split``: the same arguments give the same tasks."""
         raise NotImplementedError
 
@@ -177,38 +167,20 @@ def checked_predictions(algorithm: Any, batch: Any) -> Tensor:
     return out
 
 
-_FAMILIES: dict[str, type[TaskFamily]] = {}
 F = TypeVar("F", bound=type[TaskFamily])
+_FAMILIES: Registry[type[TaskFamily]] = Registry("task family", "task.family", required=("kind", "metric"))
 
 
 def register_family(name: str) -> Callable[[F], F]:
     """Class decorator: make a task family buildable by ``task.family: name`` in configs."""
-
-    def deco(cls: F) -> F:
-        if name in _FAMILIES and _FAMILIES[name] is not cls:
-            raise ValueError(f"task family name {name!r} is already registered by {_FAMILIES[name].__qualname__}")
-        for attr in ("kind", "metric"):
-            if not getattr(cls, attr):
-                raise ValueError(f"task family {cls.__qualname__} must set the class attribute {attr!r}")
-        cls.name = name
-        _FAMILIES[name] = cls
-        return cls
-
-    return deco
+    return _FAMILIES.register(name)  # type: ignore[return-value]
 
 
 def available_families(private: bool = False) -> list[str]:
     """Names of the registered families (those starting with ``_`` only with ``private``)."""
-    return sorted(n for n in _FAMILIES if private or not n.startswith("_"))
+    return _FAMILIES.names(private)
 
 
 def get_family(name: str) -> type[TaskFamily]:
     """The registered family ``name``; an unknown name is a :class:`ConfigError` with a suggestion."""
-    try:
-        return _FAMILIES[name]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_FAMILIES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"task.family={name!r} is not a known task family{hint}; available: {', '.join(available_families())}"
-        ) from None
+    return _FAMILIES.get(name)

@@ -303,18 +303,8 @@ class SinusoidFamily(TaskFamily):
     def train_sampler(self, data: Any, *, ways: int | None, shots: int, queries: int, seed: int) -> SinusoidTasks:
         return SinusoidTasks(shots, queries, seed=seed, **self._ranges())
 
-    def eval_set(
-        self,
-        split: str,
-        data: Any,
-        *,
-        ways: int | None,
-        shots: int,
-        queries: int,
-        episodes: int,
-        seed: int,
-        batch_size: int = 50,
-    ) -> Iterable[EpisodeBatch]:
+    def eval_set(self, split: str, data: Any, *, ways: int | None, shots: int, queries: int, episodes: int,
+                 seed: int, batch_size: int = 50) -> Iterable[EpisodeBatch]:
         self.split_name(split)
         if ways is not None:
             raise ValueError(f"ways={ways} but sinusoid tasks are regression tasks (no classes); leave ways unset")
