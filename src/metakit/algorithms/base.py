@@ -39,7 +39,6 @@ e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 from ..tasks.episode import EpisodeBatch
+from ..tasks.family import BuildContext
 
 __all__ = ["Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
 
@@ -57,22 +57,6 @@ class Learner(Protocol):
 
     def predict(self, query_x: Tensor) -> Tensor:  # pragma: no cover - protocol
         ...
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a config builder knows about the data when it builds an algorithm.
-
-    Attributes:
-        ways: classes per training episode (``None`` for regression).
-        example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
-        num_train_classes: classes in the training split (``None`` for task families such as
-            sinusoids); used by non-episodic baselines that pre-train a classifier.
-    """
-
-    ways: int | None
-    example_shape: tuple[int, ...]
-    num_train_classes: int | None = None
 
 
 class Algorithm(nn.Module):

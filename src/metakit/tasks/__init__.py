@@ -7,11 +7,12 @@ families are N-way K-shot classification (:mod:`.classification`) and sinusoid r
 
 from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
 from .episode import Episode, EpisodeBatch
-from .family import TaskFamily, available_families, get_family, register_family
+from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
 __all__ = [
+    "BuildContext",
     "ClassificationFamily",
     "DatasetSource",
     "Episode",

@@ -30,7 +30,7 @@ from ..datasets.base import ClassIndexedDataset
 from ..options import ConfigError, Options, option, suggest
 from ..registry import Registry
 from .episode import EpisodeBatch
-from .family import TaskFamily, checked_predictions, register_family
+from .family import BuildContext, TaskFamily, checked_predictions, register_family
 from .sampler import EpisodeSampler, FixedEpisodes
 
 __all__ = ["ClassificationFamily", "accuracy_scores", "ClassificationOptions", "DatasetSource", "register_source", "available_sources"]
@@ -284,9 +284,7 @@ class ClassificationFamily(TaskFamily):
     def load(self, split: str, *, progress: bool = False) -> ClassIndexedDataset:
         return self.source.load(self.options, self.source_options, self.split_name(split), progress=progress)  # type: ignore[arg-type]
 
-    def context(self, ways: int | None, data: Any) -> Any:
-        from ..algorithms.base import BuildContext
-
+    def context(self, ways: int | None, data: Any) -> BuildContext:
         return BuildContext(ways=ways, example_shape=tuple(data.example_shape), num_train_classes=data.num_classes)
 
     def data_meta(self, data: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ a family.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, TypeVar
 
 import torch
@@ -34,7 +35,23 @@ from torch import Tensor
 from ..options import ConfigError, Options
 from ..registry import Registry
 
-__all__ = ["TaskFamily", "checked_predictions", "register_family", "get_family", "available_families", "SPLITS"]
+__all__ = ["BuildContext", "TaskFamily", "checked_predictions", "register_family", "get_family", "available_families", "SPLITS"]
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What an algorithm is built for: the family's context (:meth:`TaskFamily.context`).
+
+    Attributes:
+        ways: classes per training episode (``None`` for regression).
+        example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
+        num_train_classes: classes in the training split (``None`` for task families such as
+            sinusoids); used by non-episodic baselines that pre-train a classifier.
+    """
+
+    ways: int | None
+    example_shape: tuple[int, ...]
+    num_train_classes: int | None = None
+
 
 #: the role names a family resolves to its own splits (a family may accept other names too)
 SPLITS = ("train", "val", "test")
@@ -119,10 +136,8 @@ class TaskFamily:
         self.split_name(split)
         return None
 
-    def context(self, ways: int | None, data: Any) -> Any:
+    def context(self, ways: int | None, data: Any) -> BuildContext:
         """The :class:`~metakit.algorithms.BuildContext` of the training split ``data``."""
-        from ..algorithms.base import BuildContext
-
         return BuildContext(ways=ways, example_shape=self.example_shape(), num_train_classes=None)
 
     def check_model_output(self, shape: tuple[int, ...]) -> str | None:
