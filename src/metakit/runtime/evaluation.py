@@ -206,8 +206,9 @@ def evaluate(
                 values.append(vals.detach().to("cpu", torch.float64).flatten())
                 if bar is not None:
                     bar.update(1)
-                    done = torch.cat(values)
-                    bar.set_postfix({kind: f"{float(done.mean()):.4g}", "episodes": done.numel()})
+                    done = float(torch.cat(values).mean())
+                    percent = family.percent if family is not None else _KNOWN_METRICS.get(kind, (True, False))[1]
+                    bar.set_postfix({kind: f"{100 * done:.2f}%" if percent else f"{done:.4g}", "episodes": sum(map(len, values))})
     finally:
         if bar is not None:
             bar.close()
