@@ -47,5 +47,5 @@ def test_registry_rejects_duplicates_and_suggests_names():
         class Other(Algorithm):
             pass
 
-    with pytest.raises(ValueError, match="algorithm='_test_linaer' is not known; did you mean '_test_linear'"):
+    with pytest.raises(ValueError, match=r"algorithm.name='_test_linaer' is not a known algorithm \(did you mean '_test_linear'\?\)"):
         get_algorithm("_test_linaer")

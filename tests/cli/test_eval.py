@@ -81,7 +81,7 @@ def test_eval_text_states_the_protocol(run_dir, capsys):
     assert "protonet on folder, split val" in out
     assert "6 x 3-way 1-shot, 2 queries per class, seed 0" in out
     assert "1.96 * sample std / sqrt(6)" in out
-    assert "accuracy" in out and " %" in out and "±" in out
+    assert "accuracy" in out and " %" in out and "±" in out and "higher is better" in out
 
 
 def test_eval_errors(run_dir, tmp_path, capsys):
@@ -103,7 +103,7 @@ def test_eval_errors(run_dir, tmp_path, capsys):
 class _SupportMean(Algorithm):
     """Regression stand-in: predicts the mean support target plus a learnt offset."""
 
-    task_kind = "regression"
+    task_kinds = ("regression",)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -135,7 +135,7 @@ def test_eval_regression_run_reports_mse(tmp_path, capsys):
     assert r["metric"] == "mse" and "accuracy" not in r and r["mse"] > 0 and r["ci95"] > 0
     assert (r["ways"], r["episodes"], r["higher_is_better"]) == (None, 8, False)
     assert main(["eval", str(tmp_path / "run"), "--ways", "5"]) == 2
-    assert "--ways 5 was given but this run solves regression tasks (sinusoid)" in capsys.readouterr().err
+    assert "--ways 5 was given but this run solves regression tasks (task.family=sinusoid), which have no classes; drop --ways" in capsys.readouterr().err
 
 
 def test_eval_falls_back_from_a_corrupt_best_and_reports_the_checkpoint_used(run_dir, tmp_path, capsys):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from metakit.algorithms import ProtoNet, get_algorithm, register
 from metakit.cli.main import main
-from metakit.runtime.config import DataConfig, OptimConfig, RunConfig, TrainConfig, load_config
+from metakit.runtime.config import OptimConfig, RunConfig, TrainConfig, load_config
 from metakit.runtime.logging import read_metrics
 from metakit.runtime.run import load_run, read_run_config
 
@@ -162,9 +162,10 @@ def test_help_documents_every_config_field(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for section in (DataConfig, TrainConfig, OptimConfig, RunConfig):
+    for section in (TrainConfig, OptimConfig, RunConfig):
         for f in dataclasses.fields(section):
             assert f"{section.section}.{f.name} = " in out
+    assert "task.family = classification" in out and "task.protocol = vinyals" in out
     assert "algorithm options" in out and "protonet:" in out and "algorithm.distance = euclidean" in out
     assert "--resume RUN_DIR" in out
 
@@ -253,3 +254,13 @@ def test_shipped_config_builds_its_algorithm_and_trains_one_step(path, beside_sh
     assert line["step"] == 1 and math.isfinite(line["loss"])
     assert math.isfinite(line["grad_norm"]) and line["grad_norm"] > 0  # the step had a gradient to apply
     assert json.loads((out_dir / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("override", ["model.hidden=[-4]", "model.out_features=0", "model.in_features=2"])
+def test_model_options_that_cannot_run_fail_before_any_work(tmp_path, capsys, override):
+    out_dir = tmp_path / "run"
+    code = main(["train", str(REPO / "configs" / "maml_sinusoid_k5.yaml"), override, "--out", str(out_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metakit train: error: model 'mlp' with ") and override.split("=")[0].split(".")[1] in err
+    assert not out_dir.exists()

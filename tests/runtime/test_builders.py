@@ -10,8 +10,8 @@ from metakit.runtime.builders import (
     build_dataset,
     build_episodes,
     build_optimizer,
+    build_sampler,
     build_scheduler,
-    episode_seed,
     resolve_config,
 )
 from metakit.runtime.config import Config
@@ -87,22 +87,23 @@ def test_optimizers_and_schedules():
 def test_folder_dataset_missing_split_is_named(tmp_path):
     (tmp_path / "train").mkdir()
     c = Config.from_dict({"data": {"dataset": "folder", "root": str(tmp_path)}, "train": {"ways": 2}})
-    with pytest.raises(FileNotFoundError, match=r"has no folder 'val' for the val split; a folder dataset is ROOT/<split>/<class>/<image>"):
+    with pytest.raises(FileNotFoundError, match=r"has no folder 'val'; a folder dataset is ROOT/<split>/<class>/<image>"):
         build_dataset(c, "val")
 
 
 def test_lake_has_no_validation_split():
     c = Config.from_dict({"data": {"root": "/d", "protocol": "lake"}, "train": {"ways": 5}, "eval": {"val_episodes": 0}})
-    with pytest.raises(ValueError, match=r"data.val_split is null \(data.protocol=lake has no val split\)"):
+    with pytest.raises(ValueError, match=r"task.val_split is null \(omniglot \(lake\) has no val split\)"):
         build_dataset(c, "val")
 
 
 def test_sinusoid_episode_seeds_differ_per_split():
-    c = Config.from_dict({"data": {"dataset": "sinusoid"}, "model": {"name": "mlp"}})
-    seeds = {episode_seed(c, s) for s in ("val", "test")}
-    assert len(seeds) == 2 and c.run.seed not in seeds
+    c = Config.from_dict({"task": {"family": "sinusoid"}, "model": {"name": "mlp"}, "algorithm": {"name": "maml"}})
+    assert c.run.seed == c.eval.seed == 0  # the same seed, yet training, val and test tasks differ
     val = next(iter(build_episodes(c, "val", episodes=2)))
     test = next(iter(build_episodes(c, "test", episodes=2)))
+    train = build_sampler(c, None).sample(2)
     assert val.support_x.shape == (2, 1, 1) and not torch.equal(val.support_x, test.support_x)
-    with pytest.raises(ValueError, match=r"split='dev' is not known for sinusoid tasks"):
+    assert not torch.equal(train.support_x, val.support_x) and not torch.equal(train.support_x, test.support_x)
+    with pytest.raises(ValueError, match=r"split='dev' is not known for task.family=sinusoid; use train, val or test"):
         build_dataset(c, "dev")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -8,11 +9,12 @@ import pytest
 import yaml
 
 from metakit.algorithms import Algorithm, register
+from metakit.tasks.classification import ClassificationOptions, FolderOptions, OmniglotOptions
+from metakit.tasks.sinusoid import SinusoidOptions
 from metakit.runtime.config import (
     AlgorithmConfig,
     Config,
     ConfigError,
-    DataConfig,
     OptimConfig,
     RunConfig,
     TrainConfig,
@@ -23,10 +25,11 @@ from metakit.runtime.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+MAML_MLP = {"model": {"name": "mlp"}, "algorithm": {"name": "maml"}}
 
 
 def base(**sections) -> dict:
-    raw = {"data": {"dataset": "omniglot", "root": "/data/omniglot"}, "train": {"ways": 5}}
+    raw = {"task": {"family": "classification", "dataset": "omniglot", "root": "/data/omniglot"}, "train": {"ways": 5}}
     for name, body in sections.items():
         raw.setdefault(name, {}).update(body)
     return raw
@@ -34,9 +37,10 @@ def base(**sections) -> dict:
 
 def test_defaults_are_resolved_and_written_back(tmp_path):
     cfg = Config.from_dict(base(train={"shots": 5, "queries": 3}))
-    assert cfg.data.protocol == "vinyals"
-    assert (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) == ("train", "val", "test")
-    assert cfg.data.image_size == 28
+    task = cfg.task.options
+    assert task["protocol"] == "vinyals"
+    assert (task["train_split"], task["val_split"], task["test_split"]) == ("train", "val", "test")
+    assert task["image_size"] == 28 and cfg.family.example_shape() == (1, 28, 28)
     # eval sizes default to the training ones
     assert (cfg.eval.ways, cfg.eval.shots, cfg.eval.queries) == (5, 5, 3)
     # the YAML written into run folders reads back to an equal config
@@ -55,8 +59,8 @@ def test_sections_are_frozen():
 
 def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = Config.from_dict({"data": {"root": "data/omni"}, "train": {"ways": 5}})
-    assert cfg.data.root == os.path.join(str(tmp_path), "data", "omni")
+    cfg = Config.from_dict({"task": {"root": "data/omni"}, "train": {"ways": 5}})
+    assert cfg.task.options["root"] == os.path.join(str(tmp_path), "data", "omni")
 
 
 def test_overrides_are_yaml_values(tmp_path):
@@ -86,7 +90,7 @@ def test_int_is_accepted_for_float_fields():
         (base(run={"keep_lst": 2}), r"did you mean 'run.keep_last'\?"),
         (base(algorithm={"distanse": "cosine"}), r"unknown config key 'algorithm.distanse' for algorithm 'protonet' \(did you mean 'algorithm.distance'\?\)"),
         (base(model={"hiden": 32}), r"unknown config key 'model.hiden' for model 'conv4' \(did you mean 'model.hidden'\?\)"),
-        (base(algorithm={"name": "protonett"}), r"algorithm.name: algorithm='protonett' is not known; did you mean 'protonet'"),
+        (base(algorithm={"name": "protonett"}), r"algorithm.name='protonett' is not a known algorithm \(did you mean 'protonet'\?\); available: anil, baseline"),
         (base(model={"name": "conv5"}), r"model.name='conv5' is not known \(did you mean 'conv4'\?\)"),
     ],
 )
@@ -108,8 +112,10 @@ def test_unknown_keys_suggest_the_closest(raw, message):
         (base(train={"steps": True}), r"train.steps=True has the wrong type: expected int"),
         (base(run={"deterministic": "yes"}), r"run.deterministic='yes' has the wrong type: expected bool"),
         (base(eval={"val_episodes": -1}), r"eval.val_episodes=-1 is out of range: it must be >= 0"),
-        (base(data={"protocol": "vinyal"}), r"data.protocol='vinyal' is not a valid choice \(did you mean 'vinyals'\?\)"),
-        (base(data={"dataset": "omniglott"}), r"data.dataset='omniglott' is not a valid choice"),
+        (base(task={"protocol": "vinyal"}), r"task.protocol='vinyal' is not a valid choice \(did you mean 'vinyals'\?\)"),
+        (base(task={"dataset": "omniglott"}), r"task.dataset='omniglott' is not a known dataset source \(did you mean 'omniglot'\?\); available: folder, omniglot"),
+        (base(task={"family": "sinusiod"}), r"task.family='sinusiod' is not a known task family \(did you mean 'sinusoid'\?\)"),
+        (base(task={"protcol": "lake"}), r"unknown config key 'task.protcol' for task.dataset=omniglot \(did you mean 'task.protocol'\?\)"),
         (base(algorithm={"distance": 3}), r"algorithm.distance=3 has the wrong type: expected one of euclidean\|cosine, got int"),
         (base(algorithm={"distance": "cosin"}), r"algorithm.distance='cosin' is not a valid choice \(did you mean 'cosine'\?\); use one of: euclidean, cosine"),
         (base(algorithm={"name": "relation", "class_pool": "max"}), r"algorithm.class_pool='max' is not a valid choice; use one of: sum, mean"),
@@ -117,13 +123,17 @@ def test_unknown_keys_suggest_the_closest(raw, message):
         (base(model={"hidden": [64]}), r"model.hidden=\[64\] has the wrong type: expected int, got list"),
         (base(optim={"grad_clip": float("nan")}), r"optim.grad_clip=nan is not a number"),
         (base(algorithm={"options": {"distance": "cosine"}}), r"algorithm.options is not a key"),
-        ({"data": {"dataset": "omniglot"}, "train": {"ways": 5}}, r"data.root is required for data.dataset=omniglot"),
-        ({"data": {"root": "/d"}}, r"train.ways is required for data.dataset=omniglot"),
-        ({"data": {"dataset": "sinusoid"}, "train": {"ways": 5}}, r"train.ways=5 but data.dataset=sinusoid gives regression tasks; set train.ways=null"),
-        ({"data": {"dataset": "sinusoid", "root": "/d"}}, r"data.root='/d' is not used by data.dataset=sinusoid"),
-        (base(data={"protocol": "lake"}), r"data.val_split is null \(data.protocol=lake has no validation split\) but eval.val_episodes=100"),
-        ({"data": {"dataset": "folder", "root": "/d", "protocol": "lake"}, "train": {"ways": 5}}, r"data.protocol='lake' is used by data.dataset=omniglot only"),
-        (base(data={"channels": 3}), r"data.channels is used by data.dataset=folder only"),
+        ({"task": {"dataset": "omniglot"}, "train": {"ways": 5}}, r"task.root is required for task.dataset=omniglot"),
+        ({"task": {"root": "/d"}}, r"train.ways is required for task.family=classification"),
+        (base(eval={"ways": None}, train={"ways": None}), r"train.ways is required for task.family=classification"),
+        ({"task": {"family": "sinusoid"}, "train": {"ways": 5}, **MAML_MLP}, r"train.ways=5 but task.family=sinusoid gives regression tasks, which have no classes; set train.ways=null"),
+        ({"task": {"family": "sinusoid"}, "eval": {"ways": 5}, **MAML_MLP}, r"eval.ways=5 but task.family=sinusoid gives regression"),
+        ({"task": {"family": "sinusoid", "root": "/d"}}, r"unknown config key 'task.root' for task.family=sinusoid; keys of task: amplitude, phase, x_range"),
+        ({"task": {"family": "sinusoid", "amplitude": [5, 1]}}, r"task.amplitude=\[5.0, 1.0\] must be a \(low, high\) pair of finite numbers with low <= high"),
+        (base(task={"protocol": "lake"}), r"task.val_split is null \(omniglot \(lake\) has no validation split\) but eval.val_episodes=100; set eval.val_episodes=0"),
+        ({"task": {"dataset": "folder", "root": "/d", "protocol": "lake"}, "train": {"ways": 5}}, r"unknown config key 'task.protocol' for task.dataset=folder \(did you mean 'task.root'\?\); keys of the task section for this dataset: family, dataset, image_size, root, test_split, train_split, val_split, channels, invert"),
+        (base(task={"channels": 3}), r"unknown config key 'task.channels' for task.dataset=omniglot"),
+        ({"task": "omniglot"}, r"config section 'task' must be a mapping"),
         ({"data": "omniglot"}, r"config section 'data' must be a mapping"),
         ([1, 2], r"a config must be a mapping of sections"),
     ],
@@ -134,17 +144,18 @@ def test_bad_values_are_named(raw, message):
 
 
 def test_lake_protocol_without_validation_is_fine():
-    cfg = Config.from_dict(base(data={"protocol": "lake"}, eval={"val_episodes": 0}))
-    assert (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) == ("background", None, "evaluation")
+    cfg = Config.from_dict(base(task={"protocol": "lake"}, eval={"val_episodes": 0}))
+    task = cfg.task.options
+    assert (task["train_split"], task["val_split"], task["test_split"]) == ("background", None, "evaluation")
     assert not cfg.validates
 
 
 def test_sinusoid_config_needs_no_data():
     cfg = Config.from_dict(
-        {"data": {"dataset": "sinusoid"}, "train": {"shots": 10, "queries": 10}, "model": {"name": "mlp"},
-         "algorithm": {"name": "protonet"}}
+        {"task": {"family": "sinusoid"}, "train": {"shots": 10, "queries": 10}, **MAML_MLP}
     )
-    assert cfg.data.root is None and cfg.train.ways is None and cfg.eval.ways is None
+    assert dict(cfg.task.options) == {"amplitude": [0.1, 5.0], "phase": [0.0, math.pi], "x_range": [-5.0, 5.0]}
+    assert cfg.train.ways is None and cfg.eval.ways is None
     assert cfg.eval.shots == 10
 
 
@@ -224,17 +235,126 @@ def test_with_overrides_revalidates():
 
 def test_help_documents_every_field():
     text = config_help()
-    for section in (DataConfig, TrainConfig, OptimConfig, RunConfig):
+    for section in (TrainConfig, OptimConfig, RunConfig, ClassificationOptions, OmniglotOptions, FolderOptions, SinusoidOptions):
         for f in dataclasses.fields(section):
             assert f"{section.section}.{f.name} = " in text
             assert f.metadata["help"].split()[0] in text
+    assert "task.family = classification" in text
+    assert "sinusoid: regression tasks, scored by mse (lower is better)" in text
+    assert "maml: solves classification and regression tasks" in text
     assert "algorithm.distance = euclidean" in text  # from ProtoNet's signature
     assert "model.hidden = 64" in text  # from Conv4's signature
 
 
 def test_parse_overrides_keeps_strings_and_null():
-    assert parse_overrides(["data.root=/x y", "data.cache_dir=null", "data.cache_dir="]) == [
-        ("data.root", "/x y"),
-        ("data.cache_dir", None),
-        ("data.cache_dir", None),
+    assert parse_overrides(["task.root=/x y", "task.cache_dir=null", "task.cache_dir="]) == [
+        ("task.root", "/x y"),
+        ("task.cache_dir", None),
+        ("task.cache_dir", None),
     ]
+
+
+# -- the task section and the older data section -------------------------------------------------
+OLD_RUN_SECTIONS = {
+    # data sections exactly as config.yaml of run folders had them before task: (every key written)
+    "omniglot": {"dataset": "omniglot", "root": "/d/omniglot", "protocol": "vinyals", "train_split": "train",
+                 "val_split": "val", "test_split": "test", "image_size": 28, "channels": None, "invert": None,
+                 "cache_dir": None, "download": False},
+    "folder": {"dataset": "folder", "root": "/d/folder", "protocol": None, "train_split": "train", "val_split": "val",
+               "test_split": "test", "image_size": 16, "channels": 3, "invert": False, "cache_dir": None,
+               "download": False},
+    "sinusoid": {"dataset": "sinusoid", "root": None, "protocol": None, "train_split": None, "val_split": None,
+                 "test_split": None, "image_size": None, "channels": None, "invert": None, "cache_dir": None,
+                 "download": False},
+}
+NEW_SECTIONS = {
+    "omniglot": {"family": "classification", "dataset": "omniglot", "root": "/d/omniglot"},
+    "folder": {"family": "classification", "dataset": "folder", "root": "/d/folder", "image_size": 16,
+               "channels": 3, "invert": False},
+    "sinusoid": {"family": "sinusoid"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OLD_RUN_SECTIONS))
+def test_old_data_sections_load_as_the_same_task(tmp_path, kind):
+    rest = {"train": {"ways": 5}} if kind != "sinusoid" else MAML_MLP
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(yaml.safe_dump({"data": OLD_RUN_SECTIONS[kind], **rest}))
+    new.write_text(yaml.safe_dump({"task": NEW_SECTIONS[kind], **rest}))
+    assert load_config(old) == load_config(new)
+    assert "data" not in load_config(old).to_dict() and load_config(old).to_dict()["task"]["family"] == NEW_SECTIONS[kind]["family"]
+    if kind != "sinusoid":  # overrides in the spelling of the file they apply to
+        assert load_config(old, ["data.root=/e"]).task.options["root"] == "/e"
+
+
+def test_mixed_or_unknown_data_sections_say_how_to_write_them(tmp_path):
+    with pytest.raises(ConfigError, match=r"the config has both a task: section and a data: section .*data.root -> task.root"):
+        Config.from_dict({"task": {"root": "/d"}, "data": {"root": "/d"}, "train": {"ways": 5}})
+    with pytest.raises(ConfigError, match=r"data.dataset='omniglott' is not a known task family or dataset \(did you mean "
+                                          r"'omniglot'\?\); write the section as task: with task.family"):
+        Config.from_dict({"data": {"dataset": "omniglott", "root": "/d"}, "train": {"ways": 5}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    with pytest.raises(ConfigError, match=r"'data.root': the data section is now called task; write task.root=..."):
+        load_config(path, ["data.root=/e"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'task.channels' for task.dataset=omniglot"):
+        Config.from_dict({"data": {"root": "/d", "channels": 3}, "train": {"ways": 5}})
+
+
+def test_changing_the_family_drops_the_old_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    cfg = load_config(path, ["task.family=sinusoid", "train.ways=null", "model.name=mlp", "algorithm.name=maml"])
+    assert cfg.task.to_dict()["family"] == "sinusoid" and "root" not in cfg.task.options
+
+
+# -- the algorithm must solve the family's tasks -------------------------------------------------
+def test_an_algorithm_for_another_kind_of_task_is_refused():
+    with pytest.raises(ConfigError, match=r"algorithm.name=protonet solves classification tasks, but task.family=sinusoid "
+                                          r"gives regression tasks; choose an algorithm that solves them \(anil, maml, "
+                                          r"metasgd, reptile\) or another task family"):
+        Config.from_dict({"task": {"family": "sinusoid"}, "model": {"name": "mlp"}})
+
+
+# -- model options are tried when the config is read ---------------------------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hidden=[-4]", r"model 'mlp' with in_features=1, hidden=\[-4\], out_features=1 cannot run on the examples "
+                              r"of task.family=sinusoid \(one example is \[1\]\): .*negative dimension -4"),
+        ("model.out_features=0", r"model 'mlp' with in_features=1, hidden=\[40, 40\], out_features=0 gives outputs of shape "
+                                 r"\[2, 0\] for 2 examples of shape \[1\]: no features per example"),
+        ("model.in_features=2", r"model 'mlp' with in_features=2, hidden=\[40, 40\], out_features=1 cannot run on the "
+                                r"examples of task.family=sinusoid \(one example is \[1\]\)"),
+        ("model.out_features=3", r"model 'mlp' .* gives outputs of shape \[3\] per example, but a sinusoid task has one "
+                                 r"target per input, so the model must give 1 output per example, not 3; fix model.out_features"),
+    ],
+)
+def test_model_options_that_cannot_run_are_refused_when_read(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "maml_sinusoid_k5.yaml", [override])
+
+
+def test_image_model_options_are_tried_on_the_task_images():
+    with pytest.raises(ConfigError, match=r"model 'conv4' with out_features=5, track_running_stats=False, in_channels=3 "
+                                          r"cannot run on the examples of task.family=classification \(one example is "
+                                          r"\[1, 28, 28\]\): Invalid channel dimensions"):
+        Config.from_dict(base(model={"in_channels": 3}, algorithm={"name": "maml"}))
+    assert Config.from_dict(base(task={"dataset": "folder", "channels": 3}, model={"in_channels": 3}))
+
+
+# -- YAML files that repeat a key ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  ways: 5\n  steps: 3\n  ways: 20\n", r"the key 'ways' is given twice in the same mapping \(lines 2 and 4\)"),
+        ("train: {ways: 5}\ntask: {root: /d}\ntrain: {steps: 2}\n", r"the key 'train' is given twice .* \(lines 1 and 3\)"),
+    ],
+)
+def test_a_repeated_key_is_refused_with_its_lines(tmp_path, text, message):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"config file '.*dup.yaml': " + message + r"; YAML would silently keep the last one"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"override 'model.hidden=\{a: 1, a: 2\}': the key 'a' is given twice"):
+        parse_overrides(["model.hidden={a: 1, a: 2}"])

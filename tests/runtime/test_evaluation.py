@@ -51,7 +51,7 @@ def test_eval_result_format_and_dict():
     }
     m = EvalResult.from_values("mse", [0.01, 0.03])
     assert not m.higher_is_better and m.format() == "0.02 ± 0.0196"
-    with pytest.raises(ValueError, match="metric='acc' must be 'accuracy' or 'mse'"):
+    with pytest.raises(ValueError, match=r"metric='acc' is not accuracy or mse; give higher_is_better"):
         EvalResult.from_values("acc", [1.0])
 
 
@@ -92,7 +92,7 @@ def test_evaluate_per_episode_accuracy_over_batches():
 
 def test_evaluate_restores_mode_on_error_and_rejects_bad_input():
     algo = _Fixed()
-    with pytest.raises(TypeError, match=r"episodes\[1\] is a list; evaluate takes an iterable of EpisodeBatch"):
+    with pytest.raises(TypeError, match=r"episodes\[1\] is a list; without a family, evaluate takes an iterable of EpisodeBatch"):
         evaluate(algo, [_batch([[0]]), [1, 2]])
     assert algo.training
     with pytest.raises(ValueError, match="episodes is empty"):
@@ -113,7 +113,7 @@ def test_evaluate_checks_prediction_shape():
 class _Mean(Algorithm):
     """Regression: predicts the mean support target for every query."""
 
-    task_kind = "regression"
+    task_kinds = ("regression",)
 
     def predict(self, batch):
         return batch.support_y.mean(1, keepdim=True).expand_as(batch.query_y)
@@ -132,7 +132,7 @@ def test_evaluate_regression_reports_mse():
         def predict(self, batch):
             return torch.zeros_like(batch.query_y) if batch.ways is None else super().predict(batch)
 
-    with pytest.raises(ValueError, match=r"episodes\[1\] is a classification batch but earlier batches were not"):
+    with pytest.raises(ValueError, match=r"episodes\[1\] is scored by accuracy but earlier batches by mse"):
         evaluate(Both(), [batch, _batch([[0]])])
 
 
@@ -168,3 +168,31 @@ def test_evaluate_refuses_non_finite_predictions():
     batch = EpisodeBatch(torch.zeros(1, 2, 1), torch.ones(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2, 1))
     with pytest.raises(ValueError, match=r"InfMean.predict returned 2 non-finite values \(of 2\), first in task 0: inf"):
         evaluate(InfMean(), [batch])
+
+
+def test_evaluate_uses_the_family_metric_direction_and_display():
+    class Offsets:
+        """A stand-in family: scores each task by its first query target, lower is better."""
+
+        metric, higher_is_better, percent = "regret", False, False
+
+        def __init__(self):
+            self.seen = []
+
+        def score(self, algorithm, batch):
+            self.seen.append(batch)
+            return batch.query_y[:, 0, 0].double()
+
+    fam = Offsets()
+    batches = [EpisodeBatch(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1),
+                            torch.tensor([[[1.0]], [[3.0]]])),
+               EpisodeBatch(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.tensor([[[5.0]]]))]
+    algo = _Mean()
+    algo.train()
+    r = evaluate(algo, batches, family=fam)
+    assert len(fam.seen) == 2 and algo.training
+    assert (r.metric, r.higher_is_better, r.percent, r.episodes) == ("regret", False, False, 3)
+    assert r.per_episode.tolist() == [1.0, 3.0, 5.0] and r.mean == pytest.approx(3.0)
+    assert r.format() == f"3 ± {1.96 * 2 / math.sqrt(3):.4g}"
+    assert r.to_dict() == {"metric": "regret", "regret": 3.0, "ci95": pytest.approx(1.96 * 2 / math.sqrt(3)),
+                           "episodes": 3, "higher_is_better": False}

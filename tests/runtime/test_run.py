@@ -75,7 +75,7 @@ def test_run_folder_layout(trained):
     cfg = read_run_config(run_dir)
     assert cfg.model.options["hidden"] == 8 and cfg.model.options["track_running_stats"] is True
     assert cfg.algorithm.options["distance"] == "euclidean" and "learn_scale" in cfg.algorithm.options
-    assert cfg.data.root == str(Path(cfg.data.root).resolve())
+    assert cfg.task.options["root"] == str(Path(cfg.task.options["root"]).resolve())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["algorithm"] == "protonet"
 
@@ -243,7 +243,7 @@ class _Regressor(Algorithm):
         model: the regressor.
     """
 
-    task_kind = "regression"
+    task_kinds = ("regression",)
 
     def __init__(self, model) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ from metakit.runtime.evaluation import EvalResult
 from metakit.runtime.logging import read_metrics
 import metakit.runtime.trainer as trainer_module
 from metakit.runtime.trainer import NonFiniteLossError, Trainer, seed_everything
+from metakit.tasks.classification import DatasetSource, register_source
 from metakit.tasks.sampler import EpisodeSampler, FixedEpisodes
 
 HERE = Path(__file__).resolve()
@@ -42,9 +43,22 @@ def toy_dataset() -> ClassIndexedDataset:
     return ClassIndexedDataset.from_tensors(x, torch.arange(12).repeat_interleave(8))
 
 
+@register_source("_toy_vectors")
+class ToyVectors(DatasetSource):
+    """The 6-dimensional toy data as a dataset source, so that toy configs describe their examples."""
+
+    @classmethod
+    def example_shape(cls, common, options) -> tuple[int, ...]:
+        return (6,)
+
+    @classmethod
+    def load(cls, common, options, split, *, progress):
+        return toy_dataset()
+
+
 def toy_config(root: Path, *overrides: str) -> Config:
     raw = {
-        "data": {"dataset": "folder", "root": str(root)},
+        "task": {"family": "classification", "dataset": "_toy_vectors", "root": str(root)},
         "train": {"ways": 3, "shots": 2, "queries": 3, "meta_batch": 2, "steps": 30},
         "eval": {"val_episodes": 10, "val_every": 10},
         "model": {"name": "mlp", "in_features": 6, "hidden": [16], "out_features": 8},

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metakit.tasks import EpisodeBatch, FixedSinusoidTasks, SinusoidParams, SinusoidTasks, sinusoid
+from metakit.options import ConfigError
+from metakit.tasks import EpisodeBatch, FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
 
 def _equal(a: EpisodeBatch, b: EpisodeBatch) -> bool:
@@ -184,3 +185,51 @@ def test_repr():
     )
     text = repr(FixedSinusoidTasks(5, tasks=3))
     assert text == "FixedSinusoidTasks(shots=5, queries=5, tasks=3, seed=0, batch_size=100)"
+
+
+# -- the task family -----------------------------------------------------------------------------
+def test_family_eval_sets_keep_their_seeds_apart_and_fixed():
+    """val and test tasks are drawn with eval.seed + 2**21 and + 2**20 (the seeds every sinusoid
+    evaluation has used: changing them would change every reported number)."""
+    fam = SinusoidFamily.from_options({})
+    for split, offset in (("test", 1 << 20), ("val", 1 << 21), ("train", 0)):
+        mine = fam.eval_set(split, None, ways=None, shots=5, queries=7, episodes=10, seed=3, batch_size=4)
+        ref = FixedSinusoidTasks(5, tasks=10, queries=7, seed=3 + offset, batch_size=4)
+        assert all(_equal(a, b) for a, b in zip(mine, ref)) and len(mine) == len(ref) == 3
+    with pytest.raises(ValueError, match=r"ways=5 but sinusoid tasks are regression tasks"):
+        fam.eval_set("test", None, ways=5, shots=1, queries=1, episodes=1, seed=0)
+    with pytest.raises(ValueError, match=r"split='dev' is not known for task.family=sinusoid"):
+        fam.eval_set("dev", None, ways=None, shots=1, queries=1, episodes=1, seed=0)
+
+
+def test_family_options_shape_the_tasks():
+    fam = SinusoidFamily.from_options({"amplitude": [2, 2], "phase": [0, 0], "x_range": [0, 1]})
+    assert fam.to_dict() == {"amplitude": [2.0, 2.0], "phase": [0.0, 0.0], "x_range": [0.0, 1.0]}
+    batch = fam.train_sampler(None, ways=None, shots=3, queries=2, seed=1).sample(4)
+    assert torch.allclose(batch.support_y, 2 * torch.sin(batch.support_x))
+    assert float(batch.query_x.min()) >= 0 and float(batch.query_x.max()) <= 1
+    with pytest.raises(ConfigError, match=r"task.x_range=\[1.0, 1.0\] must be a \(low, high\) pair of finite numbers with low < high"):
+        SinusoidFamily.from_options({"x_range": [1, 1]})
+    with pytest.raises(ConfigError, match=r"task.phase=\[0.0\] has the wrong type: expected list of float"):
+        SinusoidFamily.from_options({"phase": [0.0]})
+
+
+def test_family_score_is_the_mse_per_task_by_hand():
+    class Zero:
+        def predict(self, batch):
+            return torch.zeros_like(batch.query_y)
+
+    qy = torch.tensor([[[1.0], [3.0]], [[2.0], [0.0]]])  # squared errors (1, 9) -> 5 ; (4, 0) -> 2
+    batch = EpisodeBatch(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 2, 1), qy)
+    fam = SinusoidFamily.from_options({})
+    assert fam.score(Zero(), batch).tolist() == [5.0, 2.0]
+    assert (fam.metric, fam.higher_is_better, fam.kind) == ("mse", False, "regression")
+
+    class Wide:
+        def predict(self, batch):
+            return torch.zeros(2, 2, 3)
+
+    with pytest.raises(ValueError, match=r"Wide.predict returned shape \(2, 2, 3\); expected the shape of query_y \(2, 2, 1\)"):
+        fam.score(Wide(), batch)
+    assert fam.check_model_output((1,)) is None
+    assert "must give 1 output per example, not 3" in fam.check_model_output((3,))

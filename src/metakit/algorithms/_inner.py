@@ -624,7 +624,7 @@ class InnerLoopAlgorithm(Algorithm):
         loss: ``auto``, ``cross_entropy`` or ``mse``.
     """
 
-    task_kind = "any"
+    task_kinds = ("classification", "regression")
     inner_update: InnerUpdate
 
     def __init__(

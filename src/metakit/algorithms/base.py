@@ -29,21 +29,24 @@ enables them itself with ``torch.enable_grad()``.
 
 Algorithms register under a short name with :func:`register` so that configs and the command
 line can build them. The keyword arguments of ``__init__`` after the model (with type
-annotations and defaults, documented in the class docstring's ``Args:`` section) are the
-algorithm's config. Building from a config goes through two class methods that an algorithm
+annotations and defaults) are the algorithm's config; their help text is the ``Args:`` section of
+the class docstring, or the class attribute ``option_help`` (``{option: text}``) where an entry
+there should not be shown as help. ``task_kinds`` declares the kinds of task families the
+algorithm solves. Building from a config goes through two class methods that an algorithm
 may override: :meth:`Algorithm.model_defaults` (default backbone options for the task at hand,
 e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from ..registry import Registry
 from ..tasks.episode import EpisodeBatch
+from ..tasks.family import BuildContext
 
 __all__ = ["Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
 
@@ -56,29 +59,15 @@ class Learner(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class BuildContext:
-    """What a config builder knows about the data when it builds an algorithm.
-
-    Attributes:
-        ways: classes per training episode (``None`` for regression).
-        example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
-        num_train_classes: classes in the training split (``None`` for task families such as
-            sinusoids); used by non-episodic baselines that pre-train a classifier.
-    """
-
-    ways: int | None
-    example_shape: tuple[int, ...]
-    num_train_classes: int | None = None
-
-
 class Algorithm(nn.Module):
     """Base class; see the module docstring for the protocol."""
 
     #: registry name, set by :func:`register`
     name: str = ""
-    #: whether the algorithm solves classification episodes (labels + ways) or regression
-    task_kind: str = "classification"
+    #: the kinds of tasks the algorithm solves (``TaskFamily.kind`` of the families it supports:
+    #: "classification" episodes with labels and ways, "regression" with real targets); a config
+    #: pairing it with a family of another kind is refused when it is read
+    task_kinds: tuple[str, ...] = ("classification",)
 
     @classmethod
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
@@ -114,35 +103,20 @@ def accuracy(scores: Tensor, labels: Tensor) -> Tensor:
     return (scores.argmax(-1) == labels).float().mean(-1)
 
 
-_REGISTRY: dict[str, type[Algorithm]] = {}
 A = TypeVar("A", bound=type[Algorithm])
+_REGISTRY: Registry[type[Algorithm]] = Registry("algorithm", "algorithm.name")
 
 
 def register(name: str) -> Callable[[A], A]:
     """Class decorator: make an algorithm buildable by ``name`` from configs and the CLI."""
-
-    def deco(cls: A) -> A:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)  # type: ignore[return-value]
 
 
 def available_algorithms() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every registered name (those starting with ``_`` too: tests build them by name)."""
+    return _REGISTRY.names(private=True)
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"algorithm={name!r} is not known{hint} Available: {', '.join(available_algorithms())}"
-        ) from None
+    """The algorithm registered as ``name``; a ``ValueError`` (ConfigError) with a suggestion otherwise."""
+    return _REGISTRY.get(name)

@@ -1,9 +1,9 @@
 """``metakit eval``: the standard few-shot evaluation of a trained run.
 
-Mean accuracy over fixed, seeded episodes of a split with its 95% confidence interval
-(``1.96 * sample std / sqrt(episodes)``, see :mod:`metakit.runtime.evaluation`), printed
-with the whole protocol so that the number can be reproduced and compared. Regression runs
-(sinusoid) report the mean squared error instead.
+The mean of the task family's metric (accuracy for classification, mean squared error for
+sinusoid regression, ...) over fixed, seeded tasks of a split with its 95% confidence interval
+(``1.96 * sample std / sqrt(episodes)``, see :mod:`metakit.runtime.evaluation`) and its
+direction, printed with the whole protocol so that the number can be reproduced and compared.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def non_negative_int(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a trained run on fixed seeded episodes (mean accuracy with 95%% CI)",
+        help="evaluate a trained run on fixed seeded episodes (its task family's metric with 95%% CI)",
         description=(
-            "Evaluate a trained run: mean accuracy over fixed, seeded episodes of a split, with the "
-            "95% confidence interval 1.96 * std / sqrt(episodes) (sample std). Ways, shots and "
-            "queries default to the run's eval settings and may differ from training (e.g. train "
-            "20-way, test 5-way). Regression runs report the mean squared error."
+            "Evaluate a trained run: the mean of its task family's metric (accuracy for classification, "
+            "mean squared error for sinusoid regression) over fixed, seeded episodes of a split, with the "
+            "95% confidence interval 1.96 * std / sqrt(episodes) (sample std) and whether higher is better. "
+            "Ways, shots and queries default to the run's eval settings and may differ from training "
+            "(e.g. train 20-way, test 5-way)."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `metakit train`")
@@ -94,25 +95,27 @@ def evaluate_run(
 
     loaded = load_run(run_dir, checkpoint=checkpoint, fallback=True)
     cfg = loaded.config
-    regression = cfg.data.dataset == "sinusoid"
-    if regression and ways is not None:
-        raise ValueError(f"--ways {ways} was given but this run solves regression tasks (sinusoid), which have no classes; drop --ways")
+    family = cfg.family
+    if family.kind != "classification" and ways is not None:
+        raise ValueError(
+            f"--ways {ways} was given but this run solves {family.kind} tasks (task.family={family.name}), "
+            "which have no classes; drop --ways"
+        )
     split_name = loaded.split_name(split)
-    if not regression:
-        loaded.dataset(split, progress=progress)  # load (and report loading) before the episodes are drawn
+    loaded.dataset(split, progress=progress)  # load (and report loading) before the episodes are drawn
     seed = cfg.eval.seed if seed is None else seed
     source = loaded.episodes(
         split, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed, batch_size=batch
     )
     start = time.perf_counter()
-    result = evaluate(loaded.algorithm, source, progress=progress, desc=f"eval {split_name}")
+    result = evaluate(loaded.algorithm, source, family=family, progress=progress, desc=f"eval {split_name}")
     seconds = time.perf_counter() - start  # drawing the episodes included, loading the data not
     record: dict[str, Any] = {
         "algorithm": cfg.algorithm.name,
-        "dataset": cfg.data.dataset,
-        "protocol": cfg.data.protocol,
+        "task": family.name,
+        **family.record(),
         "split": split_name,
-        "ways": None if regression else (cfg.eval.ways if ways is None else ways),
+        "ways": cfg.eval.ways if ways is None else ways,
         "shots": cfg.eval.shots if shots is None else shots,
         "queries": cfg.eval.queries if queries is None else queries,
         "episodes": result.episodes,
@@ -128,12 +131,13 @@ def evaluate_run(
         "seconds": round(seconds, 6),
         "episodes_per_s": round(result.episodes / seconds, 2) if seconds > 0 else None,
         "formatted": result.format(),
+        "described": family.describe(),
     }
     return record
 
 
 def _protocol_text(r: dict[str, Any]) -> str:
-    dataset = r["dataset"] + (f" ({r['protocol']} protocol)" if r["protocol"] else "")
+    dataset = r["described"]
     if r["ways"] is None:
         task = f"{r['shots']}-shot regression, {r['queries']} query points"
     else:
@@ -146,7 +150,8 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"  checkpoint  {r['checkpoint']} (step {r['step']}; trained {trained})",
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
             f"  time        {r['seconds']:.1f} s ({r['episodes_per_s']} episodes/s)",
-            f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}))",
+            f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
+            f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
         ]
     )
 
@@ -165,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     if args.json:
-        print(json.dumps({k: v for k, v in record.items() if k != "formatted"}, indent=2))
+        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described")}, indent=2))
     else:
         print(_protocol_text(record))
     return 0

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run_dir, checkpoint=args.checkpoint, fallback=True)
     if loaded.preprocessing is None:
         raise ValueError(
-            f"run {str(args.run_dir)!r} was trained on data.dataset={loaded.config.data.dataset}, which has no "
+            f"run {str(args.run_dir)!r} was trained on {loaded.config.family.describe()} tasks, which have no "
             "image preprocessing; metakit predict classifies images with a run trained on an image dataset"
         )
     prep = dict(loaded.preprocessing)

@@ -11,7 +11,7 @@ from .main import UsageError
 
 _DESCRIPTION = """\
 Meta-train an algorithm from a YAML config (see configs/), with optional section.key=value
-overrides (values are YAML: optim.lr=3e-4, data.root=/data/omniglot, model.hidden=[40,40]).
+overrides (values are YAML: optim.lr=3e-4, task.root=/data/omniglot, model.hidden=[40,40]).
 
 The run folder (--out; default runs/<config-name>-<timestamp>) receives the effective config
 (config.yaml), metrics.jsonl, TensorBoard events (tb/), checkpoints/ (the last run.keep_last step

@@ -1,9 +1,10 @@
 """Build the pieces of a run from a :class:`~metakit.runtime.config.Config`.
 
-``data`` -> datasets (:func:`build_dataset`), the training sampler (:func:`build_sampler`) and
-fixed evaluation episodes (:func:`build_episodes`); ``model`` + ``algorithm`` -> the algorithm
+``task`` -> the task family (``config.family``), which loads a split's data
+(:func:`build_dataset`), makes the training sampler (:func:`build_sampler`) and the fixed
+evaluation tasks (:func:`build_episodes`); ``model`` + ``algorithm`` -> the algorithm
 (:func:`build_algorithm`); ``optim`` -> the outer optimizer and schedule
-(:func:`build_optimizer`, :func:`build_scheduler`).
+(:func:`build_optimizer`, :func:`build_scheduler`). Nothing here depends on which family it is.
 
 Resolution (:func:`resolve_config`): before a run starts, the model and algorithm options are
 made explicit -- the keyword defaults of the backbone, then what the algorithm asks for the task
@@ -11,10 +12,8 @@ at hand (:meth:`~metakit.algorithms.Algorithm.model_defaults`, e.g. a head of ``
 outputs), then the user's options, which always win -- so that the ``config.yaml`` written into
 the run folder rebuilds exactly the same model.
 
-Seeds: the training episodes come from ``run.seed``; the fixed validation and test episodes
-from ``eval.seed``. Classification splits hold different classes, so the same seed is used for
-all of them. Sinusoid tasks have no splits, so each "split" gets its own derived seed
-(:func:`episode_seed`), which keeps validation, test and training tasks apart.
+Seeds: the training tasks come from ``run.seed``; the fixed validation and test tasks from
+``eval.seed`` (a family may derive a seed per split from it, see its ``eval_set``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import torch
 from torch import nn
 
 from ..algorithms import Algorithm, BuildContext, get_algorithm
-from ..datasets.base import ClassIndexedDataset
 from .config import Config, OptimConfig, model_option_specs
 
 __all__ = [
@@ -38,90 +36,27 @@ __all__ = [
     "build_algorithm",
     "build_optimizer",
     "build_scheduler",
-    "episode_seed",
     "trainable_parameters",
 ]
 
-#: sinusoid tasks: offset added to eval.seed per split (training tasks use run.seed)
-_SINUSOID_SEED_OFFSETS = {"val": 1 << 21, "test": 1 << 20}
 _PLAIN = (type(None), bool, int, float, str)
 
 
 def _split_name(config: Config, split: str) -> str:
-    """``"train"|"val"|"test"`` (the config's splits) or a dataset split name given directly."""
-    d = config.data
-    if d.dataset == "sinusoid":
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r} is not known for sinusoid tasks; use train, val or test")
-        return split
-    mapping = {"train": d.train_split, "val": d.val_split, "test": d.test_split}
-    name = mapping.get(split, split)
-    if name is None:
-        raise ValueError(
-            f"split={split!r}: data.{split}_split is null (data.protocol={d.protocol} has no {split} split); "
-            "name a split of the dataset instead"
-        )
-    return name
+    """The family's name of ``split`` (``"train"|"val"|"test"`` or a split name given directly)."""
+    return config.family.split_name(split)
 
 
-def build_dataset(config: Config, split: str, *, progress: bool = False) -> ClassIndexedDataset | None:
-    """The dataset of ``split`` (``train``/``val``/``test`` or a split name); ``None`` for sinusoid."""
-    d = config.data
-    if d.dataset == "sinusoid":
-        _split_name(config, split)
-        return None
-    name = _split_name(config, split)
-    if d.dataset == "omniglot":
-        from ..datasets import Omniglot
-
-        return Omniglot(
-            d.root,  # type: ignore[arg-type]
-            protocol=d.protocol,  # type: ignore[arg-type]
-            split=name,
-            image_size=d.image_size,  # type: ignore[arg-type]
-            download=d.download,
-            cache_dir=d.cache_dir,
-            progress=progress,
-        )
-    if d.dataset == "folder":
-        from pathlib import Path
-
-        from ..datasets import ImageFolder
-
-        folder = Path(d.root) / name  # type: ignore[arg-type]
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"data.root={d.root!r} has no folder {name!r} for the {split} split; a folder dataset is "
-                "ROOT/<split>/<class>/<image> (or set data.{train,val,test}_split to the folder names)"
-            )
-        return ImageFolder(folder, image_size=d.image_size, channels=d.channels, invert=d.invert)  # type: ignore[arg-type]
-    raise ValueError(f"data.dataset={d.dataset!r} is not known")  # pragma: no cover - validated by the config
+def build_dataset(config: Config, split: str, *, progress: bool = False) -> Any:
+    """The data of ``split`` the family draws tasks from (a ``ClassIndexedDataset``; ``None`` for
+    families that generate their tasks, such as sinusoids)."""
+    return config.family.load(split, progress=progress)
 
 
-def _sinusoid(shots: int, queries: int, seed: int) -> Any:
-    from ..tasks import SinusoidTasks  # type: ignore[attr-defined]
-
-    return SinusoidTasks(shots=shots, queries=queries, seed=seed)
-
-
-def build_sampler(config: Config, dataset: ClassIndexedDataset | None) -> Any:
+def build_sampler(config: Config, data: Any) -> Any:
     """The training task source: ``.sample(meta_batch) -> EpisodeBatch`` plus ``state_dict()``."""
     t = config.train
-    if config.data.dataset == "sinusoid":
-        return _sinusoid(t.shots, t.queries, config.run.seed)
-    from ..tasks.sampler import EpisodeSampler
-
-    if dataset is None:
-        raise ValueError(f"data.dataset={config.data.dataset} needs a dataset to sample from")
-    return EpisodeSampler(dataset, t.ways, t.shots, t.queries, seed=config.run.seed)  # type: ignore[arg-type]
-
-
-def episode_seed(config: Config, split: str, seed: int | None = None) -> int:
-    """Seed of the fixed episodes of ``split`` (``eval.seed``, made distinct per split for sinusoids)."""
-    base = config.eval.seed if seed is None else seed
-    if config.data.dataset == "sinusoid":
-        return base + _SINUSOID_SEED_OFFSETS.get(split, 0)
-    return base
+    return config.family.train_sampler(data, ways=t.ways, shots=t.shots, queries=t.queries, seed=config.run.seed)
 
 
 def build_episodes(
@@ -134,40 +69,33 @@ def build_episodes(
     episodes: int | None = None,
     seed: int | None = None,
     batch_size: int = 50,
-    dataset: ClassIndexedDataset | None = None,
+    dataset: Any = None,
 ) -> Iterable[Any]:
-    """Fixed, seeded evaluation episodes of ``split`` (an iterable of ``EpisodeBatch``).
+    """Fixed, seeded evaluation tasks of ``split`` (an iterable of ``EpisodeBatch``).
 
     Sizes default to the ``eval`` section; ``episodes`` defaults to ``eval.val_episodes`` for
-    ``split="val"`` and ``eval.test_episodes`` otherwise. Pass ``dataset`` to reuse a loaded one.
+    ``split="val"`` and ``eval.test_episodes`` otherwise; ``seed`` to ``eval.seed``. Pass
+    ``dataset`` to reuse loaded data.
     """
     e = config.eval
-    shots = e.shots if shots is None else shots
-    queries = e.queries if queries is None else queries
+    family = config.family
     if episodes is None:
         episodes = e.val_episodes if split == "val" else e.test_episodes
-    s = episode_seed(config, split, seed)
-    if config.data.dataset == "sinusoid":
-        if ways is not None:
-            raise ValueError(f"ways={ways} but sinusoid tasks are regression tasks (no classes); leave ways unset")
-        return _sinusoid(shots, queries, s).fixed(episodes, seed=s, batch_size=batch_size)  # type: ignore[arg-type]
-    from ..tasks.sampler import FixedEpisodes
+    return family.eval_set(
+        split,
+        dataset,
+        ways=e.ways if ways is None else ways,
+        shots=e.shots if shots is None else shots,  # type: ignore[arg-type]
+        queries=e.queries if queries is None else queries,  # type: ignore[arg-type]
+        episodes=episodes,
+        seed=e.seed if seed is None else seed,
+        batch_size=batch_size,
+    )
 
-    ways = e.ways if ways is None else ways
-    if dataset is None:
-        dataset = build_dataset(config, split)
-    return FixedEpisodes(dataset, ways, shots, queries, episodes, seed=s, batch_size=batch_size)  # type: ignore[arg-type]
 
-
-def build_context(config: Config, train_dataset: ClassIndexedDataset | None, sampler: Any = None) -> BuildContext:
-    """What the algorithm's builder knows about the data (ways, example shape, training classes)."""
-    if train_dataset is not None:
-        shape = tuple(train_dataset.example_shape)
-        classes = train_dataset.num_classes
-    else:
-        shape = tuple(getattr(sampler, "example_shape", (1,)))
-        classes = None
-    return BuildContext(ways=config.train.ways, example_shape=shape, num_train_classes=classes)
+def build_context(config: Config, train_data: Any, sampler: Any = None) -> BuildContext:
+    """What the algorithm's builder knows about the tasks (ways, example shape, training classes)."""
+    return config.family.context(config.train.ways, train_data)
 
 
 def _plain_default(v: Any) -> bool:

@@ -2,7 +2,7 @@
 
 A training run is described by one :class:`Config` of seven sections::
 
-    data:      {dataset: omniglot, root: ../shared/data/omniglot, protocol: vinyals}
+    task:      {family: classification, dataset: omniglot, root: ../shared/data/omniglot, protocol: vinyals}
     train:     {ways: 60, shots: 1, queries: 5, meta_batch: 1, steps: 20000}
     eval:      {ways: 5, shots: 1, queries: 15, val_episodes: 200, val_every: 1000}
     model:     {name: conv4}                 # other keys: options of the backbone
@@ -10,39 +10,50 @@ A training run is described by one :class:`Config` of seven sections::
     optim:     {name: adam, lr: 0.001, schedule: step, step_size: 2000, gamma: 0.5}
     run:       {seed: 0, checkpoint_every: 500, keep_last: 3}
 
-Every field is declared once, below, with its type, default, range/choices and help text
-(``field(metadata={"help": ...})``); validation, error messages and ``metakit train --help``
-all read that one declaration. The options of ``model`` and ``algorithm`` are not fixed
-fields: they are the keyword arguments of the registered backbone / algorithm class (type
-annotations and defaults of ``__init__``; help text from the ``Args:`` section of the class
-docstring), validated against that signature.
+``task.family`` names a registered task family (:mod:`metakit.tasks.family`); the other keys of
+``task`` are that family's declared options. The fixed sections declare every field once with
+its type, default, range/choices and help text (:func:`metakit.options.option`); validation,
+error messages and ``metakit train --help`` all read that one declaration. The options of
+``model`` and ``algorithm`` are the keyword arguments of the registered backbone / algorithm
+(:mod:`.config_options`), and the backbone is tried on the family's examples on the meta device
+when the config is read, so options that cannot work fail before any work starts. The
+algorithm must solve the family's kind of tasks (``Algorithm.task_kinds``).
+
+The older spelling of the task section, ``data: {dataset: omniglot|folder|sinusoid, ...}``, still
+loads (configs and run folders written before ``task:``): ``data.dataset`` names either a task
+family (``task.family``) or a dataset source of the default classification family
+(``task.dataset``); keys left at their old defaults (null, ``download: false``) are dropped.
 
 Command-line overrides ``section.key=value`` are parsed as YAML values (``optim.lr=3e-4``,
-``data.root=null``, ``model.hidden=[40,40]``). An unknown or misspelt key is an error that
-suggests the closest valid key.
+``task.root=null``, ``model.hidden=[40,40]``). An unknown or misspelt key is an error that
+suggests the closest valid key; a YAML file that repeats a key is refused, naming the key and
+its lines.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import math
 import os
-import re
-import textwrap
 import types
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import yaml
+
+from ..options import ConfigError, Options, check_value, option, plain, suggest
+from .config_options import (
+    OptionSpec,
+    algorithm_option_specs,
+    check_model_fits,
+    check_options,
+    model_option_specs,
+)
 
 __all__ = [
     "ConfigError",
     "Config",
-    "DataConfig",
+    "TaskConfig",
     "TrainConfig",
     "EvalConfig",
     "ModelConfig",
@@ -56,316 +67,75 @@ __all__ = [
     "algorithm_option_specs",
     "model_option_specs",
     "config_help",
+    "check_value",
     "SECTIONS",
+    "DEFAULT_FAMILY",
 ]
 
-
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the key, the value and the fix."""
-
-
-def _f(default: Any, help: str, **checks: Any) -> Any:
-    """A config field: default, help text and checks (``choices``, ``ge``, ``gt``, ``le``, ``lt``)."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **checks})
-    return field(default=default, metadata={"help": help, **checks})
-
-
-# -- value checking ------------------------------------------------------------------------------
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of " + "|".join(str(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple, Sequence, typing.Sequence):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"list of {_type_name(args[0])}" if args else "list"
-    if origin in (dict, Mapping, typing.Mapping):
-        return "mapping"
-    if tp is Any:
-        return "any"
-    return getattr(tp, "__name__", str(tp))
-
-
-def check_value(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints/numeric strings -> float).
-
-    Raises :class:`ConfigError` naming ``key`` when the type is wrong.
-    """
-    ok, out = _match(value, tp)
-    if not ok:
-        choices = _literal_choices(tp)
-        if choices and isinstance(value, str):
-            raise ConfigError(
-                f"{key}={value!r} is not a valid choice{_suggest(value, [str(c) for c in choices])}; "
-                f"use one of: {', '.join(map(str, choices))}"
-            )
-        raise ConfigError(
-            f"{key}={value!r} has the wrong type: expected {_type_name(tp)}, got {type(value).__name__}"
-            + (" (quote nothing: numbers and true/false are written bare in YAML)" if isinstance(value, str) else "")
-        )
-    return out
-
-
-def _literal_choices(tp: Any) -> list[Any]:
-    """The values of the ``Literal`` arms of ``tp`` (``Literal["a", "b"] | None`` -> ``["a", "b"]``)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return list(typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return [c for arm in typing.get_args(tp) for c in _literal_choices(arm)]
-    return []
-
-
-def _match(value: Any, tp: Any) -> tuple[bool, Any]:
-    if tp is Any or tp is inspect.Parameter.empty:
-        return True, value
-    if tp is type(None) or tp is None:
-        return value is None, value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            ok, out = _match(value, arm)
-            if ok:
-                return True, out
-        return False, value
-    if origin is Literal:
-        return value in typing.get_args(tp), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, (int, float)):
-            return True, float(value)
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            # PyYAML reads 1e-3 (no dot) as a string; accept it for float fields
-            return True, float(value)
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin in (dict, Mapping, typing.Mapping) or tp in (dict, Mapping):
-        return isinstance(value, Mapping), value
-    if origin in (list, tuple, Sequence, typing.Sequence) or tp in (list, tuple, Sequence):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            return False, value
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                return False, value
-            pairs = list(zip(value, args))
-        else:
-            arm = args[0] if args else Any
-            pairs = [(v, arm) for v in value]
-        out = []
-        for v, a in pairs:
-            ok, o = _match(v, a)
-            if not ok:
-                return False, value
-            out.append(o)
-        return True, (tuple(out) if isinstance(value, tuple) else out)
-    if isinstance(tp, type):
-        return isinstance(value, tp), value
-    return True, value  # an annotation we cannot check (a protocol, a string forward reference...)
-
-
-def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        hint = _suggest(str(value), [str(c) for c in choices])
-        raise ConfigError(f"{key}={value!r} is not a valid choice{hint}; use one of: {', '.join(map(str, choices))}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and math.isnan(value):
-            raise ConfigError(f"{key}=nan is not a number; give a finite value")
-        for op, bound, ok in (
-            ("ge", meta.get("ge"), lambda v, b: v >= b),
-            ("gt", meta.get("gt"), lambda v, b: v > b),
-            ("le", meta.get("le"), lambda v, b: v <= b),
-            ("lt", meta.get("lt"), lambda v, b: v < b),
-        ):
-            if bound is not None and not ok(value, bound):
-                sym = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-                raise ConfigError(f"{key}={value!r} is out of range: it must be {sym} {bound}")
-        if isinstance(value, float) and math.isinf(value):
-            raise ConfigError(f"{key}={value!r} must be finite")
-
-
-def _range_text(meta: Mapping[str, Any]) -> str:
-    parts = []
-    if meta.get("choices") is not None:
-        return "{" + ", ".join(map(str, meta["choices"])) + "}"
-    for op, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-        if meta.get(op) is not None:
-            parts.append(f"{sym} {meta[op]}")
-    return ", ".join(parts)
+#: the task family of a config whose task section does not name one
+DEFAULT_FAMILY = "classification"
 
 
 # -- sections ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Section:
-    """Base of the fixed-field sections: type, range and choice checks from the field metadata."""
+def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(d))
 
-    section: ClassVar[str] = ""
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The tasks: a registered task family (task.family) and its options."""
+
+    section: ClassVar[str] = "task"
+
+    family: str = option(DEFAULT_FAMILY, "task family registered in metakit.tasks (classification, sinusoid, ...)")
+    options: Mapping[str, Any] = option({}, "the family's options (written as task.<option>)")
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            key = f"{self.section}.{f.name}"
-            value = check_value(key, getattr(self, f.name), hints[f.name])
-            _check_range(key, value, f.metadata)
-            object.__setattr__(self, f.name, value)
-        self._resolve()
+        from ..tasks import get_family
 
-    def _resolve(self) -> None:
-        """Cross-field checks and defaults that depend on other fields (override in sections)."""
+        check_value("task.family", self.family, str)
+        check_value("task.options", self.options, Mapping)
+        built = get_family(self.family).from_options(dict(self.options), _all_keys())
+        object.__setattr__(self, "options", _freeze(built.to_dict()))
+        object.__setattr__(self, "_built", built)
+
+    @property
+    def built(self) -> Any:
+        """The :class:`~metakit.tasks.TaskFamily` these options describe."""
+        return self._built  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-
-
-_DATASETS = ("omniglot", "sinusoid", "folder")
-_PROTOCOL_SPLITS = {
-    # protocol -> (train, val, test); lake has no validation split
-    "vinyals": ("train", "val", "test"),
-    "lake": ("background", None, "evaluation"),
-}
+        return {"family": self.family, **{k: plain(v) for k, v in self.options.items()}}
 
 
 @dataclass(frozen=True)
-class DataConfig(_Section):
-    """Where the tasks come from."""
-
-    section: ClassVar[str] = "data"
-
-    dataset: str = _f(
-        "omniglot",
-        "which data the tasks come from: omniglot (metakit.datasets.Omniglot), folder (an image "
-        "folder ROOT/<split>/<class>/<image>) or sinusoid (MAML's sinusoid regression tasks, no data on disk)",
-        choices=_DATASETS,
-    )
-    root: str | None = _f(
-        None,
-        "folder holding the data (omniglot: the official archives images_background.zip and "
-        "images_evaluation.zip or their extracted folders; folder: ROOT/<split>/<class>/<image>). "
-        "Relative paths are resolved against the current directory and stored absolute. Not used by sinusoid",
-    )
-    protocol: str | None = _f(
-        None,
-        "omniglot only: class split protocol, vinyals (Vinyals et al. 2016: train/val/test, default) or "
-        "lake (background/evaluation alphabets)",
-        choices=tuple(_PROTOCOL_SPLITS),
-    )
-    train_split: str | None = _f(
-        None, "split episodes are trained on (default: train; lake: background; not used by sinusoid)"
-    )
-    val_split: str | None = _f(
-        None,
-        "split of the periodic validation (default: val; lake has none: set eval.val_episodes=0 "
-        "or name another split)",
-    )
-    test_split: str | None = _f(None, "split `metakit eval` uses by default (default: test; lake: evaluation)")
-    image_size: int | None = _f(None, "side of the square images after resizing (default 28; not used by sinusoid)", ge=4)
-    channels: int | None = _f(None, "folder only: 1 (grayscale, default) or 3 (RGB)", choices=(1, 3))
-    invert: bool | None = _f(
-        None, "folder only: invert the images (default true: dark strokes on white, the Omniglot convention)"
-    )
-    cache_dir: str | None = _f(
-        None, "omniglot only: folder of the decoded-image cache (default: the dataset's own default)"
-    )
-    download: bool = _f(False, "omniglot only: download missing archives into root from the official source")
-
-    def _resolve(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
-        if self.dataset == "sinusoid":
-            for name in ("root", "protocol", "train_split", "val_split", "test_split", "image_size", "channels",
-                         "invert", "cache_dir"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(
-                        f"data.{name}={getattr(self, name)!r} is not used by data.dataset=sinusoid "
-                        "(sinusoid tasks are generated, not read); remove it"
-                    )
-            if self.download:
-                raise ConfigError("data.download=true is not used by data.dataset=sinusoid; remove it")
-            return
-        if self.root is None:
-            raise ConfigError(
-                f"data.root is required for data.dataset={self.dataset}; set it to the folder holding the data "
-                "(e.g. data.root=../shared/data/omniglot)"
-            )
-        set_("root", os.path.abspath(os.path.expanduser(self.root)))
-        if self.cache_dir is not None:
-            if self.dataset != "omniglot":
-                raise ConfigError(f"data.cache_dir is used by data.dataset=omniglot only, not {self.dataset}; remove it")
-            set_("cache_dir", os.path.abspath(os.path.expanduser(self.cache_dir)))
-        if self.download and self.dataset != "omniglot":
-            raise ConfigError(f"data.download=true is supported by data.dataset=omniglot only, not {self.dataset}")
-        if self.dataset == "omniglot":
-            if self.protocol is None:
-                set_("protocol", "vinyals")
-            defaults = _PROTOCOL_SPLITS[self.protocol]
-        else:
-            if self.protocol is not None:
-                raise ConfigError(
-                    f"data.protocol={self.protocol!r} is used by data.dataset=omniglot only; for a folder "
-                    "dataset name the splits with data.train_split/val_split/test_split"
-                )
-            defaults = ("train", "val", "test")
-        for name, default in zip(("train_split", "val_split", "test_split"), defaults):
-            if getattr(self, name) is None:
-                set_(name, default)
-        if self.image_size is None:
-            set_("image_size", 28)
-        if self.dataset == "folder":
-            set_("channels", 1 if self.channels is None else self.channels)
-            set_("invert", True if self.invert is None else self.invert)
-        else:
-            for name in ("channels", "invert"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"data.{name} is used by data.dataset=folder only, not {self.dataset}; remove it")
-
-
-@dataclass(frozen=True)
-class TrainConfig(_Section):
+class TrainConfig(Options):
     """The episodes of meta-training and how many outer steps to take."""
 
     section: ClassVar[str] = "train"
 
-    ways: int | None = _f(None, "classes per training episode (required for classification; null for sinusoid)", ge=1)
-    shots: int = _f(1, "support examples per class (sinusoid: support points per task)", ge=1)
-    queries: int = _f(15, "query examples per class (sinusoid: query points per task)", ge=1)
-    meta_batch: int = _f(1, "tasks per outer step (meta-batch size)", ge=1)
-    steps: int = _f(1000, "outer (meta-)optimizer steps", ge=1)
+    ways: int | None = option(None, "classes per training episode (required for classification; null for regression)", ge=1)
+    shots: int = option(1, "support examples per class (regression: support points per task)", ge=1)
+    queries: int = option(15, "query examples per class (regression: query points per task)", ge=1)
+    meta_batch: int = option(1, "tasks per outer step (meta-batch size)", ge=1)
+    steps: int = option(1000, "outer (meta-)optimizer steps", ge=1)
 
 
 @dataclass(frozen=True)
-class EvalConfig(_Section):
+class EvalConfig(Options):
     """Validation during training and the defaults of `metakit eval`."""
 
     section: ClassVar[str] = "eval"
 
-    ways: int | None = _f(None, "classes per evaluation episode (default: train.ways)", ge=1)
-    shots: int | None = _f(None, "support examples per class in evaluation (default: train.shots)", ge=1)
-    queries: int | None = _f(None, "query examples per class in evaluation (default: train.queries)", ge=1)
-    val_episodes: int = _f(100, "fixed, seeded validation episodes per validation (0 disables validation)", ge=0)
-    val_every: int = _f(
+    ways: int | None = option(None, "classes per evaluation episode (default: train.ways)", ge=1)
+    shots: int | None = option(None, "support examples per class in evaluation (default: train.shots)", ge=1)
+    queries: int | None = option(None, "query examples per class in evaluation (default: train.queries)", ge=1)
+    val_episodes: int = option(100, "fixed, seeded validation episodes per validation (0 disables validation)", ge=0)
+    val_every: int = option(
         500, "steps between validations (0: validate only at the end); the best checkpoint follows them", ge=0
     )
-    test_episodes: int = _f(1000, "test episodes `metakit eval` uses by default", ge=1)
-    seed: int = _f(0, "seed of the fixed validation and test episodes (same seed, same episodes)")
-
-
-def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return types.MappingProxyType(dict(d))
+    test_episodes: int = option(1000, "test episodes `metakit eval` uses by default", ge=1)
+    seed: int = option(0, "seed of the fixed validation and test episodes (same seed, same episodes)")
 
 
 @dataclass(frozen=True)
@@ -374,17 +144,18 @@ class ModelConfig:
 
     section: ClassVar[str] = "model"
 
-    name: str = _f("conv4", "backbone registered in metakit.models (conv4, mlp, ...)")
-    options: Mapping[str, Any] = _f({}, "keyword arguments of the backbone (written as model.<option>)")
+    name: str = option("conv4", "backbone registered in metakit.models (conv4, mlp, ...)")
+    options: Mapping[str, Any] = option({}, "keyword arguments of the backbone (written as model.<option>)")
 
     def __post_init__(self) -> None:
         check_value("model.name", self.name, str)
         check_value("model.options", self.options, Mapping)
         specs = model_option_specs(self.name)
-        object.__setattr__(self, "options", _freeze(_check_options("model", self.name, self.options, specs, False)))
+        opts = check_options("model", self.name, self.options, specs, False, _all_keys())
+        object.__setattr__(self, "options", _freeze(opts))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **{k: _plain(v) for k, v in self.options.items()}}
+        return {"name": self.name, **{k: plain(v) for k, v in self.options.items()}}
 
 
 @dataclass(frozen=True)
@@ -393,39 +164,39 @@ class AlgorithmConfig:
 
     section: ClassVar[str] = "algorithm"
 
-    name: str = _f("protonet", "algorithm registered in metakit.algorithms (protonet, maml, ...)")
-    options: Mapping[str, Any] = _f({}, "keyword arguments of the algorithm (written as algorithm.<option>)")
+    name: str = option("protonet", "algorithm registered in metakit.algorithms (protonet, maml, ...)")
+    options: Mapping[str, Any] = option({}, "keyword arguments of the algorithm (written as algorithm.<option>)")
 
     def __post_init__(self) -> None:
         check_value("algorithm.name", self.name, str)
         check_value("algorithm.options", self.options, Mapping)
         specs = algorithm_option_specs(self.name)
-        opts = _check_options("algorithm", self.name, self.options, specs, True)
+        opts = check_options("algorithm", self.name, self.options, specs, True, _all_keys())
         object.__setattr__(self, "options", _freeze(opts))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **{k: _plain(v) for k, v in self.options.items()}}
+        return {"name": self.name, **{k: plain(v) for k, v in self.options.items()}}
 
 
 @dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(Options):
     """The outer (meta-)optimizer and its learning-rate schedule."""
 
     section: ClassVar[str] = "optim"
 
-    name: str = _f("adam", "outer optimizer: adam (torch.optim.Adam) or sgd (torch.optim.SGD)", choices=("adam", "sgd"))
-    lr: float = _f(1e-3, "outer learning rate", gt=0)
-    weight_decay: float = _f(0.0, "L2 weight decay of the outer optimizer", ge=0)
-    momentum: float = _f(0.0, "sgd only: momentum", ge=0, lt=1)
-    schedule: str = _f(
+    name: str = option("adam", "outer optimizer: adam (torch.optim.Adam) or sgd (torch.optim.SGD)", choices=("adam", "sgd"))
+    lr: float = option(1e-3, "outer learning rate", gt=0)
+    weight_decay: float = option(0.0, "L2 weight decay of the outer optimizer", ge=0)
+    momentum: float = option(0.0, "sgd only: momentum", ge=0, lt=1)
+    schedule: str = option(
         "none",
         "learning-rate schedule: none, step (multiply by gamma every step_size steps) or cosine "
         "(cosine decay to 0 over train.steps)",
         choices=("none", "step", "cosine"),
     )
-    step_size: int = _f(2000, "schedule=step: steps between learning-rate decays", ge=1)
-    gamma: float = _f(0.5, "schedule=step: factor applied every step_size steps", gt=0, le=1)
-    grad_clip: float | None = _f(None, "clip the global gradient norm to this value (null: no clipping)", gt=0)
+    step_size: int = option(2000, "schedule=step: steps between learning-rate decays", ge=1)
+    gamma: float = option(0.5, "schedule=step: factor applied every step_size steps", gt=0, le=1)
+    grad_clip: float | None = option(None, "clip the global gradient norm to this value (null: no clipping)", gt=0)
 
     def _resolve(self) -> None:
         if self.name != "sgd" and self.momentum != 0.0:
@@ -433,24 +204,24 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
-class RunConfig(_Section):
+class RunConfig(Options):
     """Seeds, checkpoints, logging and threads."""
 
     section: ClassVar[str] = "run"
 
-    seed: int = _f(0, "seed of model initialisation and of the training episodes")
-    checkpoint_every: int = _f(500, "steps between checkpoints (one is also written at the end and on Ctrl-C)", ge=1)
-    keep_last: int = _f(3, "step checkpoints kept on disk (the best one is kept besides them)", ge=1)
-    deterministic: bool = _f(
+    seed: int = option(0, "seed of model initialisation and of the training episodes")
+    checkpoint_every: int = option(500, "steps between checkpoints (one is also written at the end and on Ctrl-C)", ge=1)
+    keep_last: int = option(3, "step checkpoints kept on disk (the best one is kept besides them)", ge=1)
+    deterministic: bool = option(
         False, "torch.use_deterministic_algorithms(True): bitwise-reproducible runs and resumes, maybe slower"
     )
-    log_every: int = _f(50, "steps between training-metric log lines (metrics.jsonl, TensorBoard)", ge=1)
-    num_threads: int = _f(0, "torch intra-op threads (0: torch's default); a resumed run needs the same value to be bitwise equal", ge=0)
-    progress: bool = _f(True, "show a progress bar on stderr")
+    log_every: int = option(50, "steps between training-metric log lines (metrics.jsonl, TensorBoard)", ge=1)
+    num_threads: int = option(0, "torch intra-op threads (0: torch's default); a resumed run needs the same value to be bitwise equal", ge=0)
+    progress: bool = option(True, "show a progress bar on stderr")
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig,
+    "task": TaskConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
     "model": ModelConfig,
@@ -458,14 +229,17 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "run": RunConfig,
 }
-_OPEN_SECTIONS = ("model", "algorithm")  # sections whose other keys are the options of `name`
+#: sections whose other keys are the options of the registered thing the selector key names
+_OPEN_SECTIONS = {"task": "family", "model": "name", "algorithm": "name"}
+#: the older name of the task section (translated by :func:`_translate_data`)
+_LEGACY_DATA = "data"
 
 
 @dataclass(frozen=True)
 class Config:
     """A whole run. Build it with :func:`load_config` or :meth:`from_dict`; all sections are frozen."""
 
-    data: DataConfig
+    task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -474,31 +248,40 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        from ..algorithms import BuildContext, get_algorithm
+
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"Config.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-        d, t, e = self.data, self.train, self.eval
-        regression = d.dataset == "sinusoid"
-        if regression:
-            for key, v in (("train.ways", t.ways), ("eval.ways", e.ways)):
-                if v is not None:
-                    raise ConfigError(f"{key}={v} but data.dataset=sinusoid gives regression tasks; set {key}=null")
-        elif t.ways is None:
+        family, t, e = self.task.built, self.train, self.eval
+        algo = get_algorithm(self.algorithm.name)
+        if family.kind not in algo.task_kinds:
+            from ..algorithms import available_algorithms
+
+            fit = [a for a in available_algorithms() if not a.startswith("_") and family.kind in get_algorithm(a).task_kinds]
             raise ConfigError(
-                f"train.ways is required for data.dataset={d.dataset} (classes per training episode, e.g. train.ways=5)"
+                f"algorithm.name={self.algorithm.name} solves {' and '.join(algo.task_kinds)} tasks, but "
+                f"task.family={family.name} gives {family.kind} tasks; choose an algorithm that solves them "
+                f"({', '.join(fit) or 'none is registered'}) or another task family"
             )
+        family.check_sizes("train", t.ways, t.shots, t.queries)
         resolved = replace(
             e,
             ways=e.ways if e.ways is not None else t.ways,
             shots=e.shots if e.shots is not None else t.shots,
             queries=e.queries if e.queries is not None else t.queries,
         )
+        family.check_sizes("eval", resolved.ways, resolved.shots, resolved.queries)  # type: ignore[arg-type]
         object.__setattr__(self, "eval", resolved)
-        if not regression and d.val_split is None and e.val_episodes > 0:
-            raise ConfigError(
-                f"data.val_split is null (data.protocol={d.protocol} has no validation split) but "
-                f"eval.val_episodes={e.val_episodes}; set eval.val_episodes=0 or name a split with data.val_split"
-            )
+        family.check_validation(e.val_episodes)
+        context = BuildContext(ways=t.ways, example_shape=family.example_shape())
+        model_options = {**algo.model_defaults(context), **self.model.options}
+        check_model_fits(self.model.name, model_options, family, context)
+
+    @property
+    def family(self) -> Any:
+        """The :class:`~metakit.tasks.TaskFamily` of the ``task`` section."""
+        return self.task.built
 
     @property
     def validates(self) -> bool:
@@ -521,9 +304,9 @@ class Config:
             raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
         sections: dict[str, Any] = {}
         for name, body in raw.items():
-            if name not in SECTIONS:
+            if name not in SECTIONS and name != _LEGACY_DATA:
                 raise ConfigError(
-                    f"unknown config section {name!r}{_suggest(str(name), list(SECTIONS))}; "
+                    f"unknown config section {name!r}{suggest(str(name), list(SECTIONS))}; "
                     f"sections: {', '.join(SECTIONS)}"
                 )
             if body is None:
@@ -534,29 +317,29 @@ class Config:
                     f"write it as `{name}: {{key: value}}` or use {name}.key=value overrides"
                 )
             sections[name] = body
+        if _LEGACY_DATA in sections:
+            if "task" in sections:
+                raise ConfigError(
+                    "the config has both a task: section and a data: section (data: is the older name of task:); "
+                    "move the data keys into task: (data.root -> task.root, data.dataset: sinusoid -> "
+                    "task.family: sinusoid, data.dataset: omniglot -> task.family: classification + task.dataset: omniglot)"
+                )
+            sections["task"] = _translate_data(sections.pop(_LEGACY_DATA))
         built: dict[str, Any] = {}
         for name, sec_cls in SECTIONS.items():
             body = dict(sections.get(name, {}))
-            if name in _OPEN_SECTIONS:
-                default_name = {f.name: f for f in fields(sec_cls)}["name"].default
-                sec_name = body.pop("name", default_name)
+            selector = _OPEN_SECTIONS.get(name)
+            if selector is not None:
+                default = {f.name: f for f in fields(sec_cls)}[selector].default
+                chosen = body.pop(selector, default)
                 if "options" in body:
                     raise ConfigError(
                         f"{name}.options is not a key: write the options of the {name} directly in the "
                         f"section, e.g. `{name}.<option>=value`"
                     )
-                built[name] = sec_cls(name=sec_name, options=body)
+                built[name] = sec_cls(chosen, options=body)
             else:
-                valid = [f.name for f in fields(sec_cls)]
-                for key in body:
-                    if key not in valid:
-                        raise ConfigError(
-                            f"unknown config key '{name}.{key}'{_suggest(f'{name}.{key}', _all_keys())}; "
-                            f"keys of {name}: {', '.join(valid)}"
-                        )
-                if name == "data" and "root" not in body:
-                    body["root"] = None
-                built[name] = sec_cls(**body)
+                built[name] = sec_cls.from_mapping(body, _all_keys())
         return cls(**built)
 
     def with_overrides(self, overrides: Sequence[str]) -> "Config":
@@ -564,145 +347,61 @@ class Config:
         return Config.from_dict(apply_overrides(self.to_dict(), parse_overrides(overrides)))
 
 
-def _plain(v: Any) -> Any:
-    """Plain YAML-able values (tuples -> lists, mappings -> dicts)."""
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+def _translate_data(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``task`` section of an older ``data`` section (see the module docstring)."""
+    from ..tasks import available_families, available_sources
+
+    old = {k: v for k, v in body.items() if v is not None and not (k == "download" and v is False)}
+    dataset = old.pop("dataset", "omniglot")
+    if dataset in available_families(private=True):
+        return {"family": dataset, **old}
+    if dataset in available_sources(private=True):
+        return {"family": DEFAULT_FAMILY, "dataset": dataset, **old}
+    names = available_families() + available_sources()
+    raise ConfigError(
+        f"data.dataset={dataset!r} is not a known task family or dataset{suggest(str(dataset), names)}; "
+        f"write the section as task: with task.family ({', '.join(available_families())}) and, for "
+        f"classification, task.dataset ({', '.join(available_sources())})"
+    )
 
 
 def _all_keys() -> list[str]:
     keys = []
     for name, cls in SECTIONS.items():
         if name in _OPEN_SECTIONS:
-            keys.append(f"{name}.name")
+            keys.append(f"{name}.{_OPEN_SECTIONS[name]}")
         else:
             keys += [f"{name}.{f.name}" for f in fields(cls)]
     return keys
 
 
-def _suggest(word: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
-    candidates = list(candidates)
-    if "." not in word:  # a bare field name (lr=0.1): the dotted key that ends with it
-        same = [c for c in candidates if c.rsplit(".", 1)[-1] == word]
-        if len(same) == 1:
-            return f" (did you mean {same[0]!r}?)"
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# -- options of registered models and algorithms -------------------------------------------------
-@dataclass(frozen=True)
-class OptionSpec:
-    """One keyword argument of a backbone or an algorithm, read from its signature."""
-
-    name: str
-    annotation: Any
-    default: Any  # inspect.Parameter.empty when required
-    help: str
-
-    @property
-    def required(self) -> bool:
-        return self.default is inspect.Parameter.empty
-
-
-def _doc_args(obj: Any) -> dict[str, str]:
-    """The ``Args:`` section of a Google-style docstring, as ``{name: text}``."""
-    lines = (inspect.getdoc(obj) or "").splitlines()
-    try:
-        start = next(i for i, ln in enumerate(lines) if ln.strip() in ("Args:", "Arguments:", "Parameters:"))
-    except StopIteration:
-        return {}
-    base = len(lines[start]) - len(lines[start].lstrip())
-    out: dict[str, str] = {}
-    entry_indent: int | None = None
-    current: str | None = None
-    for ln in lines[start + 1 :]:
-        if not ln.strip():
-            continue
-        indent = len(ln) - len(ln.lstrip())
-        if indent <= base:
-            break  # the next section (Returns:, Raises:, ...)
-        m = re.match(r"^\s*(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", ln)
-        if m and (entry_indent is None or indent == entry_indent):
-            entry_indent = indent
-            current = m.group(1)
-            out[current] = m.group(2).strip()
-        elif current is not None:
-            out[current] += " " + ln.strip()
-    return out
-
-
-def _signature_specs(cls: type, skip: int) -> dict[str, OptionSpec]:
-    """Keyword arguments of ``cls.__init__`` after ``self`` and ``skip`` leading positional ones."""
-    sig = inspect.signature(cls.__init__)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    docs = _doc_args(cls)
-    params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][1 + skip :]
-    return {
-        p.name: OptionSpec(p.name, hints.get(p.name, Any), p.default, docs.get(p.name, ""))
-        for p in params
-        if p.kind != p.POSITIONAL_ONLY
-    }
-
-
-def algorithm_option_specs(name: str) -> dict[str, OptionSpec]:
-    """The config options of the registered algorithm ``name``: ``__init__`` after the model."""
-    from ..algorithms import get_algorithm
-
-    check_value("algorithm.name", name, str)
-    try:
-        cls = get_algorithm(name)
-    except ValueError as e:
-        raise ConfigError(f"algorithm.name: {e}") from None
-    return _signature_specs(cls, skip=1)
-
-
-def _model_class(name: str) -> type:
-    from .. import models
-
-    registry = getattr(models, "_MODELS")
-    if name not in registry:
-        avail = sorted(registry)
-        raise ConfigError(f"model.name={name!r} is not known{_suggest(name, avail)}; available: {', '.join(avail)}")
-    return registry[name]
-
-
-def model_option_specs(name: str) -> dict[str, OptionSpec]:
-    """The config options of the backbone ``name``: the keyword arguments of its class."""
-    check_value("model.name", name, str)
-    return _signature_specs(_model_class(name), skip=0)
-
-
-def _check_options(
-    section: str, owner: str, options: Mapping[str, Any], specs: Mapping[str, OptionSpec], require: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if not isinstance(key, str) or key not in specs:
-            valid = ", ".join(specs) or "(none)"
-            raise ConfigError(
-                f"unknown config key '{section}.{key}' for {section} {owner!r}"
-                f"{_suggest(f'{section}.{key}', [f'{section}.{k}' for k in specs] + _all_keys())}; "
-                f"options of {owner}: {valid}"
-            )
-        out[key] = check_value(f"{section}.{key}", value, specs[key].annotation)
-    if require:
-        missing = [k for k, s in specs.items() if s.required and k not in out]
-        if missing:
-            raise ConfigError(
-                f"{section} {owner!r} needs {', '.join(f'{section}.{k}' for k in missing)} (no default); set it in the config"
-            )
-    return out
-
-
 # -- files and overrides -------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping repeating a key (PyYAML keeps the last one)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[arg-type]
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"the key {key!r} is given twice in the same mapping (lines {seen[key]} and {line}); "
+                "YAML would silently keep the last one: delete one of them"
+            )
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML ``text`` read safely; a repeated key is a :class:`ConfigError` naming it and its lines."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     """``["optim.lr=3e-4", ...]`` -> ``[("optim.lr", "3e-4" parsed as YAML), ...]``."""
     out = []
@@ -713,12 +412,14 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
         key = key.strip()
         if key.count(".") != 1 or not all(key.split(".")):
             raise ConfigError(
-                f"override key {key!r} must be section.key (e.g. train.steps=100){_suggest(key, _all_keys())}"
+                f"override key {key!r} must be section.key (e.g. train.steps=100){suggest(key, _all_keys())}"
             )
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = read_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({e.__class__.__name__})") from None
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
         out.append((key, value))
     return out
 
@@ -728,15 +429,21 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[tuple[str, Any]]
     out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
     for key, value in overrides:
         section, name = key.split(".", 1)
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, _all_keys())}; sections: {', '.join(SECTIONS)}")
+        if section == _LEGACY_DATA and _LEGACY_DATA not in out:
+            raise ConfigError(
+                f"{key!r}: the data section is now called task; write task.{name}=... "
+                "(data.dataset=sinusoid is task.family=sinusoid; omniglot and folder are task.dataset)"
+            )
+        if section not in SECTIONS and section != _LEGACY_DATA:
+            raise ConfigError(f"unknown config key {key!r}{suggest(key, _all_keys())}; sections: {', '.join(SECTIONS)}")
         body = out.get(section)
         if body is None:
             body = out[section] = {}
         if not isinstance(body, dict):
             raise ConfigError(f"config section {section!r} must be a mapping, got {body!r}")
-        if section in _OPEN_SECTIONS and name == "name" and body.get("name") != value:
-            # a different model/algorithm: the options of the old one do not apply to it
+        selector = _OPEN_SECTIONS.get(section)
+        if selector is not None and name == selector and body.get(selector) != value:
+            # another model/algorithm/family: the options of the old one do not apply to it
             body.clear()
         body[name] = value
     return out
@@ -748,66 +455,18 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist; give the path of a YAML config (see configs/)")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = read_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {str(p)!r}: {e}") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
     return Config.from_dict(apply_overrides(raw or {}, parse_overrides(overrides)))
 
 
-# -- help ----------------------------------------------------------------------------------------
-def _fmt_default(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt_default(x) for x in v) + "]"
-    return str(v)
-
-
-def _entry(key: str, type_text: str, default: str, help: str, indent: int = 2) -> str:
-    head = " " * indent + f"{key} = {default}   ({type_text})"
-    body = textwrap.fill(help or "(no description)", width=96, initial_indent=" " * (indent + 4),
-                         subsequent_indent=" " * (indent + 4))
-    return head + "\n" + body
-
-
 def config_help() -> str:
     """Every config field with its type, default and help (for ``metakit train --help``)."""
-    from .. import models
-    from ..algorithms import available_algorithms
+    from .config_help import config_help as _help
 
-    out = ["config fields (YAML sections; override any field on the command line with section.key=value):"]
-    for name, cls in SECTIONS.items():
-        out.append(f"\n{name}: {inspect.getdoc(cls).splitlines()[0]}")
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            if f.name == "options":
-                continue
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            extra = _range_text(f.metadata)
-            type_text = _type_name(hints[f.name]) + (f", {extra}" if extra else "")
-            out.append(_entry(f"{name}.{f.name}", type_text, _fmt_default(default), f.metadata.get("help", "")))
-    out.append("\nmodel options (model.<option>=value; the keyword arguments of the backbone model.name):")
-    for mname in sorted(getattr(models, "_MODELS")):
-        out.append(f"  {mname}:")
-        for spec in model_option_specs(mname).values():
-            out.append(_spec_entry("model", spec))
-    out.append("\nalgorithm options (algorithm.<option>=value; the keyword arguments of algorithm.name):")
-    for aname in available_algorithms():
-        if aname.startswith("_"):
-            continue
-        out.append(f"  {aname}:")
-        specs = algorithm_option_specs(aname).values()
-        if not specs:
-            out.append("      (no options)")
-        for spec in specs:
-            out.append(_spec_entry("algorithm", spec))
-    return "\n".join(out)
-
-
-def _spec_entry(section: str, spec: OptionSpec) -> str:
-    default = "(required)" if spec.required else _fmt_default(spec.default)
-    return _entry(f"{section}.{spec.name}", _type_name(spec.annotation), default, spec.help, indent=4)
+    return _help()

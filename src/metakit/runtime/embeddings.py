@@ -313,13 +313,14 @@ def plot_run_embeddings(
         raise ValueError(f"episodes={episodes!r} must be a positive int")
     loaded = load_run(run_dir, checkpoint=checkpoint)
     cfg = loaded.config
-    if cfg.data.dataset == "sinusoid":
+    if cfg.family.kind != "classification":
         raise ValueError(
-            f"run {str(run_dir)!r} solves sinusoid regression tasks; embedding plots need classification episodes"
+            f"run {str(run_dir)!r} solves {cfg.family.kind} tasks (task.family={cfg.family.name}); embedding plots "
+            "need classification episodes"
         )
     embedding_function(loaded.algorithm)  # fail early, before loading data, for algorithms without embeddings
     batch = next(iter(loaded.episodes(split, episodes=episodes, seed=seed, batch_size=episodes)))
-    dataset = cfg.data.dataset + (f" ({cfg.data.protocol})" if cfg.data.protocol else "")
+    dataset = cfg.family.describe()
     title = (
         f"{cfg.algorithm.name} embeddings, {dataset} {loaded.split_name(split)} episodes "
         f"({loaded.checkpoint.name}, step {loaded.step})"

@@ -1,19 +1,22 @@
 """The few-shot evaluation protocol.
 
-The field reports a method as the mean over many test episodes with a 95% confidence interval
+The field reports a method as the mean over many test tasks with a 95% confidence interval
 (Snell et al. 2017; Finn et al. 2017; Chen et al. 2019):
 
-* every episode gives one number: the fraction of its queries classified correctly (accuracy,
-  0..1), or for regression episodes (``ways=None``) the mean squared error over its queries;
+* every task gives one number, the score its task family defines
+  (:meth:`~metakit.tasks.TaskFamily.score`): the fraction of its queries classified correctly
+  (``accuracy``, 0..1) for classification, the mean squared error over its queries (``mse``)
+  for sinusoid regression;
 * the result is the mean ``m`` of these ``n`` numbers and the half-width of the normal-theory
   95% interval ``ci95 = 1.96 * s / sqrt(n)``, where ``s`` is the *sample* standard deviation
-  (``ddof=1``, Bessel's correction) of the per-episode numbers. With a single episode ``s`` is
+  (``ddof=1``, Bessel's correction) of the per-task numbers. With a single task ``s`` is
   undefined and ``ci95`` is ``nan``.
 
-:func:`evaluate` runs an algorithm on an iterable of :class:`~metakit.tasks.EpisodeBatch` under
+:func:`evaluate` runs an algorithm on an iterable of task batches (the fixed, seeded evaluation
+set of a family, so two evaluations of two models see the same tasks) under
 ``torch.no_grad()`` with the algorithm in ``eval()`` mode (the train/eval mode of every
-sub-module is restored afterwards), and returns an :class:`EvalResult`. Fixed, seeded episodes
-come from :mod:`metakit.tasks`, so two evaluations of two models see the same episodes.
+sub-module is restored afterwards), and returns an :class:`EvalResult` carrying the family's
+metric name and direction.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 from torch import Tensor
 
 from ..algorithms.base import Algorithm
+from ..tasks.classification import accuracy_scores
 from ..tasks.episode import EpisodeBatch
+from ..tasks.sinusoid import mse_scores
 
 __all__ = ["EvalResult", "evaluate", "mean_ci95", "episode_scores"]
 
@@ -53,17 +58,23 @@ def mean_ci95(values: Tensor | Iterable[float]) -> tuple[float, float]:
     return mean, Z95 * std / math.sqrt(v.numel())
 
 
+#: direction and display of the metrics of the shipped families, for results built without a family
+_KNOWN_METRICS = {"accuracy": (True, True), "mse": (False, False)}
+
+
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean of a per-episode metric with its 95% confidence interval.
+    """Mean of a per-task metric with its 95% confidence interval.
 
     Attributes:
-        metric: ``"accuracy"`` (fraction 0..1 of correct queries) or ``"mse"``.
+        metric: the task family's metric, e.g. ``"accuracy"`` (fraction 0..1 of correct
+            queries) or ``"mse"``.
         mean: mean of ``per_episode``.
-        ci95: ``1.96 * std / sqrt(episodes)`` with the sample std (``ddof=1``); ``nan`` for 1 episode.
-        episodes: number of episodes.
-        per_episode: ``[episodes]`` float64 tensor, in the order the episodes were given.
-        higher_is_better: ``True`` for accuracy, ``False`` for mse.
+        ci95: ``1.96 * std / sqrt(episodes)`` with the sample std (``ddof=1``); ``nan`` for 1 task.
+        episodes: number of tasks.
+        per_episode: ``[episodes]`` float64 tensor, in the order the tasks were given.
+        higher_is_better: the direction of ``metric``.
+        percent: ``metric`` is a fraction shown as a percentage.
     """
 
     metric: str
@@ -72,19 +83,37 @@ class EvalResult:
     episodes: int
     per_episode: Tensor
     higher_is_better: bool
+    percent: bool = False
 
     @classmethod
-    def from_values(cls, metric: str, values: Tensor | Iterable[float]) -> "EvalResult":
-        """Build from per-episode values of ``metric`` (``"accuracy"`` or ``"mse"``)."""
-        if metric not in ("accuracy", "mse"):
-            raise ValueError(f"metric={metric!r} must be 'accuracy' or 'mse'")
+    def from_values(
+        cls,
+        metric: str,
+        values: Tensor | Iterable[float],
+        *,
+        higher_is_better: bool | None = None,
+        percent: bool | None = None,
+    ) -> "EvalResult":
+        """Build from per-task values of ``metric``; ``higher_is_better`` (and ``percent``) must be
+        given for metrics other than ``"accuracy"`` and ``"mse"``."""
+        if not isinstance(metric, str) or not metric:
+            raise ValueError(f"metric={metric!r} must be a non-empty name")
+        known = _KNOWN_METRICS.get(metric)
+        if higher_is_better is None:
+            if known is None:
+                raise ValueError(
+                    f"metric={metric!r} is not accuracy or mse; give higher_is_better (its direction)"
+                )
+            higher_is_better = known[0]
+        if percent is None:
+            percent = known[1] if known is not None else False
         per = torch.as_tensor(values if isinstance(values, Tensor) else list(values), dtype=torch.float64).flatten()
         mean, ci = mean_ci95(per)
-        return cls(metric, mean, ci, per.numel(), per, metric == "accuracy")
+        return cls(metric, mean, ci, per.numel(), per, bool(higher_is_better), bool(percent))
 
     def format(self) -> str:
-        """``"98.80 ± 0.12 %"`` for accuracy (percent), ``"0.0123 ± 0.0004"`` for mse."""
-        if self.metric == "accuracy":
+        """``"98.80 ± 0.12 %"`` for a percentage (accuracy), ``"0.0123 ± 0.0004"`` otherwise (mse)."""
+        if self.percent:
             ci = "n/a" if math.isnan(self.ci95) else f"{100 * self.ci95:.2f}"
             return f"{100 * self.mean:.2f} ± {ci} %"
         ci = "n/a" if math.isnan(self.ci95) else f"{self.ci95:.4g}"
@@ -94,7 +123,7 @@ class EvalResult:
         return f"{self.metric} {self.format()} ({self.episodes} episodes, 95% CI)"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready summary (``ci95`` is ``None`` when undefined; no per-episode values)."""
+        """Plain JSON-ready summary (``ci95`` is ``None`` when undefined; no per-task values)."""
         return {
             "metric": self.metric,
             self.metric: self.mean,
@@ -105,34 +134,11 @@ class EvalResult:
 
 
 def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tensor]:
-    """Per-task metric of one batch: ``("accuracy", [B])`` or ``("mse", [B])`` (no grad handling)."""
-    out = algorithm.predict(batch)
-    b = batch.num_tasks
-    bad = ~torch.isfinite(out)
-    if bool(bad.any()):
-        # argmax of NaN scores would silently pick a class: a NaN model must not score "at chance"
-        n = int(bad.sum())
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{type(algorithm).__name__}.predict returned {n} non-finite value{'s' if n > 1 else ''} "
-            f"(of {out.numel()}), first in task {first[0]}: {float(out[first])}; the model's weights are "
-            "probably NaN or inf. Evaluate an earlier checkpoint (--checkpoint), or retrain with a lower optim.lr"
-        )
+    """Per-task metric of one batch scored without a family: ``("accuracy", [B])`` for a batch with
+    ``ways``, ``("mse", [B])`` for a regression batch (no grad handling)."""
     if batch.ways is not None:
-        expected = (b, batch.query_y.shape[1], batch.ways)
-        if tuple(out.shape) != expected:
-            raise ValueError(
-                f"{type(algorithm).__name__}.predict returned shape {tuple(out.shape)}; expected scores "
-                f"[tasks, queries, ways] = {list(expected)}"
-            )
-        return "accuracy", (out.argmax(-1) == batch.query_y).to(torch.float64).mean(-1)
-    if out.shape != batch.query_y.shape:
-        raise ValueError(
-            f"{type(algorithm).__name__}.predict returned shape {tuple(out.shape)}; expected the shape of "
-            f"query_y {tuple(batch.query_y.shape)} for a regression batch"
-        )
-    err = (out.to(torch.float64) - batch.query_y.to(torch.float64)).pow(2)
-    return "mse", err.reshape(b, -1).mean(-1)
+        return "accuracy", accuracy_scores(algorithm, batch)
+    return "mse", mse_scores(algorithm, batch)
 
 
 def _device_of(algorithm: Algorithm) -> torch.device | None:
@@ -143,19 +149,24 @@ def _device_of(algorithm: Algorithm) -> torch.device | None:
 
 def evaluate(
     algorithm: Algorithm,
-    episodes: Iterable[EpisodeBatch],
+    episodes: Iterable[Any],
     *,
+    family: Any = None,
     progress: bool = False,
     desc: str = "",
 ) -> EvalResult:
-    """Mean per-episode accuracy (or MSE) with its 95% interval over ``episodes``.
+    """Mean per-task score with its 95% interval over ``episodes``.
 
     Args:
-        algorithm: any :class:`~metakit.algorithms.Algorithm`; its ``predict(batch)`` is called
-            on every batch, under ``torch.no_grad()`` and in ``eval()`` mode (sub-module modes
-            are restored afterwards, also on error).
-        episodes: batches of episodes (e.g. fixed seeded evaluation episodes); each task of each
-            batch counts as one episode. Batches are moved to the algorithm's device.
+        algorithm: any :class:`~metakit.algorithms.Algorithm`; it is scored on every batch under
+            ``torch.no_grad()`` and in ``eval()`` mode (sub-module modes are restored afterwards,
+            also on error).
+        episodes: batches of tasks (e.g. a family's fixed, seeded evaluation set); each task of
+            each batch counts once. Batches are moved to the algorithm's device.
+        family: the :class:`~metakit.tasks.TaskFamily` whose ``score``, ``metric`` and
+            ``higher_is_better`` are used. Without one, batches must be
+            :class:`~metakit.tasks.EpisodeBatch` and are scored by accuracy (with ``ways``) or
+            mean squared error (without).
         progress: show a progress bar (tqdm, on stderr).
         desc: label of the progress bar.
     """
@@ -175,31 +186,38 @@ def evaluate(
         algorithm.eval()
         with torch.no_grad():
             for i, batch in enumerate(episodes):
-                if not isinstance(batch, EpisodeBatch):
+                if family is None and not isinstance(batch, EpisodeBatch):
                     raise TypeError(
-                        f"episodes[{i}] is a {type(batch).__name__}; evaluate takes an iterable of EpisodeBatch "
-                        "(wrap a single Episode with episode.unsqueeze())"
+                        f"episodes[{i}] is a {type(batch).__name__}; without a family, evaluate takes an iterable of "
+                        "EpisodeBatch (wrap a single Episode with episode.unsqueeze(), or pass family=)"
                     )
-                if device is not None:
+                if device is not None and hasattr(batch, "to"):
                     batch = batch.to(device)
-                kind, vals = episode_scores(algorithm, batch)
+                if family is not None:
+                    kind, vals = family.metric, family.score(algorithm, batch)
+                else:
+                    kind, vals = episode_scores(algorithm, batch)
                 if metric is not None and kind != metric:
                     raise ValueError(
-                        f"episodes[{i}] is a {'classification' if kind == 'accuracy' else 'regression'} batch "
-                        f"but earlier batches were not; evaluate one kind of episode at a time"
+                        f"episodes[{i}] is scored by {kind} but earlier batches by {metric}; evaluate one kind of "
+                        "task at a time"
                     )
                 metric = kind
-                values.append(vals.cpu())
+                values.append(vals.detach().to("cpu", torch.float64).flatten())
                 if bar is not None:
                     bar.update(1)
-                    done = torch.cat(values)
-                    shown = f"{100 * float(done.mean()):.2f}%" if kind == "accuracy" else f"{float(done.mean()):.4g}"
-                    bar.set_postfix({kind: shown, "episodes": done.numel()})
+                    done = float(torch.cat(values).mean())
+                    percent = family.percent if family is not None else _KNOWN_METRICS.get(kind, (True, False))[1]
+                    bar.set_postfix({kind: f"{100 * done:.2f}%" if percent else f"{done:.4g}", "episodes": sum(map(len, values))})
     finally:
         if bar is not None:
             bar.close()
         for m, mode in modes:
             m.training = mode
     if metric is None:
-        raise ValueError("episodes is empty; give at least one EpisodeBatch to evaluate")
+        raise ValueError("episodes is empty; give at least one batch of tasks to evaluate")
+    if family is not None:
+        return EvalResult.from_values(
+            metric, torch.cat(values), higher_is_better=family.higher_is_better, percent=family.percent
+        )
     return EvalResult.from_values(metric, torch.cat(values))

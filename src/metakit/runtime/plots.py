@@ -307,7 +307,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     title, train_note, val_note = run_dir.name, "", ""
     if (run_dir / CONFIG_FILE).is_file():
         cfg = read_run_config(run_dir)
-        data = cfg.data.dataset + (f" ({cfg.data.protocol})" if cfg.data.protocol else "")
+        data = cfg.family.describe()
         t, e = cfg.train, cfg.eval
         train_note = f"{t.ways}-way {t.shots}-shot" if t.ways is not None else f"{t.shots}-shot"
         val_note = (f"{e.ways}-way {e.shots}-shot" if e.ways is not None else f"{e.shots}-shot") + f", {e.val_episodes} episodes"

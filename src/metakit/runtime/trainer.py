@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
@@ -601,7 +602,7 @@ class Trainer:
         )
         summary = result.to_dict()
         summary["algorithm"] = self.config.algorithm.name
-        summary["dataset"] = self.config.data.dataset
+        summary["dataset"] = self.config.family.record()["dataset"]
         summary["episodes_per_s"] = (
             result.steps_per_s * self.config.train.meta_batch if result.steps_per_s is not None else None
         )
@@ -651,6 +652,7 @@ def train(
     ``config.yaml`` must match ``config`` except for :data:`~metakit.runtime.run.RESUMABLE_KEYS`).
     """
     from .builders import build_algorithm, build_context, build_dataset, build_episodes, build_sampler, resolve_config
+    from .evaluation import evaluate as evaluate_tasks
     from .run import check_resume_changes, read_run_config
 
     run_dir = Path(run_dir)
@@ -680,7 +682,8 @@ def train(
             sampler,
             val,
             context=context,
-            data_meta=dict(train_set.meta) if train_set is not None else {},
+            data_meta=config.family.data_meta(train_set),
+            evaluate=partial(evaluate_tasks, family=config.family),
             stream=stream,
         )
         if resume:

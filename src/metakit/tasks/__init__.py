@@ -1,17 +1,34 @@
-"""Episodes, episode samplers and task families."""
+"""Episodes, episode samplers and task families.
 
+A task family (:class:`TaskFamily`) is what a config's ``task:`` section names: the registered
+families are N-way K-shot classification (:mod:`.classification`) and sinusoid regression
+(:mod:`.sinusoid`).
+"""
+
+from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
 from .episode import Episode, EpisodeBatch
+from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
-from .sinusoid import FixedSinusoidTasks, SinusoidParams, SinusoidTasks, sinusoid
+from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
 __all__ = [
+    "BuildContext",
+    "ClassificationFamily",
+    "DatasetSource",
     "Episode",
     "EpisodeBatch",
     "EpisodeIndices",
     "EpisodeSampler",
     "FixedEpisodes",
     "FixedSinusoidTasks",
+    "SinusoidFamily",
     "SinusoidParams",
     "SinusoidTasks",
+    "TaskFamily",
+    "available_families",
+    "available_sources",
+    "get_family",
+    "register_family",
+    "register_source",
     "sinusoid",
 ]

@@ -15,6 +15,12 @@ and targets are ``[B, K, 1]`` float32 tensors in an :class:`~metakit.tasks.Episo
 ``state_dict`` / ``load_state_dict`` for resuming), :class:`FixedSinusoidTasks` is a fixed,
 seeded evaluation set, and :class:`SinusoidParams` holds the amplitude and phase of each task
 so that the true curves can be drawn (MAML's Figure 2).
+
+:class:`SinusoidFamily` (``task.family: sinusoid``) is the task family: its options are the three
+uniform ranges above; it scores a learner by the mean squared error over the query points of a
+task (lower is better). Sinusoid tasks have no splits of data, so the fixed evaluation tasks of
+``val`` and ``test`` are drawn with seeds offset from ``eval.seed`` (``+2**21`` and ``+2**20``),
+which keeps them apart from each other and from the training tasks (drawn from ``run.seed``).
 """
 
 from __future__ import annotations
@@ -22,15 +28,17 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
+from ..options import ConfigError, Options, option
 from .episode import Episode, EpisodeBatch
+from .family import TaskFamily, checked_predictions, register_family
 from .sampler import _check_generator_state, _make_generator, _positive_int, _seed
 
-__all__ = ["SinusoidTasks", "SinusoidParams", "FixedSinusoidTasks", "sinusoid"]
+__all__ = ["SinusoidTasks", "SinusoidParams", "FixedSinusoidTasks", "SinusoidFamily", "SinusoidOptions", "mse_scores", "sinusoid"]
 
 # Fixed tasks are drawn in chunks of this many, so they do not depend on the iteration batch
 # size. Never change it: it would change every fixed evaluation set.
@@ -245,3 +253,75 @@ class FixedSinusoidTasks:
             f"FixedSinusoidTasks(shots={self.shots}, queries={self.queries}, tasks={self.num_tasks}, "
             f"seed={self.seed}, batch_size={self.batch_size})"
         )
+
+
+# -- the task family -----------------------------------------------------------------------------
+#: offset added to the evaluation seed per split (training tasks come from run.seed). Never
+#: change them: they fix every sinusoid validation and test set.
+_SEED_OFFSETS = {"val": 1 << 21, "test": 1 << 20}
+
+
+@dataclass(frozen=True)
+class SinusoidOptions(Options):
+    """The task distribution (MAML's section 5.1 by default)."""
+
+    section: ClassVar[str] = "task"
+
+    amplitude: tuple[float, float] = option((0.1, 5.0), "sinusoid: (low, high) of the uniform amplitude")
+    phase: tuple[float, float] = option((0.0, math.pi), "sinusoid: (low, high) of the uniform phase")
+    x_range: tuple[float, float] = option((-5.0, 5.0), "sinusoid: (low, high) of the uniform inputs x")
+
+    def _resolve(self) -> None:
+        for name, strict in (("amplitude", False), ("phase", False), ("x_range", True)):
+            try:
+                self._set(name, _interval(f"task.{name}", getattr(self, name), strict))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
+@register_family("sinusoid")
+class SinusoidFamily(TaskFamily):
+    """Sinusoid regression (Finn et al. 2017, section 5.1); see the module docstring."""
+
+    kind = "regression"
+    metric = "mse"
+    higher_is_better = False
+    Options = SinusoidOptions
+
+    def _ranges(self) -> dict[str, tuple[float, float]]:
+        o: Any = self.options
+        return {"amplitude": o.amplitude, "phase": o.phase, "x_range": o.x_range}
+
+    def example_shape(self) -> tuple[int, ...]:
+        return (1,)
+
+    def check_model_output(self, shape: tuple[int, ...]) -> str | None:
+        if shape[-1:] != (1,):
+            return f"a sinusoid task has one target per input, so the model must give 1 output per example, not {shape[-1]}"
+        return None
+
+    def train_sampler(self, data: Any, *, ways: int | None, shots: int, queries: int, seed: int) -> SinusoidTasks:
+        return SinusoidTasks(shots, queries, seed=seed, **self._ranges())
+
+    def eval_set(self, split: str, data: Any, *, ways: int | None, shots: int, queries: int, episodes: int,
+                 seed: int, batch_size: int = 50) -> Iterable[EpisodeBatch]:
+        self.split_name(split)
+        if ways is not None:
+            raise ValueError(f"ways={ways} but sinusoid tasks are regression tasks (no classes); leave ways unset")
+        s = seed + _SEED_OFFSETS.get(split, 0)
+        return FixedSinusoidTasks(shots, tasks=episodes, queries=queries, seed=s, batch_size=batch_size, **self._ranges())
+
+    def score(self, algorithm: Any, batch: EpisodeBatch) -> Tensor:
+        return mse_scores(algorithm, batch)
+
+
+def mse_scores(algorithm: Any, batch: EpisodeBatch) -> Tensor:
+    """Per-task mean squared error ``[B]`` (float64) of ``algorithm.predict(batch)`` on a regression batch."""
+    out = checked_predictions(algorithm, batch)
+    if out.shape != batch.query_y.shape:
+        raise ValueError(
+            f"{type(algorithm).__name__}.predict returned shape {tuple(out.shape)}; expected the shape of "
+            f"query_y {tuple(batch.query_y.shape)} for a regression batch"
+        )
+    err = (out.to(torch.float64) - batch.query_y.to(torch.float64)).pow(2)
+    return err.reshape(batch.num_tasks, -1).mean(-1)
