@@ -16,7 +16,7 @@ from metakit.cli.main import main
 @pytest.mark.parametrize("setting", ["so1", "fo1"])
 def test_every_implementation_gives_the_same_meta_gradient(setting):
     batch = bench.make_batch(2)
-    impls = ["metakit", "metakit-nchw", "metakit-classic", "loop"] + (["higher"] if bench._have_higher() else [])
+    impls = ["metakit", "metakit-cl", "metakit-classic", "loop"] + (["higher"] if bench._have_higher() else [])
     exact = bench.reference_gradient(bench.SETTINGS[setting], batch, hidden=8)
     scale = max(float(g.abs().max()) for g in exact)
     for impl in impls:

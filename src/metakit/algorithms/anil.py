@@ -43,7 +43,8 @@ class ANIL(MAML):
         learn_inner_lr: none, per_layer_step (MAML++ LSLR) or per_element (Meta-SGD style).
         checkpoint: recompute the inner steps in the backward pass (less memory; second order only).
         task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
-        channels_last: channels_last memory format for image inputs (CPU speed).
+        channels_last: channels_last memory format for image inputs (faster in some settings, far
+            less accurate float32 meta-gradients; see MAML's option and ``metakit bench precision``).
         loss: auto, cross_entropy or mse.
         inner_update: sgd, momentum or nesterov (momentum on top of the rates; see MAML).
         inner_momentum: the momentum coefficient in [0, 1) (default 0.9); only with momentum or nesterov.
@@ -61,7 +62,7 @@ class ANIL(MAML):
         learn_inner_lr: Literal["none", "per_layer_step", "per_element"] = "none",
         checkpoint: bool = False,
         task_batching: Literal["loop", "vmap"] = "loop",
-        channels_last: bool = True,
+        channels_last: bool = False,
         loss: Literal["auto", "cross_entropy", "mse"] = "auto",
         inner_update: Literal["sgd", "momentum", "nesterov"] = "sgd",
         inner_momentum: float | None = None,

@@ -23,9 +23,9 @@ ANIL subclass :class:`MAML`. The model, the rule and few-shot use (:meth:`MAML.a
 
 Memory and speed: :meth:`MAML.meta_backward` (what the trainer calls) back-propagates each task
 as soon as its query loss is computed, so memory holds one task's graph at a time;
-``checkpoint=True`` additionally recomputes the inner steps in the backward pass. With
-``channels_last=True`` (the default) image models run in the memory format oneDNN computes in
-natively on CPU. BatchNorm follows the transductive policy of :mod:`._inner`.
+``checkpoint=True`` additionally recomputes the inner steps in the backward pass. Image models
+run in NCHW by default; ``channels_last=True`` trades meta-gradient accuracy for speed (see the
+option). BatchNorm follows the transductive policy of :mod:`._inner`.
 """
 
 from __future__ import annotations
@@ -145,16 +145,16 @@ class MAML(InnerLoopAlgorithm):
             fast for small models such as the sinusoid MLP; only for the layer types verified
             under vmap, metakit.algorithms._inner.VMAP_VERIFIED).
         channels_last: run image (4-D) inputs and conv weights in channels_last memory format
-            (faster on CPU with oneDNN: 1.4-1.6x per meta-iteration on the Omniglot Conv4). The
-            inner loop of second-order training stays in NCHW, where PyTorch's BatchNorm double
-            backward is about 3x faster (torch 2.13: 20 vs 57 ms for 25 images of 64x28x28).
-            Accuracy: PyTorch's channels_last BatchNorm forward rounds ~15x more than the NCHW
-            one (5e-6 vs 3e-7 relative), so more ReLU inputs within rounding of zero switch
-            side, each switching its gradient on or off. The meta-gradient's deviation from a
-            float64 computation is then the same as NCHW's on 5-way tasks (2.6e-4 relative on
-            the 5-way 1-shot work of ``metakit bench maml``, 2e-5 on 5-way 5-shot) but larger on 20-way tasks
-            with 100-300 query images (2e-3 to 6e-3, against 1e-5 to 3e-4 in NCHW). Set
-            false when you need reference-grade float32 gradients.
+            (the inner loop of second-order training stays in NCHW). Off by default: PyTorch's
+            CPU BatchNorm kernels for channels_last tensors compute their per-channel statistics
+            in float32 with an error that grows with the elements per channel (1.9e-6 relative on 5
+            images of 64x28x28, 3.0e-5 on 300, against 1e-7 in NCHW at every size), and the
+            training-mode backward turns it into large gradient errors: against float64 the
+            float32 meta-gradient of the shipped Omniglot settings is off by 8e-5 (first-order
+            5-way 1-shot) to 2e-1 (first-order 20-way 1-shot) in channels_last, against 1.4e-6 to
+            3e-4 in NCHW; Reptile, whose many inner steps amplify rounding, 1.7e-1 against 1.9e-2
+            (``metakit bench precision``). The speed gain is 0.5x-1.7x per
+            meta-iteration depending on the setting (same benchmark).
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
         inner_update: sgd (the rates alone), momentum (heavy ball: v = mu*v + g, step along v)
             or nesterov (step along g + mu*v), as torch.optim.SGD's momentum, on top of the
@@ -179,7 +179,7 @@ class MAML(InnerLoopAlgorithm):
         multi_step_loss: bool = False,
         checkpoint: bool = False,
         task_batching: Literal["loop", "vmap"] = "loop",
-        channels_last: bool = True,
+        channels_last: bool = False,
         loss: LossName = "auto",
         inner_update: InnerUpdateName = "sgd",
         inner_momentum: float | None = None,

@@ -44,7 +44,8 @@ class MetaSGD(MAML):
         adapt: which parameters adapt (all, head, a regular expression or a list of names).
         checkpoint: recompute the inner steps in the backward pass (less memory; second order only).
         task_batching: loop or vmap (vmap: only models of layers verified under vmap, see MAML).
-        channels_last: channels_last memory format for image inputs (CPU speed).
+        channels_last: channels_last memory format for image inputs (faster in some settings, far
+            less accurate float32 meta-gradients; see MAML's option and ``metakit bench precision``).
         loss: auto, cross_entropy or mse.
         inner_update: sgd, momentum or nesterov (momentum on top of the rates; see MAML).
         inner_momentum: the momentum coefficient in [0, 1) (default 0.9); only with momentum or nesterov.
@@ -62,7 +63,7 @@ class MetaSGD(MAML):
         adapt: str | Sequence[str] = "all",
         checkpoint: bool = False,
         task_batching: Literal["loop", "vmap"] = "loop",
-        channels_last: bool = True,
+        channels_last: bool = False,
         loss: Literal["auto", "cross_entropy", "mse"] = "auto",
         inner_update: Literal["sgd", "momentum", "nesterov"] = "sgd",
         inner_momentum: float | None = None,

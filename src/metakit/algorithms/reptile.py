@@ -66,7 +66,8 @@ class Reptile(InnerLoopAlgorithm):
         inner_batch: support examples per inner step (null: the whole support set).
         eval_steps: inner SGD steps when adapting for evaluation (default: inner_steps).
         task_batching: loop (the only choice: tasks are independent SGD runs).
-        channels_last: channels_last memory format for image inputs (CPU speed).
+        channels_last: channels_last memory format for image inputs (faster in some settings, far
+            less accurate float32 meta-gradients; see MAML's option and ``metakit bench precision``).
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
     """
 
@@ -78,7 +79,7 @@ class Reptile(InnerLoopAlgorithm):
         inner_batch: int | None = None,
         eval_steps: int | None = None,
         task_batching: Literal["loop"] = "loop",
-        channels_last: bool = True,
+        channels_last: bool = False,
         loss: LossName = "auto",
     ) -> None:
         if task_batching != "loop":

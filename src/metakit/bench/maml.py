@@ -15,9 +15,10 @@ time and memory only.
 
 Implementations, all from the same initial weights on the same (random, fixed-seed) batch:
 
-* ``metakit``: :class:`metakit.algorithms.MAML` ``.meta_backward`` (per-task backward,
-  channels_last) -- what ``metakit train`` runs;
-* ``metakit-nchw``: the same with ``channels_last=False`` (shows that lever);
+* ``metakit``: :class:`metakit.algorithms.MAML` ``.meta_backward`` (per-task backward, NCHW,
+  the default) -- what ``metakit train`` runs;
+* ``metakit-cl``: the same with ``channels_last=True`` (faster in some settings, with a far less
+  accurate float32 meta-gradient: ``metakit bench precision``);
 * ``metakit-classic``: the same engine on the Conv4 with the classic block order (shows the
   model's lever, below);
 * ``loop``: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop with
@@ -80,14 +81,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "so1": {**_MAIN, "steps": 1, "first_order": False, "checkpoint": False, "label": "2nd order, 1 step"},
     "fo1": {**_MAIN, "steps": 1, "first_order": True, "checkpoint": False, "label": "1st order, 1 step"},
     "so5": {**_MAIN, "steps": 5, "first_order": False, "checkpoint": False, "label": "2nd order, 5 steps"},
-    "so5ck": {**_MAIN, "steps": 5, "first_order": False, "checkpoint": True, "impls": ("metakit", "metakit-nchw"),
+    "so5ck": {**_MAIN, "steps": 5, "first_order": False, "checkpoint": True, "impls": ("metakit", "metakit-cl"),
               "label": "2nd order, 5 steps, recompute"},
     "so10-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": False,
                    "label": "2nd order, 10 steps, ONE 20-way 5-shot task (5 queries/class)"},
     "so10ck-20w5s": {**_BIG_SUPPORT, "steps": 10, "first_order": False, "checkpoint": True,
                      "label": "2nd order, 10 steps, ONE 20-way 5-shot task, recompute"},
 }
-IMPLS = ("metakit", "metakit-nchw", "metakit-classic", "loop", "higher")
+IMPLS = ("metakit", "metakit-cl", "metakit-classic", "loop", "higher")
 WAYS, SHOTS, QUERIES, INNER_LR = 5, 1, 15, 0.4  # the main settings' work
 
 
@@ -202,9 +203,9 @@ def build(impl: str, setting: dict[str, Any], seed: int = 0, hidden: int = 64) -
     classic = impl in ("metakit-classic", "loop", "higher")
     model = make_model(seed, hidden, setting.get("ways", WAYS), classic=classic)
     if impl in ("metakit", "metakit-classic"):
-        model, fn = _impl_metakit(model, setting, True)
-    elif impl == "metakit-nchw":
         model, fn = _impl_metakit(model, setting, False)
+    elif impl == "metakit-cl":
+        model, fn = _impl_metakit(model, setting, True)
     elif impl == "loop":
         model, fn = _impl_loop(model, setting)
     elif impl == "higher":
