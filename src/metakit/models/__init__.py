@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from .conv4 import Conv4
+from .conv4_strided import StridedConv4
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
 
-__all__ = ["Conv4", "MLP", "RelationEncoder", "RelationModule", "build_model", "available_models"]
+__all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "build_model", "available_models"]
 
-_MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "mlp": MLP, "relation_encoder": RelationEncoder}
+_MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "conv4_strided": StridedConv4, "mlp": MLP, "relation_encoder": RelationEncoder}
 
 
 def available_models() -> list[str]:
