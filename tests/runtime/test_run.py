@@ -63,7 +63,7 @@ def trained(folder, tmp_path_factory):
 def test_run_folder_layout(trained):
     run_dir, result = trained
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json", "tb"]
+    assert names == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "summary.json", "tb"]
     # the effective config is fully resolved: the backbone's and the algorithm's defaults are explicit
     cfg = read_run_config(run_dir)
     assert cfg.model.options["hidden"] == 8 and cfg.model.options["track_running_stats"] is True

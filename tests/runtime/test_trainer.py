@@ -209,7 +209,7 @@ def test_nan_loss_stops_with_step_and_metric_and_keeps_the_last_good_checkpoint(
     assert "step-00000010.safetensors" in str(err) and "optim.grad_clip" in str(err)
     # the NaN step was not applied, the checkpoints on disk are the good ones
     assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
-    assert [s for s, _ in trainer.checkpoints.steps()] == [5, 10]
+    assert [s for s, _ in trainer.checkpoints.steps()] == [0, 5, 10]  # step 0: the initial state
     state = load_checkpoint(err.checkpoint)
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -218,7 +218,8 @@ def test_nan_loss_stops_with_step_and_metric_and_keeps_the_last_good_checkpoint(
 
 def test_infinite_gradient_stops_too(tmp_path):
     trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={3: "inf_grad"})
-    with pytest.raises(NonFiniteLossError, match=r"step 3: grad_norm is inf \(not finite\).*no checkpoint was written"):
+    # before the first periodic checkpoint, the last good one is the initial state (step 0)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: grad_norm is inf \(not finite\).*last good checkpoint is .*step-00000000"):
         trainer.fit()
     assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
 
@@ -320,6 +321,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path, refere
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == [
+        "step-00000000.safetensors",
         "step-00000005.safetensors",
         "step-00000010.safetensors",
     ]
@@ -357,14 +359,14 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(tmp_path):
 
 
 def test_resume_sets_a_corrupt_checkpoint_aside_so_pruning_keeps_the_fresh_one(tmp_path):
-    # keep_last=1: only step 20 is on disk, and it is corrupt; the resumed run starts over
+    # keep_last=1: only step 20 is on disk, and it is corrupt; the resumed run starts over (with restart)
     make_trainer(tmp_path, toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=20")).fit()
     folder = tmp_path / "checkpoints"
     newest = folder / "step-00000020.safetensors"
     newest.write_bytes(newest.read_bytes()[:-100])
     stream = io.StringIO()
     cfg = toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=5")
-    result = make_trainer(tmp_path, cfg, stream=stream).fit(resume=True)
+    result = make_trainer(tmp_path, cfg, stream=stream).fit(resume=True, restart=True)
     assert result.step == 5 and result.checkpoint == folder / "step-00000005.safetensors"
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000005.safetensors", "step-00000020.safetensors.corrupt"]
     assert "step-00000020.safetensors' is unusable: " in stream.getvalue()
@@ -392,13 +394,13 @@ def test_resume_falls_back_past_a_checkpoint_that_cannot_be_restored(tmp_path, r
 
 
 def test_a_failed_restore_leaves_the_trainer_as_it_was(tmp_path, reference):
-    # the only checkpoint cannot be restored: the run starts over exactly like a new one
+    # the only checkpoint cannot be restored: with restart, the run starts over exactly like a new one
     make_trainer(tmp_path, toy_config(tmp_path, "train.steps=5", "run.keep_last=1")).fit()
     _unrestorable(tmp_path / "checkpoints" / "step-00000005.safetensors")
     stream = io.StringIO()
     resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
-    resumed.fit(resume=True)
-    assert "no readable checkpoint; starting from step 0" in stream.getvalue()
+    resumed.fit(resume=True, restart=True)
+    assert "restarting " in stream.getvalue() and "from step 0 (no checkpoint to resume from)" in stream.getvalue()
     assert_bitwise_equal(params(resumed), reference[0])
 
 
@@ -419,11 +421,11 @@ def test_an_update_that_makes_parameters_non_finite_stops_before_its_checkpoint(
     with pytest.raises(
         NonFiniteLossError,
         match=r"step 10: the update made parameter '[\w.]+' (nan|-?inf) \(not finite\); training stopped without "
-        r"saving it, the last good checkpoint is .*step-00000005.safetensors\. Lower optim.lr",
+        r"saving it, the last good checkpoint is .*step-00000005.safetensors\. Start a new run with a lower optim.lr",
     ) as info:
         trainer.fit()
     assert info.value.checkpoint == tmp_path / "checkpoints" / "step-00000005.safetensors"
-    assert [s for s, _ in trainer.checkpoints.steps()] == [5]
+    assert [s for s, _ in trainer.checkpoints.steps()] == [0, 5]
     state = load_checkpoint(info.value.checkpoint)
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     summary = json.loads((tmp_path / "summary.json").read_text())

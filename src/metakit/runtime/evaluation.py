@@ -28,10 +28,14 @@ from torch import Tensor
 from ..algorithms.base import Algorithm
 from ..tasks.episode import EpisodeBatch
 
-__all__ = ["EvalResult", "evaluate", "mean_ci95", "episode_scores"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores"]
 
 #: z-value of the two-sided 95% normal interval used by the field
 Z95 = 1.96
+
+
+class NonFiniteOutputError(ValueError):
+    """The evaluated model produced NaN or inf (predictions or per-episode values)."""
 
 
 def mean_ci95(values: Tensor | Iterable[float]) -> tuple[float, float]:
@@ -45,7 +49,7 @@ def mean_ci95(values: Tensor | Iterable[float]) -> tuple[float, float]:
         raise ValueError("values is empty; the confidence interval needs at least one episode")
     if not bool(torch.isfinite(v).all()):
         bad = int(torch.nonzero(~torch.isfinite(v))[0])
-        raise ValueError(f"values[{bad}]={float(v[bad])} is not finite; the evaluated model produced NaN or inf")
+        raise NonFiniteOutputError(f"values[{bad}]={float(v[bad])} is not finite; the evaluated model produced NaN or inf")
     mean = float(v.mean())
     if v.numel() == 1:
         return mean, math.nan
@@ -113,7 +117,7 @@ def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tens
         # argmax of NaN scores would silently pick a class: a NaN model must not score "at chance"
         n = int(bad.sum())
         first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
+        raise NonFiniteOutputError(
             f"{type(algorithm).__name__}.predict returned {n} non-finite value{'s' if n > 1 else ''} "
             f"(of {out.numel()}), first in task {first[0]}: {float(out[first])}; the model's weights are "
             "probably NaN or inf. Evaluate an earlier checkpoint (--checkpoint), or retrain with a lower optim.lr"
