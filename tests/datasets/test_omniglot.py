@@ -263,5 +263,6 @@ def test_zip_slip_archive_is_refused(tmp_path):
 
 
 def test_verify_real_archives(omniglot_root):
-    assert verify_omniglot_archive(omniglot_root / "images_background.zip") == {"alphabets": 30, "characters": 964, "images": 19_280}
-    assert verify_omniglot_archive(omniglot_root / "images_evaluation.zip") == {"alphabets": 20, "characters": 659, "images": 13_180}
+    checks = ["layout", "crc", "digest"]
+    assert verify_omniglot_archive(omniglot_root / "images_background.zip") == {"alphabets": 30, "characters": 964, "images": 19_280, "checks": checks}
+    assert verify_omniglot_archive(omniglot_root / "images_evaluation.zip") == {"alphabets": 20, "characters": 659, "images": 13_180, "checks": checks}
