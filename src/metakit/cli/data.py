@@ -109,6 +109,11 @@ def check_omniglot(
         verify_omniglot_archive,
     )
 
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(
+            f"--root {str(root)!r} is a file, not a folder; give the folder holding images_background.zip and "
+            "images_evaluation.zip (not one of the archives)"
+        )
     if not root.is_dir() and not download:
         raise FileNotFoundError(
             f"--root {str(root)!r} is not a folder; give the folder holding images_background.zip and "

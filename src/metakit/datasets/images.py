@@ -27,6 +27,7 @@ to decode. Pillow's own warning for large images is silenced, this limit replace
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
@@ -141,8 +142,10 @@ def _describe(image: ImageSource) -> str:
 
 
 def _too_large(label: str, pixels: str) -> ValueError:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    square = f" ({side} x {side})" if side * side == MAX_IMAGE_PIXELS else ""
     return ValueError(
-        f"image {label} is {pixels}, over the limit of {MAX_IMAGE_PIXELS:,} pixels (8192 x 8192): refused "
+        f"image {label} is {pixels}, over the limit of {MAX_IMAGE_PIXELS:,} pixels{square}: refused "
         "without decoding it (a possible decompression bomb); scale it down first"
     )
 

@@ -512,6 +512,11 @@ class Omniglot(ClassIndexedDataset):
         split = _check_split(protocol, PROTOCOLS[protocol][0] if split is None else split)
         image_size = _check_image_size(image_size)
         root = Path(root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise FileNotFoundError(
+                f"root={str(root)!r} is a file, not a folder; point it at the folder holding images_background.zip "
+                "and images_evaluation.zip"
+            )
         if not root.is_dir() and not download:
             raise FileNotFoundError(
                 f"root={str(root)!r} is not a folder; point it at the folder holding images_background.zip "
