@@ -109,6 +109,9 @@ def check_omniglot(
         verify_omniglot_archive,
     )
 
+    from ..datasets._cache import resolve_cache_dir
+
+    resolve_cache_dir(cache_dir)  # a cache folder that is a file is refused before the archives are read
     if root.exists() and not root.is_dir():
         raise FileNotFoundError(
             f"--root {str(root)!r} is a file, not a folder; give the folder holding images_background.zip and "
