@@ -65,7 +65,7 @@ def test_two_runs_started_at_once_on_one_folder(tmp_path):
     _assert_one_clean_log(run_dir)
 
 
-def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
+def test_a_second_process_is_refused_while_the_first_trains(tmp_path, capsys):
     run_dir = tmp_path / "R"
     owner = _cli("train", str(_config(tmp_path, "long.yaml", seed=0, steps=1_000_000)), "--out", str(run_dir))
     try:
@@ -75,13 +75,15 @@ def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
             assert time.monotonic() < deadline, "the first run did not start"
             time.sleep(0.05)
         assert json.loads((run_dir / ".lock").read_text())["pid"] == owner.pid
-        # a new run into the same folder, a resume, and a resume with a changed length: all refused
+        # a new run into the same folder and a resume (this process): both refused, naming the owner.
+        # (train.steps=1 keeps a resume that got through from running on: it would fail on its own.)
         for argv in (
             ["train", str(_config(tmp_path, "other.yaml", seed=1, steps=10)), "--out", str(run_dir)],
-            ["train", "--resume", str(run_dir)],
-            ["train", "--resume", str(run_dir), "train.steps=2000000"],
+            ["train", "--resume", str(run_dir), "train.steps=1"],
         ):
             assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(rf"metakit train: error: run folder '.*R' is in use by process {owner.pid} \(metakit train .*\), since .*\n", err), err
         with pytest.raises(Exception, match=rf"is in use by process {owner.pid} "):
             with lock_run_dir(run_dir):
                 pass
