@@ -183,3 +183,18 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(conf
     a = load_run(out_dir, "last").algorithm.state_dict()
     b = load_run(straight, "last").algorithm.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoints_needs_restart(config_file, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main(["train", str(config_file), "--out", str(out_dir)]) == 0
+    for p in (out_dir / "checkpoints").glob("step-*.safetensors"):
+        p.unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint left to resume from" in err and f"metakit train --resume {out_dir} --restart" in err
+    assert main(["train", "--resume", str(out_dir), "--restart"]) == 0
+    assert "restarting" in capsys.readouterr().err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 4
