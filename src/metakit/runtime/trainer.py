@@ -124,7 +124,7 @@ class NonFiniteLossError(ArithmeticError):
             what = f"the update made {kind} {metric!r} {value} (not finite); training stopped without saving it"
         else:
             what = f"{metric} is {value} (not finite); training stopped before applying this update"
-        fix = "Start a new run with a lower optim.lr (for inner-loop methods also a lower inner learning rate)"
+        fix = "Start a new run with a lower optim.lr (for inner-loop methods also a lower algorithm.inner_lr)"
         if checkpoint is not None:
             fix += (
                 f"; resuming from that checkpoint with gradient clipping (metakit train --resume {run_dir} "
