@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from metakit.datasets import ImageFolder
-from metakit.runtime.config import Config, ConfigError, _all_keys
+from metakit.runtime.config import Config, ConfigError
 
 BASE = Config.from_dict(
     {
@@ -37,7 +37,8 @@ _values = st.one_of(
     st.sampled_from(["true", "false", "null", "~", "[]", "{}", "[1, 2]", "{a: 1}", "nan", "-.inf", "1e400", "'x'", "[", "{", ": :", "!!python/object:os.system ''"]),
     st.text(max_size=12),
 )
-_keys = st.one_of(st.sampled_from(_all_keys()), st.text(max_size=15))
+_KEYS = sorted(f"{section}.{key}" for section, body in BASE.to_dict().items() for key in body)
+_keys = st.one_of(st.sampled_from(_KEYS), st.text(max_size=15))
 
 
 @settings(max_examples=300, deadline=None)
