@@ -384,3 +384,25 @@ def test_sinusoid_runs_need_no_data_and_keep_the_lowest_mse(tmp_path):
     assert evaluate(loaded.algorithm, test).metric == "mse"
     with pytest.raises(ValueError, match=r"ways=5 but sinusoid tasks are regression tasks"):
         loaded.episodes(ways=5)
+
+
+def test_an_owner_that_has_just_locked_is_named_once_it_wrote_its_record(tmp_path):
+    """The window between an owner's lock and its record: the second process waits for the record."""
+    import threading
+
+    fcntl = pytest.importorskip("fcntl")
+
+    from metakit.runtime.run import RunFolderInUseError, lock_run_dir
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked, no record yet
+        timer = threading.Timer(0.2, lambda: os.write(fd, json.dumps({"pid": os.getpid()}).encode()))
+        timer.start()
+        with pytest.raises(RunFolderInUseError, match=rf"is in use by process {os.getpid()}:"):
+            with lock_run_dir(tmp_path / "run"):
+                pass
+        timer.join()
+    finally:
+        os.close(fd)

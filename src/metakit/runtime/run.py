@@ -123,13 +123,32 @@ class RunFolderInUseError(FileExistsError):
         )
 
 
-def _read_owner(fd: int) -> dict[str, Any]:
+def _read_owner(fd: int, wait: float = 1.0) -> dict[str, Any]:
+    """The owner record of a locked file; waits up to ``wait`` s for an owner that has just locked
+    it to write its record (a record naming a process that no longer runs is from an earlier owner)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            owner = json.loads(os.read(fd, 4096).decode() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        owner = owner if isinstance(owner, dict) else {}
+        if _alive(owner.get("pid")) or time.monotonic() > deadline:
+            return owner
+        time.sleep(0.02)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        owner = json.loads(os.read(fd, 4096).decode() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return owner if isinstance(owner, dict) else {}
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _try_lock(fd: int) -> bool:
@@ -200,9 +219,10 @@ def lock_run_dir(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
             "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:300],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        os.ftruncate(fd, 0)
+        data = json.dumps(record).encode()
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, data)  # then cut what is left of an earlier, longer record
+        os.ftruncate(fd, len(data))
         yield run_dir
     finally:
         try:
