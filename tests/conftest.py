@@ -97,3 +97,24 @@ def serve(tmp_path):
         server.server_close()
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A valid 30000 x 30000 1-bit PNG of ~110 kB: decoding it would take 112 MB (a decompression bomb)."""
+    import struct
+    import zlib
+
+    w = h = 30_000
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + (w + 7) // 8)  # filter byte + packed bits
+    body = b"".join(z.compress(row * 1000) for _ in range(h // 1000)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")

@@ -27,8 +27,9 @@ def test_check_json(omniglot_root, cache_dir, capsys):
 def test_check_table(omniglot_root, cache_dir, capsys):
     assert main(["data", "check", "omniglot", "--root", str(omniglot_root), "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out
-    assert "archives verified" in out
-    assert re.search(r"images_background\.zip +30 alphabets +964 characters +19,280 images", out)
+    assert "Omniglot in " in out and ": verified" in out
+    assert re.search(r"images_background\.zip +30 alphabets +964 characters +19,280 images +checks passed: layout, crc, digest", out)
+    assert "content: the zip's checksum is that of a known genuine archive" in out
     assert re.search(r"images_evaluation\.zip +20 alphabets +659 characters +13,180 images", out)
     assert re.search(r"vinyals +test +13 +423 +1,692 +33,840", out)
 
@@ -144,3 +145,39 @@ def test_check_download_fetches_missing_archives(serve, omniglot_root, cache_dir
     assert main([*argv, "--download"]) == 0
     assert json.loads(capsys.readouterr().out) == EXPECTED
     assert sorted(p.name for p in root.iterdir()) == ["images_background.zip", "images_evaluation.zip"]
+
+
+def _rezip(src, dest, swap=None):
+    """Re-zip ``src`` into ``dest`` stored (not deflated); ``swap=(a, b)`` exchanges two members' bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename
+            if swap and name in swap:
+                name = swap[1 - swap.index(name)]
+            zout.writestr(info.filename, zin.read(name))
+
+
+@pytest.mark.slow
+def test_check_verifies_the_content_of_a_repacked_archive(omniglot_root, cache_dir, tmp_path, capsys):
+    import zipfile
+
+    (tmp_path / "images_background.zip").symlink_to(omniglot_root / "images_background.zip")
+    # a faithful re-packing: other zip bytes, the same PNGs -> every image is checked and passes
+    _rezip(omniglot_root / "images_evaluation.zip", tmp_path / "images_evaluation.zip")
+    argv = ["data", "check", "omniglot", "--root", str(tmp_path), "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"images_evaluation\.zip .* 13,180 images +checks passed: layout, crc, content", out)
+    assert "content: every image has the official path and pixels" in out
+    # one image swapped with another of the same character: layout, counts and CRCs are all fine
+    with zipfile.ZipFile(omniglot_root / "images_evaluation.zip") as zf:
+        a, b = sorted(n for n in zf.namelist() if n.endswith(".png"))[:2]
+    _rezip(omniglot_root / "images_evaluation.zip", tmp_path / "images_evaluation.zip", swap=(a, b))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"images_evaluation.zip: 2 image(s) differ from the official ones pixel for pixel ({a}, {b})" in err

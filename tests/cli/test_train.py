@@ -264,3 +264,18 @@ def test_model_options_that_cannot_run_fail_before_any_work(tmp_path, capsys, ov
     err = capsys.readouterr().err
     assert err.startswith("metakit train: error: model 'mlp' with ") and override.split("=")[0].split(".")[1] in err
     assert not out_dir.exists()
+
+
+def test_resume_without_checkpoints_needs_restart(config_file, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main(["train", str(config_file), "--out", str(out_dir)]) == 0
+    for p in (out_dir / "checkpoints").glob("step-*.safetensors"):
+        p.unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint left to resume from" in err and f"metakit train --resume {out_dir} --restart" in err
+    assert main(["train", "--resume", str(out_dir), "--restart"]) == 0
+    assert "restarting" in capsys.readouterr().err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 4

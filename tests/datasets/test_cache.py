@@ -53,3 +53,25 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert resolve_cache_dir(tmp_path / "y") == tmp_path / "y"
     monkeypatch.delenv("METAKIT_CACHE")
     assert default_cache_dir().parts[-2:] == (".cache", "metakit")
+
+
+def test_a_cache_dir_that_is_a_file_is_named_with_its_setting(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"cache_dir='.*file' is a file, not a folder; give a folder as cache_dir \(--cache-dir, data.cache_dir\)"):
+        resolve_cache_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match=r"cache_dir='.*file/sub' lies inside '.*file', which is a file, not a folder"):
+        resolve_cache_dir(tmp_path / "file" / "sub")
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"METAKIT_CACHE='.*file' is a file, not a folder; set METAKIT_CACHE to a folder"):
+        resolve_cache_dir(None)
+
+
+def test_an_unwritable_cache_dir_is_named(monkeypatch, tmp_path):
+    from metakit.datasets._cache import ensure_writable_cache_dir
+
+    ensure_writable_cache_dir(tmp_path / "new" / "omniglot")
+    assert (tmp_path / "new" / "omniglot").is_dir()
+    monkeypatch.setattr("os.access", lambda *a, **k: False)
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "new"))
+    with pytest.raises(ValueError, match=r"METAKIT_CACHE='.*new/omniglot' is not writable \(permission denied\)"):
+        ensure_writable_cache_dir(tmp_path / "new" / "omniglot")

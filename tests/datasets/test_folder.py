@@ -75,3 +75,15 @@ def test_unreadable_image_named(folder):
 def test_bad_preprocessing_argument(folder):
     with pytest.raises(ValueError, match=r"channels=4 is invalid"):
         ImageFolder(folder, channels=4)
+
+
+def test_root_that_is_a_file_is_named_as_a_file(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"root=.*f\.png' is a file, not a folder; expected root/<class>/<image>"):
+        ImageFolder(tmp_path / "f.png")
+
+
+def test_a_decompression_bomb_in_a_class_folder_is_refused_by_name(folder, bomb_png):
+    (folder / "a_class" / "zz_bomb.png").write_bytes(bomb_png)
+    with pytest.raises(ValueError, match=r"image .*a_class/zz_bomb\.png is 900,000,000 pixels, over the limit"):
+        ImageFolder(folder)

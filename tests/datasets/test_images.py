@@ -219,3 +219,42 @@ def test_load_images_errors(tmp_path):
         load_images([], image_size=28)
     with pytest.raises(FileNotFoundError, match=r"image file not found"):
         load_images([tmp_path / "x.png"], image_size=28)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, bomb_png):
+    import warnings
+
+    from metakit.datasets import MAX_IMAGE_PIXELS
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png)
+    assert len(bomb_png) < 1_000_000
+    expected = r"image .*bomb\.png is 900,000,000 pixels, over the limit of 67,108,864 pixels \(8192 x 8192\): refused without decoding it"
+    with pytest.raises(ValueError, match=expected):
+        preprocess_image(path, image_size=28)
+    with pytest.raises(ValueError, match=r"image <\d+ bytes> is 900,000,000 pixels"):
+        preprocess_image(bomb_png, image_size=28)
+    assert MAX_IMAGE_PIXELS == 8192 * 8192
+
+
+def test_images_over_the_limit_but_under_pillows_are_refused_and_those_under_pass_silently(tmp_path, monkeypatch):
+    import warnings
+
+    from metakit.datasets import images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 40 * 40)
+    big = tmp_path / "big.png"
+    Image.new("L", (41, 40), 255).save(big)
+    with pytest.raises(ValueError, match=r"image .*big\.png is 41 x 40 = 1,640 pixels, over the limit of 1,600"):
+        preprocess_image(big, image_size=28)
+    ok = tmp_path / "ok.png"
+    Image.new("L", (40, 40), 255).save(ok)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would warn above 1,000 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert preprocess_image(ok, image_size=28).shape == (1, 28, 28)
+
+
+def test_a_folder_given_as_an_image_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder, not an image file"):
+        preprocess_image(tmp_path, image_size=28)

@@ -317,5 +317,41 @@ def test_zip_slip_archive_is_refused(tmp_path):
 
 
 def test_verify_real_archives(omniglot_root):
-    assert verify_omniglot_archive(omniglot_root / "images_background.zip") == {"alphabets": 30, "characters": 964, "images": 19_280}
-    assert verify_omniglot_archive(omniglot_root / "images_evaluation.zip") == {"alphabets": 20, "characters": 659, "images": 13_180}
+    checks = ["layout", "crc", "digest"]
+    assert verify_omniglot_archive(omniglot_root / "images_background.zip") == {"alphabets": 30, "characters": 964, "images": 19_280, "checks": checks}
+    assert verify_omniglot_archive(omniglot_root / "images_evaluation.zip") == {"alphabets": 20, "characters": 659, "images": 13_180, "checks": checks}
+
+
+def test_a_bad_cache_dir_is_refused_before_anything_is_decoded(tmp_path, omniglot_root, monkeypatch):
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded before checking the cache folder")
+
+    monkeypatch.setattr(omniglot_module, "_apply", no_decoding)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"cache_dir='.*file' is a file, not a folder"):
+        Omniglot(omniglot_root, "lake", "evaluation", cache_dir=tmp_path / "file", progress=False)
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"METAKIT_CACHE='.*file' is a file, not a folder"):
+        Omniglot(omniglot_root, "lake", "evaluation", progress=False)
+    monkeypatch.delenv("METAKIT_CACHE")
+    monkeypatch.setattr("os.access", lambda *a, **k: False)  # an empty cache folder that cannot be written
+    with pytest.raises(ValueError, match=r"cache_dir='.*empty/omniglot' is not writable"):
+        Omniglot(omniglot_root, "lake", "evaluation", cache_dir=tmp_path / "empty", progress=False)
+
+
+def test_a_decompression_bomb_inside_the_archive_is_refused_by_name(tmp_path, omniglot_root, bomb_png):
+    src = omniglot_root / "images_evaluation.zip"
+    first = _first_member(src)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "images_evaluation.zip", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, bomb_png if info.filename == first else zin.read(info))
+    with pytest.raises(ValueError, match=rf"image {re.escape(first)} in .*images_evaluation\.zip is 900,000,000 pixels, over the limit"):
+        Omniglot(tmp_path, "lake", "evaluation", cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match=rf"image {re.escape(first)} in .*images_evaluation\.zip is 900,000,000 pixels"):
+        verify_omniglot_archive(tmp_path / "images_evaluation.zip")
+
+
+def test_a_root_that_is_a_file_is_named_as_a_file(tmp_path):
+    (tmp_path / "images_background.zip").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"root='.*images_background\.zip' is a file, not a folder"):
+        Omniglot(tmp_path / "images_background.zip", "lake", "background", progress=False)

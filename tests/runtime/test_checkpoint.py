@@ -130,10 +130,22 @@ def test_foreign_files_are_refused_without_unpickling(tmp_path):
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(2)}, buf)
     pickled.write_bytes(buf.getvalue())
-    with pytest.raises(CheckpointError, match=r"pickle.safetensors' is unusable"):
+    with pytest.raises(CheckpointError, match=r"pickle.safetensors' is unusable: not a safetensors file \(it is a zip archive, e\.g\. a torch\.save pickle; metakit never unpickles files\)"):
         load_checkpoint(pickled)
+    legacy = tmp_path / "legacy.safetensors"  # the pre-zip pickle protocol of torch.save
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match=r"not a safetensors file \(it is a Python pickle; metakit never unpickles files\)"):
+        load_checkpoint(legacy)
+    text = tmp_path / "notes.safetensors"
+    text.write_bytes(b"some text, not tensors")
+    with pytest.raises(CheckpointError, match=r"not a safetensors file \(it starts with b'some tex'\)"):
+        load_checkpoint(text)
     with pytest.raises(FileNotFoundError, match=r"checkpoint '.*missing.safetensors' does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match=r"is unusable: it is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 def test_wrong_format_version(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def trained(folder, tmp_path_factory):
 def test_run_folder_layout(trained):
     run_dir, result = trained
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json", "tb"]
+    assert names == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "summary.json", "tb"]
     # the effective config is fully resolved: the backbone's and the algorithm's defaults are explicit
     cfg = read_run_config(run_dir)
     assert cfg.model.options["hidden"] == 8 and cfg.model.options["track_running_stats"] is True
@@ -132,6 +133,118 @@ def test_load_run_errors(trained, tmp_path):
         load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint '.*nope.safetensors' does not exist"):
         load_run(run_dir, tmp_path / "nope.safetensors")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"run folder '.*afile' is a file, not a folder; give the folder made by `metakit train`"):
+        load_run(tmp_path / "afile")
+
+
+def test_a_checkpoint_of_another_run_is_named_as_such(trained, folder, tmp_path):
+    run_dir, _ = trained
+    other = tmp_path / "other"
+    train(folder_config(folder, "model.hidden=4", "train.steps=2"), other, stream=io.StringIO())
+    with pytest.raises(ValueError, match=r"do not fit the model built from .*config.yaml: it was written by another run \(its config differs in model.hidden\); give a checkpoint of this run") as info:
+        load_run(run_dir, other / "checkpoints" / "best.safetensors")
+    assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_with_non_finite_running_statistics_is_refused(trained, tmp_path):
+    """A diverged model must not be evaluated at chance level without a word."""
+    from metakit.runtime.checkpoint import save_checkpoint
+
+    run_dir, _ = trained
+    state = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
+    name = next(k for k in state["model"] if k.endswith("running_var"))
+    state["model"][name] = torch.full_like(state["model"][name], float("inf"))
+    bad = save_checkpoint(tmp_path / "diverged.safetensors", state)
+    with pytest.raises(CheckpointError, match=rf"diverged.safetensors' is unusable: '{name}' holds \d+ non-finite value\(s\) \(first: inf\): the run diverged"):
+        load_run(run_dir, bad)
+
+
+def test_one_process_owns_a_run_folder(tmp_path):
+    from metakit.runtime.run import RunFolderInUseError, lock_run_dir
+
+    with lock_run_dir(tmp_path / "run") as run_dir:
+        owner = json.loads((run_dir / ".lock").read_text())
+        assert owner["pid"] == os.getpid()
+        with pytest.raises(RunFolderInUseError, match=rf"run folder '.*run' is in use by process {os.getpid()} \(.*\), since .*: one process at a time"):
+            with lock_run_dir(run_dir):
+                pass
+        (run_dir / "config.yaml").write_text("x")
+    with lock_run_dir(run_dir):  # released at the end of the block
+        pass
+    assert (run_dir / ".lock").read_text() == ""  # the owner record is cleared on release
+
+
+def test_a_start_that_fails_early_leaves_no_folder(tmp_path):
+    from metakit.runtime.run import lock_run_dir
+
+    with pytest.raises(RuntimeError):
+        with lock_run_dir(tmp_path / "new" / "run"):
+            raise RuntimeError("the config is bad")
+    assert not (tmp_path / "new" / "run").exists()
+
+
+def test_lock_held_by_a_killed_process_is_not_stale(tmp_path):
+    """The OS releases the lock of a SIGKILLed owner: the next process takes the folder."""
+    import signal
+    import subprocess
+    import sys
+
+    from metakit.runtime.run import RunFolderInUseError, lock_run_dir
+
+    run_dir = tmp_path / "run"
+    code = (
+        "import sys, time\n"
+        "from metakit.runtime.run import lock_run_dir\n"
+        f"with lock_run_dir({str(run_dir)!r}):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderInUseError, match=rf"in use by process {proc.pid} "):
+            with lock_run_dir(run_dir):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == proc.pid  # its record is left behind
+    with lock_run_dir(run_dir):
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: p.write_text("x") and p, r"run folder '.*out' is a file, not a folder; choose another --out folder"),
+        (lambda p: (p.parent / "parent").write_text("x") and p.parent / "parent" / "run",
+         r"cannot use '.*parent/run' as a run folder: a part of the path is a file, not a folder .*; choose a folder you can write to \(--out\)"),
+    ],
+)
+def test_an_unusable_run_folder_is_named_with_the_reason_in_words(tmp_path, make, expected):
+    from metakit.runtime.run import lock_run_dir
+
+    target = make(tmp_path / "out")
+    with pytest.raises(ValueError, match=expected) as info:
+        with lock_run_dir(target):
+            pass
+    assert "Errno" not in str(info.value)
+
+
+def test_an_unwritable_run_folder_says_permission_denied(tmp_path, monkeypatch):
+    import errno
+
+    from metakit.runtime.run import lock_run_dir
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(ValueError, match=r"cannot use '.*ro' as a run folder: permission denied \(.*ro\); choose a folder you can write to \(--out\)") as info:
+        with lock_run_dir(tmp_path / "ro"):
+            pass
+    assert "Errno" not in str(info.value)
 
 
 def test_corrupt_best_is_named_and_corrupt_last_falls_back(trained, tmp_path, capsys):
@@ -294,3 +407,25 @@ def test_context_record_round_trip_and_missing_context(tmp_path):
     assert context_from_record(record, tmp_path / "c.safetensors") == ctx
     with pytest.raises(CheckpointError, match=r"c.safetensors' is unusable: it holds no build context"):
         context_from_record(None, tmp_path / "c.safetensors")
+
+
+def test_an_owner_that_has_just_locked_is_named_once_it_wrote_its_record(tmp_path):
+    """The window between an owner's lock and its record: the second process waits for the record."""
+    import threading
+
+    fcntl = pytest.importorskip("fcntl")
+
+    from metakit.runtime.run import RunFolderInUseError, lock_run_dir
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked, no record yet
+        timer = threading.Timer(0.2, lambda: os.write(fd, json.dumps({"pid": os.getpid()}).encode()))
+        timer.start()
+        with pytest.raises(RunFolderInUseError, match=rf"is in use by process {os.getpid()}:"):
+            with lock_run_dir(tmp_path / "run"):
+                pass
+        timer.join()
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ from metakit.runtime.config import Config
 from metakit.runtime.evaluation import EvalResult
 from metakit.runtime.logging import read_metrics
 import metakit.runtime.trainer as trainer_module
-from metakit.runtime.trainer import NonFiniteLossError, Trainer, seed_everything
+from metakit.runtime.trainer import COLLAPSE_STEPS, NoCheckpointError, NonFiniteLossError, Trainer, seed_everything
 from metakit.tasks.classification import DatasetSource, register_source
 from metakit.tasks.sampler import EpisodeSampler, FixedEpisodes
 
@@ -243,7 +243,7 @@ def test_nan_loss_stops_with_step_and_metric_and_keeps_the_last_good_checkpoint(
     assert "step-00000010.safetensors" in str(err) and "optim.grad_clip" in str(err)
     # the NaN step was not applied, the checkpoints on disk are the good ones
     assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
-    assert [s for s, _ in trainer.checkpoints.steps()] == [5, 10]
+    assert [s for s, _ in trainer.checkpoints.steps()] == [0, 5, 10]  # step 0: the initial state
     state = load_checkpoint(err.checkpoint)
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -252,7 +252,8 @@ def test_nan_loss_stops_with_step_and_metric_and_keeps_the_last_good_checkpoint(
 
 def test_infinite_gradient_stops_too(tmp_path):
     trainer = make_trainer(tmp_path, toy_config(tmp_path), hooks={3: "inf_grad"})
-    with pytest.raises(NonFiniteLossError, match=r"step 3: grad_norm is inf \(not finite\).*no checkpoint was written"):
+    # before the first periodic checkpoint, the last good one is the initial state (step 0)
+    with pytest.raises(NonFiniteLossError, match=r"step 3: grad_norm is inf \(not finite\).*last good checkpoint is .*step-00000000"):
         trainer.fit()
     assert all(bool(torch.isfinite(p).all()) for p in trainer.algorithm.parameters())
 
@@ -361,6 +362,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path, refere
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == [
+        "step-00000000.safetensors",
         "step-00000005.safetensors",
         "step-00000010.safetensors",
     ]
@@ -409,14 +411,14 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(tmp_path):
 
 
 def test_resume_sets_a_corrupt_checkpoint_aside_so_pruning_keeps_the_fresh_one(tmp_path):
-    # keep_last=1: only step 20 is on disk, and it is corrupt; the resumed run starts over
+    # keep_last=1: only step 20 is on disk, and it is corrupt; the resumed run starts over (with restart)
     make_trainer(tmp_path, toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=20")).fit()
     folder = tmp_path / "checkpoints"
     newest = folder / "step-00000020.safetensors"
     newest.write_bytes(newest.read_bytes()[:-100])
     stream = io.StringIO()
     cfg = toy_config(tmp_path, "run.keep_last=1", "eval.val_episodes=0", "train.steps=5")
-    result = make_trainer(tmp_path, cfg, stream=stream).fit(resume=True)
+    result = make_trainer(tmp_path, cfg, stream=stream).fit(resume=True, restart=True)
     assert result.step == 5 and result.checkpoint == folder / "step-00000005.safetensors"
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000005.safetensors", "step-00000020.safetensors.corrupt"]
     assert "step-00000020.safetensors' is unusable: " in stream.getvalue()
@@ -447,13 +449,13 @@ def test_resume_falls_back_past_a_checkpoint_that_cannot_be_restored(tmp_path, r
 
 
 def test_a_failed_restore_leaves_the_trainer_as_it_was(tmp_path, reference):
-    # the only checkpoint cannot be restored: the run starts over exactly like a new one
+    # the only checkpoint cannot be restored: with restart, the run starts over exactly like a new one
     make_trainer(tmp_path, toy_config(tmp_path, "train.steps=5", "run.keep_last=1")).fit()
     _unrestorable(tmp_path / "checkpoints" / "step-00000005.safetensors")
     stream = io.StringIO()
     resumed = make_trainer(tmp_path, toy_config(tmp_path), stream=stream)
-    resumed.fit(resume=True)
-    assert "no readable checkpoint; starting from step 0" in stream.getvalue()
+    resumed.fit(resume=True, restart=True)
+    assert "restarting " in stream.getvalue() and "from step 0 (no checkpoint to resume from)" in stream.getvalue()
     assert resumed.algorithm.calls == 30  # all the steps, from the start
     assert_bitwise_equal(params(resumed), reference[0])
 
@@ -475,12 +477,143 @@ def test_an_update_that_makes_parameters_non_finite_stops_before_its_checkpoint(
     with pytest.raises(
         NonFiniteLossError,
         match=r"step 10: the update made parameter '[\w.]+' (nan|-?inf) \(not finite\); training stopped without "
-        r"saving it, the last good checkpoint is .*step-00000005.safetensors\. Lower optim.lr",
+        r"saving it, the last good checkpoint is .*step-00000005.safetensors\. Start a new run with a lower optim.lr",
     ) as info:
         trainer.fit()
     assert info.value.checkpoint == tmp_path / "checkpoints" / "step-00000005.safetensors"
-    assert [s for s, _ in trainer.checkpoints.steps()] == [5]
+    assert [s for s, _ in trainer.checkpoints.steps()] == [0, 5]
     state = load_checkpoint(info.value.checkpoint)
     assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["step"] == 9 and "step 10: the update made" in summary["error"]
+
+
+# -- divergence in any state, validation divergence, collapse, restarts ----------------------------
+class WithBatchNorm(Hooked):
+    """The toy ProtoNet with a BatchNorm layer (running statistics) in its encoder."""
+
+    def __init__(self, hooks=None) -> None:
+        super().__init__(torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 8)), hooks)
+
+
+def test_the_initial_state_is_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=3", "eval.val_episodes=0"))
+    trainer.fit()
+    assert [s for s, _ in trainer.checkpoints.steps()] == [0, 3]
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000000.safetensors")["step"] == 0
+
+
+def test_a_non_finite_running_statistic_stops_the_run(tmp_path):
+    """A running variance that overflows in the forward pass while the weights stay finite."""
+
+    class Overflowing(WithBatchNorm):
+        def meta_backward(self, batch):
+            metrics = super().meta_backward(batch)
+            if self.calls == 7:
+                self.encoder[1].running_var[3] = float("inf")
+            return metrics
+
+    cfg = toy_config(tmp_path, "eval.val_episodes=0")
+    seed_everything(0)
+    algorithm = Overflowing()
+    trainer = Trainer(cfg, tmp_path, algorithm, EpisodeSampler(toy_dataset(), 3, 2, 3, seed=0), stream=io.StringIO())
+    with pytest.raises(NonFiniteLossError, match=r"step 7: the update made buffer 'encoder\.1\.running_var' inf \(not finite\); training stopped without saving it, the last good checkpoint is .*step-00000005") as info:
+        trainer.fit()
+    err = info.value
+    assert err.kind == "buffer" and err.in_parameters
+    assert all(bool(torch.isfinite(p).all()) for p in algorithm.parameters())  # the weights alone look fine
+    for _, path in trainer.checkpoints.steps():  # every checkpoint on disk is finite, buffers included
+        assert all(bool(torch.isfinite(t).all()) for t in load_checkpoint(path)["model"].values() if t.is_floating_point())
+
+
+def test_a_non_finite_optimizer_state_stops_the_run(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, toy_config(tmp_path, "eval.val_episodes=0", "optim.schedule=none"))
+    inner = trainer.optimizer.step
+
+    def step(*a, **k):
+        out = inner(*a, **k)
+        if trainer.algorithm.calls == 7:  # Adam's second moment overflows; the update it gives is 0
+            first = trainer.params[0]
+            trainer.optimizer.state[first]["exp_avg_sq"][0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(trainer.optimizer, "step", step)
+    with pytest.raises(NonFiniteLossError, match=r"step 7: the update made optimizer state 'exp_avg_sq of encoder\.net\.0\.weight' inf .*last good checkpoint is .*step-00000005"):
+        trainer.fit()
+
+
+def test_divergence_first_seen_in_validation_names_the_last_good_checkpoint(tmp_path):
+    calls = []
+
+    def evaluate(algorithm, episodes):
+        from metakit.runtime.evaluation import evaluate as real
+
+        calls.append(1)
+        if len(calls) == 2:  # the validation at step 20
+            with torch.no_grad():
+                next(algorithm.parameters()).fill_(float("inf"))
+        return real(algorithm, episodes)
+
+    trainer = make_trainer(tmp_path, toy_config(tmp_path), evaluate=evaluate)
+    with pytest.raises(NonFiniteLossError, match=r"step 20: the predictions on the validation episodes are not finite \(Hooked\.predict returned \d+ non-finite values .*\); training stopped without saving this step, the last good checkpoint is .*step-00000015\.safetensors\. Start a new run with a lower optim\.lr") as info:
+        trainer.fit()
+    assert info.value.kind == "validation" and info.value.step == 20
+    assert [s for s, _ in trainer.checkpoints.steps()] == [5, 10, 15]
+
+
+def test_validation_divergence_with_few_steps_still_names_a_checkpoint(tmp_path):
+    def evaluate(algorithm, episodes):
+        from metakit.runtime.evaluation import evaluate as real
+
+        with torch.no_grad():
+            next(algorithm.parameters()).fill_(float("nan"))
+        return real(algorithm, episodes)
+
+    cfg = toy_config(tmp_path, "train.steps=3", "run.checkpoint_every=100")
+    with pytest.raises(NonFiniteLossError, match=r"step 3: the predictions .* the last good checkpoint is .*step-00000000\.safetensors"):
+        make_trainer(tmp_path, cfg, evaluate=evaluate).fit()
+
+
+class ZeroGradient(Hooked):
+    """From ``meta_backward`` call ``since`` on, the gradient is exactly zero (a collapsed model)."""
+
+    since = 5
+
+    def meta_backward(self, batch):
+        metrics = super().meta_backward(batch)
+        if self.calls >= self.since:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+        return metrics
+
+
+@pytest.mark.parametrize("zero_steps", [COLLAPSE_STEPS, COLLAPSE_STEPS - 1])
+def test_a_collapsed_run_is_reported_after_collapse_steps_of_zero_gradient(tmp_path, zero_steps):
+    cfg = toy_config(tmp_path, "eval.val_episodes=0", f"train.steps={4 + zero_steps}")
+    seed_everything(0)
+    stream = io.StringIO()
+    trainer = Trainer(cfg, tmp_path, ZeroGradient(MLP(6, [16], 8)), EpisodeSampler(toy_dataset(), 3, 2, 3, seed=0), stream=stream)
+    trainer.fit()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    if zero_steps < COLLAPSE_STEPS:  # one step short: nothing to report
+        assert "warning" not in stream.getvalue() and "warning" not in summary
+        return
+    expected = f"the gradient norm has been exactly 0 for {COLLAPSE_STEPS} steps (steps 5-{4 + COLLAPSE_STEPS})"
+    assert f"metakit: warning: {expected}" in stream.getvalue()
+    assert summary["warning"].startswith(expected)
+
+
+def test_resume_refuses_to_restart_silently_when_every_checkpoint_is_gone(tmp_path):
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=12")).fit()
+    for _, path in make_trainer(tmp_path, toy_config(tmp_path)).checkpoints.steps():
+        path.unlink()
+    trainer = make_trainer(tmp_path, toy_config(tmp_path))
+    with pytest.raises(NoCheckpointError, match=rf"run folder '{tmp_path}' recorded training up to step 12 \(metrics\.jsonl\) but has no checkpoint left to resume from; a resume would start again from step 0\. To start it again from step 0 \(its metrics are replaced\): metakit train --resume {tmp_path} --restart"):
+        trainer.fit(resume=True)
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 12  # nothing was touched
+    stream = io.StringIO()
+    result = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=4"), stream=stream).fit(resume=True, restart=True)
+    assert result.step == 4 and "restarting" in stream.getvalue()
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 4

@@ -1,9 +1,12 @@
 """``metakit data``: verify datasets on disk and look at the episodes drawn from them.
 
 ``metakit data check omniglot --root DIR [--json]``
-    Verifies both archives (layout, counts, 20 images per character, CRCs, every PNG decodes --
-    the decoded tensors are then cached) and prints the counts of every protocol and split.
-    ``--json`` prints a list of ``{protocol, split, alphabets, characters, classes, images}``.
+    Verifies both archives -- "verified" means: member names and layout, counts, 20 images per
+    character, every zip CRC, and every image's decoded pixels equal to the official image's
+    (a manifest of per-image digests ships with the package), so a faithful re-packing passes and
+    a changed image fails -- then decodes and caches them and prints the counts of every protocol
+    and split, and which checks passed. ``--json`` prints a list of ``{protocol, split,
+    alphabets, characters, classes, images}``.
 
 ``metakit data show omniglot --root DIR --ways 5 --shots 1 --out episode.png``
     Draws one episode as the model sees it (after preprocessing; bright strokes on black): one
@@ -37,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "check",
         help="verify a dataset and print its counts per protocol and split",
-        description="Verify the dataset files (layout, counts, checksums, every image decodes) and print the "
-        "counts of every protocol and split. Decoded tensors are cached, so later loads are fast.",
+        description="Verify the dataset files and print the counts of every protocol and split, and which checks "
+        "passed: layout and counts, zip CRCs, and the content (Omniglot: the zip's checksum is a known genuine "
+        "archive's, or every image decodes to the official pixels of the package's manifest). Decoded tensors "
+        "are cached, so later loads are fast.",
     )
     _common(c)
     c.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -106,6 +111,14 @@ def check_omniglot(
         verify_omniglot_archive,
     )
 
+    from ..datasets._cache import resolve_cache_dir
+
+    resolve_cache_dir(cache_dir)  # a cache folder that is a file is refused before the archives are read
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(
+            f"--root {str(root)!r} is a file, not a folder; give the folder holding images_background.zip and "
+            "images_evaluation.zip (not one of the archives)"
+        )
     if not root.is_dir() and not download:
         raise FileNotFoundError(
             f"--root {str(root)!r} is not a folder; give the folder holding images_background.zip and "
@@ -127,7 +140,7 @@ def check_omniglot(
                 f"Omniglot archive not found: {root / f'images_{a}.zip'} (nor the folder {root / f'images_{a}'}/); "
                 "pass --download to fetch it"
             )
-        archives.append({"archive": path.name, "path": str(path), **verify_omniglot_archive(path, a)})
+        archives.append({"archive": path.name, "path": str(path), **verify_omniglot_archive(path, a, progress=progress)})
     rows = []
     for protocol, splits in PROTOCOLS.items():
         for split in splits:
@@ -154,9 +167,12 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"Omniglot in {args.root}: archives verified")
+    print(f"Omniglot in {args.root}: verified")
     for a in archives:
-        print(f"  {a['archive']:<24} {a['alphabets']:>3} alphabets {a['characters']:>5,} characters {a['images']:>7,} images")
+        print(f"  {a['archive']:<24} {a['alphabets']:>3} alphabets {a['characters']:>5,} characters {a['images']:>7,} images"
+              f"  checks passed: {', '.join(a['checks'])}")
+    for check in dict.fromkeys(c for a in archives for c in a["checks"]):
+        print(f"  {_CHECKS[check]}")
     print()
     head = f"{'protocol':<9} {'split':<11} {'alphabets':>9} {'characters':>10} {'classes':>8} {'images':>8}"
     print(head)
@@ -165,6 +181,14 @@ def _run_check(args: argparse.Namespace) -> int:
         print(f"{r['protocol']:<9} {r['split']:<11} {r['alphabets']:>9} {r['characters']:>10,} "
               f"{r['classes']:>8,} {r['images']:>8,}")
     return 0
+
+
+_CHECKS = {
+    "layout": "layout: member names, alphabets, characters, 20 images per character",
+    "crc": "integrity: every zip member's CRC",
+    "digest": "content: the zip's checksum is that of a known genuine archive",
+    "content": "content: every image has the official path and pixels (package manifest of per-image pixel digests)",
+}
 
 
 # -- show -------------------------------------------------------------------------------------

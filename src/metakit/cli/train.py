@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create (default: runs/<config-name>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest readable checkpoint")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="with --resume: start the run again from step 0 when none of its checkpoints is left "
+        "(without it such a resume is refused)",
+    )
     p.set_defaults(func=run)
 
 
@@ -99,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
             )
         run_dir = Path(args.resume)
         config = read_run_config(run_dir, overrides)
+    elif args.restart:
+        raise UsageError("--restart goes with --resume RUN_DIR (it restarts that run from step 0)")
     else:
         if config_path is None:
             raise UsageError("give a config file (e.g. configs/protonet_omniglot_5w1s.yaml) or --resume RUN_DIR")
         config = load_config(config_path, overrides)
         run_dir = Path(args.out) if args.out else default_run_dir(config_path)
     try:
-        result = train(config, run_dir, resume=bool(args.resume))
+        result = train(config, run_dir, resume=bool(args.resume), restart=args.restart)
     except FileExistsError as e:
         raise UsageError(str(e)) from None
     except NonFiniteLossError as e:

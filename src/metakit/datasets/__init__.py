@@ -2,12 +2,13 @@
 
 from .base import ClassIndexedDataset
 from .folder import ImageFolder
-from .images import IMAGE_EXTENSIONS, Preprocessing, load_images, preprocess_image
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, Preprocessing, load_images, preprocess_image
 from .omniglot import Omniglot, download_omniglot, verify_omniglot_archive, vinyals_split
 
 __all__ = [
     "ClassIndexedDataset",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ImageFolder",
     "Omniglot",
     "Preprocessing",

@@ -46,8 +46,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     """Open a zip file; a missing, truncated or corrupt file raises an error naming it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"archive not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is a folder, not a zip archive; give the .zip file")
     size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path)

@@ -20,7 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-__all__ = ["default_cache_dir", "resolve_cache_dir", "save_cached", "load_cached"]
+__all__ = ["default_cache_dir", "resolve_cache_dir", "ensure_writable_cache_dir", "save_cached", "load_cached"]
 
 _DIGESTS = "__tensor_sha256__"
 
@@ -31,8 +31,41 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "metakit"
 
 
+def _cache_dir_label(cache_dir: str | os.PathLike | None, path: Path) -> tuple[str, str]:
+    """How the user set the cache folder (for errors), and how to change it."""
+    if cache_dir is not None:
+        return f"cache_dir={str(path)!r}", "give a folder as cache_dir (--cache-dir, data.cache_dir)"
+    if os.environ.get("METAKIT_CACHE"):
+        return f"METAKIT_CACHE={str(path)!r}", "set METAKIT_CACHE to a folder (or unset it for ~/.cache/metakit)"
+    return f"the default cache folder {str(path)!r}", "set METAKIT_CACHE or cache_dir (--cache-dir) to a folder you can write to"
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    """The cache folder: ``cache_dir`` if given, else :func:`default_cache_dir`.
+
+    Raises ``ValueError`` naming the setting (``cache_dir`` or ``METAKIT_CACHE``) if the path, or
+    one of its parents, is an existing file: it is found out before any data is decoded.
+    """
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                label, fix = _cache_dir_label(cache_dir, path)
+                what = "is a file" if p == path else f"lies inside {str(p)!r}, which is a file"
+                raise ValueError(f"{label} {what}, not a folder; {fix}")
+            break
+    return path
+
+
+def ensure_writable_cache_dir(path: Path, cache_dir: str | os.PathLike | None = None) -> None:
+    """Create the cache folder ``path`` if needed and check it is writable (``ValueError`` naming the setting)."""
+    label, fix = _cache_dir_label(cache_dir, path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{label} cannot be created ({(e.strerror or str(e)).lower()}); {fix}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{label} is not writable (permission denied); {fix}")
 
 
 def _digest(t: Tensor) -> str:

@@ -53,9 +53,8 @@ class ImageFolder(ClassIndexedDataset):
         prep = Preprocessing(image_size, channels, resample, invert)
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise FileNotFoundError(
-                f"root={str(root)!r} is not a folder; expected root/<class>/<image> with one folder per class"
-            )
+            what = "is a file, not a folder" if root.exists() else "is not a folder"
+            raise FileNotFoundError(f"root={str(root)!r} {what}; expected root/<class>/<image> with one folder per class")
         exts = tuple(e.lower() for e in extensions)
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:

@@ -17,12 +17,20 @@ The pipeline, in order:
    (Omniglot's PNGs: black on white) become bright strokes on a dark background, so that
    ``ClassIndexedDataset.to_float`` gives strokes near 1.0 and background 0.0;
 5. return a ``uint8`` tensor ``[channels, image_size, image_size]``.
+
+Size limit: a file whose header announces more than :data:`MAX_IMAGE_PIXELS` pixels (8192 x 8192)
+is refused before it is decoded, with an error naming it: a small file can announce a huge
+image (a "decompression bomb", e.g. a 30000 x 30000 PNG under 1 MB) that would take gigabytes
+to decode. Pillow's own warning for large images is silenced, this limit replaces it.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Union
@@ -37,6 +45,8 @@ __all__ = [
     "RESAMPLE_FILTERS",
     "Preprocessing",
     "preprocess_image",
+    "open_image",
+    "MAX_IMAGE_PIXELS",
     "load_images",
     "list_images",
 ]
@@ -57,6 +67,9 @@ RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 _MAX_IMAGE_SIZE = 4096
+
+#: The largest image (width x height, in pixels) that is decoded: 8192 x 8192. Larger ones are refused.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -128,23 +141,55 @@ def _describe(image: ImageSource) -> str:
     return repr(image)
 
 
-def _apply(image: ImageSource, p: Preprocessing, name: str | None = None) -> Tensor:
+def _too_large(label: str, pixels: str) -> ValueError:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    square = f" ({side} x {side})" if side * side == MAX_IMAGE_PIXELS else ""
+    return ValueError(
+        f"image {label} is {pixels}, over the limit of {MAX_IMAGE_PIXELS:,} pixels{square}: refused "
+        "without decoding it (a possible decompression bomb); scale it down first"
+    )
+
+
+def open_image(image: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (a path or its bytes) with Pillow, refusing images over :data:`MAX_IMAGE_PIXELS`.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file (or ``name``)
+    for a folder, an undecodable file or an image over the limit.
+    """
     label = name or _describe(image)
+    if isinstance(image, bytes):
+        source: object = io.BytesIO(image)
+    else:
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"image file not found: {path}")
+        if not path.is_file():
+            raise ValueError(f"{path} is a folder, not an image file; give an image file (or its folder where a folder is expected)")
+        source = path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(source)  # type: ignore[arg-type]  # reads the header only
+        except Image.DecompressionBombError as e:
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_large(label, f"{int(m.group(1)):,} pixels" if m else "too large") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"cannot read image {label}: {e} (is it a valid image file?)") from e
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise _too_large(label, f"{w} x {h} = {w * h:,} pixels")
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"cannot read image {label}: {e} (is it a valid image file?)") from e
+    return img
+
+
+def _apply(image: ImageSource, p: Preprocessing, name: str | None = None) -> Tensor:
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, (str, os.PathLike, bytes)):
-        if isinstance(image, bytes):
-            source: object = io.BytesIO(image)
-        else:
-            path = Path(image)
-            if not path.is_file():
-                raise FileNotFoundError(f"image file not found: {path}")
-            source = path
-        try:
-            img = Image.open(source)  # type: ignore[arg-type]
-            img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"cannot read image {label}: {e} (is it a valid image file?)") from e
+        img = open_image(image, name)
     else:
         raise TypeError(
             f"image must be a file path, bytes or a PIL.Image, got {type(image).__name__}"

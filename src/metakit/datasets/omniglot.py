@@ -36,6 +36,12 @@ zip, from the folder it extracts to (``root/images_background/...``). Before dec
 member names are checked (none may point outside ``root``), and the counts of alphabets,
 characters and images and the 20 images per character are verified; every PNG must decode.
 A missing, truncated or corrupt archive raises an error naming the file and the problem.
+:func:`verify_omniglot_archive` (``metakit data check``, and every download) also checks the
+content: every one of the 32,460 official images is there under its official path with its
+official pixels, against the manifest shipped with the package (``_manifests/omniglot.txt.xz``:
+a 64-bit digest of each image's decoded pixels, see :mod:`metakit.datasets._manifest`). So a
+faithful re-packing (another zip, extracted files, PNGs saved again losslessly) passes and a
+changed or swapped image fails, named.
 
 Caching: decoding 32,460 PNGs takes seconds, so the decoded, resized, unrotated characters of
 each archive are stored once as a uint8 safetensors file in the cache folder (``cache_dir``,
@@ -60,7 +66,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._archive import ArchiveSource, sha256_file
-from ._cache import load_cached, resolve_cache_dir, save_cached
+from ._cache import ensure_writable_cache_dir, load_cached, resolve_cache_dir, save_cached
+from ._manifest import check_against_manifest, pixel_digest, read_manifest, write_manifest
 from .base import ClassIndexedDataset
 from .download import download_file
 from .images import Preprocessing, _apply
@@ -73,6 +80,8 @@ __all__ = [
     "locate_archive",
     "verify_omniglot_archive",
     "vinyals_split",
+    "omniglot_manifest",
+    "write_omniglot_manifest",
 ]
 
 #: Where ``download=True`` fetches the archives (``<url>/images_background.zip``...).
@@ -234,16 +243,63 @@ def _scan(source: ArchiveSource, archive: str) -> list[tuple[str, list[str]]]:
     return [(c, sorted(chars[c])) for c in sorted(chars)]
 
 
-def verify_omniglot_archive(path: str | os.PathLike, archive: str | None = None) -> dict[str, int]:
-    """Check an Omniglot zip (or extracted folder) without decoding: member names, layout,
-    counts, 20 images per character and (for a zip) every member's CRC.
+_MANIFEST = "omniglot.txt.xz"
+_manifest_cache: dict[str, str] | None = None
+
+
+def omniglot_manifest() -> dict[str, str]:
+    """``{member path: pixel digest}`` of the 32,460 official Omniglot images (shipped with the package)."""
+    global _manifest_cache
+    if _manifest_cache is None:
+        _manifest_cache = read_manifest(_MANIFEST)
+    return _manifest_cache
+
+
+def write_omniglot_manifest(root: str | os.PathLike, path: str | os.PathLike) -> int:
+    """Write the manifest of the two archives in ``root`` to ``path`` (how the shipped one was made).
+
+    The shipped manifest was built from archives whose every PNG is the official file (see the
+    provenance lines at its top). Returns the number of images.
+    """
+    digests: dict[str, str] = {}
+    sources = []
+    for archive in ARCHIVES:
+        located = locate_archive(root, archive)
+        if located is None:
+            raise FileNotFoundError(f"Omniglot archive not found in {root}: {_zip_name(archive)}")
+        with ArchiveSource(located) as source:
+            for _, members in _scan(source, archive):
+                for m in members:
+                    digests[m] = pixel_digest(source.read(m), m)
+        sources.append(f"{located.name} sha256 {sha256_file(located) if located.is_file() else 'folder'}")
+    header = [
+        "Omniglot (Lake et al. 2015), official images_background.zip and images_evaluation.zip: 32,460 images",
+        "per image: first 16 hex digits of sha256(b'<width>x<height>\\n' + pixels as 8-bit grayscale, row-major)",
+        *(f"built from {s}" for s in sources),
+    ]
+    write_manifest(path, digests, header)
+    return len(digests)
+
+
+def verify_omniglot_archive(
+    path: str | os.PathLike, archive: str | None = None, *, content: bool = True, progress: bool = False
+) -> dict[str, object]:
+    """Check an Omniglot zip (or extracted folder): member names, layout, counts, 20 images per
+    character, (for a zip) every member's CRC and, with ``content``, every image's pixels
+    against the official manifest (see the module docstring).
 
     Args:
         path: ``.../images_background.zip``, ``.../images_evaluation.zip`` or their folders.
         archive: ``"background"`` or ``"evaluation"``; inferred from the file name if omitted.
+        content: decode every image and compare its pixels with the manifest (a few seconds).
+        progress: show a progress bar while checking the content.
 
     Returns:
-        ``{"alphabets": ..., "characters": ..., "images": ...}``.
+        ``{"alphabets": ..., "characters": ..., "images": ..., "checks": [...]}``: ``checks`` names
+        the checks passed: ``"layout"`` (names and counts), ``"crc"`` (zip CRCs), and for the
+        content either ``"digest"`` (the zip's sha256 or md5 is one of :data:`KNOWN_DIGESTS`,
+        whose images the manifest was built from or matches: nothing to decode) or ``"content"``
+        (every image decoded and compared with the manifest).
     """
     path = Path(path)
     if archive is None:
@@ -256,14 +312,33 @@ def verify_omniglot_archive(path: str | os.PathLike, archive: str | None = None)
             )
     if archive not in ARCHIVES:
         raise ValueError(f"archive={archive!r} is invalid; use 'background' or 'evaluation'")
+    checks = ["layout"]
     with ArchiveSource(path) as source:
         chars = _scan(source, archive)
-        source.test_integrity()
+        if source.is_zip:
+            source.test_integrity()
+            checks.append("crc")
+        if content and source.is_zip and _is_known(path, archive):
+            checks.append("digest")
+        elif content:
+            manifest = omniglot_manifest()
+            top = _folder_name(archive) + "/"
+            expected = {k: v for k, v in manifest.items() if k.startswith(top)}
+            members = [m for _, ms in chars for m in ms]
+            with tqdm(total=len(members), desc=f"verify {path.name}", unit="img", disable=not progress, leave=False) as bar:
+                check_against_manifest(members, source.read, expected, str(path), on_image=lambda: bar.update(1))
+            checks.append("content")
     return {
         "alphabets": len({c.split("/")[0] for c, _ in chars}),
         "characters": len(chars),
         "images": sum(len(m) for _, m in chars),
+        "checks": checks,
     }
+
+
+def _is_known(path: Path, archive: str) -> bool:
+    md5, sha = _digests(path)
+    return md5 in KNOWN_DIGESTS[archive]["md5"] or sha in KNOWN_DIGESTS[archive]["sha256"]
 
 
 def _digests(path: Path) -> tuple[str, str]:
@@ -288,7 +363,7 @@ def download_omniglot(
     Each file is fetched to a temporary name, then refused unless its size matches the server's
     ``Content-Length``, its digest is one of :data:`KNOWN_DIGESTS` (skip with
     ``checksum=False``, e.g. for a mirror that re-zipped the same PNGs), and
-    :func:`verify_omniglot_archive` accepts it (layout, counts, CRCs). Only then is it renamed
+    :func:`verify_omniglot_archive` accepts it (layout, counts, CRCs, content). Only then is it renamed
     to ``root/images_<archive>.zip``.
 
     Args:
@@ -334,6 +409,7 @@ def _load_archive(
     cache_dir: Path,
     download: bool,
     progress: bool,
+    cache_arg: str | os.PathLike | None = None,
 ) -> tuple[Tensor, list[str], str]:
     """Decoded images ``[characters * 20, 1, S, S]`` of one archive, its sorted character
     names and its content key; from the cache when possible."""
@@ -379,6 +455,7 @@ def _load_archive(
             return images, characters, key
         cache_file.unlink(missing_ok=True)  # consistent checksums but wrong shape: stale format
 
+    ensure_writable_cache_dir(cache_file.parent, cache_arg)  # before seconds of decoding, not after
     if source is None:
         source = ArchiveSource(path)
     with source:
@@ -436,6 +513,11 @@ class Omniglot(ClassIndexedDataset):
         split = _check_split(protocol, PROTOCOLS[protocol][0] if split is None else split)
         image_size = _check_image_size(image_size)
         root = Path(root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise FileNotFoundError(
+                f"root={str(root)!r} is a file, not a folder; point it at the folder holding images_background.zip "
+                "and images_evaluation.zip"
+            )
         if not root.is_dir() and not download:
             raise FileNotFoundError(
                 f"root={str(root)!r} is not a folder; point it at the folder holding images_background.zip "
@@ -448,7 +530,7 @@ class Omniglot(ClassIndexedDataset):
 
         def archive_data(archive: str) -> tuple[Tensor, list[str], str]:
             if archive not in loaded:
-                loaded[archive] = _load_archive(root, archive, prep, cdir, download, progress)
+                loaded[archive] = _load_archive(root, archive, prep, cdir, download, progress, cache_dir)
             return loaded[archive]
 
         per = IMAGES_PER_CHARACTER

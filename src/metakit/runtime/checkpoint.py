@@ -187,11 +187,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             message names the file and the reason).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(path, "it is a folder, not a checkpoint file (e.g. RUN_DIR/checkpoints/best.safetensors)")
     data = path.read_bytes()
     if len(data) < 8:
         raise CheckpointError(path, f"truncated: {len(data)} bytes, too short for a safetensors header")
+    if len(data) > 8 and data[8:9] != b"{":
+        # a safetensors file is an 8-byte header length, then the JSON header
+        raise CheckpointError(path, f"not a safetensors file ({_kind_of(data)}); metakit checkpoints are .safetensors files written by metakit train")
     (n,) = struct.unpack("<Q", data[:8])
     if 8 + n > len(data):
         raise CheckpointError(path, f"truncated: the header announces {n} bytes but the file has {len(data) - 8}")
@@ -213,6 +218,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(path, f"tensors missing from the file: {sorted(missing)[:5]}")
     return _decode(header["state"], tensors)
+
+
+def _kind_of(data: bytes) -> str:
+    """What a file that is not a safetensors file looks like, from its first bytes."""
+    if data.startswith(b"PK\x03\x04"):
+        return "it is a zip archive, e.g. a torch.save pickle; metakit never unpickles files"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "it is a Python pickle; metakit never unpickles files"
+    return f"it starts with {data[:8]!r}"
 
 
 # -- a folder of checkpoints ---------------------------------------------------------------------

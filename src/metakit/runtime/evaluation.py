@@ -31,9 +31,10 @@ from torch import Tensor
 from ..algorithms.base import Algorithm
 from ..tasks.classification import accuracy_scores
 from ..tasks.episode import EpisodeBatch
+from ..tasks.family import NonFiniteOutputError
 from ..tasks.sinusoid import mse_scores
 
-__all__ = ["EvalResult", "evaluate", "mean_ci95", "episode_scores"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores"]
 
 #: z-value of the two-sided 95% normal interval used by the field
 Z95 = 1.96
@@ -50,7 +51,7 @@ def mean_ci95(values: Tensor | Iterable[float]) -> tuple[float, float]:
         raise ValueError("values is empty; the confidence interval needs at least one episode")
     if not bool(torch.isfinite(v).all()):
         bad = int(torch.nonzero(~torch.isfinite(v))[0])
-        raise ValueError(f"values[{bad}]={float(v[bad])} is not finite; the evaluated model produced NaN or inf")
+        raise NonFiniteOutputError(f"values[{bad}]={float(v[bad])} is not finite; the evaluated model produced NaN or inf")
     mean = float(v.mean())
     if v.numel() == 1:
         return mean, math.nan

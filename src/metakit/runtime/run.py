@@ -10,6 +10,7 @@ A run folder (``metakit train ... --out RUN_DIR``; default ``runs/<config-name>-
         step-00001000.safetensors the last run.keep_last step checkpoints (full training state)
         best.safetensors          the weights with the best validation metric
       summary.json                status, steps, best validation result, wall time, speed
+      .lock                       held (an OS lock) by the one process training in the folder
 
 :func:`load_run` rebuilds the algorithm from ``config.yaml``, loads the weights of the best (or
 last, or a given) checkpoint, and returns a :class:`LoadedRun` that also builds evaluation
@@ -18,13 +19,16 @@ episodes for any split, ways, shots and queries.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -38,6 +42,10 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "CHECKPOINT_DIR",
+    "LOCK_FILE",
+    "RunFolderInUseError",
+    "lock_run_dir",
+    "describe_os_error",
     "RESUMABLE_KEYS",
     "LoadedRun",
     "load_run",
@@ -54,6 +62,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 
 #: config keys that may change when a run is resumed (the others would make the resumed run a
 #: different experiment). ``optim.grad_clip`` changes the parameters from then on (a way out of
@@ -81,12 +90,161 @@ def default_run_dir(config_path: str | os.PathLike[str] | None, root: str | os.P
     return path
 
 
+# -- one process per run folder ---------------------------------------------------------------------
+_ERRNO_WORDS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """The reason of an ``OSError`` in words (no errno number), e.g. ``"permission denied"``."""
+    return _ERRNO_WORDS.get(e.errno or 0, (e.strerror or type(e).__name__).lower())
+
+
+class RunFolderInUseError(FileExistsError):
+    """Another live process holds the run folder's lock; ``owner`` is its record (``pid``, ``host``...)."""
+
+    def __init__(self, run_dir: Path, owner: dict[str, Any]) -> None:
+        self.run_dir, self.owner = run_dir, owner
+        who = f"process {owner['pid']}" if owner.get("pid") else "another process"
+        if owner.get("host") and owner.get("host") != socket.gethostname():
+            who += f" on {owner['host']}"
+        since = f", since {owner['started']}" if owner.get("started") else ""
+        cmd = f" ({owner['command']})" if owner.get("command") else ""
+        super().__init__(
+            f"run folder {str(run_dir)!r} is in use by {who}{cmd}{since}: one process at a time trains in a run "
+            f"folder. Wait for it to end (or stop it), or choose another --out folder"
+        )
+
+
+def _read_owner(fd: int, wait: float = 1.0) -> dict[str, Any]:
+    """The owner record of a locked file; waits up to ``wait`` s for an owner that has just locked
+    it to write its record (a record naming a process that no longer runs is from an earlier owner)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            owner = json.loads(os.read(fd, 4096).decode() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        owner = owner if isinstance(owner, dict) else {}
+        if _alive(owner.get("pid")) or time.monotonic() > deadline:
+            return owner
+        time.sleep(0.02)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Own ``run_dir`` for the duration of the ``with`` block: at most one process trains in a folder.
+
+    The folder is created if needed, and ``RUN_DIR/.lock`` is locked with an OS lock (``flock``)
+    that the kernel releases when the process ends in any way, SIGKILL included: a lock left by a
+    killed process never blocks the next one. The file records the owner (PID, host, command,
+    start time) for the error a second process gets. A folder this call created and that holds
+    nothing else when the block ends (a start that failed early) is removed again.
+
+    Raises:
+        RunFolderInUseError: a live process holds the folder (the message names its PID).
+        ValueError: ``run_dir`` is a file, or the folder cannot be created or written (the reason in words).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {str(run_dir)!r} is a file, not a folder; choose another --out folder")
+    created = not run_dir.exists()
+    lock = run_dir / LOCK_FILE
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RunFolderInUseError(run_dir, owner)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous owner removed the file after we opened it: lock the new one
+        else:  # pragma: no cover - only under a storm of competing starts
+            raise RunFolderInUseError(run_dir, {})
+    except RunFolderInUseError:
+        raise
+    except OSError as e:
+        raise ValueError(
+            f"cannot use {str(run_dir)!r} as a run folder: {describe_os_error(e)} ({e.filename or run_dir}); "
+            "choose a folder you can write to (--out)"
+        ) from None
+    try:
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:300],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        data = json.dumps(record).encode()
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, data)  # then cut what is left of an earlier, longer record
+        os.ftruncate(fd, len(data))
+        yield run_dir
+    finally:
+        try:
+            if created and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+                lock.unlink(missing_ok=True)  # removed while still locked: a waiting opener re-checks the inode
+                run_dir.rmdir()
+            else:
+                os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
+
+
 def read_run_config(run_dir: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
     """The config of a run folder (``RUN_DIR/config.yaml``)."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    if not run_dir.is_dir():
+        raise ValueError(
+            f"run folder {str(run_dir)!r} is a file, not a folder; give the folder made by `metakit train` (--out)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(run_dir)!r} has no {CONFIG_FILE}; is it a metakit run folder (made by `metakit train`)?"
@@ -214,6 +372,32 @@ def context_from_record(record: object, path: Path) -> BuildContext:
     )
 
 
+def _config_differences(state: dict[str, Any], config: Config) -> list[str]:
+    """Keys (other than :data:`RESUMABLE_KEYS`) in which a checkpoint's recorded config differs from ``config``."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(state.get("config") or "")
+    except yaml.YAMLError:
+        return []
+    if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+        return []
+    a, b = _flat(saved), _flat(config.to_dict())
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+
+
+def _check_finite_state(algorithm: Algorithm, path: Path) -> None:
+    """Refuse weights or buffers (running statistics...) holding NaN or inf: a diverged model scores at chance."""
+    for name, t in algorithm.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = t[~torch.isfinite(t)]
+            raise CheckpointError(
+                path,
+                f"{name!r} holds {bad.numel()} non-finite value(s) (first: {float(bad[0])}): the run diverged before "
+                "this checkpoint was written. Use an earlier checkpoint (--checkpoint) or retrain with a lower optim.lr",
+            )
+
+
 def load_run(
     run_dir: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] = "best",
@@ -284,10 +468,18 @@ def load_run(
     try:
         algorithm.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(
-            f"the weights in {str(path)!r} do not fit the model built from {run_dir / CONFIG_FILE}: {e}. "
-            "Was config.yaml edited after training?"
-        ) from None
+        detail = " ".join(str(e).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        differs = _config_differences(state, config)
+        if differs:
+            hint = (
+                f"it was written by another run (its config differs in {', '.join(differs[:5])}); give a checkpoint "
+                f"of this run (in {run_dir / CHECKPOINT_DIR}) or the run folder that checkpoint belongs to"
+            )
+        else:
+            hint = f"was {run_dir / CONFIG_FILE} edited after training?"
+        raise ValueError(f"the weights in {str(path)!r} do not fit the model built from {run_dir / CONFIG_FILE}: {hint} ({detail})") from None
+    _check_finite_state(algorithm, path)
     algorithm.to(map_location)
     algorithm.eval()
     return LoadedRun(

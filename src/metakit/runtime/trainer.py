@@ -24,11 +24,20 @@ averages. A run resumed from it (in the same deterministic mode and thread count
 exactly the steps an uninterrupted run takes: the final parameters are bitwise equal.
 
 Failures: a non-finite loss (any metric) or gradient norm raises :class:`NonFiniteLossError`
-naming the step and the metric, before the optimizer step; an update that makes a parameter
-non-finite (a finite but huge step) raises it too, naming the parameter, before that step's
-checkpoint is written. So the checkpoints on disk -- all written after finite steps with finite
-parameters -- stay good. ``SIGINT`` (Ctrl-C) and ``SIGTERM`` finish the current
+naming the step and the metric, before the optimizer step; an update that makes any state
+non-finite -- a parameter, a buffer (BatchNorm running statistics...) or the optimizer's state
+(Adam's moments) -- raises it too, naming the tensor, before that step's checkpoint is written;
+so do non-finite predictions on the validation episodes. So the checkpoints on disk -- all
+written after finite steps with finite state -- stay good, and the error names the newest one.
+A new run writes its initial state as ``step-00000000`` before its first step, so there is
+always a checkpoint to name and to resume from. A run whose gradient norm stays exactly 0 for
+:data:`COLLAPSE_STEPS` steps has stopped learning (collapsed): that is reported on the stream
+and in ``summary.json`` (``"warning"``). ``SIGINT`` (Ctrl-C) and ``SIGTERM`` finish the current
 step, write a checkpoint and return with ``interrupted=True``; a second Ctrl-C aborts at once.
+
+Resuming a run folder that recorded progress but has no checkpoint left to restore (all
+deleted, or set aside as corrupt) is refused with :class:`NoCheckpointError` instead of silently
+starting again from step 0; ``restart=True`` (``metakit train --resume RUN_DIR --restart``) allows it.
 """
 
 from __future__ import annotations
@@ -55,23 +64,40 @@ from ..algorithms import Algorithm, BuildContext
 from .builders import build_optimizer, build_scheduler, lr_of, trainable_parameters
 from .checkpoint import CheckpointManager
 from .config import Config, RunConfig
-from .logging import MetricsLogger
-from .run import CHECKPOINT_DIR, CONFIG_FILE, context_record, write_summary
+from .evaluation import NonFiniteOutputError
+from .logging import MetricsLogger, read_metrics
+from .run import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, context_record, lock_run_dir, write_summary
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "train", "torch_settings", "seed_everything", "tune_allocator"]
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "NonFiniteLossError",
+    "NoCheckpointError",
+    "COLLAPSE_STEPS",
+    "train",
+    "torch_settings",
+    "seed_everything",
+    "tune_allocator",
+]
+
+#: consecutive steps with a gradient norm of exactly 0 after which a run is reported as collapsed
+COLLAPSE_STEPS = 20
 
 
 class NonFiniteLossError(ArithmeticError):
-    """A training metric or the gradient norm became NaN or infinite.
+    """Training diverged: a metric, the gradient norm, the state or the validation predictions became NaN/inf.
 
     Attributes:
         step: the step at which it happened (no checkpoint of it was written).
         metric: the metric's name (``"loss"``, ``"grad_norm"``...), or with ``in_parameters`` the
-            name of the parameter the update made non-finite.
-        value: its value (for a parameter: its first non-finite element).
+            name of the tensor the update made non-finite (``"validation"`` for the predictions).
+        value: its value (for a tensor: its first non-finite element).
         checkpoint: the newest checkpoint on disk (all written before this step), or ``None``.
-        in_parameters: ``True`` if the update was applied and made a parameter non-finite,
-            ``False`` if a metric or the gradient was non-finite and the update was not applied.
+        in_parameters: ``True`` if the update was applied and made the state (or the validation
+            predictions) non-finite, ``False`` if a metric or the gradient was non-finite and the
+            update was not applied.
+        kind: with ``in_parameters``, what became non-finite: ``"parameter"``, ``"buffer"``,
+            ``"optimizer state"`` or ``"validation"``.
     """
 
     def __init__(
@@ -83,23 +109,33 @@ class NonFiniteLossError(ArithmeticError):
         run_dir: Path,
         *,
         in_parameters: bool = False,
+        kind: str = "parameter",
+        detail: str = "",
     ) -> None:
         self.step, self.metric, self.value, self.checkpoint = step, metric, value, checkpoint
-        self.in_parameters = in_parameters
+        self.in_parameters, self.kind = in_parameters, kind
         where = (
             f"the last good checkpoint is {checkpoint}"
             if checkpoint is not None
             else "no checkpoint was written before it"
         )
-        what = (
-            f"the update made parameter {metric!r} {value} (not finite); training stopped without saving it"
-            if in_parameters
-            else f"{metric} is {value} (not finite); training stopped before applying this update"
-        )
-        super().__init__(
-            f"step {step}: {what}, {where}. Lower optim.lr or set optim.grad_clip in a new run, or resume with "
-            f"gradient clipping: metakit train --resume {run_dir} optim.grad_clip=1.0"
-        )
+        if kind == "validation":
+            what = f"the predictions on the validation episodes are not finite ({detail}); training stopped without saving this step"
+        elif in_parameters:
+            what = f"the update made {kind} {metric!r} {value} (not finite); training stopped without saving it"
+        else:
+            what = f"{metric} is {value} (not finite); training stopped before applying this update"
+        fix = "Start a new run with a lower optim.lr (for inner-loop methods also a lower algorithm.inner_lr)"
+        if checkpoint is not None:
+            fix += (
+                f"; resuming from that checkpoint with gradient clipping (metakit train --resume {run_dir} "
+                "optim.grad_clip=1.0) bounds only the outer update and helps only when the gradient norm grew before this step"
+            )
+        super().__init__(f"step {step}: {what}, {where}. {fix}")
+
+
+class NoCheckpointError(ValueError):
+    """A resume found no checkpoint to restore in a run folder that recorded progress."""
 
 
 @dataclass
@@ -331,6 +367,7 @@ class Trainer:
         self._count = 0
         self._interval_time = 0.0
         self._last_checkpoint: Path | None = None
+        self._zero_grad_steps = 0  # consecutive steps whose gradient norm was exactly 0
         self._restored = False  # restore() ran (fit(resume=True) does not run it twice)
 
     # -- checkpoint state ---------------------------------------------------------------------
@@ -361,6 +398,7 @@ class Trainer:
                 "sums": dict(self._sums),
                 "count": self._count,
                 "interval_time": self._interval_time,
+                "zero_grad_steps": self._zero_grad_steps,
             },
         }
 
@@ -379,6 +417,7 @@ class Trainer:
         self._sums = {k: float(v) for k, v in t["sums"].items()}
         self._count = int(t["count"])
         self._interval_time = float(t["interval_time"])
+        self._zero_grad_steps = int(t.get("zero_grad_steps", 0))  # absent in checkpoints of older versions
         self.step = int(state["step"])
         _set_rng_state(state["rng"])
 
@@ -389,15 +428,18 @@ class Trainer:
         if state.get("kind") != "step" or missing:
             raise ValueError(f"not a step checkpoint of the metakit trainer (kind={state.get('kind')!r}, missing {missing})")
 
-    def restore(self) -> Path | None:
+    def restore(self, *, restart: bool = False) -> Path | None:
         """Continue from the newest step checkpoint that can be restored (``fit(resume=True)`` calls it).
 
         A checkpoint that is unreadable, not a trainer checkpoint, or that :meth:`load_state_dict`
         fails on is reported on the stream by name, renamed to ``<name>.corrupt`` and the
         previous one is tried; a failed attempt leaves the trainer as it was. Returns the
-        checkpoint restored, or ``None`` (the run starts from step 0).
+        checkpoint restored, or ``None`` (the run starts from step 0: a folder that recorded no
+        training step, or ``restart=True``).
 
         Raises:
+            NoCheckpointError: no checkpoint can be restored but the folder recorded training
+                steps (``metrics.jsonl``) or held checkpoints, and ``restart`` is not set.
             ValueError: ``train.steps`` is below the step of the checkpoint (the trainer is left as it was).
         """
         self.checkpoints.remove_temporary()
@@ -413,11 +455,24 @@ class Trainer:
 
         had_checkpoints = bool(self.checkpoints.steps())
         found = self.checkpoints.load_latest(stream=self.stream, accept=accept, set_aside=True)
-        self._restored = True
         if found is None:
-            if had_checkpoints:
-                print("metakit: warning: no readable checkpoint; starting from step 0", file=self.stream)
+            recorded = self._recorded_step()
+            set_aside = sorted(self.checkpoints.folder.glob("step-*.corrupt")) if self.checkpoints.folder.is_dir() else []
+            if (recorded or had_checkpoints or set_aside) and not restart:
+                lost = f"recorded training up to step {recorded} ({METRICS_FILE}) but " if recorded else ""
+                aside = f" ({len(set_aside)} set aside as unreadable: {set_aside[-1].name}...)" if set_aside else ""
+                raise NoCheckpointError(
+                    f"run folder {str(self.run_dir)!r} {lost}has no checkpoint left to resume from{aside}; a resume "
+                    f"would start again from step 0. To start it again from step 0 (its metrics are replaced): "
+                    f"metakit train --resume {self.run_dir} --restart"
+                )
+            self._restored = True
+            if recorded or had_checkpoints or set_aside:
+                print(f"metakit: warning: restarting {self.run_dir} from step 0 (no checkpoint to resume from)", file=self.stream)
+            else:
+                print(f"metakit: {self.run_dir} has no checkpoint yet; starting from step 0", file=self.stream)
             return None
+        self._restored = True
         total = self.config.train.steps
         _, path = found
         if self.step > total:
@@ -432,20 +487,29 @@ class Trainer:
         print(f"metakit: resuming {self.run_dir} from {path.name} (step {self.step})", file=self.stream)
         return path
 
+    def _recorded_step(self) -> int:
+        """The last training step recorded in the folder's ``metrics.jsonl`` (0 if none)."""
+        try:
+            records = read_metrics(self.run_dir / METRICS_FILE)
+        except FileNotFoundError:
+            return 0
+        return max((int(r.get("step", 0)) for r in records), default=0)
+
     def _save(self) -> Path:
         path = self.checkpoints.save(self.step, self.state_dict())
         self._last_checkpoint = path
         return path
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Train to ``train.steps`` (continuing from the newest readable checkpoint if ``resume``)."""
+    def fit(self, resume: bool = False, *, restart: bool = False) -> TrainResult:
+        """Train to ``train.steps`` (continuing from the newest readable checkpoint if ``resume``;
+        ``restart`` as in :meth:`restore`)."""
         cfg = self.config
         total = cfg.train.steps
         resume_step: int | None = None
         if resume:
             if not self._restored:
-                self.restore()
+                self.restore(restart=restart)
             resume_step = self.step
         else:
             self.checkpoints.remove_temporary()
@@ -464,6 +528,8 @@ class Trainer:
         elapsed0, t_session = self.elapsed, time.perf_counter()
         ema_eps: float | None = None
         try:
+            if self.step == 0 and self._last_checkpoint is None:
+                self._save()  # the initial state: a run that fails early still has a checkpoint to name
             with torch_settings(cfg.run), _StopRequests(self.stream) as stop:
                 self.algorithm.train()
                 while self.step < total:
@@ -528,25 +594,46 @@ class Trainer:
             if not math.isfinite(norm):
                 raise NonFiniteLossError(step, "grad_norm", norm, self._last_checkpoint, self.run_dir)
             metrics["grad_norm"] = norm
+            self._zero_grad_steps = self._zero_grad_steps + 1 if norm == 0.0 else 0
+            if self._zero_grad_steps == COLLAPSE_STEPS:
+                print(f"metakit: warning: {self._collapse_warning(step)}", file=self.stream, flush=True)
             clip = self.config.optim.grad_clip
             if clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(self.params, clip, torch.tensor(norm))
         self.optimizer.step()
-        self._check_parameters(step)
+        self._check_state(step)
         if self.scheduler is not None:
             self.scheduler.step()
         return metrics
 
-    def _check_parameters(self, step: int) -> None:
-        """Stop if the update made a parameter NaN/inf (before this step's checkpoint is written)."""
-        finite = torch.stack([torch.isfinite(p).all() for p in self.params])
+    def _state_tensors(self) -> list[tuple[str, str, torch.Tensor]]:
+        """``(kind, name, tensor)`` of everything a step checkpoint carries that an update changes."""
+        out = [("parameter", n, p) for n, p in zip(self._param_names, self.params)]
+        out += [("buffer", n, b) for n, b in self.algorithm.named_buffers() if b.is_floating_point()]
+        for n, p in zip(self._param_names, self.params):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point():
+                    out.append(("optimizer state", f"{k} of {n}", v))
+        return out
+
+    def _check_state(self, step: int) -> None:
+        """Stop if the step made a parameter, a buffer or the optimizer's state NaN/inf (before its checkpoint)."""
+        tensors = self._state_tensors()
+        finite = torch.stack([torch.isfinite(t).all() for _, _, t in tensors])
         if bool(finite.all()):
             return
-        i = int((~finite).nonzero()[0])
-        p = self.params[i].detach()
-        value = float(p[~torch.isfinite(p)][0])
-        name = self._param_names[i]
-        raise NonFiniteLossError(step, name, value, self._last_checkpoint, self.run_dir, in_parameters=True)
+        kind, name, t = tensors[int((~finite).nonzero()[0])]
+        t = t.detach()
+        value = float(t[~torch.isfinite(t)][0])
+        raise NonFiniteLossError(step, name, value, self._last_checkpoint, self.run_dir, in_parameters=True, kind=kind)
+
+    def _collapse_warning(self, last_step: int) -> str:
+        return (
+            f"the gradient norm has been exactly 0 for {self._zero_grad_steps} steps (steps "
+            f"{last_step + 1 - self._zero_grad_steps}-{last_step}): "
+            "the model no longer learns (collapsed, e.g. dead ReLUs or saturated outputs after too large a step); "
+            "start a new run with a lower optim.lr"
+        )
 
     def _log_train(self, logger: MetricsLogger, step: int) -> None:
         if not self._count:
@@ -559,7 +646,18 @@ class Trainer:
         self._sums, self._count, self._interval_time = {}, 0, 0.0
 
     def _validate(self, logger: MetricsLogger, bar: Any, step: int) -> None:
-        result = self._evaluate(self.algorithm, self.val_episodes)
+        try:
+            result = self._evaluate(self.algorithm, self.val_episodes)
+        except NonFiniteOutputError as e:
+            raise NonFiniteLossError(
+                step, "validation", math.nan, self._last_checkpoint, self.run_dir, in_parameters=True, kind="validation",
+                detail=str(e).split(";")[0],
+            ) from None
+        if not math.isfinite(result.mean):
+            raise NonFiniteLossError(
+                step, "validation", result.mean, self._last_checkpoint, self.run_dir, in_parameters=True, kind="validation",
+                detail=f"validation {result.metric} is {result.mean}",
+            )
         self.algorithm.train()
         rec = {"step": step, **result.to_dict()}
         better = self.best is None or (
@@ -608,6 +706,8 @@ class Trainer:
         )
         if error:
             summary["error"] = error
+        if self._zero_grad_steps >= COLLAPSE_STEPS:
+            summary["warning"] = self._collapse_warning(self.step)
         write_summary(self.run_dir, summary)
         return result
 
@@ -643,20 +743,28 @@ def train(
     run_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    restart: bool = False,
     stream: TextIO | None = None,
 ) -> TrainResult:
     """Build everything from ``config`` and train in ``run_dir``.
 
     A new run (``resume=False``) needs a folder without a ``config.yaml``; it writes the
     resolved config there first. ``resume=True`` continues the run in ``run_dir`` (whose
-    ``config.yaml`` must match ``config`` except for :data:`~metakit.runtime.run.RESUMABLE_KEYS`).
+    ``config.yaml`` must match ``config`` except for :data:`~metakit.runtime.run.RESUMABLE_KEYS`);
+    ``restart`` lets it start again from step 0 when no checkpoint is left (see :meth:`Trainer.restore`).
+    The folder is locked for the whole call (:func:`~metakit.runtime.run.lock_run_dir`): a second
+    process training in it gets :class:`~metakit.runtime.run.RunFolderInUseError` naming this one's PID.
     """
+    run_dir = Path(run_dir)
+    with lock_run_dir(run_dir):
+        return _train_locked(config, run_dir, resume=resume, restart=restart, stream=stream or sys.stderr)
+
+
+def _train_locked(config: Config, run_dir: Path, *, resume: bool, restart: bool, stream: TextIO) -> TrainResult:
     from .builders import build_algorithm, build_context, build_dataset, build_episodes, build_sampler, resolve_config
     from .evaluation import evaluate as evaluate_tasks
     from .run import check_resume_changes, read_run_config
 
-    run_dir = Path(run_dir)
-    stream = stream or sys.stderr
     config_path = run_dir / CONFIG_FILE
     if not resume and config_path.exists():
         raise FileExistsError(
@@ -687,7 +795,7 @@ def train(
             stream=stream,
         )
         if resume:
-            trainer.restore()  # a resume that is refused (train.steps too low) leaves config.yaml as it was
+            trainer.restore(restart=restart)  # a refused resume (train.steps too low) leaves config.yaml as it was
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(config_path, config)
         return trainer.fit(resume=resume)

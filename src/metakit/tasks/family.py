@@ -35,7 +35,7 @@ from torch import Tensor
 from ..options import ConfigError, Options
 from ..registry import Registry
 
-__all__ = ["BuildContext", "TaskFamily", "checked_predictions", "register_family", "get_family", "available_families", "SPLITS"]
+__all__ = ["BuildContext", "TaskFamily", "NonFiniteOutputError", "checked_predictions", "register_family", "get_family", "available_families", "SPLITS"]
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -164,8 +164,12 @@ class TaskFamily:
         raise NotImplementedError
 
 
+class NonFiniteOutputError(ValueError):
+    """The evaluated model produced NaN or inf (predictions or per-episode values)."""
+
+
 def checked_predictions(algorithm: Any, batch: Any) -> Tensor:
-    """``algorithm.predict(batch)``; a ``ValueError`` naming the first non-finite value otherwise.
+    """``algorithm.predict(batch)``; a :class:`NonFiniteOutputError` naming the first non-finite value otherwise.
 
     An argmax over NaN scores would silently pick a class: a NaN model must not score "at chance".
     """
@@ -174,7 +178,7 @@ def checked_predictions(algorithm: Any, batch: Any) -> Tensor:
     if bool(bad.any()):
         n = int(bad.sum())
         first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
+        raise NonFiniteOutputError(
             f"{type(algorithm).__name__}.predict returned {n} non-finite value{'s' if n > 1 else ''} "
             f"(of {out.numel()}), first in task {first[0]}: {float(out[first])}; the model's weights are "
             "probably NaN or inf. Evaluate an earlier checkpoint (--checkpoint), or retrain with a lower optim.lr"

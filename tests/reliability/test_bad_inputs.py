@@ -1,0 +1,223 @@
+"""Bad input on every command: one table of cases, one test.
+
+Each case states a command line (and the files or environment it needs) and the one-line error
+it must end with. The test fails on a Python traceback (any exception out of ``main``), on exit
+code 0, on an error of more than one line, and on an error that does not name the offending
+argument (``names``: the option, key or path the user has to change).
+
+Adding a family or a command: append its cases to ``CASES`` (see the last section). Placeholders
+in ``argv``, ``names`` and ``env``: ``{tmp}`` (an empty folder of the case), ``{run}`` (a private
+copy of a finished 4-step ProtoNet/Conv4 run folder), ``{cfg}`` (its config file), ``{images}``
+(its image folder, ``train``/``val``/``test``), ``{omniglot}`` (the Omniglot archives). ``setup``
+gets a :class:`Ctx` and prepares damaged files before the command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from metakit.cli.main import main
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    cfg: Path
+    images: Path
+    omniglot: Path | None
+    bomb: bytes
+    make_run: Callable[[], Path]
+    stack: contextlib.ExitStack
+
+    @property
+    def run(self) -> Path:
+        return self.make_run()
+
+    def fields(self) -> dict[str, str]:
+        return {"tmp": str(self.tmp), "cfg": str(self.cfg), "images": str(self.images),
+                "omniglot": str(self.omniglot), "run": str(self.tmp / "run")}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: list[str]
+    names: str  # what the error line must name: the offending option, key or path
+    error: str  # a regex the error line must match (after "metakit <command>: error: ")
+    setup: Callable[[Ctx], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    omniglot: bool = False  # needs the Omniglot archives
+
+
+# -- setups ------------------------------------------------------------------------------------
+def a_file(ctx: Ctx) -> None:
+    (ctx.tmp / "afile").write_text("not a folder")
+
+
+def checkpoints_deleted(ctx: Ctx) -> None:
+    for p in (ctx.run / "checkpoints").glob("step-*.safetensors"):
+        p.unlink()
+
+
+def run_in_use(ctx: Ctx) -> None:
+    from metakit.runtime.run import lock_run_dir
+
+    ctx.stack.enter_context(lock_run_dir(ctx.run))
+
+
+def pickle_checkpoint(ctx: Ctx) -> None:
+    torch.save({"w": torch.zeros(2)}, ctx.tmp / "model.pt")
+
+
+def checkpoint_of_another_run(ctx: Ctx) -> None:
+    from metakit.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(ctx.run / "checkpoints" / "best.safetensors")
+    state["config"] = state["config"].replace("hidden: 8", "hidden: 4")
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.zeros(4, *state["model"][first].shape[1:])
+    save_checkpoint(ctx.tmp / "other.safetensors", state)
+
+
+def diverged_run(ctx: Ctx) -> None:
+    """Every checkpoint's BatchNorm running variances are inf (what a huge learning rate left)."""
+    from metakit.runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    for p in (ctx.run / "checkpoints").glob("*.safetensors"):
+        state = load_checkpoint(p)
+        for k in state["model"]:
+            if k.endswith("running_var"):
+                state["model"][k] = torch.full_like(state["model"][k], float("inf"))
+        save_checkpoint(p, state)
+
+
+def bomb_in_query(ctx: Ctx) -> None:
+    (ctx.tmp / "query").mkdir()
+    (ctx.tmp / "query" / "bomb.png").write_bytes(ctx.bomb)
+
+
+def bomb_in_folder(ctx: Ctx) -> None:
+    shutil.copytree(ctx.images / "train", ctx.tmp / "mine")
+    (ctx.tmp / "mine" / "class0" / "bomb.png").write_bytes(ctx.bomb)
+
+
+def zip_slip(ctx: Ctx) -> None:
+    (ctx.tmp / "z").mkdir()
+    with zipfile.ZipFile(ctx.tmp / "z" / "images_background.zip", "w") as zf:
+        zf.writestr("images_background/A/character01/1.png", b"x")
+        zf.writestr("../../evil.png", b"x")
+    shutil.copy(ctx.omniglot / "images_evaluation.zip", ctx.tmp / "z")
+
+
+def truncated_zip(ctx: Ctx) -> None:
+    (ctx.tmp / "z").mkdir()
+    (ctx.tmp / "z" / "images_background.zip").write_bytes(b"PK\x03\x04 truncated")
+    (ctx.tmp / "z" / "images_evaluation.zip").write_bytes(b"PK\x03\x04 truncated")
+
+
+# -- the table -----------------------------------------------------------------------------------
+CASES = [
+    # train: config, run folder, resume
+    Case("train/no-config", ["train"], "config", r"give a config file \(e\.g\. .*\) or --resume RUN_DIR"),
+    Case("train/unknown-key", ["train", "{cfg}", "optim.lrr=1", "--out", "{tmp}/r"], "optim.lrr", r"optim\.lrr"),
+    Case("train/out-is-a-file", ["train", "{cfg}", "--out", "{tmp}/afile"], "{tmp}/afile",
+         r"run folder '.*' is a file, not a folder; choose another --out folder", a_file),
+    Case("train/out-under-a-file", ["train", "{cfg}", "--out", "{tmp}/afile/run"], "{tmp}/afile/run",
+         r"cannot use '.*' as a run folder: a part of the path is a file, not a folder .*\(--out\)", a_file),
+    Case("train/out-holds-a-run", ["train", "{cfg}", "--out", "{run}"], "{run}",
+         r"already holds a run \(config\.yaml\); continue it with --resume"),
+    Case("train/restart-without-resume", ["train", "{cfg}", "--restart", "--out", "{tmp}/r"], "--restart",
+         r"--restart goes with --resume RUN_DIR"),
+    Case("train/resume-nowhere", ["train", "--resume", "{tmp}/nowhere"], "{tmp}/nowhere", r"run folder '.*' does not exist"),
+    Case("train/resume-a-file", ["train", "--resume", "{tmp}/afile"], "{tmp}/afile",
+         r"run folder '.*' is a file, not a folder", a_file),
+    Case("train/resume-changes-a-key", ["train", "--resume", "{run}", "optim.lr=0.5"], "optim.lr",
+         r"cannot change optim\.lr \(0\.001 -> 0\.5\) when resuming"),
+    Case("train/resume-fewer-steps", ["train", "--resume", "{run}", "train.steps=1"], "train.steps",
+         r"train\.steps=1 but the checkpoint step-00000004\.safetensors is at step 4"),
+    Case("train/resume-without-checkpoints", ["train", "--resume", "{run}"], "--restart",
+         r"run folder '.*' recorded training up to step 4 .* has no checkpoint left to resume from", checkpoints_deleted),
+    Case("train/resume-a-run-in-use", ["train", "--resume", "{run}", "train.steps=6"], "{run}",
+         r"run folder '.*' is in use by process \d+ .*: one process at a time trains in a run folder", run_in_use),
+    # eval: run folders and checkpoints
+    Case("eval/nowhere", ["eval", "{tmp}/nowhere"], "{tmp}/nowhere", r"run folder '.*' does not exist"),
+    Case("eval/a-file", ["eval", "{tmp}/afile"], "{tmp}/afile", r"is a file, not a folder", a_file),
+    Case("eval/checkpoint-missing", ["eval", "{run}", "--checkpoint", "{tmp}/none.safetensors"], "{tmp}/none.safetensors",
+         r"checkpoint '.*' does not exist"),
+    Case("eval/checkpoint-is-a-folder", ["eval", "{run}", "--checkpoint", "{tmp}"], "{tmp}",
+         r"is unusable: it is a folder, not a checkpoint file"),
+    Case("eval/checkpoint-is-a-pickle", ["eval", "{run}", "--checkpoint", "{tmp}/model.pt"], "{tmp}/model.pt",
+         r"is unusable: not a safetensors file \(it is a zip archive, e\.g\. a torch\.save pickle", pickle_checkpoint),
+    Case("eval/checkpoint-of-another-run", ["eval", "{run}", "--checkpoint", "{tmp}/other.safetensors"], "model.hidden",
+         r"it was written by another run \(its config differs in model\.hidden\)", checkpoint_of_another_run),
+    Case("eval/diverged-run", ["eval", "{run}"], "running_var",
+         r"holds \d+ non-finite value\(s\) \(first: inf\): the run diverged before this checkpoint was written", diverged_run),
+    # predict: the user's images
+    Case("predict/decompression-bomb", ["predict", "{run}", "--support", "{images}/test", "--query", "{tmp}/query"],
+         "{tmp}/query/bomb.png", r"is 900,000,000 pixels, over the limit of 67,108,864 pixels \(8192 x 8192\)", bomb_in_query),
+    # data: roots, caches, archives, image folders
+    Case("data/root-is-a-file", ["data", "check", "omniglot", "--root", "{tmp}/afile"], "--root",
+         r"--root '.*' is a file, not a folder", a_file),
+    Case("data/root-missing", ["data", "check", "omniglot", "--root", "{tmp}/nowhere"], "--root",
+         r"--root '.*' is not a folder; .* add --download"),
+    Case("data/cache-dir-is-a-file", ["data", "check", "omniglot", "--root", "{omniglot}", "--cache-dir", "{tmp}/afile"],
+         "--cache-dir", r"cache_dir='.*afile' is a file, not a folder", a_file, omniglot=True),
+    Case("data/METAKIT_CACHE-is-a-file", ["data", "show", "omniglot", "--root", "{omniglot}", "--ways", "2", "--shots", "1",
+         "--out", "{tmp}/e.png"], "METAKIT_CACHE", r"METAKIT_CACHE='.*afile' is a file, not a folder", a_file,
+         env={"METAKIT_CACHE": "{tmp}/afile"}, omniglot=True),
+    Case("data/zip-slip", ["data", "check", "omniglot", "--root", "{tmp}/z"], "../../evil.png",
+         r"refusing archive .*: member '\.\./\.\./evil\.png' contains a '\.\.' component", zip_slip, omniglot=True),
+    Case("data/truncated-zip", ["data", "check", "omniglot", "--root", "{tmp}/z"], "images_background.zip",
+         r"is not a readable zip archive .*: it is truncated or corrupt", truncated_zip),
+    Case("data/folder-root-is-a-file", ["data", "check", "folder", "--root", "{tmp}/afile"], "{tmp}/afile",
+         r"root='.*' is a file, not a folder", a_file),
+    Case("data/folder-decompression-bomb", ["data", "check", "folder", "--root", "{tmp}/mine"], "bomb.png",
+         r"is 900,000,000 pixels, over the limit", bomb_in_folder),
+    # -- add cases here: each new command, config field and family (memory models, RL, learned
+    # optimizers...) states its bad inputs in this table. Still to add with their fixes: config
+    # files (binary, duplicate keys, model options checked at read time), predict's way counts,
+    # demo --out, plot --out and plot --embeddings.
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_ends_in_one_named_line(case, tmp_path, image_config, images, run_copy, bomb_png, request, capsys, monkeypatch):
+    omniglot = None
+    if case.omniglot:
+        omniglot = request.getfixturevalue("omniglot_root")
+    with contextlib.ExitStack() as stack:
+        c = Ctx(tmp_path, image_config, images, omniglot, bomb_png, run_copy, stack)
+        if "{run}" in " ".join(case.argv) or case.names == "{run}":
+            c.make_run()
+        if case.setup is not None:
+            case.setup(c)
+        fields = c.fields()
+        for k, v in case.env.items():
+            monkeypatch.setenv(k, v.format(**fields))
+        argv = [a.format(**fields) for a in case.argv]
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        except BaseException as e:  # noqa: BLE001 - a traceback is the failure this suite exists for
+            pytest.fail(f"{case.id}: a traceback instead of an error line: {type(e).__name__}: {e}")
+    err = capsys.readouterr().err
+    assert code not in (0, None), f"{case.id}: exit code 0 where an error was expected (stderr: {err!r})"
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, f"{case.id}: expected one error line, got {err!r}"
+    line = lines[0]
+    assert line.startswith(f"metakit {argv[0]}: error: "), line
+    names = case.names.format(**fields)
+    assert names in line, f"{case.id}: the error does not name {names!r}: {line}"
+    assert re.search(case.error, line), f"{case.id}: {line!r} does not match {case.error!r}"
