@@ -152,7 +152,7 @@ class MAML(InnerLoopAlgorithm):
             training-mode backward turns it into large gradient errors: against float64 the
             float32 meta-gradient of the shipped Omniglot settings is off by 8e-5 (first-order
             5-way 1-shot) to 2e-1 (first-order 20-way 1-shot) in channels_last, against 1.4e-6 to
-            3e-4 in NCHW; Reptile, whose many inner steps amplify rounding, 1.7e-1 against 1.9e-2
+            3e-4 in NCHW; Reptile (five inner steps on minibatches) 1.7e-1 against 1.9e-2
             (``metakit bench precision``). The speed gain is 0.5x-1.7x per
             meta-iteration depending on the setting (same benchmark).
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
