@@ -16,8 +16,9 @@ def test_the_nchw_float32_meta_gradient_is_close_to_float64_and_channels_last_is
     err = row["rel_error"]
     assert row["data"].startswith("synthetic")
     assert err["nchw"] < 1e-4, err  # float32 rounding only
-    # the two paths are different computations: a bench that ran one format twice would give equal errors
-    assert err["channels_last"] != err["nchw"]
+    # channels_last is measured apart: PyTorch's channels_last BatchNorm is far off float64 here
+    # (a bench that ran one format twice would report the NCHW error for both)
+    assert err["channels_last"] > 1e-4
     assert all(math.isfinite(s) and s > 0 for s in row["seconds"].values())
 
 
