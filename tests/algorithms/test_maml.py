@@ -52,10 +52,21 @@ def _flat(ts) -> Tensor:
 def test_registered_and_model_defaults():
     assert get_algorithm("maml") is MAML
     assert MAML.model_defaults(BuildContext(ways=5, example_shape=(1, 28, 28))) == {
+        "in_channels": 1,
+        "image_size": 28,
         "out_features": 5,
         "track_running_stats": False,
     }
     assert MAML.model_defaults(BuildContext(ways=None, example_shape=(1,))) == {}
+
+
+def test_the_model_follows_the_data_s_image_shape():
+    """RGB 32x32 images (a folder dataset with channels 3): the defaults build a Conv4 that takes them."""
+    defaults = MAML.model_defaults(BuildContext(ways=3, example_shape=(3, 32, 32)))
+    assert defaults["in_channels"] == 3 and defaults["image_size"] == 32
+    maml = MAML(Conv4(**defaults), inner_lr=0.1)
+    x, y = torch.rand(6, 3, 32, 32), torch.arange(3).repeat(2)
+    assert maml.adapt(x, y, ways=3).predict(torch.rand(4, 3, 32, 32)).shape == (4, 3)
 
 
 @pytest.mark.parametrize("first_order", [False, True])

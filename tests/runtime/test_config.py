@@ -336,7 +336,7 @@ def test_model_options_that_cannot_run_are_refused_when_read(override, message):
 
 
 def test_image_model_options_are_tried_on_the_task_images():
-    with pytest.raises(ConfigError, match=r"model 'conv4' with out_features=5, track_running_stats=False, in_channels=3 "
+    with pytest.raises(ConfigError, match=r"model 'conv4' with in_channels=3, image_size=28, out_features=5, track_running_stats=False "
                                           r"cannot run on the examples of task.family=classification \(one example is "
                                           r"\[1, 28, 28\]\): Invalid channel dimensions"):
         Config.from_dict(base(model={"in_channels": 3}, algorithm={"name": "maml"}))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tasks.episode import EpisodeBatch
-from .base import Algorithm, BuildContext
+from .base import Algorithm, BuildContext, image_model_defaults
 
 __all__ = [
     "EmbeddingAlgorithm",
@@ -47,7 +47,6 @@ __all__ = [
     "feature_shape_of",
     "check_choice",
     "check_positive",
-    "image_model_defaults",
     "batch_dependent",
     "run_encoder",
     "eval_mode",
@@ -262,16 +261,6 @@ def feature_shape_of(encoder: nn.Module, example_shape: tuple[int, ...] | None =
         x = torch.zeros(2, *example_shape, device=p.device if p is not None else None)
         out = encoder(x)
     return tuple(out.shape[1:])
-
-
-def image_model_defaults(context: BuildContext) -> dict[str, Any]:
-    """Backbone options matching square image examples ``(C, H, H)``: ``in_channels`` and
-    ``image_size`` (the backbones of :mod:`metakit.models` size their ``feature_dim`` /
-    ``feature_shape`` from them); ``{}`` for other example shapes."""
-    shape = tuple(context.example_shape)
-    if len(shape) == 3 and shape[1] == shape[2]:
-        return {"in_channels": int(shape[0]), "image_size": int(shape[1])}
-    return {}
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..tasks.episode import EpisodeBatch
-from .base import Algorithm, BuildContext
+from .base import Algorithm, BuildContext, image_model_defaults
 from .inner_updates import InnerUpdate, Params, State
 
 __all__ = [
@@ -669,10 +669,11 @@ class InnerLoopAlgorithm(Algorithm):
 
     @classmethod
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
-        """A linear head of ``ways`` outputs and BatchNorm without running statistics (classification)."""
+        """The data's image shape, a linear head of ``ways`` outputs and BatchNorm without running
+        statistics (classification)."""
         if context.ways is None:
             return {}
-        return {"out_features": context.ways, "track_running_stats": False}
+        return {**image_model_defaults(context), "out_features": context.ways, "track_running_stats": False}
 
     def _loss(self, ways: int | None) -> Callable[[Tensor, Tensor], Tensor]:
         return loss_function(self.loss, ways)

@@ -48,7 +48,10 @@ from ..registry import Registry
 from ..tasks.episode import EpisodeBatch
 from ..tasks.family import BuildContext
 
-__all__ = ["Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy"]
+__all__ = [
+    "Algorithm", "BuildContext", "Learner", "register", "get_algorithm", "available_algorithms", "accuracy",
+    "image_model_defaults",
+]
 
 
 @runtime_checkable
@@ -120,3 +123,13 @@ def available_algorithms() -> list[str]:
 def get_algorithm(name: str) -> type[Algorithm]:
     """The algorithm registered as ``name``; a ``ValueError`` (ConfigError) with a suggestion otherwise."""
     return _REGISTRY.get(name)
+
+
+def image_model_defaults(context: BuildContext) -> dict[str, Any]:
+    """Backbone options matching square image examples ``(C, H, H)``: ``in_channels`` and
+    ``image_size`` (the backbones of :mod:`metakit.models` size their ``feature_dim`` /
+    ``feature_shape`` from them); ``{}`` for other example shapes."""
+    shape = tuple(context.example_shape)
+    if len(shape) == 3 and shape[1] == shape[2]:
+        return {"in_channels": int(shape[0]), "image_size": int(shape[1])}
+    return {}
