@@ -515,20 +515,37 @@ def _stroke_batch(tasks: int, ways: int, shots: int, queries: int) -> EpisodeBat
     return EpisodeBatch(images(ways * shots), labels(shots), images(ways * queries), labels(queries), ways=ways)
 
 
-@pytest.mark.parametrize("first_order", [True, False])
-def test_default_float32_meta_gradient_on_a_full_size_conv4_stays_at_rounding_level(first_order):
-    """5-way 5-shot on the full Conv4 (64 filters, 25 support images of 28x28): the default path's
-    float32 meta-gradient is within 1e-4 of float64. channels_last=True is measured at 3e-2 (first
-    order) and 1e-3 (second order) on such tasks (``metakit bench precision``): a default that ran it
-    would fail here."""
+def _full_size_error(first_order: bool, channels_last: bool | None) -> float:
+    """Relative error of the float32 meta-gradient against float64 on one 5-way 5-shot task of the
+    full Conv4 (64 filters, 25 support images of 28x28); ``channels_last=None`` is the default."""
     batch = _stroke_batch(tasks=1, ways=5, shots=5, queries=5)
     torch.manual_seed(0)
     model = Conv4(out_features=5, track_running_stats=False)
+    options = {} if channels_last is None else {"channels_last": channels_last}
 
     def meta_gradient(dtype: torch.dtype) -> Tensor:
-        maml = MAML(copy.deepcopy(model).to(dtype), inner_lr=0.4, first_order=first_order)
+        maml = MAML(copy.deepcopy(model).to(dtype), inner_lr=0.4, first_order=first_order, **options)
         maml.meta_backward(batch.to(dtype=dtype))
         return _flat(_grads(maml.model)).double()
 
-    ref, got = meta_gradient(torch.float64), meta_gradient(torch.float32)
-    assert ((got - ref).norm() / ref.norm()).item() < 1e-4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the error of channels_last depends on the thread count: pin it
+    try:
+        ref, got = meta_gradient(torch.float64), meta_gradient(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    return ((got - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_default_float32_meta_gradient_on_a_full_size_conv4_stays_at_rounding_level(first_order):
+    assert _full_size_error(first_order, None) < 1e-4
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_channels_last_is_measurably_less_accurate_on_the_same_task(first_order):
+    """What the default avoids (PyTorch's channels_last BatchNorm on CPU): on this task, at one
+    thread, 1.9e-3 first order and 5.2e-4 second order against about 6e-6 in NCHW (at two threads
+    2.7e-2 and 5.9e-6: the error depends on how the kernel splits its sums). When a PyTorch release
+    fixes those kernels this test fails, and the default can be revisited."""
+    assert _full_size_error(first_order, True) > 1e-4

@@ -218,8 +218,7 @@ def tune_allocator() -> bool:
     Measured effect on ProtoNet Conv4 training steps (one thread, 2-core machine with load
     average 4.4-7.5, 3 interleaved runs each): 20-way 1-shot 5-query, CPU 0.17 s per step tuned
     against 0.18 s untuned (page faults 2k against 9k per step); 60-way 1-shot 15-query, 2.05 s
-    against 2.06 s (455k against 482k page faults: its activations exceed 32 MiB). An earlier
-    60-way 1-shot measurement gave 0.40 s against 0.60 s; the runs above did not reproduce it.
+    against 2.06 s (455k against 482k page faults: its activations exceed 32 MiB).
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED is None:

@@ -2,8 +2,8 @@
 
 A **task family** is the unit the runtime talks to instead of a dataset: N-way K-shot image
 classification over a class-indexed dataset (:mod:`metakit.tasks.classification`), sinusoid
-regression (:mod:`metakit.tasks.sinusoid`), and later environment distributions for meta-RL or
-optimizee distributions for learned optimizers. A family
+regression (:mod:`metakit.tasks.sinusoid`); environment distributions for meta-RL or optimizee
+distributions for learned optimizers fit the same interface. A family
 
 * declares its options (the keys of the config's ``task:`` section) as an :class:`Options`
   dataclass whose fields carry their own help text;
