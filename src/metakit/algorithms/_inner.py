@@ -478,6 +478,7 @@ def inner_loop_vmap(
     adapt: Sequence[str],
     first_order: bool = False,
     create_graph: bool = True,
+    check_layers: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Vectorised inner loop: the same update rule as :func:`inner_loop`, under :func:`torch.func.vmap`.
 
@@ -488,27 +489,11 @@ def inner_loop_vmap(
     to the caller's autograd graph, so ``.backward()`` on the result gives the meta-gradient;
     with ``create_graph=False`` the parameters and the rule's state are detached and the inner
     gradients taken first-order (evaluation). Only for models made of verified layers
-    (:func:`check_vmap`; see the module docstring).
+    (:func:`check_vmap`; see the module docstring); ``check_layers=False`` skips that check (the
+    tests use it to watch the known failures).
     """
-    check_vmap(fmodel.module)
-    return _inner_loop_vmap(fmodel, params, support_x, support_y, loss_fn, steps=steps, update=update, adapt=adapt,
-                            first_order=first_order, create_graph=create_graph)
-
-
-def _inner_loop_vmap(
-    fmodel: FunctionalModel,
-    params: Params,
-    support_x: Tensor,
-    support_y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    *,
-    steps: int,
-    update: InnerUpdate,
-    adapt: Sequence[str],
-    first_order: bool = False,
-    create_graph: bool = True,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """:func:`inner_loop_vmap` without the layer check (the tests use it to watch the known failures)."""
+    if check_layers:
+        check_vmap(fmodel.module)
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
     _check_update(update)
