@@ -549,3 +549,14 @@ def test_channels_last_is_measurably_less_accurate_on_the_same_task(first_order)
     2.7e-2 and 5.9e-6: the error depends on how the kernel splits its sums). When a PyTorch release
     fixes those kernels this test fails, and the default can be revisited."""
     assert _full_size_error(first_order, True) > 1e-4
+
+
+@pytest.mark.parametrize("ways", [3, 7])
+def test_adapt_refuses_a_support_set_of_other_ways_than_the_head(ways):
+    maml = MAML(Conv4(out_features=5, hidden=8, track_running_stats=False), inner_lr=0.1)
+    x, y = torch.rand(ways, 1, 28, 28), torch.arange(ways)
+    with pytest.raises(ValueError, match=rf"MAML was built for 5-way tasks \(its head has 5 outputs\) but the support set has {ways} classes"):
+        maml.adapt(x, y, ways=ways)
+    if ways > 5:  # from the labels alone only "more classes than outputs" is certain
+        with pytest.raises(ValueError, match=rf"support set has {ways} classes"):
+            maml.adapt(x, y)

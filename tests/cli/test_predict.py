@@ -217,7 +217,7 @@ def test_a_one_class_support_is_refused(tmp_path):
     sx, sy, classes, _ = read_support(sup, PREP)
     qx, names = read_queries(qry, PREP)
     one = sy == 0
-    with pytest.raises(ValueError, match=r"the support set has 1 class \('ink'\); classification needs at least 2 classes"):
+    with pytest.raises(ValueError, match=r"the support set \(--support\) has 1 class \('ink'\); classification needs at least 2 classes"):
         predict_images(ProtoNet(nn.Identity()), sx[one], sy[one], qx, ["ink"], names)
 
 
@@ -248,4 +248,4 @@ def test_predict_command_names_the_runs_ways(trained, tmp_path, capsys):
     assert pred["file"] == "one.png" and pred["class"] in ("class0", "class1")
     shutil.rmtree(sup / "class1")
     assert main(["predict", str(trained / "run"), "--support", str(sup), "--query", str(qry)]) == 2
-    assert "the support set has 1 class ('class0')" in capsys.readouterr().err
+    assert "the support set (--support) has 1 class ('class0')" in capsys.readouterr().err

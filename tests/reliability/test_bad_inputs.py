@@ -28,6 +28,8 @@ import torch
 
 from metakit.cli.main import main
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class Ctx:
@@ -125,6 +127,20 @@ def truncated_zip(ctx: Ctx) -> None:
     (ctx.tmp / "z" / "images_evaluation.zip").write_bytes(b"PK\x03\x04 truncated")
 
 
+def repeated_key(ctx: Ctx) -> None:
+    (ctx.tmp / "dup.yaml").write_text(ctx.cfg.read_text() + "train:\n  steps: 3\n")
+
+
+def binary_config(ctx: Ctx) -> None:
+    (ctx.tmp / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
+
+
+def one_class_support(ctx: Ctx) -> None:
+    first = sorted(p for p in (ctx.images / "test").iterdir() if p.is_dir())[0]
+    shutil.copytree(first, ctx.tmp / "support" / first.name)
+    shutil.copytree(first, ctx.tmp / "query")
+
+
 # -- the table -----------------------------------------------------------------------------------
 CASES = [
     # train: config, run folder, resume
@@ -183,10 +199,22 @@ CASES = [
          r"root='.*' is a file, not a folder", a_file),
     Case("data/folder-decompression-bomb", ["data", "check", "folder", "--root", "{tmp}/mine"], "bomb.png",
          r"is 900,000,000 pixels, over the limit", bomb_in_folder),
+    # config files
+    Case("train/config-repeats-a-key", ["train", "{tmp}/dup.yaml", "--out", "{tmp}/r"], "'train'",
+         r"the key 'train' is given twice .*YAML would silently keep the last one", repeated_key),
+    Case("train/binary-config", ["train", "{tmp}/bin.yaml", "--out", "{tmp}/r"], "{tmp}/bin.yaml",
+         r"config file '.*' is not a UTF-8 text file \(byte 0x89 at offset 0\)", binary_config),
+    Case("train/model-option-that-cannot-run", ["train", str(REPO / "configs" / "maml_sinusoid_k5.yaml"),
+         "model.hidden=[-4]", "--out", "{tmp}/r"], "hidden", r"model 'mlp' with .* cannot"),
+    # predict: support sets the run cannot use
+    Case("predict/one-class-support", ["predict", "{run}", "--support", "{tmp}/support", "--query", "{tmp}/query"],
+         "--support", r"the support set \(--support\) has 1 class .* needs at least 2 classes", one_class_support),
+    # plot and demo: output paths
+    Case("plot/out-is-a-file", ["plot", "{run}", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
+    Case("demo/out-is-a-file", ["demo", "--steps", "1", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
+    Case("demo/out-holds-a-run", ["demo", "--steps", "1", "--out", "{run}"], "{run}", r"holds a run"),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
-    # optimizers...) states its bad inputs in this table. Still to add with their fixes: config
-    # files (binary, duplicate keys, model options checked at read time), predict's way counts,
-    # demo --out, plot --out and plot --embeddings.
+    # optimizers...) states its bad inputs in this table.
 ]
 
 

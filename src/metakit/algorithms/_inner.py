@@ -674,9 +674,29 @@ class InnerLoopAlgorithm(Algorithm):
         ``torch.no_grad()``. The learner keeps every step (``learner.predict(x, step=k)``)."""
         k = self.eval_steps if steps is None else steps
         _check_steps("steps", k)
+        self._check_ways(support_y, ways)
         with torch.enable_grad():
             traj = self._adapt(support_x, support_y, ways, train=False, steps=k)
         return AdaptedLearner(self._fmodel, traj)
+
+    def _check_ways(self, support_y: Tensor, ways: int | None) -> None:
+        """A classifier's head has as many outputs as the ways it was built for: refuse a support
+        set with more classes (its labels would index past the outputs) or fewer (the scores would
+        cover classes the task does not have)."""
+        outputs = getattr(getattr(self.model, "head", None), "out_features", None)
+        if outputs is None:
+            return
+        if ways is None:  # only labels: more classes than outputs is certain, fewer is not
+            if support_y.dtype.is_floating_point or support_y.numel() == 0:
+                return
+            ways = int(support_y.max()) + 1
+            if ways <= outputs:
+                return
+        if ways != outputs:
+            raise ValueError(
+                f"{type(self).__name__} was built for {outputs}-way tasks (its head has {outputs} outputs) but the "
+                f"support set has {ways} classes; adapt it to {outputs}-way tasks, or train a {ways}-way model"
+            )
 
     def predict(self, batch: EpisodeBatch) -> Tensor:
         """Outputs ``[B, Q, ways]`` (or ``[B, Q, *y_shape]``) of each task's adapted model.

@@ -169,7 +169,7 @@ def predict_images(
     if ways < 2:
         only = f" ({class_names[0]!r})" if class_names else ""
         raise ValueError(
-            f"the support set has {ways} class{only}; classification needs at least 2 classes to choose between "
+            f"the support set (--support) has {ways} class{only}; classification needs at least 2 classes to choose between "
             "(with one, every query would get it with score 1.0): add a sub-folder of examples for each other class"
         )
     device = next((t.device for t in list(algorithm.parameters()) + list(algorithm.buffers())), torch.device("cpu"))

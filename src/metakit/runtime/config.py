@@ -455,7 +455,12 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist; give the path of a YAML config (see configs/)")
     try:
-        raw = read_yaml(p.read_text())
+        raw = read_yaml(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {str(p)!r} is not a UTF-8 text file (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "give the path of a YAML config (see configs/)"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
     except ConfigError as e:
