@@ -35,3 +35,13 @@ def test_the_readme_precision_table_is_what_its_record_prints():
         "README.md's precision table differs from its record; paste the output of "
         "`python benchmarks/precision/table.py` between its markers"
     )
+
+
+def test_the_readme_sinusoid_table_is_what_its_record_prints():
+    begin, end = "<!-- sinusoid-table -->", "<!-- /sinusoid-table -->"
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(begin) == 1 and readme.count(end) == 1
+    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sinusoid" / "record.py"), "table"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip("\n")
+    assert in_readme == printed, "README.md's sinusoid table differs from its record; paste `record.py table`"
