@@ -117,3 +117,13 @@ def test_allocator_is_tuned_only_when_asked(monkeypatch, tmp_path, capsys):
     assert main(["--tune-allocator", "plot", str(tmp_path / "none")]) == 2
     assert calls == [1]
     capsys.readouterr()
+
+
+def test_python_dash_m_on_the_cli_module_reports_errors_as_one_line(tmp_path):
+    """``python -m metakit.cli.main`` runs the package's module, whose error classes the commands
+    raise (a usage error raised as ``metakit.cli.main.UsageError`` must be caught as one)."""
+    for argv, start in ((["train"], "metakit train: error: give a config file"),
+                        (["train", str(tmp_path / "none.yaml")], "metakit train: error: config file")):
+        p = subprocess.run([sys.executable, "-m", "metakit.cli.main", *argv], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().startswith(start), p.stderr

@@ -119,4 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run the package's module, not this file's second copy: the commands raise the error classes
+    # of ``metakit.cli.main``, which a ``__main__`` copy would not recognise
+    from metakit.cli.main import main as _package_main
+
+    sys.exit(_package_main())
