@@ -91,7 +91,7 @@ def test_int_is_accepted_for_float_fields():
         (base(algorithm={"distanse": "cosine"}), r"unknown config key 'algorithm.distanse' for algorithm 'protonet' \(did you mean 'algorithm.distance'\?\)"),
         (base(model={"hiden": 32}), r"unknown config key 'model.hiden' for model 'conv4' \(did you mean 'model.hidden'\?\)"),
         (base(algorithm={"name": "protonett"}), r"algorithm.name='protonett' is not a known algorithm \(did you mean 'protonet'\?\); available: anil, baseline"),
-        (base(model={"name": "conv5"}), r"model.name='conv5' is not known \(did you mean 'conv4'\?\)"),
+        (base(model={"name": "conv5"}), r"model.name='conv5' is not a known model \(did you mean 'conv4'\?\)"),
     ],
 )
 def test_unknown_keys_suggest_the_closest(raw, message):

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..registry import Registry
 from .conv4 import Conv4
 from .conv4_strided import StridedConv4
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
 
-__all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "build_model", "available_models"]
+__all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
 
-_MODELS: dict[str, type[nn.Module]] = {"conv4": Conv4, "conv4_strided": StridedConv4, "mlp": MLP, "relation_encoder": RelationEncoder}
+#: the backbones configs name with ``model.name``
+MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
+for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder)):
+    MODELS.register(_name)(_cls)
 
 
 def available_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
+
+
+def get_model(name: str) -> type[nn.Module]:
+    """The backbone class registered as ``name`` (a ``ConfigError`` naming ``model.name`` otherwise)."""
+    return MODELS.get(name)
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered backbone by name (``"conv4"``, ``"mlp"``) with keyword arguments."""
-    if name not in _MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, _MODELS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"model={name!r} is not known{hint} Available: {', '.join(available_models())}")
+    """Build a registered backbone by name (``"conv4"``, ``"mlp"``...) with keyword arguments."""
+    cls = get_model(name)
     try:
-        return _MODELS[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"model={name!r} does not accept these options {sorted(kwargs)}: {e}") from None
+        raise ValueError(f"model.name={name!r} does not accept these options {sorted(kwargs)}: {e}") from None

@@ -64,7 +64,7 @@ def config_help() -> str:
                     for oname, type_text, default, help in option_rows(opts):
                         out.append(_entry(f"task.{oname}", type_text, _fmt_default(default), help, indent=4))
     out.append("\nmodel options (model.<option>=value; the keyword arguments of the backbone model.name):")
-    for mname in sorted(getattr(models, "_MODELS")):
+    for mname in models.available_models():
         out.append(f"  {mname}:")
         for spec in model_option_specs(mname).values():
             out.append(_spec_entry("model", spec))

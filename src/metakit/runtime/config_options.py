@@ -95,11 +95,7 @@ def algorithm_option_specs(name: str) -> dict[str, OptionSpec]:
 def model_class(name: str) -> type:
     from .. import models
 
-    registry = getattr(models, "_MODELS")
-    if name not in registry:
-        avail = sorted(registry)
-        raise ConfigError(f"model.name={name!r} is not known{suggest(name, avail)}; available: {', '.join(avail)}")
-    return registry[name]
+    return models.get_model(name)
 
 
 def model_option_specs(name: str) -> dict[str, OptionSpec]:
