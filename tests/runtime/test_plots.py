@@ -43,7 +43,7 @@ def test_read_curves_layouts(tmp_path):
     assert (c.train_accuracy.steps, c.train_accuracy.values) == ([1, 2], [0.25, 0.5])
     assert (c.val_accuracy.steps, c.val_accuracy.values) == ([2, 3, 5], [0.6, 0.7, 0.8])
     assert (c.val_accuracy_ci95.steps, c.val_accuracy_ci95.values) == ([2, 3, 5], [0.02, 0.01, 0.03])
-    assert (c.val_loss.steps, c.val_mse.values, c.val_mse_ci95.values) == ([3], [0.3], [0.05])
+    assert (c.val_loss.steps, c.val_metric.values, c.val_metric_ci95.values) == ([3], [0.3], [0.05])
 
 
 def test_read_curves_keeps_the_elapsed_time_of_validations_only(tmp_path):
@@ -142,6 +142,24 @@ def test_plot_regression_run_has_one_panel(tmp_path, saved_figures):
     assert _curve(ax, list(range(1, 30)), [1 / s for s in range(1, 30)])
     assert _curve(ax, [10, 20, 29], [0.2, 0.1, 0.15]) and _band(ax, [10, 20, 29], [0.18, 0.09, 0.12], [0.22, 0.11, 0.18])
     assert _curve(ax, [20], [0.1])  # the lowest MSE is the best
+
+
+@pytest.mark.parametrize("higher_is_better, best", [(True, (10, 0.8)), (False, (20, 0.3))])
+def test_a_family_metric_is_plotted_with_its_name_and_direction(tmp_path, saved_figures, higher_is_better, best):
+    """Validation records of a family scored by another metric ("return" of an RL family, say)."""
+    recs = [{"step": s, "loss": 1 / s} for s in range(1, 30)] + [
+        {"step": 10, "split": "val", "metric": "return", "return": 0.8, "ci95": 0.1, "higher_is_better": higher_is_better},
+        {"step": 20, "split": "val", "metric": "return", "return": 0.3, "ci95": 0.1, "higher_is_better": higher_is_better},
+    ]
+    curves = read_curves(_write(tmp_path / "m.jsonl", recs))
+    assert (curves.val_metric_name, curves.val_metric.values, curves.val_metric_ci95.values) == ("return", [0.8, 0.3], [0.1, 0.1])
+    assert not len(curves.val_accuracy) and not len(curves.val_accuracy_ci95)
+    plot_learning_curves(curves, tmp_path / "c.png")
+    (fig, _), = saved_figures
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "validation return" in labels and ax.get_ylabel() == "loss / return"
+    assert f"best {best[1]:.2f} @ step {best[0]}" in labels
 
 
 def test_plot_empty_log_is_an_error(tmp_path):

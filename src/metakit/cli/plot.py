@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="write PNG learning curves of a run into its folder",
         description=(
-            "Write the learning curves of a run (training loss and accuracy against step, validation "
-            "accuracy with its 95% confidence interval) as learning_curves.png, read from the run's "
+            "Write the learning curves of a run (training loss and accuracy against step, the validation "
+            "metric of its task family with its 95% confidence interval) as learning_curves.png, read from the run's "
             "metrics.jsonl. Works on a run still training."
         ),
     )

@@ -5,8 +5,10 @@ integer ``step``) into :class:`Curves`; :func:`plot_learning_curves` draws them 
 
 * left panel: training loss against step (the raw logged values, faint, and a moving average);
 * right panel: training accuracy (raw and moving average) and validation accuracy with its 95%
-  confidence interval as a shaded band (``mean ± ci95``, in percent). Regression runs, which
-  have no accuracy, show the validation MSE with its band on the loss panel instead.
+  confidence interval as a shaded band (``mean ± ci95``, in percent). Runs whose task family
+  scores another metric (MSE for regression, or any metric a family names in its validation
+  records' ``"metric"`` field) show it with its band on the loss panel instead, its best value
+  marked by the record's ``higher_is_better`` (default: lower is better).
 
 The log format written by the trainer is read leniently: a record's metrics may be flat
 (``{"step": 10, "loss": .., "accuracy": ..}`` = training), prefixed (``"train/loss"``,
@@ -103,11 +105,14 @@ class Curves:
     val_loss: Series = field(default_factory=Series)
     #: training seconds so far at each validation (the trainer's ``elapsed``; a resumed run carries on counting)
     val_elapsed: Series = field(default_factory=Series)
-    val_mse: Series = field(default_factory=Series)
-    val_mse_ci95: Series = field(default_factory=Series)
+    #: the validation metric when it is not accuracy (``val_metric_name``: ``mse``, or what the family names)
+    val_metric: Series = field(default_factory=Series)
+    val_metric_ci95: Series = field(default_factory=Series)
+    val_metric_name: str = "mse"
+    val_metric_higher_is_better: bool = False
 
     def is_empty(self) -> bool:
-        return not any(len(s) for s in vars(self).values())
+        return not any(len(s) for s in vars(self).values() if isinstance(s, Series))
 
 
 def _flatten(rec: dict[str, Any]) -> dict[str, float]:
@@ -139,8 +144,8 @@ _KEYS = {
     "val/accuracy_ci95": "val_accuracy_ci95",
     "val/loss": "val_loss",
     "val/elapsed": "val_elapsed",
-    "val/mse": "val_mse",
-    "val/mse_ci95": "val_mse_ci95",
+    "val/mse": "val_metric",
+    "val/mse_ci95": "val_metric_ci95",
 }
 
 
@@ -166,10 +171,20 @@ def read_curves(path: str | os.PathLike) -> Curves:
             raise ValueError(f"{path}:{n} has no integer 'step' field: {line[:80]!r}")
         flat = _flatten(rec)
         step = rec["step"]
+        metric = rec.get("metric")
+        other = None  # a validation metric other than accuracy, named by the record
+        if isinstance(metric, str) and metric.lower() not in ("accuracy", "acc") and f"val/{metric.lower()}" in flat:
+            other = f"val/{metric.lower()}"
+            curves.val_metric_name = metric
+            if isinstance(rec.get("higher_is_better"), bool):
+                curves.val_metric_higher_is_better = rec["higher_is_better"]
         for key, value in flat.items():
             if key == "val/ci95":
                 # the interval of the validation metric of this record
-                key = "val/mse_ci95" if "val/mse" in flat and "val/accuracy" not in flat else "val/accuracy_ci95"
+                mse_only = "val/mse" in flat and "val/accuracy" not in flat
+                key = "val/mse_ci95" if other is not None or mse_only else "val/accuracy_ci95"
+            elif key == other:
+                key = "val/mse"
             name = _KEYS.get(key)
             if name is not None and math.isfinite(value):
                 getattr(curves, name).add(step, value)
@@ -254,12 +269,13 @@ def plot_learning_curves(
         _plot_raw_and_smooth(ax, curves.train_loss, "tab:blue", f"training loss{tn}")
     if len(curves.val_loss):
         ax.plot(curves.val_loss.steps, curves.val_loss.values, color="tab:orange", marker="o", markersize=3.5, label=f"validation loss{vn}")
-    if len(curves.val_mse):
-        _plot_band(ax, curves.val_mse, curves.val_mse_ci95, "tab:red", f"validation MSE{vn}")
-        _mark_best(ax, curves.val_mse, False, 1.0, "")
+    metric = curves.val_metric_name.upper() if curves.val_metric_name.lower() == "mse" else curves.val_metric_name
+    if len(curves.val_metric):
+        _plot_band(ax, curves.val_metric, curves.val_metric_ci95, "tab:red", f"validation {metric}{vn}")
+        _mark_best(ax, curves.val_metric, curves.val_metric_higher_is_better, 1.0, "")
     ax.set_title("loss")
-    ax.set_ylabel("loss" if not len(curves.val_mse) else "loss / MSE")
-    positive = [v for s in (curves.train_loss, curves.val_loss, curves.val_mse) for v in s.values]
+    ax.set_ylabel("loss" if not len(curves.val_metric) else f"loss / {metric}")
+    positive = [v for s in (curves.train_loss, curves.val_loss, curves.val_metric) for v in s.values]
     if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
     if has_acc:
