@@ -336,7 +336,7 @@ print(json.dumps(out))
 
 
 def probe_environment(metakit: str) -> dict[str, Any]:
-    """Hardware and software of the runs: CPU model and cores from this machine, torch and the git
+    """Hardware and software of the runs: CPU model and cores of the host running the script, torch and the git
     commit of the metakit code from the interpreter that ``metakit`` runs on (its ``#!`` line)."""
     cpu = "unknown"
     with contextlib.suppress(OSError):

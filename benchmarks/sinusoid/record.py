@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
+
+from metakit.bench import hardware
 
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / "results.json"
@@ -27,18 +27,6 @@ PAPER = {5: "0.67 / 0.38 / 0.35", 10: "(Figure 2 only)"}
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _hardware() -> dict:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def add(result_file: Path, command: str, seconds: float, record: Path = RECORD) -> dict:
@@ -53,7 +41,7 @@ def add(result_file: Path, command: str, seconds: float, record: Path = RECORD) 
         "seconds": seconds,
         "config_sha256": _sha256(run_dir / "config.yaml"),
         "checkpoint": {"file": checkpoints[-1].name, "sha256": _sha256(checkpoints[-1])},
-        "hardware": {**_hardware(), "torch": result.get("torch")},
+        "hardware": {**hardware(), "torch": result.get("torch")},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     entries = json.loads(record.read_text()) if record.exists() else []

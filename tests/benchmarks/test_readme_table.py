@@ -1,5 +1,6 @@
-"""The README's Omniglot results table is exactly what the record prints
-(``python benchmarks/omniglot/reproduce.py --table``)."""
+"""The README's results tables are exactly what their records print: the Omniglot table
+(``python benchmarks/omniglot/reproduce.py --table``), the float32 precision table
+(``benchmarks/precision/table.py``) and the sinusoid table (``benchmarks/sinusoid/record.py table``)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- omniglot-table -->", "<!-- /omniglot-table -->"
+
+TABLES = [
+    ("omniglot-table", ["benchmarks/omniglot/reproduce.py", "--table"],
+     "`python benchmarks/omniglot/reproduce.py --table --readme README.md` writes it"),
+    ("precision-table", ["benchmarks/precision/table.py"], "paste the output of `python benchmarks/precision/table.py`"),
+    ("sinusoid-table", ["benchmarks/sinusoid/record.py", "table"],
+     "paste the output of `python benchmarks/sinusoid/record.py table`"),
+]
 
 
-def test_the_readme_table_is_what_the_record_prints():
+@pytest.mark.parametrize("marker, command, fix", TABLES, ids=[t[0] for t in TABLES])
+def test_the_readme_table_is_what_its_record_prints(marker, command, fix):
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     readme = (REPO / "README.md").read_text()
-    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
-    in_readme = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "omniglot" / "reproduce.py"), "--table"],
+    assert readme.count(begin) == 1 and readme.count(end) == 1
+    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    printed = subprocess.run([sys.executable, str(REPO / command[0]), *command[1:]],
                              capture_output=True, text=True, check=True, timeout=120).stdout.strip("\n")
-    assert in_readme == printed, (
-        "README.md's table differs from the record; paste the output of "
-        "`python benchmarks/omniglot/reproduce.py --table` between its markers "
-        "(`... --table --readme README.md` does it)"
-    )
-
-
-def test_the_readme_precision_table_is_what_its_record_prints():
-    begin, end = "<!-- precision-table -->", "<!-- /precision-table -->"
-    readme = (REPO / "README.md").read_text()
-    assert readme.count(begin) == 1 and readme.count(end) == 1
-    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision" / "table.py")],
-                             capture_output=True, text=True, check=True, timeout=60).stdout.strip("\n")
-    assert in_readme == printed, (
-        "README.md's precision table differs from its record; paste the output of "
-        "`python benchmarks/precision/table.py` between its markers"
-    )
-
-
-def test_the_readme_sinusoid_table_is_what_its_record_prints():
-    begin, end = "<!-- sinusoid-table -->", "<!-- /sinusoid-table -->"
-    readme = (REPO / "README.md").read_text()
-    assert readme.count(begin) == 1 and readme.count(end) == 1
-    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sinusoid" / "record.py"), "table"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout.strip("\n")
-    assert in_readme == printed, "README.md's sinusoid table differs from its record; paste `record.py table`"
+    assert in_readme == printed, f"README.md's {marker} differs from its record; {fix}"

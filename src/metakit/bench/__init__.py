@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import platform
+from pathlib import Path
 from types import ModuleType
 
-__all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark"]
+__all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark", "hardware"]
 
 # name -> module (in the order ``metakit bench --help`` lists them)
 BENCHMARKS: dict[str, str] = {
@@ -43,3 +46,18 @@ def load_benchmark(name: str) -> ModuleType:
         if not hasattr(module, attr):
             raise TypeError(f"benchmark module {module.__name__} lacks {attr}; see metakit.bench for the protocol")
     return module
+
+
+def hardware() -> dict[str, object]:
+    """What a benchmark record names as its hardware: CPU model, cores, Python and torch versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}

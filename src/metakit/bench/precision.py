@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import hardware
 from ..tasks.episode import EpisodeBatch
 
 DESCRIPTION = "float32 meta-gradient error vs float64 (NCHW vs channels_last) and time per meta-iteration"
@@ -156,18 +156,6 @@ def batchnorm_errors(seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _hardware() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
-
-
 def run(args: argparse.Namespace) -> int:
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in names if s not in SETTINGS]
@@ -192,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "precision",
         "command": "metakit bench precision " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "precision"] else None,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hardware": _hardware(), "threads": args.threads, "seed": args.seed,
+        "hardware": hardware(), "threads": args.threads, "seed": args.seed,
         "settings": rows, "batchnorm": batchnorm_errors(args.seed),
         "seconds": round(time.time() - started, 1),
     }

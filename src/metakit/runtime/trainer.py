@@ -153,7 +153,8 @@ class TrainResult:
         checkpoint: the newest step checkpoint written, or ``None``.
         best_checkpoint: the best checkpoint file, or ``None``.
         elapsed: training wall time in seconds (over all resumes).
-        steps_per_s: mean speed of this session's training steps (validation excluded).
+        steps_per_s: mean speed of the training steps of this call of ``fit`` (validation
+            excluded; a resumed run counts only its own steps).
     """
 
     run_dir: Path
@@ -523,8 +524,8 @@ class Trainer:
             desc="train",
         )
         status = "finished"
-        session_steps, session_time = 0, 0.0
-        elapsed0, t_session = self.elapsed, time.perf_counter()
+        call_steps, call_time = 0, 0.0
+        elapsed0, t_call = self.elapsed, time.perf_counter()
         ema_eps: float | None = None
         try:
             if self.step == 0 and self._last_checkpoint is None:
@@ -537,10 +538,10 @@ class Trainer:
                     metrics = self._train_step(step)
                     dt = time.perf_counter() - t0
                     self.step = step
-                    self.elapsed = elapsed0 + time.perf_counter() - t_session
+                    self.elapsed = elapsed0 + time.perf_counter() - t_call
                     self._interval_time += dt
-                    session_steps += 1
-                    session_time += dt
+                    call_steps += 1
+                    call_time += dt
                     for k, v in metrics.items():
                         self._sums[k] = self._sums.get(k, 0.0) + v
                     self._count += 1
@@ -554,7 +555,7 @@ class Trainer:
                         (cfg.eval.val_every and step % cfg.eval.val_every == 0) or step == total
                     ):
                         self._validate(logger, bar, step)
-                        self.elapsed = elapsed0 + time.perf_counter() - t_session
+                        self.elapsed = elapsed0 + time.perf_counter() - t_call
                     if step % cfg.run.checkpoint_every == 0 or step == total or stop.stop:
                         self._save()
                         logger.flush()
@@ -570,9 +571,9 @@ class Trainer:
             # NaN/inf, an error of the algorithm, or a second Ctrl-C: the checkpoints on disk stay as they are
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             error = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
-            self._finish(logger, bar, status, session_steps, session_time, error=error)
+            self._finish(logger, bar, status, call_steps, call_time, error=error)
             raise
-        return self._finish(logger, bar, status, session_steps, session_time)
+        return self._finish(logger, bar, status, call_steps, call_time)
 
     def _train_step(self, step: int) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -679,8 +680,8 @@ class Trainer:
         logger: MetricsLogger,
         bar: Any,
         status: str,
-        session_steps: int,
-        session_time: float,
+        call_steps: int,
+        call_time: float,
         error: str | None = None,
     ) -> TrainResult:
         bar.close()
@@ -695,7 +696,7 @@ class Trainer:
             checkpoint=self._last_checkpoint,
             best_checkpoint=self.checkpoints.best_path if self.checkpoints.best_path.exists() else None,
             elapsed=self.elapsed,
-            steps_per_s=(session_steps / session_time) if session_time > 0 else None,
+            steps_per_s=(call_steps / call_time) if call_time > 0 else None,
         )
         summary = result.to_dict()
         summary["algorithm"] = self.config.algorithm.name
