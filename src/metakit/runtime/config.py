@@ -274,7 +274,7 @@ class Config:
         family.check_sizes("eval", resolved.ways, resolved.shots, resolved.queries)  # type: ignore[arg-type]
         object.__setattr__(self, "eval", resolved)
         family.check_validation(e.val_episodes)
-        context = BuildContext(ways=t.ways, example_shape=family.example_shape())
+        context = family.config_context(t.ways)
         model_options = {**algo.model_defaults(context), **self.model.options}
         check_model_fits(self.model.name, model_options, family, context)
 

@@ -460,7 +460,7 @@ def load_run(
     else:
         path = Path(checkpoint)
         state = load_checkpoint(path)
-    context = context_from_record(state.get("context"), path)
+    context = config.family.restore_context(context_from_record(state.get("context"), path))
     if "model" not in state or not isinstance(state["model"], dict):
         raise CheckpointError(path, "it holds no model weights")
     with torch.random.fork_rng(devices=[]):  # building initialises weights; leave the caller's RNG alone

@@ -2,12 +2,13 @@
 
 A task family (:class:`TaskFamily`) is what a config's ``task:`` section names: the registered
 families are N-way K-shot classification (:mod:`.classification`) and sinusoid regression
-(:mod:`.sinusoid`).
+(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL).
 """
 
 from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
 from .episode import Episode, EpisodeBatch
 from .family import BuildContext, TaskFamily, available_families, get_family, register_family
+from .rl import EnvBatch, EnvFamily, EnvTask, env_family
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
@@ -18,6 +19,9 @@ __all__ = [
     "Episode",
     "EpisodeBatch",
     "EpisodeIndices",
+    "EnvBatch",
+    "EnvFamily",
+    "EnvTask",
     "EpisodeSampler",
     "FixedEpisodes",
     "FixedSinusoidTasks",
@@ -27,6 +31,7 @@ __all__ = [
     "TaskFamily",
     "available_families",
     "available_sources",
+    "env_family",
     "get_family",
     "register_family",
     "register_source",

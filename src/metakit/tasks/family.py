@@ -46,11 +46,15 @@ class BuildContext:
         example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
         num_train_classes: classes in the training split (``None`` for task families such as
             sinusoids); used by non-episodic baselines that pre-train a classifier.
+        observation_space, action_space: the ``gymnasium`` spaces of environment tasks
+            (:mod:`metakit.tasks.rl`; ``None`` otherwise).
     """
 
     ways: int | None
     example_shape: tuple[int, ...]
     num_train_classes: int | None = None
+    observation_space: Any = None
+    action_space: Any = None
 
 
 #: the role names a family resolves to its own splits (a family may accept other names too)
@@ -139,6 +143,16 @@ class TaskFamily:
     def context(self, ways: int | None, data: Any) -> BuildContext:
         """The :class:`~metakit.algorithms.BuildContext` of the training split ``data``."""
         return BuildContext(ways=ways, example_shape=self.example_shape(), num_train_classes=None)
+
+    def config_context(self, ways: int | None) -> BuildContext:
+        """The context known from the options alone, without loading data (a config is checked with it:
+        the algorithm's model defaults and the model's output are tried on it)."""
+        return BuildContext(ways=ways, example_shape=self.example_shape())
+
+    def restore_context(self, context: BuildContext) -> BuildContext:
+        """The context of a run rebuilt from its checkpoint's plain record (:func:`~metakit.runtime.run.context_record`):
+        a family adds what the record cannot hold (the spaces of environment tasks)."""
+        return context
 
     def check_model_output(self, shape: tuple[int, ...]) -> str | None:
         """Why a model whose output for a batch of examples has ``shape`` cannot solve these tasks
