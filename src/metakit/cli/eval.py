@@ -130,6 +130,8 @@ def evaluate_run(
         "formatted": result.format(),
         "described": family.describe(),
     }
+    if result.details:
+        record["details"] = {n: {"mean": m, "ci95": None if ci != ci else ci, "episodes": k} for n, (m, ci, k) in result.details.items()}
     return record
 
 
@@ -150,7 +152,22 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
         ]
+        + _details_text(r)
     )
+
+
+def _details_text(r: dict[str, Any]) -> list[str]:
+    """The breakdowns of the metric (e.g. accuracy at the k-th instance of a class) as a table."""
+    details = r.get("details") or {}
+    if not details:
+        return []
+    scale, unit = (100.0, " %") if r["metric"] == "accuracy" else (1.0, "")
+    width = max(len(n) for n in details)
+    rows = [f"  {'breakdown':<{width}}  mean ± 95% CI{unit}  (episodes)"]
+    for name, d in details.items():
+        ci = "n/a" if d["ci95"] is None else f"{scale * d['ci95']:.2f}"
+        rows.append(f"  {name:<{width}}  {scale * d['mean']:6.2f} ± {ci:<5}  ({d['episodes']})")
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:

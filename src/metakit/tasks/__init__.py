@@ -9,6 +9,7 @@ from .classification import ClassificationFamily, DatasetSource, available_sourc
 from .episode import Episode, EpisodeBatch
 from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
+from .sequence import SequenceBatch, SequenceFamily
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "EpisodeSampler",
     "FixedEpisodes",
     "FixedSinusoidTasks",
+    "SequenceBatch",
+    "SequenceFamily",
     "SinusoidFamily",
     "SinusoidParams",
     "SinusoidTasks",

@@ -46,11 +46,14 @@ class BuildContext:
         example_shape: shape of one input example, e.g. ``(1, 28, 28)``.
         num_train_classes: classes in the training split (``None`` for task families such as
             sinusoids); used by non-episodic baselines that pre-train a classifier.
+        label_code: ``(positions, alphabet)`` of the labels a sequence model reads and writes
+            (:mod:`metakit.tasks.sequence`); ``None`` for other families.
     """
 
     ways: int | None
     example_shape: tuple[int, ...]
     num_train_classes: int | None = None
+    label_code: tuple[int, int] | None = None
 
 
 #: the role names a family resolves to its own splits (a family may accept other names too)
@@ -162,6 +165,12 @@ class TaskFamily:
     def score(self, algorithm: Any, batch: Any) -> Tensor:
         """One ``metric`` value per task of ``batch`` for ``algorithm`` (a ``[B]`` float64 tensor)."""
         raise NotImplementedError
+
+    def score_details(self, algorithm: Any, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`score` and optional breakdowns of it, ``{name: [B] float64}`` (``nan`` for a task
+        without that value), e.g. the accuracy at the k-th instance of a class in a sequence. The
+        evaluation reports every breakdown's mean and 95% interval beside the metric. Default: none."""
+        return self.score(algorithm, batch), {}
 
 
 class NonFiniteOutputError(ValueError):
