@@ -130,6 +130,9 @@ def evaluate_run(
         "formatted": result.format(),
         "described": family.describe(),
     }
+    text = family.episode_text(record["ways"], record["shots"], record["queries"])
+    if text:
+        record["episode_text"] = text
     if result.details:
         record["details"] = {n: {"mean": m, "ci95": None if ci != ci else ci, "episodes": k} for n, (m, ci, k) in result.details.items()}
     return record
@@ -137,12 +140,15 @@ def evaluate_run(
 
 def _protocol_text(r: dict[str, Any]) -> str:
     dataset = r["described"]
-    if r["ways"] is None:
+    if r.get("episode_text"):
+        task = r["episode_text"]
+    elif r["ways"] is None:
         task = f"{r['shots']}-shot regression, {r['queries']} query points"
     else:
         task = f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries per class"
     train = r["train"]
     trained = f"{train['ways']}-way {train['shots']}-shot" if train["ways"] is not None else f"{train['shots']}-shot"
+    trained = r.get("episode_text") or trained
     return "\n".join(
         [
             f"{r['algorithm']} on {dataset}, split {r['split']}",
@@ -184,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     if args.json:
-        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described")}, indent=2))
+        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text")}, indent=2))
     else:
         print(_protocol_text(record))
     return 0

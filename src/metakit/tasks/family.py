@@ -118,6 +118,10 @@ class TaskFamily:
         """A short label of the tasks for titles and reports, e.g. ``omniglot (vinyals)``."""
         return self.name
 
+    def episode_text(self, ways: int | None, shots: int, queries: int) -> str | None:
+        """How reports describe one task of these sizes (``None``: the default ``5-way 1-shot...`` text)."""
+        return None
+
     def record(self) -> dict[str, Any]:
         """Keys that identify the tasks in an evaluation record (``dataset``, ``protocol``)."""
         return {"dataset": self.name, "protocol": None}

@@ -371,7 +371,13 @@ class SequenceFamily(TaskFamily):
         return f"{self.images.describe()} sequences ({s.classes} classes, {s.length} steps, {s.labels.replace('_', '-')} labels)"
 
     def record(self) -> dict[str, Any]:
-        return self.images.record()
+        s = self.shape
+        return {**self.images.record(), "classes_per_episode": s.classes, "instances_per_class": s.instances,
+                "episode_length": s.length, "labels": s.labels}
+
+    def episode_text(self, ways: int | None, shots: int, queries: int) -> str:
+        s = self.shape
+        return f"sequences of {s.length} steps, {s.classes} classes x {s.instances} instances, {s.labels.replace('_', '-')} labels"
 
     def example_shape(self) -> tuple[int, ...]:
         return self.images.example_shape()
