@@ -168,3 +168,16 @@ def test_train_eval_predict_and_plot_through_the_cli(algo, extra, tmp_path, caps
         assert main(["plot", str(run), "--memory"]) != 0
         assert "has no external memory" in capsys.readouterr().err
     assert (run / "instance_curves.png").is_file()
+
+
+def test_string_label_loss_sums_the_five_positions():
+    ctx = BuildContext(ways=3, example_shape=(1, 4, 4), label_code=(5, 5))
+    torch.manual_seed(0)
+    alg = MANN.from_config(Flatten(), ctx, hidden_size=8, slots=6, width=4, heads=2).double()
+    b = _batch()
+    codes = torch.tensor([[[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 1, 1, 1, 1]]]).expand(2, -1, -1)
+    batch = SequenceBatch(b.x, b.labels, codes, 5, 3)
+    loss, _ = alg.meta_loss(batch)
+    logits = alg.predict(batch)
+    per_position = torch.nn.functional.cross_entropy(logits.flatten(0, 2), batch.targets().flatten(), reduction="none")
+    assert float(loss.detach()) == pytest.approx(5 * float(per_position.mean().detach()))

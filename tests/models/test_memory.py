@@ -99,19 +99,19 @@ def test_lrua_tiny_read_and_write_by_hand():
     usage = torch.tensor([[0.4, 0.1, 0.3]], dtype=D)  # location 1 is least used
     prev_read = torch.tensor([[[0.0, 0.0, 1.0]]], dtype=D)
     key = torch.tensor([[[2.0, 0.0]]], dtype=D)
-    alpha = torch.tensor([[0.0]], dtype=D)  # sigmoid(0) = 1/2
+    alpha = torch.tensor([[3.0]], dtype=D).log()  # sigmoid(log 3) = 3/4
     reads, state, w_r, w_w = mem.step(key, alpha, LRUAState(memory, usage, prev_read))
     # read: cosines (1, 0, 1/sqrt 2) -> softmax; reads = w_r @ M_{t-1}
     c = torch.tensor([1.0, 0.0, 2**-0.5], dtype=D)
     expect_r = torch.exp(c) / torch.exp(c).sum()
     assert torch.allclose(w_r[0, 0], expect_r, atol=1e-12)
     assert torch.allclose(reads[0, 0], torch.stack([expect_r[0] + expect_r[2], expect_r[1] + expect_r[2]]), atol=1e-12)
-    # write: 1/2 * previous read (location 2) + 1/2 * least used (location 1)
-    assert torch.allclose(w_w[0, 0], torch.tensor([0.0, 0.5, 0.5], dtype=D))
+    # write: 3/4 * previous read (location 2) + 1/4 * least used (location 1)
+    assert torch.allclose(w_w[0, 0], torch.tensor([0.0, 0.25, 0.75], dtype=D))
     # location 1 is zeroed, then key * w_w is added
-    assert torch.allclose(state.memory[0], torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 1.0]], dtype=D))
+    assert torch.allclose(state.memory[0], torch.tensor([[1.0, 0.0], [0.5, 0.0], [2.5, 1.0]], dtype=D))
     # usage: 0.5 * old + read + write
-    assert torch.allclose(state.usage[0], 0.5 * usage[0] + expect_r + torch.tensor([0.0, 0.5, 0.5], dtype=D))
+    assert torch.allclose(state.usage[0], 0.5 * usage[0] + expect_r + torch.tensor([0.0, 0.25, 0.75], dtype=D))
     assert torch.equal(state.read_weights, w_r)
 
 
