@@ -181,3 +181,18 @@ def test_string_label_loss_sums_the_five_positions():
     logits = alg.predict(batch)
     per_position = torch.nn.functional.cross_entropy(logits.flatten(0, 2), batch.targets().flatten(), reduction="none")
     assert float(loss.detach()) == pytest.approx(5 * float(per_position.mean().detach()))
+
+
+def test_a_resumed_sequence_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    root = _image_folder(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.format(root=root, algo="mann", extra=", slots: 8, width: 5, heads: 2").replace("steps: 4", "steps: 6"))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", str(cfg), "train.steps=2", "--out", str(tmp_path / "parts")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "parts"), "train.steps=6"]) == 0
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "step-00000006.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "checkpoints" / "step-00000006.safetensors"))
+    weights = [k for k in a if k.startswith("model/")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)

@@ -313,8 +313,7 @@ class SequenceFamily(TaskFamily):
     """Santoro et al.'s sequence protocol over a classification dataset source (see the module docstring)."""
 
     kind = "sequence"
-    metric = "accuracy"
-    higher_is_better = True
+    metric = "accuracy"  # higher is better (the default)
     percent = True
     Options = SequenceOptions
 
