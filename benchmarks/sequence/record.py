@@ -1,6 +1,7 @@
 """Throughput, evaluation cost and a short learning check of the sequence learners; writes a record.
 
-    python benchmarks/sequence/record.py [--steps 200] [--root ../shared/data/omniglot]
+    python benchmarks/sequence/record.py [--steps 240] [--root ../shared/data/omniglot]
+    python benchmarks/sequence/record.py table     # the docs/model_based.md section, from the newest record
 
 For each of ``configs/{mann,ntm,lstm}_omniglot_sequence.yaml`` (the paper-size models, batches
 of 16 episodes of 50 steps, one thread): the median seconds of a training step (``meta_backward``
@@ -102,6 +103,32 @@ def measure(name: str, path: Path, root: str, steps: int, block: int, timed: int
     }
 
 
+def table(record: Path = RECORD) -> str:
+    """The measured section of ``docs/model_based.md`` from the newest record."""
+    e = json.loads(record.read_text())[-1]
+    hw = e["hardware"]
+    lines = [
+        f"`{e['command']}` (run {e['run_id']}, {e['date'][:10]}, {e['seconds']:.0f} s in all; {hw['cpu']}, "
+        f"torch {hw['torch']}, {hw['threads']} thread, beside other jobs on {hw['cores']} cores, so read the seconds as "
+        "ratios). Training step: `meta_backward` + clipping + Adam on 16 episodes of 50 steps, median of "
+        f"{len(next(iter(e['results'].values()))['train_step_seconds'])} steps; evaluation: fixed validation episodes, "
+        "batches of 50, no autograd.",
+        "",
+        "| model | parameters | training: s / step | training episodes / s | evaluation episodes / s | "
+        "learning check: loss (accuracy) over the first block | over the last block |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in e["results"].items():
+        first, last = r["learning"]["blocks"][0], r["learning"]["blocks"][-1]
+        lines.append(
+            f"| {name} (`{r['config']}`) | {r['parameters']:,} | {r['train_step_seconds_median']:.3f} | "
+            f"{r['train_episodes_per_s']:.1f} | {r['eval_episodes_per_s']:.1f} | "
+            f"{first['loss']:.3f} ({100 * first['accuracy']:.1f}%), steps 1-{first['step']} | "
+            f"{last['loss']:.3f} ({100 * last['accuracy']:.1f}%), steps {last['step'] - r['learning']['block'] + 1}-{last['step']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "omniglot"))
@@ -110,6 +137,9 @@ def main() -> None:
     p.add_argument("--timed", type=int, default=10)
     p.add_argument("--eval-episodes", type=int, default=200)
     p.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    if sys.argv[1:2] == ["table"]:
+        print(table())
+        return
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
