@@ -196,3 +196,35 @@ def test_a_resumed_sequence_run_ends_with_the_weights_of_an_uninterrupted_one(tm
     b = load_file(str(tmp_path / "parts" / "checkpoints" / "step-00000006.safetensors"))
     weights = [k for k in a if k.startswith("model/")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_a_sequence_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = _image_folder(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.format(root=root, algo="mann", extra=", slots: 8, width: 5, heads: 2")
+                   .replace("steps: 4", "steps: 30").replace("checkpoint_every: 2", "checkpoint_every: 1"))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "reference")]) == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(cfg), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step-00000003.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    assert main(["train", "--resume", str(run)]) == 0
+    a = load_file(str(tmp_path / "reference" / "checkpoints" / "step-00000030.safetensors"))
+    b = load_file(str(run / "checkpoints" / "step-00000030.safetensors"))
+    weights = [k for k in a if k.startswith("model/")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
