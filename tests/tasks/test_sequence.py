@@ -158,3 +158,16 @@ def test_a_split_too_small_for_the_episode_is_refused():
 def test_image_size_defaults_to_the_papers_20():
     assert _config().family.example_shape() == (1, 20, 20)
     assert _config(image_size=28).family.example_shape() == (1, 28, 28)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(ways=5), r"ways=5 but sequence episodes take their classes from task.classes_per_episode"),
+    (dict(shots=5), r"shots=5 does not apply to sequence episodes"),
+    (dict(queries=3), r"queries=3 does not apply to sequence episodes"),
+])
+def test_eval_sizes_that_do_not_apply_are_refused(sizes, message):
+    fam = SequenceFamily.from_options({"root": ".", "classes_per_episode": 3, "instances_per_class": 4})
+    args = dict(ways=None, shots=1, queries=15, episodes=2, seed=0)
+    args.update(sizes)
+    with pytest.raises(ValueError, match=message):
+        fam.eval_set("test", _data(), **args)

@@ -406,6 +406,12 @@ class SequenceFamily(TaskFamily):
                  seed: int, batch_size: int = 50) -> Iterable[SequenceBatch]:
         if ways is not None:
             raise ValueError(f"ways={ways} but sequence episodes take their classes from task.classes_per_episode; leave ways unset")
+        for name, value in (("shots", shots), ("queries", queries)):
+            if value != _UNUSED_SIZES[name]:
+                raise ValueError(
+                    f"{name}={value} does not apply to sequence episodes (every example is predicted, then its label is "
+                    "shown); leave it unset"
+                )
         if data is None:
             data = self.load(split)
         return FixedSequences(data, self.shape, episodes, seed=seed, batch_size=batch_size)
