@@ -81,6 +81,9 @@ def plot_instance_curves(run_dir: str | os.PathLike, out_dir: str | os.PathLike 
         if pts:
             ax.fill_between([p[0] for p in pts], [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts],
                             color=color, alpha=0.15, linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_ylim(0, 100)
