@@ -135,6 +135,16 @@ def binary_config(ctx: Ctx) -> None:
     (ctx.tmp / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
 
 
+def sequence_config(ctx: Ctx) -> None:
+    """{tmp}/seq.yaml: a tiny MANN on sequences of the image folder's classes."""
+    (ctx.tmp / "seq.yaml").write_text(
+        f"task: {{family: sequence, dataset: folder, root: {ctx.images}, image_size: 12, classes_per_episode: 3, "
+        "instances_per_class: 3}\ntrain: {meta_batch: 2, steps: 2}\neval: {val_episodes: 2, val_every: 2}\n"
+        "model: {name: flatten}\nalgorithm: {name: mann, hidden_size: 8, slots: 8, width: 4, heads: 2}\n"
+        "run: {progress: false, num_threads: 1}\n"
+    )
+
+
 def one_class_support(ctx: Ctx) -> None:
     first = sorted(p for p in (ctx.images / "test").iterdir() if p.is_dir())[0]
     shutil.copytree(first, ctx.tmp / "support" / first.name)
@@ -213,6 +223,17 @@ CASES = [
     Case("plot/out-is-a-file", ["plot", "{run}", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-is-a-file", ["demo", "--steps", "1", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-holds-a-run", ["demo", "--steps", "1", "--out", "{run}"], "{run}", r"holds a run"),
+    # model-based learners on Santoro et al.'s sequence protocol
+    Case("train/sequence-with-ways", ["train", str(REPO / "configs" / "mann_omniglot_sequence.yaml"), "train.ways=5", "--out",
+         "{tmp}/r"], "train.ways", r"task.family=sequence sets the classes of an episode with task.classes_per_episode"),
+    Case("train/sequence-episode-too-long", ["train", str(REPO / "configs" / "lstm_omniglot_sequence.yaml"),
+         "task.episode_length=80", "--out", "{tmp}/r"], "task.episode_length", r"holds only .* = 50 examples"),
+    Case("train/mann-memory-too-small", ["train", "{tmp}/seq.yaml", "algorithm.slots=2", "--out", "{tmp}/r"], "algorithm.slots",
+         r"algorithm.slots=2 but the episodes hold 3 classes", sequence_config),
+    Case("train/mann-gamma-with-ntm", ["train", "{tmp}/seq.yaml", "algorithm.memory=ntm", "algorithm.gamma=0.9", "--out",
+         "{tmp}/r"], "gamma", r"gamma=0.9 \(usage decay\) is an option of memory=lrua", sequence_config),
+    Case("train/sequence-more-instances-than-examples", ["train", "{tmp}/seq.yaml", "task.instances_per_class=5", "--out",
+         "{tmp}/r"], "task.instances_per_class", r"a class of the split .* has only 3 examples", sequence_config),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

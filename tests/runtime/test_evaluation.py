@@ -196,3 +196,19 @@ def test_evaluate_uses_the_family_metric_direction_and_display():
     assert r.format() == f"3 ± {1.96 * 2 / math.sqrt(3):.4g}"
     assert r.to_dict() == {"metric": "regret", "regret": 3.0, "ci95": pytest.approx(1.96 * 2 / math.sqrt(3)),
                            "episodes": 3, "higher_is_better": False}
+
+
+def test_evaluate_reports_the_breakdowns_a_family_returns_over_the_tasks_that_have_them():
+    class Parts:
+        """A stand-in family with one breakdown that the second task lacks (nan)."""
+
+        metric, higher_is_better, percent = "accuracy", True, True
+
+        def score_details(self, algorithm, batch):
+            return torch.tensor([0.5, 1.0], dtype=torch.float64), {"part": torch.tensor([0.2, math.nan], dtype=torch.float64)}
+
+    batch = EpisodeBatch(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), torch.zeros(2, 1, 1))
+    r = evaluate(_Mean(), [batch, batch], family=Parts())
+    assert r.episodes == 4 and r.mean == pytest.approx(0.75)
+    assert r.details == {"part": (pytest.approx(0.2), pytest.approx(0.0), 2)}
+    assert r.to_dict()["part"] == pytest.approx(0.2) and r.to_dict()["part_ci95"] == pytest.approx(0.0)

@@ -11,9 +11,12 @@ from .maml import MAML
 from .metasgd import MetaSGD
 from .anil import ANIL
 from .reptile import Reptile
+from .mann import MANN
+from .lstm import LSTMMetaLearner
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
     "ProtoNet", "SiameseNet", "MatchingNet", "RelationNet", "NearestNeighbour", "Baseline",
     "MAML", "MetaSGD", "ANIL", "Reptile",
+    "MANN", "LSTMMetaLearner",
 ]

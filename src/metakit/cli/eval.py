@@ -130,17 +130,25 @@ def evaluate_run(
         "formatted": result.format(),
         "described": family.describe(),
     }
+    text = family.episode_text(record["ways"], record["shots"], record["queries"])
+    if text:
+        record["episode_text"] = text
+    if result.details:
+        record["details"] = {n: {"mean": m, "ci95": None if ci != ci else ci, "episodes": k} for n, (m, ci, k) in result.details.items()}
     return record
 
 
 def _protocol_text(r: dict[str, Any]) -> str:
     dataset = r["described"]
-    if r["ways"] is None:
+    if r.get("episode_text"):
+        task = r["episode_text"]
+    elif r["ways"] is None:
         task = f"{r['shots']}-shot regression, {r['queries']} query points"
     else:
         task = f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries per class"
     train = r["train"]
     trained = f"{train['ways']}-way {train['shots']}-shot" if train["ways"] is not None else f"{train['shots']}-shot"
+    trained = r.get("episode_text") or trained
     return "\n".join(
         [
             f"{r['algorithm']} on {dataset}, split {r['split']}",
@@ -150,7 +158,22 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
         ]
+        + _details_text(r)
     )
+
+
+def _details_text(r: dict[str, Any]) -> list[str]:
+    """The breakdowns of the metric (e.g. accuracy at the k-th instance of a class) as a table."""
+    details = r.get("details") or {}
+    if not details:
+        return []
+    scale, unit = (100.0, " %") if r["metric"] == "accuracy" else (1.0, "")
+    width = max(len(n) for n in details)
+    rows = [f"  {'breakdown':<{width}}  mean ± 95% CI{unit}  (episodes)"]
+    for name, d in details.items():
+        ci = "n/a" if d["ci95"] is None else f"{scale * d['ci95']:.2f}"
+        rows.append(f"  {name:<{width}}  {scale * d['mean']:6.2f} ± {ci:<5}  ({d['episodes']})")
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     if args.json:
-        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described")}, indent=2))
+        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text")}, indent=2))
     else:
         print(_protocol_text(record))
     return 0

@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write embeddings.png: a 2-D projection (pca, the default, or tsne) of the support and query "
         "embeddings of 3 fixed test episodes, coloured by class (metric-based algorithms)",
     )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="also write memory.png: the read and write weights of one fixed test episode, time step x memory "
+        "location (memory models: mann)",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,9 +73,26 @@ def _check_embeddings(run_dir: Path) -> None:
         )
 
 
+def _instance_curves(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    """Per-instance validation accuracy of a sequence run (nothing for runs without it)."""
+    from ..runtime.run import METRICS_FILE
+    from ..runtime.sequence_plots import plot_instance_curves, read_instance_curves
+
+    if not read_instance_curves(Path(args.run_dir) / METRICS_FILE):
+        return []
+    return [plot_instance_curves(args.run_dir, out_dir)]
+
+
+def _memory(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    from ..runtime.sequence_plots import plot_run_memory
+
+    return [plot_run_memory(args.run_dir, out_dir)]
+
+
 def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
     """The figures this invocation asks for, in order."""
-    return [_learning_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
+    return ([_learning_curves, _instance_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
+            + ([_memory] if getattr(args, "memory", False) else []))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from .conv4 import Conv4
 from .conv4_strided import StridedConv4
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
+from .flatten import Flatten
+from .memory import LRUAMemory, MemoryAugmentedLSTM, NTMMemory
 
 __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
 
@@ -16,6 +18,8 @@ __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", 
 MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
 for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder)):
     MODELS.register(_name)(_cls)
+MODELS.register("flatten")(Flatten)
+__all__ += ["Flatten", "LRUAMemory", "NTMMemory", "MemoryAugmentedLSTM"]
 
 
 def available_models() -> list[str]:

@@ -22,7 +22,7 @@ metric name and direction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import torch
@@ -85,6 +85,9 @@ class EvalResult:
     per_episode: Tensor
     higher_is_better: bool
     percent: bool = False
+    #: breakdowns of the metric a family reports (:meth:`~metakit.tasks.TaskFamily.score_details`):
+    #: ``{name: (mean, ci95, tasks)}`` over the tasks that have a value
+    details: dict[str, tuple[float, float, int]] = field(default_factory=dict)
 
     @classmethod
     def from_values(
@@ -131,7 +134,21 @@ class EvalResult:
             "ci95": None if math.isnan(self.ci95) else self.ci95,
             "episodes": self.episodes,
             "higher_is_better": self.higher_is_better,
+            **{k: v for name, (m, ci, _) in self.details.items() for k, v in ((name, m), (f"{name}_ci95", _or_none(ci)))},
         }
+
+    def with_details(self, values: dict[str, Tensor]) -> "EvalResult":
+        """This result with the breakdowns ``{name: per-task values}`` (``nan`` values are left out)."""
+        out = {}
+        for name, v in values.items():
+            v = v[~torch.isnan(v)]
+            if v.numel():
+                out[name] = (*mean_ci95(v), int(v.numel()))
+        return replace(self, details=out)
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
 
 
 def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tensor]:
@@ -177,6 +194,7 @@ def evaluate(
     modes = [(m, m.training) for m in algorithm.modules()]
     metric: str | None = None
     values: list[Tensor] = []
+    details: dict[str, list[Tensor]] = {}
     total = len(episodes) if hasattr(episodes, "__len__") else None  # type: ignore[arg-type]
     bar = None
     if progress:
@@ -195,7 +213,11 @@ def evaluate(
                 if device is not None and hasattr(batch, "to"):
                     batch = batch.to(device)
                 if family is not None:
-                    kind, vals = family.metric, family.score(algorithm, batch)
+                    kind = family.metric
+                    scorer = getattr(family, "score_details", None)
+                    vals, parts = scorer(algorithm, batch) if scorer is not None else (family.score(algorithm, batch), {})
+                    for name, part in parts.items():
+                        details.setdefault(name, []).append(part.detach().to("cpu", torch.float64).flatten())
                 else:
                     kind, vals = episode_scores(algorithm, batch)
                 if metric is not None and kind != metric:
@@ -220,5 +242,5 @@ def evaluate(
     if family is not None:
         return EvalResult.from_values(
             metric, torch.cat(values), higher_is_better=family.higher_is_better, percent=family.percent
-        )
+        ).with_details({name: torch.cat(parts) for name, parts in details.items()})
     return EvalResult.from_values(metric, torch.cat(values))

@@ -358,6 +358,7 @@ def context_record(context: BuildContext) -> dict[str, Any]:
         "ways": context.ways,
         "example_shape": list(context.example_shape),
         "num_train_classes": context.num_train_classes,
+        **({"label_code": list(context.label_code)} if context.label_code is not None else {}),
     }
 
 
@@ -369,6 +370,7 @@ def context_from_record(record: object, path: Path) -> BuildContext:
         ways=record.get("ways"),
         example_shape=tuple(record.get("example_shape") or ()),
         num_train_classes=record.get("num_train_classes"),
+        label_code=tuple(record["label_code"]) if record.get("label_code") is not None else None,  # type: ignore[arg-type]
     )
 
 

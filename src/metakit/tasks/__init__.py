@@ -10,6 +10,7 @@ from .episode import Episode, EpisodeBatch
 from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .rl import EnvBatch, EnvFamily, EnvTask, env_family
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
+from .sequence import SequenceBatch, SequenceFamily
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "EpisodeSampler",
     "FixedEpisodes",
     "FixedSinusoidTasks",
+    "SequenceBatch",
+    "SequenceFamily",
     "SinusoidFamily",
     "SinusoidParams",
     "SinusoidTasks",

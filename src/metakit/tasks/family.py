@@ -48,6 +48,8 @@ class BuildContext:
             sinusoids); used by non-episodic baselines that pre-train a classifier.
         observation_space, action_space: the ``gymnasium`` spaces of environment tasks
             (:mod:`metakit.tasks.rl`; ``None`` otherwise).
+        label_code: ``(positions, alphabet)`` of the labels a sequence model reads and writes
+            (:mod:`metakit.tasks.sequence`); ``None`` for other families.
     """
 
     ways: int | None
@@ -55,6 +57,7 @@ class BuildContext:
     num_train_classes: int | None = None
     observation_space: Any = None
     action_space: Any = None
+    label_code: tuple[int, int] | None = None
 
 
 #: the role names a family resolves to its own splits (a family may accept other names too)
@@ -119,6 +122,10 @@ class TaskFamily:
         """A short label of the tasks for titles and reports, e.g. ``omniglot (vinyals)``."""
         return self.name
 
+    def episode_text(self, ways: int | None, shots: int, queries: int) -> str | None:
+        """How reports describe one task of these sizes (``None``: the default ``5-way 1-shot...`` text)."""
+        return None
+
     def record(self) -> dict[str, Any]:
         """Keys that identify the tasks in an evaluation record (``dataset``, ``protocol``)."""
         return {"dataset": self.name, "protocol": None}
@@ -176,6 +183,12 @@ class TaskFamily:
     def score(self, algorithm: Any, batch: Any) -> Tensor:
         """One ``metric`` value per task of ``batch`` for ``algorithm`` (a ``[B]`` float64 tensor)."""
         raise NotImplementedError
+
+    def score_details(self, algorithm: Any, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`score` and optional breakdowns of it, ``{name: [B] float64}`` (``nan`` for a task
+        without that value), e.g. the accuracy at the k-th instance of a class in a sequence. The
+        evaluation reports every breakdown's mean and 95% interval beside the metric. Default: none."""
+        return self.score(algorithm, batch), {}
 
 
 class NonFiniteOutputError(ValueError):

@@ -1,0 +1,346 @@
+"""External memories and the memory-augmented LSTM of the model-based meta-learners.
+
+Every function and module here works on a leading batch dimension ``B`` (the episodes of a
+meta-batch run through one time loop together) and is an ordinary ``nn.Module`` or a pure tensor
+function a user can reuse.
+
+Content addressing (both memories): the cosine similarity ``K(k, M(i)) = k . M(i) / (|k| |M(i)|)``
+of a key ``k`` with every row ``M(i)`` of the memory, turned into weights by a softmax with key
+strength ``beta``: ``w(i) = exp(beta K(k, M(i))) / sum_j exp(beta K(k, M(j)))``
+(:func:`content_weights`).
+
+**LRUA** (Least Recently Used Access; Santoro et al. 2016, "Meta-learning with memory-augmented
+neural networks", section 3.1), :class:`LRUAMemory`. Per step ``t`` with read keys ``k_t`` (one
+per head) and a write gate ``alpha_t`` per head:
+
+* read weights ``w^r_t = softmax(K(k_t, M_{t-1}))`` (key strength 1, as in the paper), reads
+  ``r_t = sum_i w^r_t(i) M_{t-1}(i)``: the step reads what earlier steps wrote;
+* least-used weights ``w^lu_{t-1}(i) = 1`` for the ``n`` locations of smallest usage
+  ``w^u_{t-1}`` (``n`` = number of read heads), ``0`` elsewhere;
+* write weights ``w^w_t = sigmoid(alpha_t) w^r_{t-1} + (1 - sigmoid(alpha_t)) w^lu_{t-1}``:
+  a learned interpolation between the locations read last and the least used ones;
+* before writing, the one least-used location (smallest ``w^u_{t-1}``) is set to zero; then
+  ``M_t(i) = M_{t-1}(i) + sum_heads w^w_t(i) k_t``;
+* usage ``w^u_t = gamma w^u_{t-1} + sum_heads (w^r_t + w^w_t)``.
+
+Ties in usage (at the start of an episode every location is unused) go to the lowest index.
+
+**NTM** addressing (Graves et al. 2014, "Neural Turing Machines", section 3.3),
+:class:`NTMMemory`: each head emits a key ``k``, strength ``beta = softplus(.)``, interpolation
+gate ``g = sigmoid(.)``, a shift distribution ``s = softmax(.)`` over the offsets
+``-shift_range .. shift_range`` and a sharpening exponent ``gamma = 1 + softplus(.)``:
+
+* ``w^c = content_weights(k, M, beta)``; ``w^g = g w^c + (1 - g) w_{t-1}`` (:func:`interpolate`);
+* ``w~(i) = sum_j w^g(j) s(i - j)`` with indices modulo the number of locations (:func:`circular_shift`);
+* ``w(i) = w~(i)^gamma / sum_j w~(j)^gamma`` (:func:`sharpen`).
+
+The write head (one) then erases and adds, ``M~(i) = M_{t-1}(i) (1 - w(i) e)``,
+``M_t(i) = M~(i) + w(i) a`` with ``e = sigmoid(.)``, and the read heads read ``M_t``.
+
+:class:`MemoryAugmentedLSTM` is the controller: an LSTM cell whose input at step ``t`` is the
+step's input and the reads of step ``t-1``; its output is a linear map of ``[h_t, r_t]``. With
+``memory=None`` it is a plain LSTM (the LSTM meta-learner, Hochreiter et al. 2001's setting).
+``forward(..., trace=True)`` also returns every step's read and write weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "cosine_similarity",
+    "content_weights",
+    "interpolate",
+    "circular_shift",
+    "sharpen",
+    "least_used",
+    "LRUAState",
+    "LRUAMemory",
+    "NTMState",
+    "NTMMemory",
+    "SequenceOutput",
+    "MemoryAugmentedLSTM",
+    "MEMORIES",
+    "select_state",
+    "ntm_address",
+]
+
+#: value of every memory cell at the start of an episode (non-zero so that cosines are defined)
+MEMORY_INIT = 1e-6
+
+
+# -- addressing: pure functions over [B, heads, N] ---------------------------------------------------
+def cosine_similarity(keys: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
+    """``K(k_h, M(i))`` for keys ``[B, H, W]`` and memory ``[B, N, W]``: ``[B, H, N]``."""
+    dots = torch.einsum("bhw,bnw->bhn", keys, memory)
+    norms = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(-2)
+    return dots / norms.clamp_min(eps)
+
+
+def content_weights(keys: Tensor, memory: Tensor, strength: Tensor | float = 1.0) -> Tensor:
+    """``softmax_i(beta_h K(k_h, M(i)))``: ``[B, H, N]``; ``strength`` is ``[B, H]`` or a number."""
+    sim = cosine_similarity(keys, memory)
+    if isinstance(strength, Tensor):
+        strength = strength.unsqueeze(-1)
+    return torch.softmax(strength * sim, dim=-1)
+
+
+def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
+    """``g w^c + (1 - g) w_{t-1}`` with gates ``[B, H]`` in (0, 1)."""
+    g = gate.unsqueeze(-1)
+    return g * content + (1 - g) * previous
+
+
+def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
+    """``w~(i) = sum_j w(j) s(i - j)`` (indices modulo ``N``): ``weights`` ``[B, H, N]``, ``shift``
+    ``[B, H, 2R+1]``, a distribution over the offsets ``-R .. R``."""
+    r = shift.shape[-1] // 2
+    if shift.shape[-1] != 2 * r + 1:
+        raise ValueError(f"shift has {shift.shape[-1]} offsets; it must have an odd number (offsets -R..R)")
+    if 2 * r + 1 > weights.shape[-1]:
+        raise ValueError(f"shift offsets -{r}..{r} need at least {2 * r + 1} memory locations, got {weights.shape[-1]}")
+    rolled = torch.stack([torch.roll(weights, k, dims=-1) for k in range(-r, r + 1)], dim=-1)
+    return (rolled * shift.unsqueeze(-2)).sum(-1)
+
+
+def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
+    """``w^gamma / sum w^gamma`` with exponents ``[B, H]`` >= 1."""
+    powered = weights.clamp_min(eps).pow(gamma.unsqueeze(-1))
+    return powered / powered.sum(-1, keepdim=True)
+
+
+def least_used(usage: Tensor, n: int) -> Tensor:
+    """``[B, N]`` weights: 1 at the ``n`` locations of smallest ``usage`` ``[B, N]`` (ties: lowest index), 0 elsewhere."""
+    order = torch.sort(usage, dim=-1, stable=True).indices[..., :n]
+    return torch.zeros_like(usage).scatter(-1, order, 1.0)
+
+
+# -- memories ---------------------------------------------------------------------------------------
+class LRUAState(NamedTuple):
+    memory: Tensor  # [B, N, W]
+    usage: Tensor  # [B, N]
+    read_weights: Tensor  # [B, H, N]
+
+
+class LRUAMemory(nn.Module):
+    """Santoro et al.'s LRUA memory (see the module docstring), with ``heads`` read/write heads.
+
+    Args:
+        input_size: size of the controller output the heads read their keys and gates from.
+        slots: memory locations ``N``.
+        width: size ``W`` of one location.
+        heads: read heads (each writes its key through its own write weights).
+        gamma: usage decay in (0, 1).
+    """
+
+    kind = "lrua"
+
+    def __init__(self, input_size: int, slots: int = 128, width: int = 40, heads: int = 4, gamma: float = 0.95) -> None:
+        super().__init__()
+        _check_sizes(slots=slots, width=width, heads=heads)
+        if not 0.0 < gamma < 1.0:
+            raise ValueError(f"gamma={gamma!r} must lie in (0, 1) (the usage decay; the paper's setting is near 1)")
+        if heads > slots:
+            raise ValueError(f"heads={heads} but the memory has slots={slots}: each head needs a least-used location; use slots >= heads")
+        self.slots, self.width, self.heads, self.gamma = slots, width, heads, float(gamma)
+        self.keys = nn.Linear(input_size, heads * width)
+        self.alpha = nn.Linear(input_size, heads)
+
+    @property
+    def read_size(self) -> int:
+        return self.heads * self.width
+
+    def initial_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> LRUAState:
+        m = torch.full((batch, self.slots, self.width), MEMORY_INIT, device=device, dtype=dtype)
+        return LRUAState(m, m.new_zeros(batch, self.slots), m.new_zeros(batch, self.heads, self.slots))
+
+    def step(self, keys: Tensor, alpha: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
+        """One step from keys ``[B, H, W]`` and gate logits ``[B, H]``: ``(reads [B, H, W], state,
+        read weights [B, H, N], write weights [B, H, N])``."""
+        memory, usage, prev_read = state
+        w_read = content_weights(keys, memory)
+        reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
+        lu = least_used(usage, self.heads)
+        gate = torch.sigmoid(alpha).unsqueeze(-1)
+        w_write = gate * prev_read + (1 - gate) * lu.unsqueeze(1)
+        emptied = least_used(usage, 1)
+        memory = memory * (1 - emptied).unsqueeze(-1) + torch.einsum("bhn,bhw->bnw", w_write, keys)
+        usage = self.gamma * usage + w_read.sum(1) + w_write.sum(1)
+        return reads, LRUAState(memory, usage, w_read), w_read, w_write
+
+    def forward(self, h: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
+        b = h.shape[0]
+        keys = self.keys(h).view(b, self.heads, self.width)
+        reads, state, w_read, w_write = self.step(keys, self.alpha(h), state)
+        return reads.reshape(b, -1), state, w_read, w_write
+
+
+class NTMState(NamedTuple):
+    memory: Tensor  # [B, N, W]
+    read_weights: Tensor  # [B, R, N]
+    write_weights: Tensor  # [B, 1, N]
+
+
+def ntm_address(memory: Tensor, previous: Tensor, key: Tensor, strength: Tensor, gate: Tensor, shift: Tensor,
+                gamma: Tensor) -> Tensor:
+    """Graves et al.'s addressing from already squashed head outputs (``strength > 0``, ``gate`` in
+    (0, 1), ``shift`` a distribution, ``gamma >= 1``): ``[B, H, N]``."""
+    w = content_weights(key, memory, strength)
+    w = interpolate(w, previous, gate)
+    return sharpen(circular_shift(w, shift), gamma)
+
+
+class NTMMemory(nn.Module):
+    """Graves et al.'s NTM memory (see the module docstring): ``heads`` read heads and one write head.
+
+    Args:
+        input_size: size of the controller output the heads read from.
+        slots: memory locations ``N``.
+        width: size ``W`` of one location.
+        heads: read heads.
+        shift_range: the largest location shift ``R`` (shifts ``-R .. R``).
+    """
+
+    kind = "ntm"
+
+    def __init__(self, input_size: int, slots: int = 128, width: int = 40, heads: int = 4, shift_range: int = 1) -> None:
+        super().__init__()
+        _check_sizes(slots=slots, width=width, heads=heads)
+        if not isinstance(shift_range, int) or shift_range < 0 or 2 * shift_range + 1 > slots:
+            raise ValueError(f"shift_range={shift_range!r} must be an int in 0..{(slots - 1) // 2} (shifts -R..R over {slots} slots)")
+        self.slots, self.width, self.heads, self.shift_range = slots, width, heads, shift_range
+        self._per_head = width + 3 + (2 * shift_range + 1)  # key, strength, gate, gamma, shift
+        self.read_heads = nn.Linear(input_size, heads * self._per_head)
+        self.write_head = nn.Linear(input_size, self._per_head + 2 * width)  # + erase, add
+
+    @property
+    def read_size(self) -> int:
+        return self.heads * self.width
+
+    def initial_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> NTMState:
+        m = torch.full((batch, self.slots, self.width), MEMORY_INIT, device=device, dtype=dtype)
+        focus = m.new_zeros(batch, 1, self.slots)
+        focus[..., 0] = 1.0
+        return NTMState(m, focus.expand(batch, self.heads, self.slots).clone(), focus)
+
+    def _address(self, raw: Tensor, memory: Tensor, previous: Tensor) -> Tensor:
+        w = self.width
+        key, strength, gate, gamma, shift = raw[..., :w], raw[..., w], raw[..., w + 1], raw[..., w + 2], raw[..., w + 3 :]
+        return ntm_address(memory, previous, key, F.softplus(strength), torch.sigmoid(gate), torch.softmax(shift, -1),
+                           1 + F.softplus(gamma))
+
+    def forward(self, h: Tensor, state: NTMState) -> tuple[Tensor, NTMState, Tensor, Tensor]:
+        b = h.shape[0]
+        memory, prev_read, prev_write = state
+        raw_w = self.write_head(h).unsqueeze(1)  # [B, 1, per_head + 2W]
+        w_write = self._address(raw_w[..., : self._per_head], memory, prev_write)
+        erase = torch.sigmoid(raw_w[..., self._per_head : self._per_head + self.width])  # [B, 1, W]
+        add = raw_w[..., self._per_head + self.width :]
+        ww = w_write.transpose(1, 2)  # [B, N, 1]
+        memory = memory * (1 - ww * erase) + ww * add
+        raw_r = self.read_heads(h).view(b, self.heads, self._per_head)
+        w_read = self._address(raw_r, memory, prev_read)
+        reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
+        return reads.reshape(b, -1), NTMState(memory, w_read, w_write), w_read, w_write
+
+
+def _check_sizes(**sizes: Any) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive int")
+
+
+#: the memories :class:`MemoryAugmentedLSTM` builds by name
+MEMORIES: dict[str, type[nn.Module]] = {"lrua": LRUAMemory, "ntm": NTMMemory}
+
+
+# -- the controller ---------------------------------------------------------------------------------
+class SequenceOutput(NamedTuple):
+    outputs: Tensor  # [B, T, output_size]
+    state: Any  # (h, c, reads, memory state): continue a sequence from here
+    read_weights: Tensor | None  # [B, T, H, N] with trace=True and a memory
+    write_weights: Tensor | None  # [B, T, heads that write, N]
+
+
+class MemoryAugmentedLSTM(nn.Module):
+    """An LSTM controller with an optional external memory (see the module docstring).
+
+    Args:
+        input_size: size of one step's input.
+        output_size: size of one step's output.
+        hidden_size: LSTM units of the controller.
+        memory: ``"lrua"`` (Santoro et al.), ``"ntm"`` (Graves et al.) or ``None`` (a plain LSTM).
+        slots: memory locations.
+        width: size of one location.
+        heads: read heads.
+        gamma: LRUA usage decay.
+        shift_range: NTM largest shift.
+    """
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 200, memory: str | None = "lrua",
+                 slots: int = 128, width: int = 40, heads: int = 4, gamma: float = 0.95, shift_range: int = 1) -> None:
+        super().__init__()
+        _check_sizes(input_size=input_size, output_size=output_size, hidden_size=hidden_size)
+        if memory is not None and memory not in MEMORIES:
+            raise ValueError(f"memory={memory!r} is not known; use one of {', '.join(MEMORIES)} or None (a plain LSTM)")
+        self.hidden_size = hidden_size
+        self.memory: nn.Module | None
+        if memory == "lrua":
+            self.memory = LRUAMemory(hidden_size, slots, width, heads, gamma)
+        elif memory == "ntm":
+            self.memory = NTMMemory(hidden_size, slots, width, heads, shift_range)
+        else:
+            self.memory = None
+        reads = self.memory.read_size if self.memory is not None else 0  # type: ignore[union-attr]
+        self.controller = nn.LSTMCell(input_size + reads, hidden_size)
+        self.output = nn.Linear(hidden_size + reads, output_size)
+
+    def initial_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> tuple:
+        h = torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)
+        if self.memory is None:
+            return (h, h.clone(), None, None)
+        reads = torch.zeros(batch, self.memory.read_size, device=device, dtype=dtype)  # type: ignore[union-attr]
+        return (h, h.clone(), reads, self.memory.initial_state(batch, device, dtype))  # type: ignore[operator]
+
+    def forward(self, inputs: Tensor, state: tuple | None = None, trace: bool = False) -> SequenceOutput:
+        """Run ``inputs`` ``[B, T, input_size]`` from ``state`` (default: the start of an episode)."""
+        if inputs.dim() != 3:
+            raise ValueError(f"inputs has shape {tuple(inputs.shape)}; expected [batch, time, features]")
+        b, steps, _ = inputs.shape
+        if state is None:
+            state = self.initial_state(b, inputs.device, inputs.dtype)
+        h, c, reads, mem = state
+        outs, w_reads, w_writes = [], [], []
+        for t in range(steps):
+            x = inputs[:, t] if self.memory is None else torch.cat([inputs[:, t], reads], -1)
+            h, c = self.controller(x, (h, c))
+            if self.memory is None:
+                outs.append(self.output(h))
+                continue
+            reads, mem, w_r, w_w = self.memory(h, mem)
+            outs.append(self.output(torch.cat([h, reads], -1)))
+            if trace:
+                w_reads.append(w_r)
+                w_writes.append(w_w)
+        out = torch.stack(outs, 1) if outs else inputs.new_zeros(b, 0, self.output.out_features)
+        rw = torch.stack(w_reads, 1) if w_reads else None
+        ww = torch.stack(w_writes, 1) if w_writes else None
+        return SequenceOutput(out, (h, c, reads, mem), rw, ww)
+
+
+def select_state(state: Any, index: Tensor) -> Any:
+    """The batch rows ``index`` of a :class:`MemoryAugmentedLSTM` state (e.g. one episode's state
+    repeated once per query)."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, tuple):
+        return type(state)(*(select_state(s, index) for s in state)) if hasattr(state, "_fields") else tuple(
+            select_state(s, index) for s in state
+        )
+    raise TypeError(f"cannot select batch rows of a {type(state).__name__}")

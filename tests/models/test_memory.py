@@ -1,0 +1,175 @@
+"""The memories of the model-based learners: addressing gradients against finite differences
+(float64), a tiny read/write checked by hand, batching, and the errors of bad sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from metakit.models.memory import (
+    LRUAMemory,
+    LRUAState,
+    MemoryAugmentedLSTM,
+    NTMMemory,
+    circular_shift,
+    content_weights,
+    least_used,
+    ntm_address,
+    sharpen,
+)
+
+D = torch.float64
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=D).requires_grad_()
+
+
+def test_content_weights_gradient_matches_finite_differences():
+    keys, memory, strength = _rand(2, 3, 4, seed=1), _rand(2, 5, 4, seed=2), (torch.rand(2, 3, dtype=D) + 0.5).requires_grad_()
+    assert gradcheck(content_weights, (keys, memory, strength), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_content_weights_are_a_softmax_of_scaled_cosines():
+    keys = torch.tensor([[[1.0, 0.0]]], dtype=D)
+    memory = torch.tensor([[[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]]], dtype=D)
+    w = content_weights(keys, memory, torch.tensor([[2.0]], dtype=D))
+    cos = torch.tensor([1.0, 0.0, -1.0], dtype=D)
+    assert torch.allclose(w[0, 0], torch.softmax(2 * cos, 0), atol=1e-12)
+
+
+def test_ntm_shift_and_sharpen_gradients_match_finite_differences():
+    w = torch.softmax(_rand(2, 3, 6, seed=3), -1).detach().requires_grad_()
+    shift = torch.softmax(_rand(2, 3, 3, seed=4), -1).detach().requires_grad_()
+    gamma = (1 + torch.rand(2, 3, dtype=D)).requires_grad_()
+    assert gradcheck(lambda a, b, c: sharpen(circular_shift(a, b), c), (w, shift, gamma), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_ntm_addressing_gradient_matches_finite_differences():
+    memory, key = _rand(2, 6, 4, seed=5), _rand(2, 3, 4, seed=6)
+    prev = torch.softmax(_rand(2, 3, 6, seed=7), -1).detach().requires_grad_()
+    strength = (torch.rand(2, 3, dtype=D) + 0.5).requires_grad_()
+    gate = torch.rand(2, 3, dtype=D).requires_grad_()
+    shift = torch.softmax(_rand(2, 3, 3, seed=8), -1).detach().requires_grad_()
+    gamma = (1 + torch.rand(2, 3, dtype=D)).requires_grad_()
+    assert gradcheck(ntm_address, (memory, prev, key, strength, gate, shift, gamma), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_circular_shift_moves_weight_by_the_offset_with_wraparound():
+    w = torch.tensor([[[0.0, 0.0, 0.0, 1.0]]])
+    plus_one = torch.tensor([[[0.0, 0.0, 1.0]]])  # offsets -1, 0, +1
+    assert torch.equal(circular_shift(w, plus_one), torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]))
+    minus_one = torch.tensor([[[1.0, 0.0, 0.0]]])
+    assert torch.equal(circular_shift(w, minus_one), torch.tensor([[[0.0, 0.0, 1.0, 0.0]]]))
+
+
+def test_sharpen_by_hand():
+    w = torch.tensor([[[0.25, 0.75]]], dtype=D)
+    assert torch.allclose(sharpen(w, torch.tensor([[2.0]], dtype=D)), torch.tensor([[[0.1, 0.9]]], dtype=D))
+
+
+def test_least_used_marks_the_n_smallest_and_breaks_ties_by_index():
+    usage = torch.tensor([[0.5, 0.1, 0.3, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(least_used(usage, 2), torch.tensor([[0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]]))
+
+
+def _lrua(n=4, w=3, heads=2, gamma=0.9):
+    return LRUAMemory(input_size=1, slots=n, width=w, heads=heads, gamma=gamma).double()
+
+
+def test_lrua_step_gradient_matches_finite_differences():
+    mem = _lrua()
+    usage = torch.tensor([[0.9, 0.2, 0.5, 0.05], [0.3, 0.7, 0.1, 0.6]], dtype=D).requires_grad_()  # no ties
+    prev = torch.softmax(_rand(2, 2, 4, seed=9), -1).detach().requires_grad_()
+    memory, keys, alpha = _rand(2, 4, 3, seed=10), _rand(2, 2, 3, seed=11), _rand(2, 2, seed=12)
+
+    def f(memory, usage, prev, keys, alpha):
+        reads, state, w_r, w_w = mem.step(keys, alpha, LRUAState(memory, usage, prev))
+        return reads, state.memory, state.usage, w_w
+
+    assert gradcheck(f, (memory, usage, prev, keys, alpha), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_lrua_tiny_read_and_write_by_hand():
+    """3 locations of width 2, one head, gamma 0.5; every number below is worked out by hand."""
+    mem = _lrua(n=3, w=2, heads=1, gamma=0.5)
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]], dtype=D)
+    usage = torch.tensor([[0.4, 0.1, 0.3]], dtype=D)  # location 1 is least used
+    prev_read = torch.tensor([[[0.0, 0.0, 1.0]]], dtype=D)
+    key = torch.tensor([[[2.0, 0.0]]], dtype=D)
+    alpha = torch.tensor([[3.0]], dtype=D).log()  # sigmoid(log 3) = 3/4
+    reads, state, w_r, w_w = mem.step(key, alpha, LRUAState(memory, usage, prev_read))
+    # read: cosines (1, 0, 1/sqrt 2) -> softmax; reads = w_r @ M_{t-1}
+    c = torch.tensor([1.0, 0.0, 2**-0.5], dtype=D)
+    expect_r = torch.exp(c) / torch.exp(c).sum()
+    assert torch.allclose(w_r[0, 0], expect_r, atol=1e-12)
+    assert torch.allclose(reads[0, 0], torch.stack([expect_r[0] + expect_r[2], expect_r[1] + expect_r[2]]), atol=1e-12)
+    # write: 3/4 * previous read (location 2) + 1/4 * least used (location 1)
+    assert torch.allclose(w_w[0, 0], torch.tensor([0.0, 0.25, 0.75], dtype=D))
+    # location 1 is zeroed, then key * w_w is added
+    assert torch.allclose(state.memory[0], torch.tensor([[1.0, 0.0], [0.5, 0.0], [2.5, 1.0]], dtype=D))
+    # usage: 0.5 * old + read + write
+    assert torch.allclose(state.usage[0], 0.5 * usage[0] + expect_r + torch.tensor([0.0, 0.25, 0.75], dtype=D))
+    assert torch.equal(state.read_weights, w_r)
+
+
+def test_ntm_write_erases_then_adds():
+    mem = NTMMemory(input_size=1, slots=3, width=2, heads=1, shift_range=1).double()
+    with torch.no_grad():
+        mem.write_head.weight.zero_()
+        mem.read_heads.weight.zero_()
+        bias = torch.zeros_like(mem.write_head.bias)
+        w = 2
+        bias[w] = -30.0       # strength ~ 0: content weights uniform
+        bias[w + 1] = -30.0   # gate ~ 0: keep the previous weights (focused on location 0)
+        bias[w + 2] = 30.0    # gamma large: sharp
+        bias[w + 3 : w + 6] = torch.tensor([-30.0, 30.0, -30.0])  # shift 0
+        bias[mem._per_head : mem._per_head + w] = 30.0  # erase everything
+        bias[mem._per_head + w :] = torch.tensor([3.0, -1.0])  # add
+        mem.write_head.bias.copy_(bias)
+    state = mem.initial_state(1, dtype=D)
+    memory = torch.tensor([[[5.0, 5.0], [1.0, 2.0], [3.0, 4.0]]], dtype=D)
+    _, new, _, w_w = mem(torch.zeros(1, 1, dtype=D), state._replace(memory=memory))
+    assert torch.allclose(w_w[0, 0], torch.tensor([1.0, 0.0, 0.0], dtype=D), atol=1e-9)
+    assert torch.allclose(new.memory[0], torch.tensor([[3.0, -1.0], [1.0, 2.0], [3.0, 4.0]], dtype=D), atol=1e-9)
+
+
+@pytest.mark.parametrize("memory", ["lrua", "ntm", None])
+def test_batched_time_loop_equals_one_episode_at_a_time(memory):
+    torch.manual_seed(0)
+    net = MemoryAugmentedLSTM(5, 3, hidden_size=8, memory=memory, slots=6, width=4, heads=2).double()
+    x = torch.randn(3, 7, 5, dtype=D)
+    out = net(x, trace=True)
+    for b in range(3):
+        one = net(x[b : b + 1], trace=True)
+        assert torch.allclose(out.outputs[b], one.outputs[0], atol=1e-12)
+        if memory is not None:
+            assert torch.allclose(out.read_weights[b], one.read_weights[0], atol=1e-12)
+            assert torch.allclose(out.write_weights[b], one.write_weights[0], atol=1e-12)
+
+
+def test_continuing_from_a_state_equals_one_long_sequence():
+    torch.manual_seed(0)
+    net = MemoryAugmentedLSTM(5, 3, hidden_size=8, memory="lrua", slots=6, width=4, heads=2).double()
+    x = torch.randn(2, 6, 5, dtype=D)
+    whole = net(x).outputs
+    first = net(x[:, :4])
+    rest = net(x[:, 4:], first.state).outputs
+    assert torch.allclose(torch.cat([first.outputs, rest], 1), whole, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: MemoryAugmentedLSTM(4, 2, memory="lru"), r"memory='lru' is not known; use one of lrua, ntm"),
+        (lambda: LRUAMemory(4, slots=2, heads=4), r"heads=4 but the memory has slots=2"),
+        (lambda: LRUAMemory(4, gamma=1.5), r"gamma=1.5 must lie in \(0, 1\)"),
+        (lambda: NTMMemory(4, slots=2, shift_range=1), r"shift_range=1 must be an int in 0..0"),
+        (lambda: LRUAMemory(4, width=0), r"width=0 must be a positive int"),
+    ],
+)
+def test_bad_sizes_are_refused_with_the_argument_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
