@@ -78,13 +78,25 @@ def test_gradients_match_finite_differences_in_float64(name, block):
     assert torch.autograd.gradcheck(f, (x, br, *ps), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_tc_dilations_follow_the_papers_rule_and_cover_the_sequence():
-    assert tc_dilations(6) == [2, 4, 8]  # 5-way 1-shot: T = 6, ceil(log2 6) = 3
-    assert tc_dilations(26) == [2, 4, 8, 16, 32]  # 5-way 5-shot
-    assert tc_dilations(101) == [2, 4, 8, 16, 32, 64, 128]  # 20-way 5-shot
-    assert tc_dilations(1) == [2] and tc_dilations(2) == [2]
+def test_tc_dilations_have_the_papers_block_count_and_reach_every_earlier_step():
+    assert tc_dilations(6) == [1, 2, 4]  # 5-way 1-shot: T = 6, ceil(log2 6) = 3 blocks
+    assert tc_dilations(26) == [1, 2, 4, 8, 16]  # 5-way 5-shot
+    assert tc_dilations(101) == [1, 2, 4, 8, 16, 32, 64]  # 20-way 5-shot
+    assert tc_dilations(1) == [1] and tc_dilations(2) == [1]
     for t in range(1, 130):
-        assert 1 + sum(tc_dilations(t)) >= t  # receptive field of kernel-2 blocks
+        reach = {0}
+        for d in tc_dilations(t):
+            reach |= {r + d for r in reach}
+        assert set(range(t)) <= reach, t
+
+
+@pytest.mark.parametrize("steps", [2, 5, 6, 11, 26])
+def test_the_last_step_of_a_tc_block_depends_on_every_step(steps):
+    torch.manual_seed(0)
+    block = TCBlock(3, seq_len=steps, filters=2).double()
+    x = torch.randn(1, steps, 3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(block(x)[0, -1].sum(), x)
+    assert bool((grad[0].abs().sum(-1) > 0).all()), grad[0].abs().sum(-1)
 
 
 def test_the_paper_architecture_has_its_channel_counts():

@@ -10,9 +10,11 @@ Every module here maps a batch of sequences ``x [N, T, C]`` (batch, time, channe
 * :class:`DenseBlock`: a causal convolution of kernel 2 and dilation ``d`` with ``2 * filters``
   outputs split into ``a, g``; the gated activation ``tanh(a) * sigmoid(g)`` is concatenated to
   the input (``C -> C + filters``).
-* :class:`TCBlock` (temporal convolution): dense blocks with dilations ``2, 4, ..., 2^n``,
-  ``n = ceil(log2 T)`` for sequences of length ``T`` (the paper's rule), so that the last step
-  sees every earlier one (``C -> C + n * filters``).
+* :class:`TCBlock` (temporal convolution): ``n = ceil(log2 T)`` dense blocks for sequences of
+  length ``T`` (the paper's count) with dilations ``1, 2, 4, ..., 2^(n-1)``, so that the last step
+  sees every earlier one: the offsets a stack of kernel-2 blocks reaches are the sums of subsets
+  of its dilations, here every offset ``0 .. 2^n - 1 >= T - 1``. (Dilations ``2, 4, ..., 2^n``
+  would reach only even offsets.) ``C -> C + n * filters``.
 * :class:`AttentionBlock`: single-head soft attention with a causal mask,
   ``read[t] = sum_{s <= t} softmax_s(q_t . k_s / sqrt(key_size)) v_s`` with learned linear keys,
   queries and values; ``read`` is concatenated to the input (``C -> C + value_size``).
@@ -139,11 +141,11 @@ class DenseBlock(nn.Module):
 
 
 def tc_dilations(seq_len: int) -> list[int]:
-    """The dilations of a TC block for sequences of ``seq_len`` steps: ``2^1 .. 2^ceil(log2 seq_len)``
-    (one block, dilation 2, for ``seq_len <= 2``)."""
+    """The dilations of a TC block for sequences of ``seq_len`` steps: ``1, 2, ..., 2^(n-1)`` with
+    ``n = ceil(log2 seq_len)`` (one block of dilation 1 for ``seq_len <= 2``)."""
     _positive_int("seq_len", seq_len)
     n = max(1, math.ceil(math.log2(seq_len)))
-    return [2**i for i in range(1, n + 1)]
+    return [2**i for i in range(n)]
 
 
 class TCBlock(nn.Module):
