@@ -187,3 +187,43 @@ def test_bad_tasks_are_refused_with_the_fix():
         SNAIL(Linear(), ways=3, shots=0)
     with pytest.raises(TypeError, match=r"shuffle_support='yes' must be True or False"):
         SNAIL(Linear(), ways=3, shuffle_support="yes")
+
+
+@pytest.mark.slow
+def test_it_learns_few_shot_tasks_it_has_never_seen():
+    """5-way 1-shot tasks whose classes are fresh random prototypes (examples: prototype + noise):
+    nothing but the support pairs of a task tells which class a query is. After 250 steps the
+    network classifies unseen tasks far above chance (0.2); a network that cannot read the
+    support labels, or whose queries are not read after the support, stays at chance."""
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 16)
+            self.feature_dim = 16
+
+        def forward(self, x):
+            return torch.relu(self.lin(x))
+
+    g = torch.Generator().manual_seed(0)
+
+    def tasks(b, queries):
+        protos = torch.randn(b, 5, 8, generator=g)
+        sy, qy = torch.arange(5).repeat(b, 1), torch.arange(5).repeat_interleave(queries).repeat(b, 1)
+        sx = protos + 0.3 * torch.randn(b, 5, 8, generator=g)
+        qx = protos.repeat_interleave(queries, 1) + 0.3 * torch.randn(b, 5 * queries, 8, generator=g)
+        return EpisodeBatch(sx, sy, qx, qy, ways=5)
+
+    torch.manual_seed(0)
+    algo = SNAIL(Encoder(), ways=5, shots=1, filters=8, key_sizes=(8, 16, 16), value_sizes=(8, 8, 8))
+    opt = torch.optim.Adam(algo.parameters(), lr=3e-3)
+    for _ in range(250):
+        loss, _ = algo.meta_loss(tasks(16, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    algo.eval()
+    test = tasks(40, 5)
+    with torch.no_grad():
+        acc = float((algo.predict(test).argmax(-1) == test.query_y).float().mean())
+    assert acc > 0.7, acc
