@@ -145,6 +145,16 @@ def sequence_config(ctx: Ctx) -> None:
     )
 
 
+def snail_run(ctx: Ctx) -> None:
+    """A 1-step SNAIL run (3-way 1-shot, a small network) in ``{tmp}/snail``."""
+    from metakit.runtime.config import load_config
+    from metakit.runtime.trainer import train
+
+    config = load_config(ctx.cfg, ["algorithm.name=snail", "algorithm.filters=4", "algorithm.key_sizes=[4,4,4]",
+                                   "algorithm.value_sizes=[2,2,2]", "train.steps=1"])
+    train(config, ctx.tmp / "snail", stream=io.StringIO())
+
+
 def one_class_support(ctx: Ctx) -> None:
     first = sorted(p for p in (ctx.images / "test").iterdir() if p.is_dir())[0]
     shutil.copytree(first, ctx.tmp / "support" / first.name)
@@ -234,6 +244,16 @@ CASES = [
          "{tmp}/r"], "gamma", r"gamma=0.9 \(usage decay\) is an option of memory=lrua", sequence_config),
     Case("train/sequence-more-instances-than-examples", ["train", "{tmp}/seq.yaml", "task.instances_per_class=5", "--out",
          "{tmp}/r"], "task.instances_per_class", r"a class of the split .* has only 3 examples", sequence_config),
+    # SNAIL: tasks longer or wider than the network's context
+    Case("train/snail-support-longer-than-its-context", ["train", "{cfg}", "algorithm.name=snail", "train.shots=2", "train.queries=1",
+         "--out", "{tmp}/r"], "algorithm.shots",
+         r"the support set has 6 examples but this SNAIL network's context holds 3 \(3-way x 1-shot, algorithm\.shots=1\)"),
+    Case("eval/snail-other-ways", ["eval", "{tmp}/snail", "--ways", "4"], "4-way",
+         r"the task is 4-way but this SNAIL network was built for 3-way tasks .*train\.ways=4", snail_run),
+    Case("eval/snail-more-shots", ["eval", "{tmp}/snail", "--shots", "2", "--queries", "1"], "algorithm.shots",
+         r"the support set has 6 examples but this SNAIL network's context holds 3", snail_run),
+    Case("predict/snail-support-of-other-ways", ["predict", "{tmp}/snail", "--support", "{images}/test", "--query",
+         "{images}/test/class0"], "4-way", r"the task is 4-way but this SNAIL network was built for 3-way tasks", snail_run),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

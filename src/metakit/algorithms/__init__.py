@@ -13,6 +13,7 @@ from .anil import ANIL
 from .reptile import Reptile
 from .mann import MANN
 from .lstm import LSTMMetaLearner
+from .snail import SNAIL
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
@@ -20,3 +21,4 @@ __all__ = [
     "MAML", "MetaSGD", "ANIL", "Reptile",
     "MANN", "LSTMMetaLearner",
 ]
+__all__ += ["SNAIL"]

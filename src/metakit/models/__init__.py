@@ -11,8 +11,10 @@ from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
 from .flatten import Flatten
 from .memory import LRUAMemory, MemoryAugmentedLSTM, NTMMemory
+from .snail import AttentionBlock, CausalConv1d, DenseBlock, SNAILNet, TCBlock
 
 __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
+__all__ += ["CausalConv1d", "DenseBlock", "TCBlock", "AttentionBlock", "SNAILNet"]
 
 #: the backbones configs name with ``model.name``
 MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
