@@ -157,11 +157,13 @@ class PSRL(MDPPolicy):
                 "noise_var": self.noise_var, "dirichlet": self.dirichlet}
 
 
-def play_mdp_trials(policy: MDPPolicy, batch: EnvBatch, episodes: int | None = None) -> np.ndarray:
+def play_mdp_trials(policy: MDPPolicy, batch: EnvBatch, episodes: int | None = None, *,
+                    per_episode: bool = False) -> np.ndarray:
     """Play one trial of ``episodes`` episodes (default ``batch.shots``) on every task of ``batch``.
 
     The batched vector env is reset with the tasks' seeds before the first episode and without a
-    seed before each later one. Returns the total reward of each task's trial ``[B]``.
+    seed before each later one. Returns the total reward of each task's trial ``[B]``, or with
+    ``per_episode=True`` the return of every episode ``[B, episodes]``.
     """
     if episodes is None:
         episodes = batch.shots
@@ -170,7 +172,7 @@ def play_mdp_trials(policy: MDPPolicy, batch: EnvBatch, episodes: int | None = N
     env = batch.vector_env()
     states, actions, horizon = env.num_states, env.num_actions, env.horizon
     b = env.num_envs
-    total = np.zeros(b)
+    total = np.zeros((b, int(episodes)))
     policy.start(batch, states, actions, horizon, policy_generators(batch))
     for e in range(int(episodes)):
         obs, _ = env.reset(seed=batch.seeds if e == 0 else None)
@@ -182,7 +184,7 @@ def play_mdp_trials(policy: MDPPolicy, batch: EnvBatch, episodes: int | None = N
             _check_rewards(r, batch, e * horizon + t)
             nxt = obs.argmax(-1)
             policy.observe(s, a, r, nxt)
-            total += r
+            total[:, e] += r
             s = nxt
     env.close()
-    return total
+    return total if per_episode else total.sum(1)
