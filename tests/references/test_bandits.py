@@ -79,3 +79,18 @@ def test_a_tasks_trial_does_not_depend_on_its_batch():
 def test_bad_constants_are_refused_with_their_name(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_non_finite_reward_stops_the_trial_with_the_task_named(monkeypatch):
+    from metakit.tasks.bandits import BanditVectorEnv
+
+    original = BanditVectorEnv._step_rows
+
+    def nan_rewards(self, actions):
+        rewards, terminated, truncated = original(self, actions)
+        rewards[1] = np.nan
+        return rewards, terminated, truncated
+
+    monkeypatch.setattr(BanditVectorEnv, "_step_rows", nan_rewards)
+    with pytest.raises(ValueError, match=r"the env of task 1 \(task.family=bandits\) gave reward nan at step 0; rewards must be finite"):
+        play_bandit_trials(UCB1(), batch(3, 5, 3))
