@@ -23,9 +23,8 @@ parameters); their constants are tuned on training tasks with :func:`metakit.ref
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -41,7 +40,7 @@ __all__ = ["Reference", "RandomReference", "GittinsReference", "UCB1Reference", 
 
 
 class Reference(Algorithm):
-    """Base of the registered references: ``task_returns`` plays the strategy of :meth:`player`."""
+    """Base of the registered references: ``task_returns`` plays the strategy :meth:`make_policy` gives."""
 
     task_kinds = ("rl",)
     #: the family classes the strategy plays
@@ -49,14 +48,15 @@ class Reference(Algorithm):
 
     def __init__(self, model: nn.Module | None = None) -> None:
         super().__init__()
+        self.policy: Any = None
 
-    def player(self, batch: EnvBatch) -> Callable[[EnvBatch], np.ndarray]:
-        """``play(batch) -> total reward per task``."""
-        raise NotImplementedError
+    def make_policy(self, batch: EnvBatch) -> Any:
+        """The strategy for ``batch`` (a :class:`~metakit.references.BanditPolicy` or ``MDPPolicy``)."""
+        return self.policy
 
     def describe(self) -> dict[str, Any]:
         """The strategy and its constants."""
-        return {"method": self.name}
+        return self.policy.describe() if self.policy is not None else {"method": self.name}
 
     def task_returns(self, batch: EnvBatch) -> Tensor:
         family = batch.family
@@ -66,7 +66,12 @@ class Reference(Algorithm):
                 f"algorithm.name={self.name} plays task.family={fits}, not task.family={family.name}; choose a "
                 f"reference of that family (metakit eval --reference NAME)"
             )
-        return torch.as_tensor(self.player(batch)(batch), dtype=torch.float64)
+        policy = self.make_policy(batch)
+        if isinstance(policy, _bandits.BanditPolicy):
+            returns = _bandits.play_bandit_trials(policy, batch)
+        else:
+            returns = _mdp.play_mdp_trials(policy, batch)
+        return torch.as_tensor(returns, dtype=torch.float64)
 
     def meta_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         raise TypeError(
@@ -75,24 +80,17 @@ class Reference(Algorithm):
         )
 
 
-def _bandit(policy: _bandits.BanditPolicy) -> Callable[[EnvBatch], np.ndarray]:
-    return lambda batch: _bandits.play_bandit_trials(policy, batch)
-
-
-def _mdp_player(policy: _mdp.MDPPolicy) -> Callable[[EnvBatch], np.ndarray]:
-    return lambda batch: _mdp.play_mdp_trials(policy, batch)
-
-
 @register("random")
 class RandomReference(Reference):
     """Uniformly random actions (bandits: a random arm per pull; tabular MDPs: a random action per step)."""
 
     families = (BanditFamily, TabularMDPFamily)
 
-    def player(self, batch):
-        if isinstance(batch.family, BanditFamily):
-            return _bandit(_bandits.RandomArms())
-        return _mdp_player(_mdp.RandomMDP())
+    def make_policy(self, batch):
+        return _bandits.RandomArms() if isinstance(batch.family, BanditFamily) else _mdp.RandomMDP()
+
+    def describe(self):
+        return {"method": "random"}
 
 
 @register("gittins")
@@ -110,12 +108,6 @@ class GittinsReference(Reference):
         super().__init__()
         self.policy = _bandits.Gittins(discount, grid)
 
-    def player(self, batch):
-        return _bandit(self.policy)
-
-    def describe(self):
-        return self.policy.describe()
-
 
 @register("ucb1")
 class UCB1Reference(Reference):
@@ -131,12 +123,6 @@ class UCB1Reference(Reference):
         super().__init__()
         self.policy = _bandits.UCB1(c)
 
-    def player(self, batch):
-        return _bandit(self.policy)
-
-    def describe(self):
-        return self.policy.describe()
-
 
 @register("thompson")
 class ThompsonReference(Reference):
@@ -144,8 +130,9 @@ class ThompsonReference(Reference):
 
     families = (BanditFamily,)
 
-    def player(self, batch):
-        return _bandit(_bandits.Thompson())
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = _bandits.Thompson()
 
 
 @register("epsilon_greedy")
@@ -162,12 +149,6 @@ class EpsilonGreedyReference(Reference):
         super().__init__()
         self.policy = _bandits.EpsilonGreedy(epsilon)
 
-    def player(self, batch):
-        return _bandit(self.policy)
-
-    def describe(self):
-        return self.policy.describe()
-
 
 @register("psrl")
 class PSRLReference(Reference):
@@ -175,8 +156,9 @@ class PSRLReference(Reference):
 
     families = (TabularMDPFamily,)
 
-    def player(self, batch):
-        return _mdp_player(_mdp.PSRL())
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = _mdp.PSRL()
 
 
 @register("optimal")
@@ -185,5 +167,6 @@ class OptimalMDPReference(Reference):
 
     families = (TabularMDPFamily,)
 
-    def player(self, batch):
-        return _mdp_player(_mdp.OptimalMDP())
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = _mdp.OptimalMDP()

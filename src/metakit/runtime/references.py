@@ -99,12 +99,8 @@ def evaluate_reference(
         **family.record(),
         "split": family.split_name(split),
         "shots": trial,
-        "episodes": result.episodes,
         "seed": seed,
-        "metric": result.metric,
-        result.metric: result.mean,
-        "ci95": result.to_dict()["ci95"],
-        "higher_is_better": result.higher_is_better,
+        **result.to_dict(),  # metric, its mean, ci95, episodes, higher_is_better
         "source": str(target),
         "seconds": round(seconds, 6),
     }
