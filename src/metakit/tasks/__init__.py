@@ -2,7 +2,8 @@
 
 A task family (:class:`TaskFamily`) is what a config's ``task:`` section names: the registered
 families are N-way K-shot classification (:mod:`.classification`) and sinusoid regression
-(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL).
+(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL), of which
+:mod:`.bandits` (Bernoulli bandits) and :mod:`.tabular_mdp` (random tabular MDPs) are registered.
 """
 
 from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
