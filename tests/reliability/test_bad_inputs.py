@@ -161,6 +161,15 @@ def one_class_support(ctx: Ctx) -> None:
     shutil.copytree(first, ctx.tmp / "query")
 
 
+def rl_configs(ctx: Ctx) -> None:
+    sizes = "train: {shots: 3, queries: 1, meta_batch: 2, steps: 2}\neval: {val_episodes: 0, test_episodes: 4}\n"
+    sizes += "algorithm: {name: random}\n"
+    (ctx.tmp / "bandits.yaml").write_text("task: {family: bandits, arms: 2}\n" + sizes +
+                                          "model: {name: mlp, in_features: 1, out_features: 2}\n")
+    (ctx.tmp / "mdp.yaml").write_text("task: {family: tabular_mdp, states: 3, actions: 2}\n" + sizes +
+                                      "model: {name: mlp, in_features: 3, out_features: 2}\n")
+
+
 # -- the table -----------------------------------------------------------------------------------
 CASES = [
     # train: config, run folder, resume
@@ -254,6 +263,17 @@ CASES = [
          r"the support set has 6 examples but this SNAIL network's context holds 3", snail_run),
     Case("predict/snail-support-of-other-ways", ["predict", "{tmp}/snail", "--support", "{images}/test", "--query",
          "{images}/test/class0"], "4-way", r"the task is 4-way but this SNAIL network was built for 3-way tasks", snail_run),
+    # bandits and tabular MDPs, and their classical references
+    Case("train/bandits-one-arm", ["train", "{tmp}/bandits.yaml", "task.arms=1", "--out", "{tmp}/r"], "task.arms",
+         r"task\.arms=1 .*>= 2", rl_configs),
+    Case("train/tabular-mdp-horizon-0", ["train", "{tmp}/mdp.yaml", "task.horizon=0", "--out", "{tmp}/r"], "task.horizon",
+         r"task\.horizon=0 .*>= 1", rl_configs),
+    Case("eval/reference-unknown", ["eval", "{tmp}/bandits.yaml", "--reference", "ucb2"], "--reference",
+         r"--reference 'ucb2' is not a classical reference; choose one of", rl_configs),
+    Case("eval/reference-bad-constant", ["eval", "{tmp}/bandits.yaml", "--reference", "epsilon_greedy", "--option",
+         "epsilon=2"], "epsilon", r"epsilon=2\.0 must be a number in \[0\.0, 1\.0\]", rl_configs),
+    Case("eval/reference-of-another-family", ["eval", "{tmp}/mdp.yaml", "--reference", "gittins"], "task.family=bandits",
+         r"algorithm\.name=gittins plays task\.family=bandits, not task\.family=tabular_mdp", rl_configs),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

@@ -14,11 +14,13 @@ from .reptile import Reptile
 from .mann import MANN
 from .lstm import LSTMMetaLearner
 from .snail import SNAIL
+from .references import Reference
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
     "ProtoNet", "SiameseNet", "MatchingNet", "RelationNet", "NearestNeighbour", "Baseline",
     "MAML", "MetaSGD", "ANIL", "Reptile",
     "MANN", "LSTMMetaLearner",
+    "Reference",
 ]
 __all__ += ["SNAIL"]

@@ -70,6 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'last', or the path of a checkpoint file",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument(
+        "--reference",
+        metavar="NAME",
+        default=None,
+        help="evaluate the classical reference NAME (gittins, ucb1, thompson, epsilon_greedy, psrl, optimal, random) "
+        "instead of the run, on the run's tasks; RUN_DIR may then also be a config file",
+    )
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a constant of the --reference (repeatable), e.g. --option c=0.2")
     p.set_defaults(func=run)
 
 
@@ -177,6 +186,8 @@ def _details_text(r: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reference is not None or args.option:
+        return _run_reference(args)
     record = evaluate_run(
         args.run_dir,
         split=args.split,
@@ -193,4 +204,22 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text")}, indent=2))
     else:
         print(_protocol_text(record))
+    return 0
+
+
+def _run_reference(args: argparse.Namespace) -> int:
+    from ..runtime.references import evaluate_reference, reference_text
+
+    if args.reference is None:
+        raise ValueError("--option goes with --reference NAME (the constants of a classical reference)")
+    for flag, value in (("--ways", args.ways), ("--queries", args.queries)):
+        if value is not None:
+            raise ValueError(f"{flag} does not apply to --reference: a reference plays one trial of --shots episodes per task")
+    if args.checkpoint != "best":
+        raise ValueError("--checkpoint does not apply to --reference: a classical reference has no weights")
+    record = evaluate_reference(
+        args.run_dir, args.reference, args.option, split=args.split, shots=args.shots, episodes=args.episodes,
+        seed=args.seed, batch=args.batch, progress=sys.stderr.isatty(),
+    )
+    print(json.dumps(record, indent=2) if args.json else reference_text(record))
     return 0

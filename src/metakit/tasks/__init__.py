@@ -2,13 +2,16 @@
 
 A task family (:class:`TaskFamily`) is what a config's ``task:`` section names: the registered
 families are N-way K-shot classification (:mod:`.classification`) and sinusoid regression
-(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL).
+(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL), of which
+:mod:`.bandits` (Bernoulli bandits) and :mod:`.tabular_mdp` (random tabular MDPs) are registered.
 """
 
 from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
 from .episode import Episode, EpisodeBatch
 from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .rl import EnvBatch, EnvFamily, EnvTask, env_family
+from .bandits import BanditFamily
+from .tabular_mdp import TabularMDPFamily
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
 from .sequence import SequenceBatch, SequenceFamily
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid

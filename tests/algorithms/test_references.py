@@ -1,0 +1,64 @@
+"""The registered references (metakit.algorithms.references): scored by the family through
+task_returns, the same numbers as the strategies they wrap, refused on another family and by the
+trainer."""
+
+import numpy as np
+import pytest
+import torch
+
+from metakit.algorithms import get_algorithm
+from metakit.references import PSRL, UCB1, play_bandit_trials, play_mdp_trials
+from metakit.runtime.config import Config
+from metakit.runtime.evaluation import evaluate
+from metakit.runtime.trainer import train
+from metakit.tasks import EnvBatch
+from metakit.tasks.bandits import BanditFamily
+from metakit.tasks.tabular_mdp import TabularMDPFamily
+
+
+def bandit_batch(tasks=8, pulls=30):
+    fam = BanditFamily(BanditFamily.Options(arms=4))
+    return EnvBatch(tuple(fam.task(0, "test", j) for j in range(tasks)), pulls, 1)
+
+
+def mdp_batch(tasks=8, episodes=4):
+    fam = TabularMDPFamily(TabularMDPFamily.Options())
+    return EnvBatch(tuple(fam.task(0, "test", j) for j in range(tasks)), episodes, 1)
+
+
+def test_task_returns_are_the_wrapped_strategys_trial_returns():
+    b = bandit_batch()
+    ucb = get_algorithm("ucb1")(None, c=0.3)
+    assert ucb.task_returns(b).tolist() == play_bandit_trials(UCB1(0.3), b).tolist()
+    m = mdp_batch()
+    assert get_algorithm("psrl")(None).task_returns(m).tolist() == play_mdp_trials(PSRL(), m).tolist()
+    assert b.family.score(ucb, b).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["random", "gittins", "ucb1", "thompson", "epsilon_greedy"])
+def test_every_bandit_reference_scores_between_zero_and_the_pulls(name):
+    out = evaluate(get_algorithm(name)(None), [bandit_batch(6, 20)], family=bandit_batch().family)
+    assert out.metric == "return" and out.episodes == 6 and 0 <= out.mean <= 20
+
+
+@pytest.mark.parametrize("name", ["random", "psrl", "optimal"])
+def test_every_mdp_reference_is_scored(name):
+    out = evaluate(get_algorithm(name)(None), [mdp_batch(5, 2)], family=mdp_batch().family)
+    assert out.episodes == 5 and np.isfinite(out.mean)
+
+
+def test_a_reference_of_another_family_is_refused_with_both_families_named():
+    with pytest.raises(ValueError, match=r"algorithm.name=psrl plays task.family=tabular_mdp, not task.family=bandits"):
+        get_algorithm("psrl")(None).task_returns(bandit_batch())
+    with pytest.raises(ValueError, match=r"algorithm.name=ucb1 plays task.family=bandits, not task.family=tabular_mdp"):
+        get_algorithm("ucb1")(None).task_returns(mdp_batch())
+
+
+def test_there_is_nothing_to_train(tmp_path):
+    with pytest.raises(TypeError, match=r"ucb1 is a classical reference with nothing to train; evaluate it with `metakit eval --reference ucb1"):
+        get_algorithm("ucb1")(None).meta_loss(bandit_batch())
+    cfg = Config.from_dict({"task": {"family": "bandits"}, "train": {"shots": 5, "queries": 1, "steps": 1},
+                            "model": {"name": "mlp", "in_features": 1, "out_features": 5}, "algorithm": {"name": "ucb1"},
+                            "run": {"progress": False}})
+    with pytest.raises(ValueError, match=r"no trainable parameters"):
+        train(cfg, tmp_path / "run")
