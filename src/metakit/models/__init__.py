@@ -9,6 +9,7 @@ from .conv4 import Conv4
 from .conv4_strided import StridedConv4
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
+from .recurrent_policy import RecurrentPolicy
 
 __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
 
@@ -16,6 +17,8 @@ __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", 
 MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
 for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder)):
     MODELS.register(_name)(_cls)
+MODELS.register("recurrent_policy")(RecurrentPolicy)
+__all__ += ["RecurrentPolicy"]
 
 
 def available_models() -> list[str]:
