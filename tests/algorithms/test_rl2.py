@@ -154,5 +154,5 @@ def test_sizes_and_spaces_the_policy_cannot_serve_are_refused(tmp_path):
         train(Config.from_dict(_config(model={"name": "recurrent_policy", "hidden": 8, "action_dim": 3})), tmp_path / "r")
     with pytest.raises(ValueError, match=r"train.meta_batch=4 trials cannot be split into algorithm.minibatches=8"):
         train(Config.from_dict(_config(algorithm={"name": "rl2", "minibatches": 8})), tmp_path / "r2")
-    with pytest.raises(ConfigError, match=r"algorithm.clip=0 must be a positive number"):
+    with pytest.raises(ConfigError, match=r"algorithm.clip=0.0 must be a positive number"):
         train(Config.from_dict(_config(algorithm={"name": "rl2", "clip": 0})), tmp_path / "r3")
