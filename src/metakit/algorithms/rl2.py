@@ -216,6 +216,12 @@ class RL2(Algorithm):
             return trials.trial_returns()
         return trials.episode_returns(batch.shots)[:, batch.shots - batch.queries :].sum(1)
 
+    def episode_returns(self, batch: Any) -> Tensor:
+        """The return of each episode of each task's trial, ``[B, batch.shots]`` float64 (the trials
+        :meth:`task_returns` scores)."""
+        trials = self.play(batch, stream=EVAL_STREAM, greedy=self.eval_actions == "greedy")
+        return trials.episode_returns(batch.shots)
+
     def _check_batch(self, batch: Any, section: str) -> None:
         try:
             self.check_sizes(section, batch.shots, batch.queries)
