@@ -3,21 +3,23 @@ episodes, exact resume in the middle of an iteration, `metakit eval` and the err
 families defined here."""
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 import gymnasium
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from metakit.algorithms import RL2
 from metakit.cli.main import main
 from metakit.models import RecurrentPolicy
 from metakit.options import ConfigError
-from metakit.runtime.config import Config
+from metakit.runtime.config import Config, load_config
 from metakit.runtime.run import load_run
 from metakit.runtime.trainer import train
-from metakit.tasks import EnvBatch, env_family
+from metakit.tasks import EnvBatch, available_families, env_family
 
 
 class Arms(gymnasium.Env):
@@ -156,3 +158,25 @@ def test_sizes_and_spaces_the_policy_cannot_serve_are_refused(tmp_path):
         train(Config.from_dict(_config(algorithm={"name": "rl2", "minibatches": 8})), tmp_path / "r2")
     with pytest.raises(ConfigError, match=r"algorithm.clip=0.0 must be a positive number"):
         train(Config.from_dict(_config(algorithm={"name": "rl2", "clip": 0})), tmp_path / "r3")
+
+
+RL2_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("rl2_*.yaml"))
+
+
+def test_the_table_grids_are_shipped():
+    names = {p.stem for p in RL2_CONFIGS}
+    assert {f"rl2_bandits_k{k}_n{n}" for k in (5, 10, 50) for n in (10, 100, 500)} <= names
+    assert {f"rl2_mdp_n{n}" for n in (10, 25, 50, 75, 100)} <= names
+
+
+@pytest.mark.parametrize("path", RL2_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_rl2_configs_load_and_score_whole_trials(path):
+    family = yaml.safe_load(path.read_text())["task"]["family"]
+    if family not in available_families():
+        pytest.skip(f"task.family={family} is not registered: its module (tasks/bandits.py, tasks/tabular_mdp.py) is not part of this build")
+    cfg = load_config(path)
+    assert cfg.algorithm.name == "rl2" and cfg.model.name == "recurrent_policy"
+    assert cfg.train.queries == cfg.train.shots and cfg.eval.test_episodes == 1000
+    updates = cfg.algorithm.options["epochs"] * cfg.algorithm.options["minibatches"]
+    assert cfg.train.steps % updates == 0 and cfg.train.meta_batch >= cfg.algorithm.options["minibatches"]
+    assert f"{cfg.train.steps // updates} PPO iterations = {cfg.train.steps} trainer steps" in path.read_text()
