@@ -147,6 +147,8 @@ def test_a_run_killed_in_the_middle_of_an_iteration_resumes_bitwise_and_metakit_
     best = np.mean([5 * max(fam.task(0, "test", j).params["means"]) for j in range(12)])
     assert record["optimal_return"] == pytest.approx(best)
     assert record["regret"] == pytest.approx(best - record["return"]) and record["regret_ci95"] > 0
+    assert main(["eval", str(run)]) == 0
+    assert f"regret      {record['regret']:.4g} ± {record['regret_ci95']:.4g}" in capsys.readouterr().out
 
 
 def test_sizes_and_spaces_the_policy_cannot_serve_are_refused(tmp_path):
