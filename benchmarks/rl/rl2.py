@@ -2,6 +2,7 @@
 
     python benchmarks/rl/rl2.py throughput [--tasks 64 --pulls 100 --hidden 256]
     python benchmarks/rl/rl2.py learning   [--pulls 10 --iterations 60 ...]
+    python benchmarks/rl/rl2.py table      # the table of docs/meta_rl.md, from the newest records
 
 ``throughput`` times the trials of one PPO iteration (environment steps per second, the policy
 acting step by step on a ``SyncVectorEnv`` of the batch's tasks) and the PPO minibatch updates
@@ -152,9 +153,33 @@ def learning(args: argparse.Namespace) -> tuple[dict, dict]:
     return out, raw
 
 
+def table(record: Path = RECORD) -> str:
+    """The measurements table of docs/meta_rl.md from the newest record of each kind."""
+    newest = {e["kind"]: e for e in json.loads(record.read_text())}
+    lines = ["| measurement | setting | result | record |", "| --- | --- | --- | --- |"]
+    if "throughput" in newest:
+        e = newest["throughput"]
+        r = e["result"]
+        lines.append(f"| trials | {r['tasks']} tasks × {r['pulls']} pulls, GRU {r['hidden']} | {r['env_steps_per_s']:g} "
+                     f"environment steps/s | `{e['run_id']}` ({e['date'][:10]}) |")
+        lines.append(f"| PPO updates | minibatches of {r['trials_per_minibatch']} trials × {r['pulls']} steps, GRU {r['hidden']} | "
+                     f"{r['updates_per_s']:g} updates/s | `{e['run_id']}` ({e['date'][:10]}) |")
+    if "learning" in newest:
+        e = newest["learning"]
+        r = e["result"]
+        c = e["config"]
+        lines.append(
+            f"| learning check | trials of {r['pulls']} pulls, {r['iterations']} iterations × {c['train']['meta_batch']} trials "
+            f"({r['env_steps']:,} steps, {r['train_seconds']:.0f} s of training) | RL² {r['rl2']['return']:.2f} ± "
+            f"{r['rl2']['ci95']:.2f}; uniformly random policy {r['uniform_random']['return']:.2f} ± "
+            f"{r['uniform_random']['ci95']:.2f}; optimum {r['optimal']['return']:.2f} ± {r['optimal']['ci95']:.2f} (total "
+            f"reward, {r['test_tasks']} test tasks, 95% CI) | `{e['run_id']}` ({e['date'][:10]}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("throughput", "learning"))
+    p.add_argument("what", choices=("throughput", "learning", "table"))
     p.add_argument("--tasks", type=int, default=64, help="trials per PPO iteration (train.meta_batch)")
     p.add_argument("--pulls", type=int, default=10, help="pulls (one-step episodes) per trial")
     p.add_argument("--hidden", type=int, default=256)
@@ -166,6 +191,9 @@ def main() -> None:
     p.add_argument("--entropy-coef", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.what == "table":
+        print(table())
+        return
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     if args.what == "throughput":
