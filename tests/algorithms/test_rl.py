@@ -151,3 +151,45 @@ def test_non_finite_rewards_and_endless_episodes_are_refused_naming_the_task():
     endless = EnvBatch(tuple(_tasks(2, horizon=10**9)), 1, 1)
     with pytest.raises(EpisodeTooLongError, match=r"episode 0 of task 0 \(task.family=_steps\) ran 5 steps without terminating"):
         rollout(endless, algo._act, episodes=1, state=algo.model.initial_state(2), max_episode_steps=5)
+
+
+class Reach(gymnasium.Env):
+    """A 1-D Box action: reward -|action - goal|, episodes of 2 steps."""
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(self, goal: float) -> None:
+        self.goal = goal
+        self.observation_space = gymnasium.spaces.Box(-1.0, 1.0, (2, 1), np.float32)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros((2, 1), np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1.0)
+        return np.full((2, 1), self.t / 2, np.float32), -float(np.abs(action - self.goal).sum()), False, self.t >= 2, {}
+
+
+ReachFamily = env_family("_reach", lambda p, **kw: Reach(p["goal"]), lambda rng: {"goal": float(rng.uniform(-1, 1))})
+
+
+def test_box_actions_are_gaussian_clipped_to_the_space_and_vectorised_like_single_envs():
+    torch.manual_seed(0)
+    algo = RL2(RecurrentPolicy(observation_dim=2, action_dim=2, discrete=False, hidden=4, init_log_std=0.5))
+    fam = ReachFamily(ReachFamily.Options())
+    tasks = tuple(fam.task(0, "test", j) for j in range(3))
+    together = algo.play(EnvBatch(tasks, 2, 2), stream=0)
+    assert together.actions.shape == (3, 4, 2) and together.actions.is_floating_point()
+    assert float(together.actions.abs().max()) > 1.0  # sampled beyond the bounds; the env got them clipped
+    for i, task in enumerate(tasks):
+        alone = algo.play(EnvBatch((task,), 2, 2), stream=0)
+        # equal up to the rounding of the GRU's batched matrix products (a batch of 1 against 3)
+        torch.testing.assert_close(alone.actions[0], together.actions[i], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone.rewards[0], together.rewards[i], rtol=0, atol=1e-5)
+        clipped = together.actions[i].clamp(-1, 1)
+        torch.testing.assert_close(together.rewards[i], -(clipped - task.params["goal"]).abs().sum(-1))

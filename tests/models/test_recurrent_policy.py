@@ -50,3 +50,10 @@ def test_wrong_sizes_are_refused():
         p(torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"hidden=0 must be a positive int"):
         RecurrentPolicy(hidden=0)
+
+
+def test_one_step_of_unflattened_observations_is_flattened():
+    torch.manual_seed(0)
+    p = RecurrentPolicy(observation_dim=6, action_dim=2, hidden=3)
+    obs = torch.randn(4, 2, 3)
+    torch.testing.assert_close(p(obs)[0], p(obs.flatten(1))[0])

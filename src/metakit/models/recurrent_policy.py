@@ -64,11 +64,14 @@ class RecurrentPolicy(nn.Module):
 
     def forward(self, obs: Tensor, prev_action: Tensor | None = None, prev_reward: Tensor | None = None,
                 prev_done: Tensor | None = None, state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Run over sequences: inputs ``[N, T, ...]`` (or one step ``[N, ...]``) from ``state``
+        """Run over sequences: inputs ``[N, T, ...]`` (or one step ``[N, ...]``; observations of one step
+        may also come unflattened, ``[N, *observation_shape]``) from ``state``
         (default :meth:`initial_state`). Returns ``(head, value, state)``: the policy's logits or
         means ``[N, T, action_dim]``, the values ``[N, T]`` and the final hidden state
         (``[N, ...]`` outputs without ``T`` for one-step inputs). Missing previous action, reward
         and done mean the start of a trial."""
+        if obs.shape[-1] != self.observation_dim and obs.dim() > 2 and obs[0].numel() == self.observation_dim:
+            obs = obs.flatten(1)  # one step of multi-dimensional Box observations [N, *shape]
         if obs.shape[-1] != self.observation_dim:
             raise ValueError(
                 f"observations of size {obs.shape[-1]} given to a RecurrentPolicy of observation_dim="
