@@ -22,6 +22,7 @@ from metakit.cli.main import main
 from metakit.runtime.config import OptimConfig, RunConfig, TrainConfig, load_config
 from metakit.runtime.logging import read_metrics
 from metakit.runtime.run import load_run, read_run_config
+from metakit.tasks import available_families
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -243,9 +244,15 @@ def _assert_settings_kept(shipped, ran, where: str = "") -> None:
 def test_shipped_config_builds_its_algorithm_and_trains_one_step(path, beside_shared_data, capsys):
     """The shipped file as it is (its data, model, algorithm and options) with one step of one task."""
     assert "BUDGET" in path.read_text().upper(), "every shipped config states its budget in a comment"
+    raw = yaml.safe_load(path.read_text())
+    family = (raw.get("task") or {}).get("family")
+    if family is not None and family not in available_families(private=True):
+        pytest.skip(f"task.family={family} is not registered: its module is not part of this build")
+    # one task per step: an algorithm that splits the meta-batch into minibatches gets one
+    small = _ONE_SMALL_STEP + (["algorithm.minibatches=1"] if "minibatches" in (raw.get("algorithm") or {}) else [])
     out_dir = beside_shared_data / "run"
-    assert main(["train", str(path), *_ONE_SMALL_STEP, "--out", str(out_dir)]) == 0, capsys.readouterr().err
-    shipped = load_config(path, _ONE_SMALL_STEP)
+    assert main(["train", str(path), *small, "--out", str(out_dir)]) == 0, capsys.readouterr().err
+    shipped = load_config(path, small)
     # the run used every setting of the file (its data, episodes, model, algorithm options...);
     # the run's config may only add what the file leaves to the data (null) or to defaults
     _assert_settings_kept(yaml.safe_load(shipped.to_yaml()), yaml.safe_load(read_run_config(out_dir).to_yaml()))

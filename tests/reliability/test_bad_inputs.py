@@ -21,12 +21,16 @@ import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from metakit.cli.main import main
+from metakit.tasks import env_family
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,6 +175,41 @@ def rl_configs(ctx: Ctx) -> None:
 
 
 # -- the table -----------------------------------------------------------------------------------
+# -- meta-RL: environment families of these cases, and an RL² config on them --------------------------
+class _Coin(gymnasium.Env):
+    """One pull an episode; ``reward`` every pull (NaN for the broken family)."""
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(self, reward: float, action_space) -> None:
+        self.reward = reward
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = action_space
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), self.reward, True, False, {}
+
+
+env_family("_bad_input_coin", lambda p, **kw: _Coin(1.0, gymnasium.spaces.Discrete(2)), lambda rng: {})
+env_family("_nan_reward_coin", lambda p, **kw: _Coin(float("nan"), gymnasium.spaces.Discrete(2)), lambda rng: {})
+env_family("_multi_discrete_coin", lambda p, **kw: _Coin(1.0, gymnasium.spaces.MultiDiscrete([2, 2])), lambda rng: {})
+
+
+def rl2_config(family: str, **train: int) -> Callable[[Ctx], None]:
+    def setup(ctx: Ctx) -> None:
+        sizes = {"shots": 3, "queries": 3, "meta_batch": 2, "steps": 2, **train}
+        (ctx.tmp / "rl2.yaml").write_text(yaml.safe_dump({
+            "task": {"family": family}, "train": sizes, "eval": {"val_episodes": 0},
+            "model": {"name": "recurrent_policy", "hidden": 4},
+            "algorithm": {"name": "rl2", "epochs": 1, "minibatches": 1}, "run": {"progress": False},
+        }))
+    return setup
+
+
 CASES = [
     # train: config, run folder, resume
     Case("train/no-config", ["train"], "config", r"give a config file \(e\.g\. .*\) or --resume RUN_DIR"),
@@ -274,6 +313,18 @@ CASES = [
          "epsilon=2"], "epsilon", r"epsilon=2\.0 must be a number in \[0\.0, 1\.0\]", rl_configs),
     Case("eval/reference-of-another-family", ["eval", "{tmp}/mdp.yaml", "--reference", "gittins"], "task.family=bandits",
          r"algorithm\.name=gittins plays task\.family=bandits, not task\.family=tabular_mdp", rl_configs),
+    # meta-RL (RL²): rewards, spaces and trial sizes
+    Case("train/rl-nan-reward", ["train", "{tmp}/rl2.yaml", "--out", "{tmp}/r"], "task.family=_nan_reward_coin",
+         r"the environment of task 0 \(task.family=_nan_reward_coin\) returned the reward nan at step 0 of episode 0; "
+         r"rewards must be finite", rl2_config("_nan_reward_coin")),
+    Case("train/rl-policy-does-not-fit-the-spaces", ["train", "{tmp}/rl2.yaml", "model.action_dim=3", "--out", "{tmp}/r"],
+         "model.action_dim=3", r"spaces \(observation Box.*, action Discrete\(2\)\) do not fit the policy",
+         rl2_config("_bad_input_coin")),
+    Case("train/rl-unsupported-action-space", ["train", "{tmp}/rl2.yaml", "--out", "{tmp}/r"], "action_space",
+         r"action_space=MultiDiscrete\(\[2 2\]\) is not supported: the recurrent policy acts in Discrete",
+         rl2_config("_multi_discrete_coin")),
+    Case("train/rl2-queries-over-shots", ["train", "{tmp}/rl2.yaml", "--out", "{tmp}/r"], "train.queries=4",
+         r"train.queries=4 but a trial has train.shots=3 episodes", rl2_config("_bad_input_coin", queries=4)),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

@@ -212,3 +212,19 @@ def test_evaluate_reports_the_breakdowns_a_family_returns_over_the_tasks_that_ha
     assert r.episodes == 4 and r.mean == pytest.approx(0.75)
     assert r.details == {"part": (pytest.approx(0.2), pytest.approx(0.0), 2)}
     assert r.to_dict()["part"] == pytest.approx(0.2) and r.to_dict()["part_ci95"] == pytest.approx(0.0)
+
+
+def test_a_reference_gives_the_regret_with_its_interval():
+    import dataclasses
+
+    from metakit.runtime.evaluation import EvalResult
+
+    r = EvalResult.from_values("return", [1.0, 2.0, 6.0], higher_is_better=True)
+    assert r.regret is None and "regret" not in r.to_dict()
+    r = dataclasses.replace(r, reference=torch.tensor([3.0, 3.0, 6.0], dtype=torch.float64))
+    # regrets 2, 1, 0: mean 1, sample std 1 -> 1.96 / sqrt(3)
+    mean, ci = r.regret
+    assert mean == 1.0 and abs(ci - 1.96 / 3 ** 0.5) < 1e-12
+    d = r.to_dict()
+    assert d["optimal_return"] == 4.0 and d["regret"] == 1.0 and abs(d["regret_ci95"] - ci) < 1e-15
+    assert "regret 1 ± 1.132" in str(r)

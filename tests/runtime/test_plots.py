@@ -162,6 +162,23 @@ def test_a_family_metric_is_plotted_with_its_name_and_direction(tmp_path, saved_
     assert f"best {best[1]:.2f} @ step {best[0]}" in labels
 
 
+def test_a_family_metric_logged_in_training_too_gets_its_own_panel(tmp_path, saved_figures):
+    """Meta-RL algorithms log the return of their training trials beside the loss."""
+    recs = [{"step": s, "split": "train", "loss": 1 / s, "return": float(s)} for s in range(1, 30)] + [
+        {"step": 10, "split": "val", "metric": "return", "return": 8.0, "ci95": 1.0, "higher_is_better": True},
+        {"step": 20, "split": "val", "metric": "return", "return": 18.0, "ci95": 1.0, "higher_is_better": True},
+    ]
+    curves = read_curves(_write(tmp_path / "m.jsonl", recs))
+    assert curves.train_metric.values == [float(s) for s in range(1, 30)]
+    plot_learning_curves(curves, tmp_path / "c.png")
+    (fig, _), = saved_figures
+    loss_ax, ret_ax = fig.axes
+    assert loss_ax.get_ylabel() == "loss" and ret_ax.get_ylabel() == "return"
+    assert _curve(ret_ax, list(range(1, 30)), [float(s) for s in range(1, 30)])
+    assert _curve(ret_ax, [10, 20], [8.0, 18.0]) and _band(ret_ax, [10, 20], [7.0, 17.0], [9.0, 19.0])
+    assert not _curve(loss_ax, [10, 20], [8.0, 18.0])
+
+
 def test_plot_empty_log_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="the metrics log holds no loss or accuracy values yet"):
         plot_learning_curves(read_curves(_write(tmp_path / "m.jsonl", [{"step": 1, "lr": 0.1}])), tmp_path / "c.png")

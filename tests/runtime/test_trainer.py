@@ -617,3 +617,11 @@ def test_resume_refuses_to_restart_silently_when_every_checkpoint_is_gone(tmp_pa
     result = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=4"), stream=stream).fit(resume=True, restart=True)
     assert result.step == 4 and "restarting" in stream.getvalue()
     assert max(r["step"] for r in read_metrics(tmp_path)) == 4
+
+
+def test_the_progress_bar_shows_the_family_metric_an_algorithm_reports():
+    from metakit.runtime.trainer import _postfix
+
+    assert _postfix({"loss": 2.0, "return": 10.0}, 2, 4.0, "return") == {"loss": "1", "return": "5", "ep/s": "4.0"}
+    assert _postfix({"loss": 2.0, "accuracy": 1.0}, 2, None, "accuracy") == {"loss": "1", "acc": "50.0%"}
+    assert _postfix({"loss": 2.0}, 2, None, "mse") == {"loss": "1"}  # not reported in training: not shown

@@ -15,6 +15,7 @@ from .mann import MANN
 from .lstm import LSTMMetaLearner
 from .snail import SNAIL
 from .references import Reference
+from .rl2 import RL2
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
@@ -24,3 +25,4 @@ __all__ = [
     "Reference",
 ]
 __all__ += ["SNAIL"]
+__all__ += ["RL2"]

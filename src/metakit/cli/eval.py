@@ -130,6 +130,7 @@ def evaluate_run(
         result.metric: result.mean,
         "ci95": result.to_dict()["ci95"],
         "higher_is_better": result.higher_is_better,
+        **result.regret_dict(),  # optimal_<metric>, regret, regret_ci95 where the family knows its optimum
         "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
@@ -168,7 +169,16 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
         ]
         + _details_text(r)
+        + (
+            [f"  regret      {r['regret']:.4g} ± {_number(r['regret_ci95'])}"
+             f"   (optimal {r['metric']} {r['optimal_' + r['metric']]:.4g} minus the {r['metric']}, per task)"]
+            if "regret" in r else []
+        )
     )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _details_text(r: dict[str, Any]) -> list[str]:

@@ -40,6 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write memory.png: the read and write weights of one fixed test episode, time step x memory "
         "location (memory models: mann)",
     )
+    p.add_argument(
+        "--regret",
+        nargs="*",
+        metavar="REFERENCE",
+        default=None,
+        help="also write regret.png (meta-RL runs whose task family knows its optimum): the cumulative regret "
+        "against the episode of a trial (the pull, for bandits) of the run's algorithm and of the named reference "
+        "algorithms (e.g. --regret ucb1 thompson), on fixed test tasks, mean with 95%% band",
+    )
+    p.add_argument("--tasks", type=int, default=100, metavar="N", help="test tasks of the regret curves (default 100)")
     p.set_defaults(func=run)
 
 
@@ -89,10 +99,19 @@ def _memory(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     return [plot_run_memory(args.run_dir, out_dir)]
 
 
+def _regret(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    from ..runtime.regret import plot_regret
+
+    if args.tasks < 2:
+        raise ValueError(f"--tasks {args.tasks}: the regret curves need at least 2 test tasks (for their 95% band)")
+    return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=args.tasks)]
+
+
 def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
     """The figures this invocation asks for, in order."""
     return ([_learning_curves, _instance_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
-            + ([_memory] if getattr(args, "memory", False) else []))
+            + ([_memory] if getattr(args, "memory", False) else [])
+            + ([_regret] if getattr(args, "regret", None) is not None else []))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from .relation import RelationEncoder, RelationModule
 from .flatten import Flatten
 from .memory import LRUAMemory, MemoryAugmentedLSTM, NTMMemory
 from .snail import AttentionBlock, CausalConv1d, DenseBlock, SNAILNet, TCBlock
+from .recurrent_policy import RecurrentPolicy
 
 __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
 __all__ += ["CausalConv1d", "DenseBlock", "TCBlock", "AttentionBlock", "SNAILNet"]
@@ -22,6 +23,8 @@ for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", M
     MODELS.register(_name)(_cls)
 MODELS.register("flatten")(Flatten)
 __all__ += ["Flatten", "LRUAMemory", "NTMMemory", "MemoryAugmentedLSTM"]
+MODELS.register("recurrent_policy")(RecurrentPolicy)
+__all__ += ["RecurrentPolicy"]
 
 
 def available_models() -> list[str]:

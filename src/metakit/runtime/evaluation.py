@@ -21,6 +21,7 @@ metric name and direction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
@@ -34,7 +35,7 @@ from ..tasks.episode import EpisodeBatch
 from ..tasks.family import NonFiniteOutputError
 from ..tasks.sinusoid import mse_scores
 
-__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores", "reference_values"]
 
 #: z-value of the two-sided 95% normal interval used by the field
 Z95 = 1.96
@@ -76,6 +77,9 @@ class EvalResult:
         per_episode: ``[episodes]`` float64 tensor, in the order the tasks were given.
         higher_is_better: the direction of ``metric``.
         percent: ``metric`` is a fraction shown as a percentage.
+        reference: ``[episodes]`` float64, the value of ``metric`` the family's optimal reference
+            reaches on each task (e.g. the expected return of the optimal policy knowing the task,
+            :meth:`~metakit.tasks.EnvFamily.optimal_return`), or ``None`` where the family has none.
     """
 
     metric: str
@@ -88,6 +92,7 @@ class EvalResult:
     #: breakdowns of the metric a family reports (:meth:`~metakit.tasks.TaskFamily.score_details`):
     #: ``{name: (mean, ci95, tasks)}`` over the tasks that have a value
     details: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    reference: Tensor | None = None
 
     @classmethod
     def from_values(
@@ -115,6 +120,13 @@ class EvalResult:
         mean, ci = mean_ci95(per)
         return cls(metric, mean, ci, per.numel(), per, bool(higher_is_better), bool(percent))
 
+    @property
+    def regret(self) -> tuple[float, float] | None:
+        """Mean and 95% half-width of ``reference - per_episode`` (``None`` without a reference)."""
+        if self.reference is None:
+            return None
+        return mean_ci95(self.reference - self.per_episode)
+
     def format(self) -> str:
         """``"98.80 ± 0.12 %"`` for a percentage (accuracy), ``"0.0123 ± 0.0004"`` otherwise (mse)."""
         if self.percent:
@@ -124,7 +136,9 @@ class EvalResult:
         return f"{self.mean:.4g} ± {ci}"
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.format()} ({self.episodes} episodes, 95% CI)"
+        regret = self.regret
+        extra = "" if regret is None else f", regret {regret[0]:.4g} ± {regret[1]:.4g}"
+        return f"{self.metric} {self.format()}{extra} ({self.episodes} episodes, 95% CI)"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready summary (``ci95`` is ``None`` when undefined; no per-task values)."""
@@ -135,6 +149,18 @@ class EvalResult:
             "episodes": self.episodes,
             "higher_is_better": self.higher_is_better,
             **{k: v for name, (m, ci, _) in self.details.items() for k, v in ((name, m), (f"{name}_ci95", _or_none(ci)))},
+            **self.regret_dict(),
+        }
+
+    def regret_dict(self) -> dict[str, Any]:
+        """``optimal_return``-style keys of the reference and the regret (empty without a reference)."""
+        regret = self.regret
+        if regret is None or self.reference is None:
+            return {}
+        return {
+            f"optimal_{self.metric}": float(self.reference.mean()),
+            "regret": regret[0],
+            "regret_ci95": None if math.isnan(regret[1]) else regret[1],
         }
 
     def with_details(self, values: dict[str, Tensor]) -> "EvalResult":
@@ -157,6 +183,27 @@ def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tens
     if batch.ways is not None:
         return "accuracy", accuracy_scores(algorithm, batch)
     return "mse", mse_scores(algorithm, batch)
+
+
+def reference_values(family: Any, batch: Any) -> Tensor | None:
+    """``[B]`` float64: the family's optimal reference on each task of ``batch``, over the episodes
+    the score covers (``batch.queries``, the scored episodes of environment tasks), or ``None`` if the
+    family gives none (no ``optimal_return``, or ``None`` for a task)."""
+    fn = getattr(family, "optimal_return", None)
+    if fn is None or not hasattr(batch, "tasks"):
+        return None
+    out = []
+    for task in batch.tasks:
+        value = fn(task, batch.queries)
+        if value is None:
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteOutputError(
+                f"{type(family).__name__}.optimal_return gave {value} for task {task.index}; it must be a finite expected return"
+            )
+        out.append(value)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def _device_of(algorithm: Algorithm) -> torch.device | None:
@@ -195,6 +242,7 @@ def evaluate(
     metric: str | None = None
     values: list[Tensor] = []
     details: dict[str, list[Tensor]] = {}
+    references: list[Tensor | None] = []
     total = len(episodes) if hasattr(episodes, "__len__") else None  # type: ignore[arg-type]
     bar = None
     if progress:
@@ -227,6 +275,7 @@ def evaluate(
                     )
                 metric = kind
                 values.append(vals.detach().to("cpu", torch.float64).flatten())
+                references.append(reference_values(family, batch) if family is not None else None)
                 if bar is not None:
                     bar.update(1)
                     done = float(torch.cat(values).mean())
@@ -240,7 +289,10 @@ def evaluate(
     if metric is None:
         raise ValueError("episodes is empty; give at least one batch of tasks to evaluate")
     if family is not None:
-        return EvalResult.from_values(
+        result = EvalResult.from_values(
             metric, torch.cat(values), higher_is_better=family.higher_is_better, percent=family.percent
         ).with_details({name: torch.cat(parts) for name, parts in details.items()})
+        if references and all(r is not None for r in references):
+            result = dataclasses.replace(result, reference=torch.cat(references))  # type: ignore[arg-type]
+        return result
     return EvalResult.from_values(metric, torch.cat(values))

@@ -8,7 +8,9 @@ integer ``step``) into :class:`Curves`; :func:`plot_learning_curves` draws them 
   confidence interval as a shaded band (``mean ± ci95``, in percent). Runs whose task family
   scores another metric (MSE for regression, or any metric a family names in its validation
   records' ``"metric"`` field) show it with its band on the loss panel instead, its best value
-  marked by the record's ``higher_is_better`` (default: lower is better).
+  marked by the record's ``higher_is_better`` (default: lower is better). When the training
+  records carry that metric too (the return of meta-RL's training trials), training and
+  validation values of it get a panel of their own.
 
 The log format written by the trainer is read leniently: a record's metrics may be flat
 (``{"step": 10, "loss": .., "accuracy": ..}`` = training), prefixed (``"train/loss"``,
@@ -110,6 +112,8 @@ class Curves:
     val_metric_ci95: Series = field(default_factory=Series)
     val_metric_name: str = "mse"
     val_metric_higher_is_better: bool = False
+    #: the training values of that metric, when the algorithm logs it too (e.g. the return of RL's training trials)
+    train_metric: Series = field(default_factory=Series)
 
     def is_empty(self) -> bool:
         return not any(len(s) for s in vars(self).values() if isinstance(s, Series))
@@ -158,6 +162,7 @@ def read_curves(path: str | os.PathLike) -> Curves:
         )
     lines = path.read_text(encoding="utf-8").splitlines()
     curves = Curves()
+    train_other: dict[str, Series] = {}  # training metrics without a fixed curve (one may be the family's metric)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -188,6 +193,10 @@ def read_curves(path: str | os.PathLike) -> Curves:
             name = _KEYS.get(key)
             if name is not None and math.isfinite(value):
                 getattr(curves, name).add(step, value)
+            elif name is None and key.startswith("train/") and math.isfinite(value):
+                train_other.setdefault(key, Series()).add(step, value)
+    if len(curves.val_metric):
+        curves.train_metric = train_other.get(f"train/{curves.val_metric_name.lower()}", Series())
     return curves
 
 
@@ -262,7 +271,8 @@ def plot_learning_curves(
 
     has_acc = bool(len(curves.train_accuracy) or len(curves.val_accuracy))
     zoom = len(curves.val_accuracy) > 0
-    panels = 1 + has_acc + zoom
+    own_panel = len(curves.train_metric) > 0  # the family's metric logged in training too: a panel of its own
+    panels = 1 + has_acc + zoom + own_panel
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.6), squeeze=False)
     ax = axes[0][0]
     if len(curves.train_loss):
@@ -270,12 +280,12 @@ def plot_learning_curves(
     if len(curves.val_loss):
         ax.plot(curves.val_loss.steps, curves.val_loss.values, color="tab:orange", marker="o", markersize=3.5, label=f"validation loss{vn}")
     metric = curves.val_metric_name.upper() if curves.val_metric_name.lower() == "mse" else curves.val_metric_name
-    if len(curves.val_metric):
+    if len(curves.val_metric) and not own_panel:
         _plot_band(ax, curves.val_metric, curves.val_metric_ci95, "tab:red", f"validation {metric}{vn}")
         _mark_best(ax, curves.val_metric, curves.val_metric_higher_is_better, 1.0, "")
     ax.set_title("loss")
-    ax.set_ylabel("loss" if not len(curves.val_metric) else f"loss / {metric}")
-    positive = [v for s in (curves.train_loss, curves.val_loss, curves.val_metric) for v in s.values]
+    ax.set_ylabel("loss" if not len(curves.val_metric) or own_panel else f"loss / {metric}")
+    positive = [v for s in (curves.train_loss, curves.val_loss, curves.val_metric if not own_panel else Series()) for v in s.values]
     if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
     if has_acc:
@@ -295,6 +305,13 @@ def plot_learning_curves(
         ax.set_ylim(lo - pad, min(100.0 + pad, hi + pad))
         ax.set_title("validation accuracy (mean ± 95% CI)")
         ax.set_ylabel("accuracy (%)")
+    if own_panel:
+        ax = axes[0][-1]
+        _plot_raw_and_smooth(ax, curves.train_metric, "tab:blue", f"training {metric}{tn}")
+        _plot_band(ax, curves.val_metric, curves.val_metric_ci95, "tab:red", f"validation {metric}{vn}")
+        _mark_best(ax, curves.val_metric, curves.val_metric_higher_is_better, 1.0, "")
+        ax.set_title(f"{metric} (validation: mean ± 95% CI)")
+        ax.set_ylabel(metric)
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes[0]:

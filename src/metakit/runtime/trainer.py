@@ -547,7 +547,7 @@ class Trainer:
                     self._count += 1
                     eps = cfg.train.meta_batch / max(dt, 1e-9)
                     ema_eps = eps if ema_eps is None else 0.9 * ema_eps + 0.1 * eps
-                    bar.set_postfix(_postfix(self._sums, self._count, ema_eps), refresh=False)
+                    bar.set_postfix(_postfix(self._sums, self._count, ema_eps, cfg.family.metric), refresh=False)
                     bar.update(1)
                     if step % cfg.run.log_every == 0 or step == total:
                         self._log_train(logger, step)
@@ -712,13 +712,15 @@ class Trainer:
         return result
 
 
-def _postfix(sums: dict[str, float], count: int, eps: float | None) -> dict[str, str]:
+def _postfix(sums: dict[str, float], count: int, eps: float | None, metric: str = "") -> dict[str, str]:
     out = {}
     if count:
         if "loss" in sums:
             out["loss"] = f"{sums['loss'] / count:.4g}"
         if "accuracy" in sums:
             out["acc"] = f"{100 * sums['accuracy'] / count:.1f}%"
+        if metric and metric != "accuracy" and metric in sums:  # the family's metric, when the algorithm reports it (e.g. return)
+            out[metric] = f"{sums[metric] / count:.4g}"
     if eps is not None:
         out["ep/s"] = f"{eps:.1f}"
     return out
