@@ -11,9 +11,11 @@ from .maml import MAML
 from .metasgd import MetaSGD
 from .anil import ANIL
 from .reptile import Reptile
+from .maml_rl import MAMLRL
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
     "ProtoNet", "SiameseNet", "MatchingNet", "RelationNet", "NearestNeighbour", "Baseline",
     "MAML", "MetaSGD", "ANIL", "Reptile",
 ]
+__all__ += ["MAMLRL"]

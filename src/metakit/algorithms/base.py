@@ -78,6 +78,12 @@ class Algorithm(nn.Module):
         return {}
 
     @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse a run config whose other sections this algorithm cannot honour (e.g. an outer
+        optimizer it needs to be plain SGD): raise ``metakit.options.ConfigError`` naming the key.
+        Called when a config is read, after the generic checks; the default accepts every config."""
+
+    @classmethod
     def from_config(cls, model: nn.Module, context: BuildContext, **options: Any) -> "Algorithm":
         """Build from a backbone and the algorithm's config options."""
         return cls(model, **options)

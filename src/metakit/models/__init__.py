@@ -7,6 +7,7 @@ from torch import nn
 from ..registry import Registry
 from .conv4 import Conv4
 from .conv4_strided import StridedConv4
+from .gaussian_mlp import GaussianMLP
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
 
@@ -16,6 +17,8 @@ __all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", 
 MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
 for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder)):
     MODELS.register(_name)(_cls)
+MODELS.register("gaussian_mlp")(GaussianMLP)
+__all__ += ["GaussianMLP"]
 
 
 def available_models() -> list[str]:

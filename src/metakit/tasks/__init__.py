@@ -9,6 +9,8 @@ from .classification import ClassificationFamily, DatasetSource, available_sourc
 from .episode import Episode, EpisodeBatch
 from .family import BuildContext, TaskFamily, available_families, get_family, register_family
 from .rl import EnvBatch, EnvFamily, EnvTask, env_family
+from .navigation import Navigation2DFamily
+from .locomotion import HalfCheetahDirectionFamily, HalfCheetahVelocityFamily
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
 
@@ -25,6 +27,9 @@ __all__ = [
     "EpisodeSampler",
     "FixedEpisodes",
     "FixedSinusoidTasks",
+    "HalfCheetahDirectionFamily",
+    "HalfCheetahVelocityFamily",
+    "Navigation2DFamily",
     "SinusoidFamily",
     "SinusoidParams",
     "SinusoidTasks",
