@@ -213,6 +213,16 @@ CASES = [
     Case("plot/out-is-a-file", ["plot", "{run}", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-is-a-file", ["demo", "--steps", "1", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-holds-a-run", ["demo", "--steps", "1", "--out", "{run}"], "{run}", r"holds a run"),
+    # meta-RL: MAML-RL and the navigation / locomotion families
+    Case("train/maml-rl-trpo-with-adam", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"), "optim.name=adam",
+         "optim.lr=0.001", "--out", "{tmp}/r"], "optim.name", r"algorithm.outer=trpo writes its line-searched step"),
+    Case("train/maml-rl-policy-of-another-action-size", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"),
+         "model.action_dim=3", "--out", "{tmp}/r"], "model.name=gaussian_mlp", r"maml_rl reads \[mean, log_std\]"),
+    Case("train/navigation-empty-goal-range", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"),
+         "task.goal_range=[0.5,-0.5]", "--out", "{tmp}/r"], "task.goal_range", r"must be \(low, high\) with low < high"),
+    Case("eval/steps-without-an-inner-loop", ["eval", "{run}", "--steps", "2"], "--steps", r"has no inner loop"),
+    Case("plot/trajectories-of-a-classifier", ["plot", "{run}", "--trajectories"], "--trajectories",
+         r"cannot draw trajectories"),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

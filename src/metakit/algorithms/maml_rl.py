@@ -596,13 +596,7 @@ class MAMLRL(Algorithm):
             return metrics
         grads = torch.autograd.grad(loss, plist, retain_graph=True, allow_unused=True, materialize_grads=True)
         g = torch.cat([x.reshape(-1) for x in grads]).detach()
-        kl_grads = torch.autograd.grad(kl, plist, create_graph=True, allow_unused=True, materialize_grads=True)
-        flat_kl = torch.cat([x.reshape(-1) for x in kl_grads])
-
-        def fisher(v: Tensor) -> Tensor:
-            hv = torch.autograd.grad(flat_kl @ v, plist, retain_graph=True, allow_unused=True, materialize_grads=True)
-            return torch.cat([x.reshape(-1) for x in hv]).detach() + self.cg_damping * v
-
+        fisher = self.kl_hessian_product(kl, plist)
         step, accepted_kl, fraction = self._trust_region_step(g, fisher, params, inner, outer, float(loss.detach()))
         offset = 0
         for n, p in zip(self._names, plist):
@@ -612,6 +606,18 @@ class MAMLRL(Algorithm):
         zero_missing_grads(self.parameters())
         metrics.update({"kl": accepted_kl, "step_fraction": fraction})
         return metrics
+
+    def kl_hessian_product(self, kl: Tensor, params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
+        """``v -> (H + cg_damping * I) v`` with ``H`` the Hessian of ``kl`` in the flattened ``params``
+        (double backward through the inner loop; ``kl`` must carry the graph of a ``train=True`` objective)."""
+        grads = torch.autograd.grad(kl, list(params), create_graph=True, allow_unused=True, materialize_grads=True)
+        flat = torch.cat([x.reshape(-1) for x in grads])
+
+        def product(v: Tensor) -> Tensor:
+            hv = torch.autograd.grad(flat @ v, list(params), retain_graph=True, allow_unused=True, materialize_grads=True)
+            return torch.cat([x.reshape(-1) for x in hv]).detach() + self.cg_damping * v
+
+        return product
 
     def _trust_region_step(self, g: Tensor, fisher: Callable[[Tensor], Tensor], params: Params, inner: Sequence[_Samples],
                            outer: _Samples, loss_old: float) -> tuple[Tensor, float, float]:

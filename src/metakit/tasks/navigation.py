@@ -199,11 +199,7 @@ class Navigation2DFamily(EnvFamily):
         goal = task.params["goal"]
         ax.plot([goal[0]], [goal[1]], marker="*", ms=14, color="k", ls="none", label="goal")
         ax.plot([0], [0], marker="o", ms=5, color="k", ls="none")
-        low, high = self.options.goal_range  # type: ignore[attr-defined]
-        pad = 0.1 * (high - low)
-        ax.set_xlim(low - pad, high + pad)
-        ax.set_ylim(low - pad, high + pad)
-        ax.set_aspect("equal")
+        ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.legend(loc="best", fontsize=8)
