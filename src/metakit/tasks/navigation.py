@@ -8,7 +8,8 @@ agent's velocity, clipped to ``[-0.1, 0.1]`` per coordinate, and::
     r_t     = -|| x_{t+1} - goal ||_2
     terminated when |x_{t+1} - goal| < 0.01 in both coordinates; truncated after 100 steps
 
-The observation is the position ``x_t`` (float32). These are the choices of the paper's
+The observation is the position ``x_t`` (float32; its space is the square the agent can reach,
+``max_action * horizon`` on each side). These are the choices of the paper's
 published code (``point_env_randgoal.py`` of ``cbfinn/maml_rl``: velocity clipped to 0.1,
 reward the negative distance after the move, an episode ends within 0.01 of the goal in both
 coordinates) and of its reference PyTorch port; the horizon of 100 steps is the paper's.
@@ -77,7 +78,7 @@ def _define_env_classes() -> tuple[type, type]:
         def __init__(self, goal: Sequence[float], max_action: float = 0.1, horizon: int = 100, tolerance: float = 0.01) -> None:
             self.goal = np.asarray(goal, dtype=np.float64).reshape(2)
             self.max_action, self.horizon, self.tolerance = float(max_action), int(horizon), float(tolerance)
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+            self.observation_space = gym.spaces.Box(-self.max_action * self.horizon, self.max_action * self.horizon, (2,), np.float32)
             self.action_space = gym.spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
             self._position = np.zeros(2)
             self._t = 0
@@ -111,7 +112,7 @@ def _define_env_classes() -> tuple[type, type]:
             self.goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
             self.num_envs = len(self.goals)
             self.max_action, self.horizon, self.tolerance = float(max_action), int(horizon), float(tolerance)
-            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+            self.single_observation_space = gym.spaces.Box(-self.max_action * self.horizon, self.max_action * self.horizon, (2,), np.float32)
             self.single_action_space = gym.spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
             self.observation_space = batch_space(self.single_observation_space, self.num_envs)
             self.action_space = batch_space(self.single_action_space, self.num_envs)
