@@ -201,6 +201,10 @@ def test_the_kl_hessian_product_is_the_hessian_through_the_inner_step_times_the_
     v = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     product = algo.kl_hessian_product(kl, [params[n] for n in names])
     assert torch.allclose(product(v), hessian @ v, rtol=1e-8, atol=1e-10)
+    # the Gauss-Newton form with a finite-difference Jacobian product (kl_hessian=finite_differences)
+    outputs = algo.adapted_outputs(params, inner, outer, train=True)
+    fd = MAMLRL(algo.model, inner_lr=0.3, cg_damping=0.0, kl_hessian="finite_differences")
+    assert torch.allclose(fd.kl_fisher_product(outputs, params, inner, outer)(v), hessian @ v, rtol=1e-6, atol=1e-9)
     damped = MAMLRL(algo.model, inner_lr=0.3, cg_damping=0.5).kl_hessian_product(
         algo.outer_objective(params, inner, outer, train=True)[1], [params[n] for n in names])
     assert torch.allclose(damped(v), hessian @ v + 0.5 * v, rtol=1e-8, atol=1e-10)
@@ -252,10 +256,11 @@ def test_an_episode_that_reaches_the_goal_is_masked_after_its_last_step():
     assert ro.episode_returns()[0, 0].item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_a_trpo_step_stays_in_the_trust_region_and_sgd_with_rate_one_applies_it():
+@pytest.mark.parametrize("kl_hessian", ["exact", "finite_differences"])
+def test_a_trpo_step_stays_in_the_trust_region_and_sgd_with_rate_one_applies_it(kl_hessian):
     torch.manual_seed(0)
     fam = _navigation()
-    algo = MAMLRL(GaussianMLP(2, 2, (8,)), max_kl=0.01)
+    algo = MAMLRL(GaussianMLP(2, 2, (8,)), max_kl=0.01, kl_hessian=kl_hessian)
     before = [p.detach().clone() for p in algo.parameters()]
     metrics = algo.meta_backward(_batch(fam))
     assert set(metrics) == {"loss", "return", "kl", "step_fraction"}
