@@ -410,3 +410,15 @@ def test_non_finite_rewards_sizes_and_options_are_refused_by_name():
 def test_registered_as_maml_rl_for_environment_tasks():
     cls = get_algorithm("maml_rl")
     assert cls is MAMLRL and cls.task_kinds == ("rl",)
+
+
+@pytest.mark.parametrize("family", ["half_cheetah_direction", "half_cheetah_velocity"])
+def test_a_half_cheetah_run_trains_and_is_scored(family, tmp_path):
+    pytest.importorskip("mujoco", reason="the half-cheetah families need MuJoCo (pip install 'gymnasium[mujoco]')")
+    raw = _config(task={"family": family, "horizon": 5},
+                  train={"shots": 2, "queries": 2, "meta_batch": 2, "steps": 1},
+                  eval={"val_episodes": 2, "val_every": 1, "test_episodes": 2})
+    result = train(Config.from_dict(raw), tmp_path / "run")
+    assert result.status == "finished" and math.isfinite(result.best["return"])
+    loaded = load_run(tmp_path / "run")
+    assert loaded.algorithm.model.mean.net[0].in_features == 17 and loaded.algorithm.model.action_dim == 6
