@@ -9,8 +9,9 @@ the fixed test tasks of its config (``eval.seed``), adapting with its ``eval.sho
 step and scoring ``eval.queries`` roll-outs after each step; ``--random-init`` adds the policy the
 first run starts from (its config's model, initialised with its ``run.seed``), fine-tuned the same way.
 The record (one JSON entry appended per call) holds, per policy, the mean return and its 95% interval
-(1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's config and checkpoint
-digests, the command, the seconds, the hardware and the date.
+(1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's effective config, its
+digest and the checkpoint's, the run's training summary (steps, seconds), the command, the seconds of
+the evaluation, the hardware and the date.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main() -> int:
         policies[label] = {
             "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": _sha256(loaded.checkpoint),
             "train_step": loaded.step, "config_sha256": _sha256(Path(run_dir) / "config.yaml"),
-            "algorithm": loaded.config.algorithm.to_dict(), "returns": points,
+            "config": loaded.config.to_dict(), "returns": points,
+            "training": json.loads((Path(run_dir) / "summary.json").read_text()),
         }
     if args.random_init and first is not None:
         seed_everything(first.config.run.seed)

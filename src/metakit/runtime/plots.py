@@ -350,11 +350,11 @@ def draws_trajectories(config: Any) -> bool:
 
 def plot_run_trajectories(
     run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
-    split: str = "test", checkpoint: str = "best",
+    split: str = "test", checkpoint: str = "best", episodes: int = 5,
 ) -> Path:
     """Write ``trajectories.png``: the episodes of the first fixed task of ``split`` before adaptation and
     after each adaptation step (``steps``, default the algorithm's ``eval_steps``), drawn by the task family
-    (the MAML paper's Figure 4 for 2D navigation). ``metakit plot RUN_DIR --trajectories``."""
+    (the MAML paper's Figure 4 for 2D navigation), at most ``episodes`` of each. ``metakit plot RUN_DIR --trajectories``."""
     import matplotlib.pyplot as plt
 
     from .run import load_run
@@ -369,7 +369,9 @@ def plot_run_trajectories(
             "trajectory plots are for environment families with draw_trajectories and algorithms with trajectories"
         )
     batch = next(iter(loaded.episodes(split, episodes=1, batch_size=1)))
-    paths = loaded.algorithm.trajectories(batch, steps)[0]
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be a positive int")
+    paths = {label: runs[:episodes] for label, runs in loaded.algorithm.trajectories(batch, steps)[0].items()}
     fig, ax = plt.subplots(figsize=(5.8, 5.8))
     cfg.family.draw_trajectories(ax, batch[0], paths)
     ax.set_title(
