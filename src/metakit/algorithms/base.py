@@ -34,7 +34,9 @@ the class docstring, or the class attribute ``option_help`` (``{option: text}``)
 there should not be shown as help. ``task_kinds`` declares the kinds of task families the
 algorithm solves. Building from a config goes through two class methods that an algorithm
 may override: :meth:`Algorithm.model_defaults` (default backbone options for the task at hand,
-e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`.
+e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`;
+:meth:`Algorithm.check_config` refuses, when a config is read, settings of its other sections the
+algorithm cannot honour (MAML-RL's TRPO step needs plain SGD with rate 1).
 """
 
 from __future__ import annotations
