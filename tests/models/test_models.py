@@ -28,7 +28,7 @@ def test_mlp_shapes_and_layers():
 
 def test_build_model_errors():
     assert isinstance(build_model("conv4", out_features=3), Conv4)
-    with pytest.raises(ValueError, match=r"model.name='conv5' is not a known model \(did you mean 'conv4'\?\); available: conv4, conv4_strided, flatten, mlp, recurrent_policy, relation_encoder"):
+    with pytest.raises(ValueError, match=r"model.name='conv5' is not a known model \(did you mean 'conv4'\?\); available: conv4, conv4_strided, flatten, gaussian_mlp, mlp, recurrent_policy, relation_encoder"):
         build_model("conv5")
     with pytest.raises(ValueError, match=r"model.name='mlp' does not accept these options \['widht'\]"):
         build_model("mlp", widht=3)

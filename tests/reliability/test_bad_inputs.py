@@ -325,6 +325,16 @@ CASES = [
          rl2_config("_multi_discrete_coin")),
     Case("train/rl2-queries-over-shots", ["train", "{tmp}/rl2.yaml", "--out", "{tmp}/r"], "train.queries=4",
          r"train.queries=4 but a trial has train.shots=3 episodes", rl2_config("_bad_input_coin", queries=4)),
+    # meta-RL: MAML-RL and the navigation / locomotion families
+    Case("train/maml-rl-trpo-with-adam", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"), "optim.name=adam",
+         "optim.lr=0.001", "--out", "{tmp}/r"], "optim.name", r"algorithm.outer=trpo writes its line-searched step"),
+    Case("train/maml-rl-policy-of-another-action-size", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"),
+         "model.action_dim=3", "--out", "{tmp}/r"], "model.name=gaussian_mlp", r"maml_rl reads \[mean, log_std\]"),
+    Case("train/navigation-empty-goal-range", ["train", str(REPO / "configs" / "maml_rl_navigation.yaml"),
+         "task.goal_range=[0.5,-0.5]", "--out", "{tmp}/r"], "task.goal_range", r"must be \(low, high\) with low < high"),
+    Case("eval/steps-without-an-inner-loop", ["eval", "{run}", "--steps", "2"], "--steps", r"has no inner loop"),
+    Case("plot/trajectories-of-a-classifier", ["plot", "{run}", "--trajectories"], "--trajectories",
+         r"cannot draw trajectories"),
     # -- add cases here: each new command, config field and family (memory models, RL, learned
     # optimizers...) states its bad inputs in this table.
 ]

@@ -73,7 +73,8 @@ def test_get_family_suggests_and_lists_the_public_ones():
     assert get_family("sinusoid").kind == "regression" and get_family("classification").metric == "accuracy"
     assert "_lines" not in available_families() and "_lines" in available_families(private=True)
     with pytest.raises(ConfigError, match=r"task.family='clasification' is not a known task family \(did you mean "
-                                          r"'classification'\?\); available: bandits, classification, sequence, sinusoid, tabular_mdp"):
+                                          r"'classification'\?\); available: bandits, classification, half_cheetah_direction, "
+                                          r"half_cheetah_velocity, navigation_2d, sequence, sinusoid, tabular_mdp"):
         get_family("clasification")
 
 

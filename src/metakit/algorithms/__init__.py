@@ -16,6 +16,7 @@ from .lstm import LSTMMetaLearner
 from .snail import SNAIL
 from .references import Reference
 from .rl2 import RL2
+from .maml_rl import MAMLRL
 
 __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
@@ -26,3 +27,4 @@ __all__ = [
 ]
 __all__ += ["SNAIL"]
 __all__ += ["RL2"]
+__all__ += ["MAMLRL"]

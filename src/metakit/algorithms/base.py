@@ -34,7 +34,9 @@ the class docstring, or the class attribute ``option_help`` (``{option: text}``)
 there should not be shown as help. ``task_kinds`` declares the kinds of task families the
 algorithm solves. Building from a config goes through two class methods that an algorithm
 may override: :meth:`Algorithm.model_defaults` (default backbone options for the task at hand,
-e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`.
+e.g. a linear head of ``ways`` outputs for MAML) and :meth:`Algorithm.from_config`;
+:meth:`Algorithm.check_config` refuses, when a config is read, settings of its other sections the
+algorithm cannot honour (MAML-RL's TRPO step needs plain SGD with rate 1).
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ class Algorithm(nn.Module):
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
         """Backbone options this algorithm needs for the task at hand (user options win)."""
         return {}
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse a run config whose other sections this algorithm cannot honour (e.g. an outer
+        optimizer it needs to be plain SGD): raise ``metakit.options.ConfigError`` naming the key.
+        Called when a config is read, after the generic checks; the default accepts every config."""
 
     @classmethod
     def from_config(cls, model: nn.Module, context: BuildContext, **options: Any) -> "Algorithm":

@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="'best' (default; if it is unreadable, the newest readable step checkpoint, with a warning), "
         "'last', or the path of a checkpoint file",
     )
+    p.add_argument(
+        "--steps", type=non_negative_int, default=None,
+        help="adaptation steps before scoring, for algorithms with an inner loop (default: the run's algorithm.eval_steps); "
+        "e.g. --steps 0, 1, 2, 3 give the return after 0..3 policy-gradient steps of maml_rl",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument(
         "--reference",
@@ -94,6 +99,7 @@ def evaluate_run(
     batch: int = 50,
     checkpoint: str = "best",
     progress: bool = False,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints."""
     from ..runtime.evaluation import evaluate
@@ -107,6 +113,13 @@ def evaluate_run(
             f"--ways {ways} was given but this run solves {family.kind} tasks (task.family={family.name}), "
             "which have no classes; drop --ways"
         )
+    if steps is not None:
+        if not isinstance(getattr(loaded.algorithm, "eval_steps", None), int):
+            raise ValueError(
+                f"--steps {steps} was given but algorithm.name={cfg.algorithm.name} has no inner loop to take steps in "
+                "(no eval_steps); drop --steps"
+            )
+        loaded.algorithm.eval_steps = steps
     split_name = loaded.split_name(split)
     loaded.dataset(split, progress=progress)  # load (and report loading) before the episodes are drawn
     seed = cfg.eval.seed if seed is None else seed
@@ -132,6 +145,7 @@ def evaluate_run(
         "higher_is_better": result.higher_is_better,
         **result.regret_dict(),  # optimal_<metric>, regret, regret_ci95 where the family knows its optimum
         "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
+        **({"adaptation_steps": steps} if steps is not None else {}),
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
         "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},
@@ -209,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         checkpoint=args.checkpoint,
         progress=sys.stderr.isatty(),
+        steps=args.steps,
     )
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text")}, indent=2))

@@ -7,6 +7,7 @@ Each figure is one small function ``(args, out_dir) -> list of written paths`` l
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "algorithms (e.g. --regret ucb1 thompson), on fixed test tasks, mean with 95%% band",
     )
     p.add_argument("--tasks", type=int, default=100, metavar="N", help="test tasks of the regret curves (default 100)")
+    p.add_argument(
+        "--trajectories",
+        action="store_true",
+        help="also write trajectories.png: the episodes of one fixed test task before and after adaptation, drawn "
+        "by the task family (written by default for runs whose family draws trajectories, e.g. navigation_2d)",
+    )
     p.set_defaults(func=run)
 
 
@@ -107,11 +114,48 @@ def _regret(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=args.tasks)]
 
 
+def _trajectories(args: argparse.Namespace, out_dir: Path) -> list[Path]:
+    from ..runtime.plots import plot_run_trajectories
+
+    if not getattr(args, "trajectories", False):  # by default: skipped, with a note, while there is no checkpoint
+        try:
+            return [plot_run_trajectories(args.run_dir, out_dir)]
+        except FileNotFoundError as e:
+            print(f"metakit plot: no trajectories.png yet: {e}", file=sys.stderr)
+            return []
+    return [plot_run_trajectories(args.run_dir, out_dir)]
+
+
+def _wants_trajectories(args: argparse.Namespace) -> bool:
+    """``--trajectories``, or by default for a run whose family draws trajectories and whose algorithm plays them."""
+    from ..runtime.plots import draws_trajectories
+    from ..runtime.run import read_run_config
+    from .main import UsageError
+
+    explicit = bool(getattr(args, "trajectories", False))
+    try:
+        config = read_run_config(args.run_dir)
+    except FileNotFoundError:
+        if explicit:
+            raise
+        return False  # a folder of metrics only: learning curves alone
+    able = draws_trajectories(config)
+    if explicit and not able:
+        raise UsageError(
+            f"--trajectories: run {str(args.run_dir)!r} (algorithm.name={config.algorithm.name}, "
+            f"task.family={config.family.name}) cannot draw trajectories; they are drawn for environment families "
+            "with draw_trajectories (navigation_2d) and algorithms with trajectories (maml_rl). Run `metakit plot "
+            f"{args.run_dir}` without --trajectories"
+        )
+    return able
+
+
 def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Path], list[Path]]]:
     """The figures this invocation asks for, in order."""
     return ([_learning_curves, _instance_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
             + ([_memory] if getattr(args, "memory", False) else [])
-            + ([_regret] if getattr(args, "regret", None) is not None else []))
+            + ([_regret] if getattr(args, "regret", None) is not None else [])
+            + ([_trajectories] if _wants_trajectories(args) else []))
 
 
 def run(args: argparse.Namespace) -> int:

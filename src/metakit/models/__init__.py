@@ -7,6 +7,7 @@ from torch import nn
 from ..registry import Registry
 from .conv4 import Conv4
 from .conv4_strided import StridedConv4
+from .gaussian_mlp import GaussianMLP
 from .mlp import MLP
 from .relation import RelationEncoder, RelationModule
 from .flatten import Flatten
@@ -25,6 +26,8 @@ MODELS.register("flatten")(Flatten)
 __all__ += ["Flatten", "LRUAMemory", "NTMMemory", "MemoryAugmentedLSTM"]
 MODELS.register("recurrent_policy")(RecurrentPolicy)
 __all__ += ["RecurrentPolicy"]
+MODELS.register("gaussian_mlp")(GaussianMLP)
+__all__ += ["GaussianMLP"]
 
 
 def available_models() -> list[str]:

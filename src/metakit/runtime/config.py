@@ -281,6 +281,7 @@ class Config:
         context = family.config_context(t.ways)
         model_options = {**algo.model_defaults(context), **self.model.options}
         check_model_fits(self.model.name, model_options, family, context)
+        algo.check_config(self)
 
     @property
     def family(self) -> Any:

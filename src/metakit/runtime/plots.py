@@ -347,3 +347,53 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         title = f"{cfg.algorithm.name} on {data}, meta-batch {t.meta_batch}  [{run_dir.name}]"
     out = Path(out_dir or run_dir) / LEARNING_CURVES_PNG
     return plot_learning_curves(curves, out, title=title, train_note=train_note, val_note=val_note)
+
+
+# -- trajectories of environment tasks ------------------------------------------------------------
+#: file name of the trajectories figure (environment families that draw trajectories)
+TRAJECTORIES_PNG = "trajectories.png"
+__all__ += ["TRAJECTORIES_PNG", "draws_trajectories", "plot_run_trajectories"]
+
+
+def draws_trajectories(config: Any) -> bool:
+    """Whether a run of ``config`` can draw trajectories: its task family draws them
+    (``draw_trajectories(ax, task, paths)``) and its algorithm plays them (``trajectories(batch, steps)``)."""
+    from ..algorithms import get_algorithm
+
+    return callable(getattr(config.family, "draw_trajectories", None)) and callable(
+        getattr(get_algorithm(config.algorithm.name), "trajectories", None)
+    )
+
+
+def plot_run_trajectories(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, steps: int | None = None,
+    split: str = "test", checkpoint: str = "best", episodes: int = 5,
+) -> Path:
+    """Write ``trajectories.png``: the episodes of the first fixed task of ``split`` before adaptation and
+    after each adaptation step (``steps``, default the algorithm's ``eval_steps``), drawn by the task family
+    (the MAML paper's Figure 4 for 2D navigation), at most ``episodes`` of each. ``metakit plot RUN_DIR --trajectories``."""
+    import matplotlib.pyplot as plt
+
+    from .run import load_run
+
+    loaded = load_run(run_dir, checkpoint=checkpoint, fallback=True)
+    cfg = loaded.config
+    if not draws_trajectories(cfg):
+        raise ValueError(
+            f"run {str(run_dir)!r} cannot draw trajectories: task.family={cfg.family.name} "
+            f"{'draws them' if callable(getattr(cfg.family, 'draw_trajectories', None)) else 'does not draw them'} and "
+            f"algorithm.name={cfg.algorithm.name} {'plays them' if callable(getattr(loaded.algorithm, 'trajectories', None)) else 'does not play them'}; "
+            "trajectory plots are for environment families with draw_trajectories and algorithms with trajectories"
+        )
+    batch = next(iter(loaded.episodes(split, episodes=1, batch_size=1)))
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be a positive int")
+    paths = {label: runs[:episodes] for label, runs in loaded.algorithm.trajectories(batch, steps)[0].items()}
+    fig, ax = plt.subplots(figsize=(5.8, 5.8))
+    cfg.family.draw_trajectories(ax, batch[0], paths)
+    ax.set_title(
+        f"{cfg.algorithm.name}, {loaded.split_name(split)} task {batch[0].index} ({len(next(iter(paths.values())))} "
+        f"episodes per policy)\n{loaded.checkpoint.name}, step {loaded.step}", fontsize=9,
+    )
+    fig.tight_layout()
+    return save_figure(fig, Path(out_dir or run_dir) / TRAJECTORIES_PNG)

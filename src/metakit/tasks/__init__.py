@@ -12,6 +12,8 @@ from .family import BuildContext, TaskFamily, available_families, get_family, re
 from .rl import EnvBatch, EnvFamily, EnvTask, env_family
 from .bandits import BanditFamily
 from .tabular_mdp import TabularMDPFamily
+from .navigation import Navigation2DFamily
+from .locomotion import HalfCheetahDirectionFamily, HalfCheetahVelocityFamily
 from .sampler import EpisodeIndices, EpisodeSampler, FixedEpisodes
 from .sequence import SequenceBatch, SequenceFamily
 from .sinusoid import FixedSinusoidTasks, SinusoidFamily, SinusoidParams, SinusoidTasks, sinusoid
@@ -31,6 +33,9 @@ __all__ = [
     "FixedSinusoidTasks",
     "SequenceBatch",
     "SequenceFamily",
+    "HalfCheetahDirectionFamily",
+    "HalfCheetahVelocityFamily",
+    "Navigation2DFamily",
     "SinusoidFamily",
     "SinusoidParams",
     "SinusoidTasks",

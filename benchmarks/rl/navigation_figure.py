@@ -1,0 +1,126 @@
+"""The MAML paper's Figure 4 protocol on 2D navigation: the return after 0..K policy-gradient steps on
+held-out goals, for MAML-RL, the pretrained policy and a randomly initialised one.
+
+    python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR \\
+        [--random-init] [--tasks 1000] [--steps 3] [--record benchmarks/rl/navigation.json] [--figure FILE.png]
+
+Each run is loaded from its best checkpoint (the last one when it did not validate) and evaluated on
+the fixed test tasks of its config (``eval.seed``), adapting with its ``eval.shots`` roll-outs per
+step and scoring ``eval.queries`` roll-outs after each step; ``--random-init`` adds the policy the
+first run starts from (its config's model, initialised with its ``run.seed``), fine-tuned the same way.
+The record (one JSON entry appended per call) holds, per policy, the mean return and its 95% interval
+(1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's effective config, its
+digest and the checkpoint's, the run's training summary (steps, seconds), the command, the seconds of
+the evaluation, the hardware and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from metakit.bench import hardware
+from metakit.runtime.builders import build_algorithm
+from metakit.runtime.run import load_run
+from metakit.runtime.trainer import seed_everything
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def curve(algorithm, episodes, steps: int) -> list[dict]:
+    """Mean return and 95% interval after 0..steps inner steps over the tasks of ``episodes``."""
+    per_task = torch.cat([algorithm.returns_after_steps(batch, steps) for batch in episodes], dim=1)
+    n = per_task.shape[1]
+    return [{"steps": k, "mean": float(row.mean()), "ci95": float(1.96 * row.std() / math.sqrt(n)) if n > 1 else None}
+            for k, row in enumerate(per_task)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR", help="a trained run and its label")
+    p.add_argument("--random-init", action="store_true", help="add the first run's policy at initialisation")
+    p.add_argument("--tasks", type=int, default=1000, help="test tasks (default 1000)")
+    p.add_argument("--steps", type=int, default=3, help="policy-gradient steps (default 3)")
+    p.add_argument("--record", type=Path, default=HERE / "navigation.json")
+    p.add_argument("--figure", type=Path, default=None, help="also draw the curves into this PNG")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    policies: dict[str, dict] = {}
+    first = None
+    for item in args.run:
+        label, _, run_dir = item.partition("=")
+        loaded = load_run(run_dir, checkpoint="best", fallback=True)
+        first = first or loaded
+        episodes = loaded.episodes("test", episodes=args.tasks, batch_size=50)
+        with torch.no_grad():
+            points = curve(loaded.algorithm, episodes, args.steps)
+        policies[label] = {
+            "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": _sha256(loaded.checkpoint),
+            "train_step": loaded.step, "config_sha256": _sha256(Path(run_dir) / "config.yaml"),
+            "config": loaded.config.to_dict(), "returns": points,
+            "training": json.loads((Path(run_dir) / "summary.json").read_text()),
+        }
+    if args.random_init and first is not None:
+        seed_everything(first.config.run.seed)
+        algorithm = build_algorithm(first.config, first.context)
+        algorithm.eval()
+        with torch.no_grad():
+            points = curve(algorithm, first.episodes("test", episodes=args.tasks, batch_size=50), args.steps)
+        policies["random init"] = {"config_sha256": _sha256(first.run_dir / "config.yaml"), "seed": first.config.run.seed,
+                                   "returns": points}
+    e = first.config.eval if first is not None else None
+    entry = {
+        "run_id": uuid.uuid4().hex[:12],
+        "command": " ".join(["python", *sys.argv]),
+        "task": first.config.family.describe() if first is not None else None,
+        "protocol": {"tasks": args.tasks, "steps": args.steps, "shots": e.shots if e else None,
+                     "queries": e.queries if e else None, "seed": e.seed if e else None, "split": "test"},
+        "policies": policies,
+        "seconds": round(time.perf_counter() - start, 2),
+        "hardware": hardware(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    entries = json.loads(args.record.read_text()) if args.record.exists() else []
+    entries.append(entry)
+    args.record.write_text(json.dumps(entries, indent=1) + "\n")
+    if args.figure is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from metakit.runtime.plots import save_figure
+
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for label, pol in policies.items():
+            pts = pol["returns"]
+            ax.errorbar([q["steps"] for q in pts], [q["mean"] for q in pts], yerr=[q["ci95"] or 0 for q in pts],
+                        marker="o", capsize=3, label=label)
+        ax.set_xlabel("number of policy-gradient steps")
+        ax.set_ylabel("average return")
+        ax.set_xticks(range(args.steps + 1))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        ax.set_title(f"{entry['task']}\n{args.tasks} test tasks, mean ± 95% CI", fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, args.figure)
+    print(json.dumps({k: [round(q["mean"], 2) for q in v["returns"]] for k, v in policies.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

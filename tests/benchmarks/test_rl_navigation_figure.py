@@ -1,0 +1,46 @@
+"""benchmarks/rl/navigation_figure.py: the Figure 4 protocol over runs, written as a JSON record and a PNG."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+from metakit.runtime.config import Config
+from metakit.runtime.trainer import train
+
+HERE = Path(__file__).resolve().parents[2] / "benchmarks" / "rl"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("rl_navigation_figure", HERE / "navigation_figure.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkeypatch):
+    raw = {
+        "task": {"family": "navigation_2d", "horizon": 8},
+        "train": {"shots": 2, "queries": 2, "meta_batch": 2, "steps": 1},
+        "eval": {"val_episodes": 0, "test_episodes": 4},
+        "model": {"name": "gaussian_mlp", "hidden": [4]},
+        "algorithm": {"name": "maml_rl"},
+        "optim": {"name": "sgd", "lr": 1.0},
+        "run": {"progress": False, "num_threads": 1},
+    }
+    train(Config.from_dict(raw), tmp_path / "run")
+    record, figure = tmp_path / "record.json", tmp_path / "fig.png"
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"maml={tmp_path / 'run'}", "--random-init",
+                                      "--tasks", "3", "--steps", "2", "--record", str(record), "--figure", str(figure)])
+    assert _script().main() == 0
+    (entry,) = json.loads(record.read_text())
+    assert entry["protocol"] == {"tasks": 3, "steps": 2, "shots": 2, "queries": 2, "seed": 0, "split": "test"}
+    assert set(entry["policies"]) == {"maml", "random init"}
+    maml = entry["policies"]["maml"]
+    assert [p["steps"] for p in maml["returns"]] == [0, 1, 2]
+    assert all(math.isfinite(p["mean"]) and p["ci95"] > 0 for p in maml["returns"])
+    assert maml["training"]["step"] == 1 and len(maml["checkpoint_sha256"]) == 64
+    assert {"run_id", "command", "seconds", "hardware", "date"} <= set(entry) and figure.stat().st_size > 5000
