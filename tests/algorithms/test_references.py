@@ -62,3 +62,21 @@ def test_there_is_nothing_to_train(tmp_path):
                             "run": {"progress": False}})
     with pytest.raises(ValueError, match=r"no trainable parameters"):
         train(cfg, tmp_path / "run")
+
+
+def test_references_play_beside_a_run_in_the_regret_curves_with_per_episode_returns():
+    from metakit.runtime.regret import build_reference, regret_curves
+
+    b, m = bandit_batch(5, 12), mdp_batch(5, 3)
+    ucb = build_reference("ucb1", None)
+    per = ucb.episode_returns(b)
+    assert per.shape == (5, 12) and per.dtype == torch.float64
+    assert per.sum(1).tolist() == play_bandit_trials(UCB1(1.0), b).tolist() == ucb.task_returns(b).tolist()
+    psrl = build_reference("psrl", None)
+    assert psrl.episode_returns(m).shape == (5, 3)
+    assert psrl.episode_returns(m).sum(1).tolist() == play_mdp_trials(PSRL(), m).tolist()
+    curves = regret_curves({"ucb1": ucb, "thompson": build_reference("thompson", None)}, b.family, [b])
+    mean, _ = curves["ucb1"]
+    optimum = torch.tensor([b.family.optimal_return(t, 1) for t in b], dtype=torch.float64)
+    expected = (optimum[:, None] - per).cumsum(1).mean(0)
+    assert torch.allclose(mean, expected)

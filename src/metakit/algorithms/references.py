@@ -58,7 +58,13 @@ class Reference(Algorithm):
         """The strategy and its constants."""
         return self.policy.describe() if self.policy is not None else {"method": self.name}
 
-    def task_returns(self, batch: EnvBatch) -> Tensor:
+    @classmethod
+    def reference(cls, context: Any) -> "Reference":
+        """The strategy with its default constants, to play beside a trained run (``metakit plot RUN --regret NAME``)."""
+        return cls()
+
+    def episode_returns(self, batch: EnvBatch) -> Tensor:
+        """The return of every episode of one trial of ``batch.shots`` episodes on each task, ``[B, shots]`` float64."""
         family = batch.family
         if not isinstance(family, self.families):
             fits = ", ".join(sorted(f.name for f in self.families))
@@ -68,10 +74,14 @@ class Reference(Algorithm):
             )
         policy = self.make_policy(batch)
         if isinstance(policy, _bandits.BanditPolicy):
-            returns = _bandits.play_bandit_trials(policy, batch)
+            returns = _bandits.play_bandit_trials(policy, batch, per_pull=True)
         else:
-            returns = _mdp.play_mdp_trials(policy, batch)
+            returns = _mdp.play_mdp_trials(policy, batch, per_episode=True)
         return torch.as_tensor(returns, dtype=torch.float64)
+
+    def task_returns(self, batch: EnvBatch) -> Tensor:
+        """The total reward of one trial of ``batch.shots`` episodes on each task, ``[B]`` float64."""
+        return self.episode_returns(batch).sum(1)
 
     def meta_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         raise TypeError(

@@ -77,8 +77,9 @@ def task_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _STREAMS[stream], int(index)])
 
 
-class NotAnEnvError(TypeError):
-    """A family's ``make_env`` returned something that is not a ``gymnasium.Env``."""
+class NotAnEnvError(TypeError, ValueError):
+    """A family's ``make_env`` returned something that is not a ``gymnasium.Env`` (a ``TypeError``, and a
+    ``ValueError`` so that the command line reports it in one line like other bad input)."""
 
 
 def check_env_instance(env: Any, owner: str) -> Any:
