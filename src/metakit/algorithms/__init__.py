@@ -22,9 +22,6 @@ __all__ = [
     "Algorithm", "BuildContext", "Learner", "accuracy", "available_algorithms", "get_algorithm", "register",
     "ProtoNet", "SiameseNet", "MatchingNet", "RelationNet", "NearestNeighbour", "Baseline",
     "MAML", "MetaSGD", "ANIL", "Reptile",
-    "MANN", "LSTMMetaLearner",
-    "Reference",
+    "MANN", "LSTMMetaLearner", "SNAIL",
+    "RL2", "MAMLRL", "Reference",
 ]
-__all__ += ["SNAIL"]
-__all__ += ["RL2"]
-__all__ += ["MAMLRL"]

@@ -7,27 +7,28 @@ from torch import nn
 from ..registry import Registry
 from .conv4 import Conv4
 from .conv4_strided import StridedConv4
-from .gaussian_mlp import GaussianMLP
-from .mlp import MLP
-from .relation import RelationEncoder, RelationModule
 from .flatten import Flatten
+from .gaussian_mlp import GaussianMLP
 from .memory import LRUAMemory, MemoryAugmentedLSTM, NTMMemory
-from .snail import AttentionBlock, CausalConv1d, DenseBlock, SNAILNet, TCBlock
+from .mlp import MLP
 from .recurrent_policy import RecurrentPolicy
+from .relation import RelationEncoder, RelationModule
+from .snail import AttentionBlock, CausalConv1d, DenseBlock, SNAILNet, TCBlock
 
-__all__ = ["Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "MODELS", "build_model", "get_model", "available_models"]
-__all__ += ["CausalConv1d", "DenseBlock", "TCBlock", "AttentionBlock", "SNAILNet"]
+__all__ = [
+    "Conv4", "StridedConv4", "MLP", "RelationEncoder", "RelationModule", "Flatten",
+    "LRUAMemory", "NTMMemory", "MemoryAugmentedLSTM", "CausalConv1d", "DenseBlock", "TCBlock", "AttentionBlock", "SNAILNet",
+    "RecurrentPolicy", "GaussianMLP",
+    "MODELS", "build_model", "get_model", "available_models",
+]
 
 #: the backbones configs name with ``model.name``
 MODELS: Registry[type[nn.Module]] = Registry("model", "model.name")
-for _name, _cls in (("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder)):
+for _name, _cls in (
+    ("conv4", Conv4), ("conv4_strided", StridedConv4), ("mlp", MLP), ("relation_encoder", RelationEncoder),
+    ("flatten", Flatten), ("recurrent_policy", RecurrentPolicy), ("gaussian_mlp", GaussianMLP),
+):
     MODELS.register(_name)(_cls)
-MODELS.register("flatten")(Flatten)
-__all__ += ["Flatten", "LRUAMemory", "NTMMemory", "MemoryAugmentedLSTM"]
-MODELS.register("recurrent_policy")(RecurrentPolicy)
-__all__ += ["RecurrentPolicy"]
-MODELS.register("gaussian_mlp")(GaussianMLP)
-__all__ += ["GaussianMLP"]
 
 
 def available_models() -> list[str]:

@@ -1,9 +1,11 @@
 """Episodes, episode samplers and task families.
 
 A task family (:class:`TaskFamily`) is what a config's ``task:`` section names: the registered
-families are N-way K-shot classification (:mod:`.classification`) and sinusoid regression
-(:mod:`.sinusoid`); :mod:`.rl` is the base of environment distributions (meta-RL), of which
-:mod:`.bandits` (Bernoulli bandits) and :mod:`.tabular_mdp` (random tabular MDPs) are registered.
+families are N-way K-shot classification (:mod:`.classification`), sinusoid regression
+(:mod:`.sinusoid`), Santoro et al.'s image sequences (:mod:`.sequence`) and the environment
+distributions of meta-RL on the base :mod:`.rl`: Bernoulli bandits (:mod:`.bandits`), random
+tabular MDPs (:mod:`.tabular_mdp`), 2D navigation (:mod:`.navigation`) and half-cheetah
+direction / velocity (:mod:`.locomotion`).
 """
 
 from .classification import ClassificationFamily, DatasetSource, available_sources, register_source
