@@ -134,6 +134,12 @@ class RL2(Algorithm):
         return cls(model, **options)
 
     @classmethod
+    def check_config(cls, config: Any) -> None:
+        """The trial sizes of the ``train`` and ``eval`` sections (:meth:`check_sizes`)."""
+        cls.check_sizes("train", config.train.shots, config.train.queries)
+        cls.check_sizes("eval", config.eval.shots, config.eval.queries)
+
+    @classmethod
     def check_sizes(cls, section: str, shots: int, queries: int) -> None:
         """``queries`` (scored final episodes of a trial) must not exceed ``shots`` (its episodes)."""
         if queries > shots:

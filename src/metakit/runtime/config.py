@@ -272,10 +272,6 @@ class Config:
             queries=e.queries if e.queries is not None else t.queries,
         )
         family.check_sizes("eval", resolved.ways, resolved.shots, resolved.queries)  # type: ignore[arg-type]
-        algo_sizes = getattr(algo, "check_sizes", None)  # optional: sizes an algorithm cannot honour
-        if algo_sizes is not None:
-            algo_sizes("train", t.shots, t.queries)
-            algo_sizes("eval", resolved.shots, resolved.queries)
         object.__setattr__(self, "eval", resolved)
         family.check_validation(e.val_episodes)
         context = family.config_context(t.ways)
