@@ -392,7 +392,7 @@ def test_non_finite_rewards_sizes_and_options_are_refused_by_name():
     fam = get_family("_nan_point")(get_family("_nan_point").Options())
     algo = MAMLRL(GaussianMLP(2, 2, (4,)), max_steps=3)
     batch = EnvBatch((fam.task(0, "test", 0),), 2, 2)
-    with pytest.raises(NonFiniteRewardError, match=r"task.family=_nan_point returned the reward nan at step 1 of task 0"):
+    with pytest.raises(NonFiniteRewardError, match=r"the environment of task 0 \(task.family=_nan_point\) returned the reward nan at step 1;"):
         algo.task_returns(batch)
     with pytest.raises(ValueError, match=r"task.family=_nan_point states no episode length .* set algorithm.max_steps"):
         MAMLRL(GaussianMLP(2, 2, (4,))).task_returns(batch)

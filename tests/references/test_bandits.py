@@ -92,5 +92,5 @@ def test_a_non_finite_reward_stops_the_trial_with_the_task_named(monkeypatch):
         return rewards, terminated, truncated
 
     monkeypatch.setattr(BanditVectorEnv, "_step_rows", nan_rewards)
-    with pytest.raises(ValueError, match=r"the env of task 1 \(task.family=bandits\) gave reward nan at step 0; rewards must be finite"):
+    with pytest.raises(ValueError, match=r"the environment of task 1 \(task.family=bandits\) returned the reward nan at step 0; rewards must be finite"):
         play_bandit_trials(UCB1(), batch(3, 5, 3))

@@ -205,3 +205,18 @@ def test_a_user_distribution_trains_resumes_exactly_and_is_evaluated_by_metakit_
     record = json.loads(capsys.readouterr().out)
     assert record["metric"] == "return" and record["episodes"] == 10 and record["task"] == "_coins"
     assert 0 <= record["return"] <= 12
+
+
+def test_check_rewards_names_the_first_non_finite_reward_among_the_envs_that_count():
+    from metakit.tasks.rl import NonFiniteRewardError, check_rewards
+
+    fam = CoinsFamily(CoinsFamily.Options())
+    batch = EnvBatch(tuple(fam.task(0, "test", j) for j in range(3)), 1, 1)
+    check_rewards([0.0, 1.0, 0.5, 1.0, 0.0, 1.0], batch, step=0, copies=2)
+    # env 1 (task 0) is masked out: the first that counts is env 3, the second copy of task 1
+    r = [0.0, float("nan"), 0.5, float("inf"), 0.0, 1.0]
+    check_rewards(r, batch, step=0, copies=2, mask=[1, 0, 1, 0, 1, 1])
+    with pytest.raises(NonFiniteRewardError, match=r"task 1 \(task.family=_coins\) returned the reward inf at step 7 of episode 2;"):
+        check_rewards(r, batch, step=[9, 9, 9, 7, 9, 9], episode=[0, 0, 0, 2, 0, 0], copies=2, mask=[1, 0, 1, 1, 1, 1])
+    with pytest.raises(NonFiniteRewardError, match=r"task 0 \(task.family=_coins\) returned the reward nan at step 4;"):
+        check_rewards(r, batch, step=4, copies=2)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..tasks.rl import NonFiniteRewardError, check_rewards
+
 __all__ = [
     "Step",
     "Trials",
@@ -52,10 +54,6 @@ __all__ = [
     "clipped_surrogate",
     "masked_mean",
 ]
-
-
-class NonFiniteRewardError(ValueError):
-    """An environment returned a NaN or infinite reward (or observation)."""
 
 
 class EpisodeTooLongError(ValueError):
@@ -332,13 +330,7 @@ def _rollout(batch: Any, envs: Any, act: Act, episodes: int, copies: int, stream
         to_env = action.numpy() if discrete else np.clip(action.numpy(), act_space.low.reshape(-1), act_space.high.reshape(-1)).reshape((n, *act_space.shape))
         raw_next, r, term, trunc, _ = envs.step(to_env)
         r = np.asarray(r, dtype=np.float64).reshape(n)
-        if not np.isfinite(r).all():
-            i = int(np.flatnonzero(~np.isfinite(r))[0])
-            raise NonFiniteRewardError(
-                f"the environment of task {batch[i // copies].index} (task.family={batch.family.name}) returned the "
-                f"reward {r[i]} at step {ep_steps[i]} of episode {episode[i]}; rewards must be finite numbers: fix the "
-                "environment's step() (a division by zero, a log of 0...)"
-            )
+        check_rewards(r, batch, step=ep_steps, episode=episode, copies=copies)
         term, trunc = np.asarray(term, dtype=bool).reshape(n), np.asarray(trunc, dtype=bool).reshape(n)
         done = term | trunc
         for key, v in (("obs", obs), ("actions", action), ("rewards", torch.from_numpy(r).float()), ("dones", torch.from_numpy(done)),

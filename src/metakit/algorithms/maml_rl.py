@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..tasks.rl import EnvBatch
+from ..tasks.rl import EnvBatch, NonFiniteRewardError, check_rewards
 from ._inner import FunctionalModel, Params, inner_loop, zero_missing_grads
 from .base import Algorithm, BuildContext, register
 from .inner_updates import SGD
@@ -88,10 +88,6 @@ __all__ = [
 
 OuterName = Literal["trpo", "vpg"]
 _LOG_2PI = math.log(2 * math.pi)
-
-
-class NonFiniteRewardError(ValueError):
-    """An environment returned a NaN or infinite reward."""
 
 
 # -- the pieces, as functions ---------------------------------------------------------------------
@@ -470,14 +466,7 @@ class MAMLRL(Algorithm):
                     a = out[..., :a_dim] + torch.exp(out[..., a_dim:]) * noise[:, :, t]
                     o, r, terminated, truncated, _ = envs.step(np.clip(a.reshape(b * c, a_dim).double().numpy(), low, high))
                     r = np.asarray(r, dtype=np.float64)
-                    bad = alive & ~np.isfinite(r)
-                    if bad.any():
-                        i = int(np.flatnonzero(bad)[0])
-                        raise NonFiniteRewardError(
-                            f"task.family={batch.family.name} returned the reward {r[i]} at step {t} of task "
-                            f"{batch[i // c].index} (params {dict(batch[i // c].params)}); environments must return "
-                            "finite rewards: fix the environment's reward"
-                        )
+                    check_rewards(r, batch, step=t, copies=c, mask=alive)
                     m = torch.as_tensor(alive.reshape(b, c), dtype=dtype)
                     obs[:, :, t], actions[:, :, t], policy[:, :, t] = current, a, out
                     rewards[:, :, t] = torch.as_tensor(np.where(alive, r, 0.0).reshape(b, c))

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..tasks.rl import EnvBatch
+from ..tasks.rl import EnvBatch, check_rewards
 
 __all__ = [
     "BanditPolicy",
@@ -268,19 +268,9 @@ def play_bandit_trials(policy: BanditPolicy, batch: EnvBatch, pulls: int | None 
         env.reset(seed=batch.seeds if t == 0 else None)
         arms = policy.choose(successes, failures, t + 1, rngs)
         _, r, _, _, _ = env.step(arms)
-        _check_rewards(r, batch, t)
+        check_rewards(r, batch, step=t)
         successes[rows, arms] += r
         failures[rows, arms] += 1.0 - r
         rewards[:, t] = r
     env.close()
     return rewards if per_pull else rewards.sum(1)
-
-
-def _check_rewards(r: np.ndarray, batch: EnvBatch, t: int) -> None:
-    bad = ~np.isfinite(r)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"the env of task {batch[i].index} (task.family={batch.family.name}) gave reward {r[i]} at step {t}; "
-            "rewards must be finite numbers (check the family's make_env)"
-        )

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ..tasks.rl import EnvBatch
+from ..tasks.rl import EnvBatch, check_rewards
 from ..tasks.tabular_mdp import value_iteration
-from .bandits import _check_number, _check_rewards, policy_generators
+from .bandits import _check_number, policy_generators
 
 __all__ = ["MDPPolicy", "RandomMDP", "OptimalMDP", "PSRL", "play_mdp_trials", "normal_posterior"]
 
@@ -181,7 +181,7 @@ def play_mdp_trials(policy: MDPPolicy, batch: EnvBatch, episodes: int | None = N
         for t in range(horizon):
             a = policy.act(s, t)
             obs, r, _, _, _ = env.step(a)
-            _check_rewards(r, batch, e * horizon + t)
+            check_rewards(r, batch, step=t, episode=e)
             nxt = obs.argmax(-1)
             policy.observe(s, a, r, nxt)
             total[:, e] += r

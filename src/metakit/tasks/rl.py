@@ -61,6 +61,8 @@ __all__ = [
     "FixedEnvTasks",
     "EnvFamily",
     "NotAnEnvError",
+    "NonFiniteRewardError",
+    "check_rewards",
     "check_env_instance",
     "task_rng",
     "env_family",
@@ -80,6 +82,34 @@ def task_rng(seed: int, stream: str, index: int) -> np.random.Generator:
 class NotAnEnvError(TypeError, ValueError):
     """A family's ``make_env`` returned something that is not a ``gymnasium.Env`` (a ``TypeError``, and a
     ``ValueError`` so that the command line reports it in one line like other bad input)."""
+
+
+class NonFiniteRewardError(ValueError):
+    """An environment returned a NaN or infinite reward."""
+
+
+def check_rewards(rewards: Any, batch: "EnvBatch", *, step: Any, episode: Any = None, copies: int = 1,
+                  mask: Any = None) -> None:
+    """Refuse non-finite rewards of one vector-env step over ``batch`` (``copies`` envs per task).
+
+    ``step`` (and ``episode``) is a number or one per env; ``mask`` selects the envs whose rewards
+    count (e.g. those still playing). Raises :class:`NonFiniteRewardError` naming the task, its
+    family, the step and the episode of the first non-finite reward.
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(r)
+    if mask is not None:
+        bad &= np.asarray(mask, dtype=bool).reshape(-1)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    at = f"step {int(np.asarray(step).reshape(-1)[i] if np.ndim(step) else step)}"
+    if episode is not None:
+        at += f" of episode {int(np.asarray(episode).reshape(-1)[i] if np.ndim(episode) else episode)}"
+    raise NonFiniteRewardError(
+        f"the environment of task {batch[i // copies].index} (task.family={batch.family.name}) returned the reward "
+        f"{r[i]} at {at}; rewards must be finite numbers: fix the environment's step() (a division by zero, a log of 0...)"
+    )
 
 
 def check_env_instance(env: Any, owner: str) -> Any:
