@@ -278,6 +278,8 @@ CASES = [
     Case("predict/one-class-support", ["predict", "{run}", "--support", "{tmp}/support", "--query", "{tmp}/query"],
          "--support", r"the support set \(--support\) has 1 class .* needs at least 2 classes", one_class_support),
     # plot and demo: output paths
+    Case("plot/tasks-without-regret", ["plot", "{run}", "--tasks", "5"], "--tasks",
+         r"--tasks 5 sets the test tasks of the regret curves; give it with --regret"),
     Case("plot/out-is-a-file", ["plot", "{run}", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-is-a-file", ["demo", "--steps", "1", "--out", "{tmp}/afile"], "{tmp}/afile", r"is a file", a_file),
     Case("demo/out-holds-a-run", ["demo", "--steps", "1", "--out", "{run}"], "{run}", r"holds a run"),
@@ -311,6 +313,8 @@ CASES = [
          r"--reference 'ucb2' is not a classical reference; choose one of", rl_configs),
     Case("eval/reference-bad-constant", ["eval", "{tmp}/bandits.yaml", "--reference", "epsilon_greedy", "--option",
          "epsilon=2"], "epsilon", r"epsilon=2\.0 must be a number in \[0\.0, 1\.0\]", rl_configs),
+    Case("eval/reference-with-steps", ["eval", "{tmp}/bandits.yaml", "--reference", "ucb1", "--steps", "2"], "--steps",
+         r"--steps 2 does not apply to --reference: a classical reference has no inner loop", rl_configs),
     Case("eval/reference-of-another-family", ["eval", "{tmp}/mdp.yaml", "--reference", "gittins"], "task.family=bandits",
          r"algorithm\.name=gittins plays task\.family=bandits, not task\.family=tabular_mdp", rl_configs),
     # meta-RL (RL²): rewards, spaces and trial sizes
