@@ -155,8 +155,14 @@ def test_sizes_and_spaces_the_policy_cannot_serve_are_refused(tmp_path):
         Config.from_dict(_config(train={"shots": 5, "queries": 6, "meta_batch": 4, "steps": 8}))
     with pytest.raises(ConfigError, match=r"spaces \(observation Box.*action Discrete\(2\)\) do not fit the policy \(model.observation_dim=1, model.action_dim=3"):
         train(Config.from_dict(_config(model={"name": "recurrent_policy", "hidden": 8, "action_dim": 3})), tmp_path / "r")
-    with pytest.raises(ValueError, match=r"train.meta_batch=4 trials cannot be split into algorithm.minibatches=8"):
-        train(Config.from_dict(_config(algorithm={"name": "rl2", "minibatches": 8})), tmp_path / "r2")
+    with pytest.raises(ConfigError, match=r"train.meta_batch=4 trials cannot be split into algorithm.minibatches=8"):
+        Config.from_dict(_config(algorithm={"name": "rl2", "minibatches": 8}))  # refused when the config is read
+    with pytest.raises(ConfigError, match=r"train.meta_batch=3 trials cannot be split into algorithm.minibatches=4"):
+        Config.from_dict(_config(train={"shots": 5, "queries": 5, "meta_batch": 3, "steps": 8}, algorithm={"name": "rl2"}))
+    with pytest.raises(ValueError, match=r"train.meta_batch=3 trials cannot be split into algorithm.minibatches=4"):
+        algo = RL2(RecurrentPolicy(observation_dim=1, action_dim=2, hidden=4))
+        fam = Config.from_dict(_config()).family
+        algo.collect(EnvBatch(tuple(fam.task(0, "train", i) for i in range(3)), 5, 5))
     with pytest.raises(ConfigError, match=r"algorithm.clip=0.0 must be a positive number"):
         train(Config.from_dict(_config(algorithm={"name": "rl2", "clip": 0})), tmp_path / "r3")
 
