@@ -220,3 +220,15 @@ def test_check_rewards_names_the_first_non_finite_reward_among_the_envs_that_cou
         check_rewards(r, batch, step=[9, 9, 9, 7, 9, 9], episode=[0, 0, 0, 2, 0, 0], copies=2, mask=[1, 0, 1, 1, 1, 1])
     with pytest.raises(NonFiniteRewardError, match=r"task 0 \(task.family=_coins\) returned the reward nan at step 4;"):
         check_rewards(r, batch, step=4, copies=2)
+
+
+@pytest.mark.parametrize("name", ["bandits", "tabular_mdp", "navigation_2d"])
+def test_env_options_a_family_cannot_use_are_refused_not_dropped(name):
+    fam = get_family(name)(get_family(name).Options())
+    batch = EnvBatch((fam.task(0, "test", 0),), 1, 1)
+    with pytest.raises(ValueError, match=rf"task.family={name}'s environments take no options, got render_mode='human'"):
+        batch.vector_env(render_mode="human")
+    batch.vector_env().close()  # without options: built as before
+    if name == "navigation_2d":  # its single env takes none either
+        with pytest.raises(ValueError, match=r"take no options, got render_mode='human'"):
+            fam.make_env(batch[0].params, render_mode="human")

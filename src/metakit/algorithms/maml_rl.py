@@ -272,7 +272,7 @@ class MAMLRL(Algorithm):
         kl_hessian: trpo: how the KL Hessian multiplies a vector: exact (double backward of the KL
             through the inner steps) or finite_differences (J^T H J v with J v by central differences
             of the adapted policy's outputs: second-order derivatives only, as in the paper, which
-            avoids third ones; about 1.5x faster per product, approximate in float32).
+            avoids third ones; approximate in float32).
         ls_steps: trpo: backtracking line-search steps.
         ls_backtrack: trpo: factor of each line-search step.
         discount: gamma of the returns the advantages are computed from.

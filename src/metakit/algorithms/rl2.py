@@ -47,6 +47,7 @@ noise stream of its own, so an evaluation is a fixed function of the checkpoint 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -135,9 +136,13 @@ class RL2(Algorithm):
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        """The trial sizes of the ``train`` and ``eval`` sections (:meth:`check_sizes`)."""
+        """The trial sizes of the ``train`` and ``eval`` sections (:meth:`check_sizes`), and a
+        meta-batch that splits into ``algorithm.minibatches``."""
         cls.check_sizes("train", config.train.shots, config.train.queries)
         cls.check_sizes("eval", config.eval.shots, config.eval.queries)
+        minibatches = config.algorithm.options.get("minibatches", inspect.signature(cls).parameters["minibatches"].default)
+        if isinstance(minibatches, int) and not isinstance(minibatches, bool) and config.train.meta_batch < minibatches:
+            raise ConfigError(_split_message(config.train.meta_batch, minibatches))
 
     @classmethod
     def check_sizes(cls, section: str, shots: int, queries: int) -> None:
@@ -246,10 +251,7 @@ class RL2(Algorithm):
         """Start an iteration: play the batch's trials, compute advantages, draw the minibatch order."""
         self._check_batch(batch, "train")
         if len(batch) < self.minibatches:
-            raise ValueError(
-                f"train.meta_batch={len(batch)} trials cannot be split into algorithm.minibatches={self.minibatches} "
-                f"minibatches; raise train.meta_batch to at least {self.minibatches} or lower algorithm.minibatches"
-            )
+            raise ValueError(_split_message(len(batch), self.minibatches))
         trials = self.play(batch, stream=TRAIN_STREAM)
         adv, ret = gae(trials.rewards, trials.values, trials.trial_ends(), self.gamma, self.gae_lambda)
         if self.normalize_advantages:
@@ -309,6 +311,11 @@ class RL2(Algorithm):
         else:
             self.rollout_position.fill_(position + 1)
         return metrics
+
+
+def _split_message(meta_batch: int, minibatches: int) -> str:
+    return (f"train.meta_batch={meta_batch} trials cannot be split into algorithm.minibatches={minibatches} "
+            f"minibatches; raise train.meta_batch to at least {minibatches} or lower algorithm.minibatches")
 
 
 def check_spaces(model: nn.Module, obs_space: Any, act_space: Any, whose: str) -> None:

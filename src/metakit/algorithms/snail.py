@@ -34,6 +34,7 @@ the order given.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -55,6 +56,14 @@ from ._embedding import (
 from .base import BuildContext, accuracy, register
 
 __all__ = ["SNAIL", "shuffle_support"]
+
+
+def _context_message(support_len: int, ways: int, shots: int) -> str:
+    return (
+        f"the support set has {support_len} examples but this SNAIL network's context holds {ways * shots} "
+        f"({ways}-way x {shots}-shot, algorithm.shots={shots}); give at most {shots} example(s) per class, or "
+        f"train with algorithm.shots >= {-(-support_len // ways)} (and train.shots to match)"
+    )
 
 
 def shuffle_support(support_z: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -133,6 +142,27 @@ class SNAIL(EmbeddingAlgorithm):
             )
         return cls(model, **options)
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse, when the config is read, the episodes of ``train`` or ``eval`` the network cannot
+        take (:meth:`check_task`): other ways than it is built for, more shots than its context."""
+        from ..options import ConfigError
+
+        defaults = inspect.signature(cls).parameters
+        shots = config.algorithm.options.get("shots", defaults["shots"].default)
+        ways = config.algorithm.options.get("ways") or config.train.ways
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (shots, ways)):
+            return  # the constructor names the bad option
+        for section in ("train", "eval"):
+            sizes = getattr(config, section)
+            if sizes.ways is not None and sizes.ways != ways:
+                raise ConfigError(
+                    f"{section}.ways={sizes.ways} but the SNAIL network is built for {ways}-way tasks (train.ways, its "
+                    f"output layer); set {section}.ways={ways}"
+                )
+            if sizes.shots is not None and sizes.shots > shots:
+                raise ConfigError(f"{section}.shots={sizes.shots}: " + _context_message(ways * sizes.shots, ways, shots))
+
     @property
     def context(self) -> int:
         """The longest support sequence the network takes: ``ways * shots``."""
@@ -148,12 +178,7 @@ class SNAIL(EmbeddingAlgorithm):
                 f"{ways}-way model (train.ways={ways})"
             )
         if support_len > self.context:
-            raise ValueError(
-                f"the support set has {support_len} examples but this SNAIL network's context holds "
-                f"{self.context} ({self.ways}-way x {self.shots}-shot, algorithm.shots={self.shots}); give at most "
-                f"{self.shots} example(s) per class, or train with algorithm.shots >= "
-                f"{-(-support_len // self.ways)} (and train.shots to match)"
-            )
+            raise ValueError(_context_message(support_len, self.ways, self.shots))
 
     def task_scores(self, support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int) -> Tensor:
         """Scores ``[B, Q, ways]``: every query ``[B, Q, D]`` read at the step after the task's

@@ -242,6 +242,8 @@ def _run_reference(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} does not apply to --reference: a reference plays one trial of --shots episodes per task")
     if args.checkpoint != "best":
         raise ValueError("--checkpoint does not apply to --reference: a classical reference has no weights")
+    if args.steps is not None:
+        raise ValueError(f"--steps {args.steps} does not apply to --reference: a classical reference has no inner loop; drop --steps")
     record = evaluate_reference(
         args.run_dir, args.reference, args.option, split=args.split, shots=args.shots, episodes=args.episodes,
         seed=args.seed, batch=args.batch, progress=sys.stderr.isatty(),

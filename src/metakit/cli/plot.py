@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "against the episode of a trial (the pull, for bandits) of the run's algorithm and of the named reference "
         "algorithms (e.g. --regret ucb1 thompson), on fixed test tasks, mean with 95%% band",
     )
-    p.add_argument("--tasks", type=int, default=100, metavar="N", help="test tasks of the regret curves (default 100)")
+    p.add_argument("--tasks", type=int, default=None, metavar="N",
+                   help="test tasks of the regret curves (default 100; only with --regret)")
     p.add_argument(
         "--trajectories",
         action="store_true",
@@ -106,12 +107,17 @@ def _memory(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     return [plot_run_memory(args.run_dir, out_dir)]
 
 
+#: test tasks of the regret curves when --tasks is not given
+REGRET_TASKS = 100
+
+
 def _regret(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     from ..runtime.regret import plot_regret
 
-    if args.tasks < 2:
-        raise ValueError(f"--tasks {args.tasks}: the regret curves need at least 2 test tasks (for their 95% band)")
-    return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=args.tasks)]
+    tasks = REGRET_TASKS if args.tasks is None else args.tasks
+    if tasks < 2:
+        raise ValueError(f"--tasks {tasks}: the regret curves need at least 2 test tasks (for their 95% band)")
+    return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=tasks)]
 
 
 def _trajectories(args: argparse.Namespace, out_dir: Path) -> list[Path]:
@@ -168,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir = check_out_dir(args.out, "--out")
     else:
         out_dir = run_dir
+    if getattr(args, "tasks", None) is not None and getattr(args, "regret", None) is None:
+        raise ValueError(f"--tasks {args.tasks} sets the test tasks of the regret curves; give it with --regret [REFERENCE...]")
     if args.embeddings:
         _check_embeddings(run_dir)
     for figure in _figures(args):

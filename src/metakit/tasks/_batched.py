@@ -21,7 +21,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["BatchedEnv", "env_generators", "check_discrete_actions", "repeat_tasks"]
+__all__ = ["BatchedEnv", "env_generators", "check_discrete_actions", "repeat_tasks", "refuse_env_options"]
 
 
 def env_generators(seed: Any, num_envs: int) -> list[np.random.Generator | None]:
@@ -47,6 +47,14 @@ def repeat_tasks(tasks: Any, copies: Any) -> list[Any]:
     if not out:
         raise ValueError("tasks is empty; a vector env needs at least one task")
     return out
+
+
+def refuse_env_options(kwargs: dict[str, Any], family: str) -> None:
+    """A ``ValueError`` naming ``kwargs`` (e.g. ``render_mode``) if any are given: a batched vector
+    env (and an env without options) takes none, and must not drop them silently."""
+    if kwargs:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ValueError(f"task.family={family}'s environments take no options, got {given}; leave them out")
 
 
 def check_discrete_actions(actions: Any, n: int, num_envs: int) -> np.ndarray:

@@ -29,7 +29,7 @@ import gymnasium
 import numpy as np
 
 from ..options import Options, option
-from ._batched import BatchedEnv, check_discrete_actions, repeat_tasks
+from ._batched import BatchedEnv, check_discrete_actions, refuse_env_options, repeat_tasks
 from .family import register_family
 from .rl import EnvFamily, EnvTask
 
@@ -119,6 +119,7 @@ class BanditFamily(EnvFamily):
         return BanditEnv(_means(params, "task.family=bandits"), **kwargs)
 
     def make_vector_env(self, tasks: Sequence[EnvTask], copies: int = 1, **kwargs: Any) -> BanditVectorEnv:
+        refuse_env_options(kwargs, "bandits")
         means = [_means(t.params, "task.family=bandits") for t in repeat_tasks(tasks, copies)]
         return BanditVectorEnv(np.stack(means))
 

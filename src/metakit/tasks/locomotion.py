@@ -38,7 +38,7 @@ _CLASS: type | None = None
 
 
 def _env_class() -> type:
-    """:class:`HalfCheetahTaskEnv`, defined on first use (importing metakit imports neither gymnasium nor MuJoCo)."""
+    """:class:`HalfCheetahTaskEnv`, defined on first use (importing metakit.tasks does not import MuJoCo)."""
     global _CLASS
     if _CLASS is None:
         _CLASS = _define_env_class()

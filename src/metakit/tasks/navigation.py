@@ -173,11 +173,17 @@ class Navigation2DFamily(EnvFamily):
         return {"goal": tuple(float(v) for v in rng.uniform(low, high, size=2))}
 
     def make_env(self, params: Mapping[str, Any], **kwargs: Any) -> Any:
+        from ._batched import refuse_env_options
+
+        refuse_env_options(kwargs, "navigation_2d")
         return _env_classes()[0](params["goal"], **self._dynamics())
 
     def make_vector_env(self, tasks: Sequence[EnvTask], copies: int = 1, **kwargs: Any) -> Any:
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
             raise ValueError(f"copies={copies!r} must be a positive int (environments per task)")
+        from ._batched import refuse_env_options
+
+        refuse_env_options(kwargs, "navigation_2d")
         goals = np.repeat(np.array([t.params["goal"] for t in tasks], dtype=np.float64).reshape(-1, 2), copies, axis=0)
         return _env_classes()[1](goals, **self._dynamics())
 

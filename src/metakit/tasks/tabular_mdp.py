@@ -34,7 +34,7 @@ import gymnasium
 import numpy as np
 
 from ..options import ConfigError, Options, option
-from ._batched import BatchedEnv, check_discrete_actions, repeat_tasks
+from ._batched import BatchedEnv, check_discrete_actions, refuse_env_options, repeat_tasks
 from .family import register_family
 from .rl import EnvFamily, EnvTask
 
@@ -201,6 +201,7 @@ class TabularMDPFamily(EnvFamily):
         return TabularMDPEnv(r, p, int(self.options.horizon), **kwargs)  # type: ignore[attr-defined]
 
     def make_vector_env(self, tasks: Sequence[EnvTask], copies: int = 1, **kwargs: Any) -> TabularMDPVectorEnv:
+        refuse_env_options(kwargs, "tabular_mdp")
         params = [_check_params(t.params, "task.family=tabular_mdp") for t in repeat_tasks(tasks, copies)]
         return TabularMDPVectorEnv(np.stack([r for r, _ in params]), np.stack([p for _, p in params]),
                                    int(self.options.horizon))  # type: ignore[attr-defined]
