@@ -228,3 +228,39 @@ def test_a_reference_gives_the_regret_with_its_interval():
     d = r.to_dict()
     assert d["optimal_return"] == 4.0 and d["regret"] == 1.0 and abs(d["regret_ci95"] - ci) < 1e-15
     assert "regret 1 ± 1.132" in str(r)
+
+
+def test_the_regret_is_taken_over_the_episodes_the_algorithm_scores():
+    """RL² scores the total of ``queries`` episodes, MAML-RL the mean return of one: the family's
+    optimum is summed over as many episodes as the evaluated number covers."""
+    from types import SimpleNamespace
+
+    class Family:
+        metric, higher_is_better, percent = "return", True, False
+
+        def optimal_return(self, task, episodes):
+            return 2.0 * episodes  # 2 per episode
+
+        def score(self, algorithm, batch):
+            return algorithm.task_returns(batch)
+
+    class Total(Algorithm):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def task_returns(self, batch):
+            return torch.full((len(batch.tasks),), 1.5 * batch.queries, dtype=torch.float64)
+
+    class PerEpisode(Total):
+        def task_returns(self, batch):
+            return torch.full((len(batch.tasks),), 1.5, dtype=torch.float64)
+
+        def scored_episodes(self, batch):
+            return 1
+
+    batch = SimpleNamespace(tasks=[SimpleNamespace(index=i) for i in range(3)], queries=4)
+    total = evaluate(Total(), [batch], family=Family())
+    per_episode = evaluate(PerEpisode(), [batch], family=Family())
+    assert total.regret[0] == pytest.approx(4 * 0.5) and total.to_dict()["optimal_return"] == 8.0
+    assert per_episode.regret[0] == pytest.approx(0.5) and per_episode.to_dict()["optimal_return"] == 2.0

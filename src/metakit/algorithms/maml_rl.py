@@ -700,6 +700,11 @@ class MAMLRL(Algorithm):
         _, queries, _ = self._sample_trial(batch, self.eval_steps, seeded=True, every_step=False)
         return queries[-1].episode_returns().mean(1)
 
+    def scored_episodes(self, batch: EnvBatch) -> int:
+        """One: :meth:`task_returns` is the mean return of one episode (the regret against a family's
+        optimum is taken over one episode; :func:`metakit.runtime.evaluation.scored_episodes`)."""
+        return 1
+
     def trajectories(self, batch: EnvBatch, steps: int | None = None) -> list[dict[str, list[np.ndarray]]]:
         """Per task of ``batch``: ``{label: [observations of each query episode, [T_e, D]]}`` before
         adaptation (``"pre-update"``) and after each of ``1..steps`` inner steps (default ``eval_steps``)."""

@@ -79,6 +79,11 @@ class Reference(Algorithm):
             returns = _mdp.play_mdp_trials(policy, batch, per_episode=True)
         return torch.as_tensor(returns, dtype=torch.float64)
 
+    def scored_episodes(self, batch: EnvBatch) -> int:
+        """``batch.shots``: :meth:`task_returns` is the total reward of the whole trial (the regret
+        against the family's optimum is taken over as many episodes)."""
+        return batch.shots
+
     def task_returns(self, batch: EnvBatch) -> Tensor:
         """The total reward of one trial of ``batch.shots`` episodes on each task, ``[B]`` float64."""
         return self.episode_returns(batch).sum(1)

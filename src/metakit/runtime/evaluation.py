@@ -35,7 +35,7 @@ from ..tasks.episode import EpisodeBatch
 from ..tasks.family import NonFiniteOutputError
 from ..tasks.sinusoid import mse_scores
 
-__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores", "reference_values"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores", "reference_values", "scored_episodes"]
 
 #: z-value of the two-sided 95% normal interval used by the field
 Z95 = 1.96
@@ -185,16 +185,25 @@ def episode_scores(algorithm: Algorithm, batch: EpisodeBatch) -> tuple[str, Tens
     return "mse", mse_scores(algorithm, batch)
 
 
-def reference_values(family: Any, batch: Any) -> Tensor | None:
-    """``[B]`` float64: the family's optimal reference on each task of ``batch``, over the episodes
-    the score covers (``batch.queries``, the scored episodes of environment tasks), or ``None`` if the
-    family gives none (no ``optimal_return``, or ``None`` for a task)."""
+def scored_episodes(algorithm: Any, batch: Any) -> int:
+    """How many episodes of each task one value of ``algorithm.task_returns(batch)`` covers: the
+    algorithm's ``scored_episodes(batch)`` if it has one (MAML-RL scores the mean return of one
+    episode), else ``batch.queries`` (the scored episodes of environment tasks)."""
+    count = getattr(algorithm, "scored_episodes", None)
+    return int(count(batch)) if count is not None else int(batch.queries)
+
+
+def reference_values(family: Any, batch: Any, algorithm: Any = None) -> Tensor | None:
+    """``[B]`` float64: the family's optimal reference on each task of ``batch`` over the episodes one
+    score of ``algorithm`` covers (:func:`scored_episodes`; ``batch.queries`` without an algorithm),
+    or ``None`` if the family gives none (no ``optimal_return``, or ``None`` for a task)."""
     fn = getattr(family, "optimal_return", None)
     if fn is None or not hasattr(batch, "tasks"):
         return None
+    episodes = scored_episodes(algorithm, batch) if algorithm is not None else int(batch.queries)
     out = []
     for task in batch.tasks:
-        value = fn(task, batch.queries)
+        value = fn(task, episodes)
         if value is None:
             return None
         value = float(value)
@@ -275,7 +284,7 @@ def evaluate(
                     )
                 metric = kind
                 values.append(vals.detach().to("cpu", torch.float64).flatten())
-                references.append(reference_values(family, batch) if family is not None else None)
+                references.append(reference_values(family, batch, algorithm) if family is not None else None)
                 if bar is not None:
                     bar.update(1)
                     done = float(torch.cat(values).mean())

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from .config import Config, ConfigError, apply_overrides, load_config, parse_overrides
 
@@ -62,7 +61,7 @@ def evaluate_reference(
     from ..algorithms import get_algorithm
     from ..algorithms.references import Reference
     from .builders import build_episodes
-    from .evaluation import evaluate, mean_ci95
+    from .evaluation import evaluate
 
     names = reference_names()
     if name not in names:
@@ -100,17 +99,10 @@ def evaluate_reference(
         "split": family.split_name(split),
         "shots": trial,
         "seed": seed,
-        **result.to_dict(),  # metric, its mean, ci95, episodes, higher_is_better
+        **result.to_dict(),  # metric, its mean, ci95, episodes, higher_is_better (and the regret over the trial)
         "source": str(target),
         "seconds": round(seconds, 6),
     }
-    optimal = [family.optimal_return(t, trial) for b in build_episodes(config, split, shots=shots, episodes=episodes,
-                                                                      seed=seed, batch_size=batch) for t in b]
-    if all(v is not None for v in optimal):
-        opt = torch.tensor(optimal, dtype=torch.float64)
-        regret = mean_ci95(opt - result.per_episode)
-        record["optimal_return"] = float(opt.mean())
-        record["regret"], record["regret_ci95"] = regret[0], regret[1]
     return record
 
 
