@@ -3,6 +3,7 @@ import os
 import re
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,9 +155,17 @@ def test_only_the_needed_archive_is_read(tmp_path, omniglot_root, cache_dir):
 PREP_SUFFIX = "-s28-c1-lanczos-inv.safetensors"
 
 
+def _entry(cache_dir, ds, archive: str) -> Path:
+    """The cache entry of ``archive`` (``"background"``/``"evaluation"``) that ``ds`` was read from:
+    the session's cache also holds entries of other image sizes and of other (modified) archives."""
+    key = ds.meta["archives"][f"images_{archive}.zip"]
+    return cache_dir / "omniglot" / f"{archive}-{key.removeprefix('listing-')[:16]}{PREP_SUFFIX}"
+
+
 def test_warm_load_uses_the_cache(load_omniglot, omniglot_root, cache_dir, monkeypatch):
     for protocol, split in [("lake", "background"), ("lake", "evaluation"), ("vinyals", "trainval")]:
         reference = load_omniglot(protocol, split)
+        entries = sorted((cache_dir / "omniglot").iterdir())
 
         def no_decoding(*args, **kwargs):
             raise AssertionError("decoded a PNG although the cache holds the archive")
@@ -168,15 +177,16 @@ def test_warm_load_uses_the_cache(load_omniglot, omniglot_root, cache_dir, monke
         monkeypatch.undo()
         assert torch.equal(ds.data, reference.data) and ds.class_names == reference.class_names
         assert seconds < 2.0, f"warm load of {protocol}/{split} took {seconds:.2f} s"
-    # the session's cache may also hold entries of other preprocessings (other tests load other image sizes)
-    files = sorted(p.name for p in (cache_dir / "omniglot").glob(f"*{PREP_SUFFIX}"))
-    assert len(files) == 2
+        assert sorted((cache_dir / "omniglot").iterdir()) == entries  # the warm load wrote nothing
+    # one entry per archive, read by every protocol and split
+    assert _entry(cache_dir, load_omniglot("lake", "background"), "background").is_file()
+    assert _entry(cache_dir, load_omniglot("lake", "evaluation"), "evaluation").is_file()
 
 
 @pytest.mark.slow  # decodes the evaluation archive again (~2-3 s)
 def test_corrupt_cache_is_rebuilt(load_omniglot, omniglot_root, cache_dir, tmp_path):
     reference = load_omniglot("lake", "evaluation")
-    src = next((cache_dir / "omniglot").glob(f"evaluation-*{PREP_SUFFIX}"))
+    src = _entry(cache_dir, reference, "evaluation")
     fresh = tmp_path / "cache"
     (fresh / "omniglot").mkdir(parents=True)
     dst = fresh / "omniglot" / src.name
@@ -211,8 +221,8 @@ def test_a_changed_zip_is_not_served_from_the_cache_of_the_original(load_omniglo
     # a cache folder that already holds the decoded original archive
     cache = tmp_path / "cache"
     (cache / "omniglot").mkdir(parents=True)
-    for f in (cache_dir / "omniglot").glob(f"evaluation-*{PREP_SUFFIX}"):
-        (cache / "omniglot" / f.name).write_bytes(f.read_bytes())
+    original = _entry(cache_dir, reference, "evaluation")
+    (cache / "omniglot" / original.name).write_bytes(original.read_bytes())
     # the same archive with the first image of one character replaced by an image of another
     c, prefix, donor_prefix = _swap_target(reference)
     root = tmp_path / "root"
