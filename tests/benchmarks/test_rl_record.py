@@ -146,16 +146,21 @@ def test_an_empty_record_says_how_to_fill_it():
     assert "python benchmarks/rl/record.py eval RUN_DIR" in rec.table([], [])
 
 
-def _fake_metakit(path: Path) -> str:
-    path.write_text(f"#!{sys.executable}\nimport sys\nprint('checkpoint is corrupt', file=sys.stderr)\nsys.exit(1)\n")
+def _fake_metakit(path: Path, stdout: str, status: int) -> str:
+    """A stand-in ``metakit`` that prints ``stdout`` and "checkpoint is corrupt" on stderr, then exits ``status``."""
+    path.write_text(f"#!{sys.executable}\nimport sys\nprint({stdout!r})\nprint('checkpoint is corrupt', file=sys.stderr)\n"
+                    f"sys.exit({status})\n")
     path.chmod(0o755)
     return str(path)
 
 
-def _unfinished(run: Path, tmp_path: Path) -> Path:
+def _unfinished(run: Path, tmp_path: Path, summary: str | None) -> Path:
     copy_of = tmp_path / "unfinished"
     shutil.copytree(run, copy_of)
-    (copy_of / "summary.json").unlink()
+    if summary is None:
+        (copy_of / "summary.json").unlink()
+    else:
+        (copy_of / "summary.json").write_text(summary)
     return copy_of
 
 
@@ -173,8 +178,11 @@ def _not_rl(tmp_path: Path) -> Path:
     ("missing", r"holds no config\.yaml: not a run folder"),
     ("not_rl", r"is a run of task\.family=sinusoid \(regression tasks\), not of an RL task family"),
     ("unfinished", r"summary\.json is 'missing', not 'finished': the run is still training"),
+    ("failed_run", r"summary\.json is 'failed', not 'finished': the run is still training, was killed or failed"),
     ("failed_eval", r"exited with status 1 without a JSON result holding a return; nothing recorded\. "
                     r"Its stderr ends:\ncheckpoint is corrupt"),
+    ("json_then_failed", r"exited with status 1 without a JSON result holding a return"),
+    ("no_return", r"exited with status 0 without a JSON result holding a return"),
     ("bad_metakit", r"--metakit '.*nothing-here' is not an executable file"),
 ])
 def test_bad_inputs_are_refused_with_the_reason_and_nothing_is_recorded(recorded, tmp_path, capsys, case, message):
@@ -188,9 +196,17 @@ def test_bad_inputs_are_refused_with_the_reason_and_nothing_is_recorded(recorded
     elif case == "not_rl":
         target = _not_rl(tmp_path)
     elif case == "unfinished":
-        target = _unfinished(run, tmp_path)
+        target = _unfinished(run, tmp_path, None)
+    elif case == "failed_run":
+        target = _unfinished(run, tmp_path, json.dumps({"status": "failed", "step": 2, "elapsed": 1.0}))
     elif case == "failed_eval":
-        target, metakit = run, _fake_metakit(tmp_path / "metakit")
+        target, metakit = run, _fake_metakit(tmp_path / "metakit", "", 1)
+    elif case == "json_then_failed":
+        result = {"return": 1.0, "ci95": 0.1, "episodes": 5, "checkpoint": "step-00000004.safetensors", "step": 4}
+        target, metakit = run, _fake_metakit(tmp_path / "metakit", json.dumps(result), 1)
+    elif case == "no_return":
+        result = {"accuracy": 0.5, "ci95": 0.1, "episodes": 5, "checkpoint": "step-00000004.safetensors", "step": 4}
+        target, metakit = run, _fake_metakit(tmp_path / "metakit", json.dumps(result), 0)
     else:
         target, metakit = run, str(tmp_path / "nothing-here")
     out = tmp_path / "runs.json"
