@@ -122,6 +122,15 @@ def test_the_table_puts_the_run_beside_the_references_of_its_protocol_and_the_pa
     other["result"]["seed"] = 3
     row = [line for line in rec.table([other], references).splitlines() if line.startswith("| bandits")][0]
     assert row.count("not measured") == 4 and "| 6.7 |" in row
+    # a tabular-MDP record (the same fields, hand-set) gets its own table beside Table 2 and PSRL
+    mdp = copy.deepcopy(entries[0])
+    mdp["run_id"] = "mdp-run"
+    mdp["result"].update(task="tabular_mdp", options={"states": 10, "actions": 5, "horizon": 10})
+    mdp_text = rec.table([entries[0], mdp], references)
+    assert mdp_text.count("| setting |") == 2
+    mdp_row = [line for line in mdp_text.splitlines() if line.startswith("| tabular_mdp")][0]
+    psrl = [e for e in references if e["setting"] == "mdp-n10"][-1]["results"]["psrl"]
+    assert f"| 156.2 | PSRL: {psrl['return']:.2f} ± {psrl['ci95']:.2f} | {psrl['return']:.2f} ±" in mdp_row
     # the command prints the same table
     printed = subprocess.run([sys.executable, str(HERE / "record.py"), "table", "--record", str(record)],
                              capture_output=True, text=True, check=True).stdout
