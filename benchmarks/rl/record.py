@@ -10,8 +10,8 @@
 ``config.yaml`` and its sha256, the evaluated checkpoint's path and sha256, the result (mean return,
 its 95% interval, the regret against the family's optimum and its interval, episodes, seed), the
 training steps and seconds (``summary.json``), the command, the evaluation's seconds, the hardware
-(``metakit.bench.hardware()``), the date and the git commit of the metakit code that evaluated. A folder
-that is no run, a run of a task family that is not RL, a run still training and a failed evaluation
+(``metakit.bench.hardware()``), the date, and the git commit and torch version of the metakit that
+evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a failed evaluation
 are refused with the reason and no record.
 
 ``table`` prints the newest record of each run next to the newest reference record of the same
@@ -121,19 +121,23 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, summary
 
 
-def _git_commit(metakit: str) -> str:
-    """The git commit (``-dirty`` if it has uncommitted changes) of the metakit package the executable runs."""
+def _software(metakit: str) -> dict[str, str]:
+    """What the ``metakit`` executable runs: its Python's torch version and the git commit (``-dirty`` with
+    uncommitted changes) of its metakit package; "unknown" where that cannot be read."""
+    out = {"metakit": metakit, "torch": "unknown", "git_commit": "unknown"}
+    probe = "import metakit, os, torch; print(torch.__version__); print(os.path.dirname(metakit.__file__))"
     try:
         first = Path(metakit).read_bytes()[:200].split(b"\n", 1)[0].decode()
         python = first[2:].strip().split()[0] if first.startswith("#!") else sys.executable
-        where = subprocess.run([python, "-c", "import metakit, os; print(os.path.dirname(metakit.__file__))"],
-                               capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        out["torch"], where = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120,
+                                             check=True).stdout.split()
         head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True)
-    except (OSError, UnicodeDecodeError, IndexError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, UnicodeDecodeError, IndexError, ValueError, subprocess.SubprocessError):
+        return out
+    out["git_commit"] = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return out
 
 
 def evaluate(run_dir: Path, metakit: str, episodes: int, record: Path, argv: list[str]) -> dict[str, Any]:
@@ -171,8 +175,9 @@ def evaluate(run_dir: Path, metakit: str, episodes: int, record: Path, argv: lis
         "eval_wall_seconds": round(seconds, 3),
         "hardware": {**hardware(), "load_average": [round(x, 2) for x in os.getloadavg()]},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(metakit),
     }
+    software = _software(metakit)
+    entry.update(git_commit=software.pop("git_commit"), evaluated_with=software)
     _append(record, entry)
     return entry
 

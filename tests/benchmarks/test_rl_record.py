@@ -83,7 +83,11 @@ def test_eval_appends_a_record_whose_digests_match_the_files_and_whose_result_is
     assert entry["command"]["record"].startswith("python benchmarks/rl/record.py eval ")
     assert {"cpu", "cores", "torch", "python"} <= set(entry["hardware"])
     assert entry["eval_seconds"] > 0 and entry["eval_wall_seconds"] >= entry["eval_seconds"]
-    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", entry["git_commit"])
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", entry["git_commit"]) and entry["git_commit"].startswith(head)
+    import torch
+
+    assert entry["evaluated_with"] == {"metakit": METAKIT, "torch": torch.__version__}
     datetime.fromisoformat(entry["date"])
 
 
