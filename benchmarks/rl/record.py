@@ -11,8 +11,8 @@
 its 95% interval, the regret against the family's optimum and its interval, episodes, seed), the
 training steps and seconds (``summary.json``), the command, the evaluation's seconds, the hardware
 (``metakit.bench.hardware()``), the date, and the git commit and torch version of the metakit that
-evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a failed evaluation
-are refused with the reason and no record.
+evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a
+failed evaluation are refused with the reason and no record.
 
 ``table`` prints the newest record of each run next to the newest reference record of the same
 protocol in ``references.json`` (task family and its options, trial length, test tasks, seed) and
