@@ -30,3 +30,17 @@ def test_the_readme_table_is_what_its_record_prints(marker, command, fix):
     printed = subprocess.run([sys.executable, str(REPO / command[0]), *command[1:]],
                              capture_output=True, text=True, check=True, timeout=120).stdout.strip("\n")
     assert in_readme == printed, f"README.md's {marker} differs from its record; {fix}"
+
+
+def test_the_readme_rl_table_is_what_its_record_prints():
+    begin, end = "<!-- rl-table -->", "<!-- /rl-table -->"
+    readme = (REPO / "README.md").read_text()
+    if begin not in readme and end not in readme:
+        pytest.skip("README.md has no <!-- rl-table --> / <!-- /rl-table --> markers yet; add them and run "
+                    "`python benchmarks/rl/record.py table --readme README.md`")
+    assert readme.count(begin) == 1 and readme.count(end) == 1
+    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    printed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rl" / "record.py"), "table"],
+                             capture_output=True, text=True, check=True, timeout=120).stdout.strip("\n")
+    assert in_readme == printed, ("README.md's rl-table differs from benchmarks/rl/runs.json; "
+                                  "`python benchmarks/rl/record.py table --readme README.md` writes it")
