@@ -245,6 +245,10 @@ def _box_size(space: Any, what: str, key: str) -> int:
     return int(space.shape[0])
 
 
+#: stream tags of :func:`_seed`: the environments' reset seeds (one per copy) and the action noise
+_ENV_STREAM, _NOISE_STREAM = 0, 1
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1, np.uint64)[0] % (2**31 - 1))
 
@@ -452,7 +456,7 @@ class MAMLRL(Algorithm):
         high = np.broadcast_to(np.asarray(act_space.high, dtype=np.float64), (a_dim,))
         envs = batch.vector_env(copies=c)
         try:
-            o, _ = envs.reset(seed=[_seed(task.seed, phase, j) for task in batch for j in range(c)])
+            o, _ = envs.reset(seed=[_seed(task.seed, phase, _ENV_STREAM, j) for task in batch for j in range(c)])
             obs = torch.zeros(b, c, t_max, *np.shape(o)[1:], dtype=dtype)
             actions = torch.zeros(b, c, t_max, a_dim, dtype=dtype)
             rewards = torch.zeros(b, c, t_max, dtype=torch.float64)
@@ -501,7 +505,7 @@ class MAMLRL(Algorithm):
         if not seeded:
             return torch.randn(len(batch), episodes, horizon, act, dtype=a.dtype)
         return torch.stack([
-            torch.randn(episodes, horizon, act, generator=torch.Generator().manual_seed(_seed(task.seed, phase, 7)), dtype=a.dtype)
+            torch.randn(episodes, horizon, act, generator=torch.Generator().manual_seed(_seed(task.seed, phase, _NOISE_STREAM)), dtype=a.dtype)
             for task in batch
         ])
 
