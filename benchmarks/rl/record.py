@@ -24,12 +24,10 @@ and ``<!-- /rl-table -->`` lines instead.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -40,9 +38,20 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("rl_references", HERE / "references.py")
-_references = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_references)  # type: ignore[union-attr]
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+_references = _load("rl_references", HERE / "references.py")
+# the run id, file digests and the --metakit lookup of the Omniglot runs' record, shared
+_reproduce = _load("omniglot_reproduce", HERE.parent / "omniglot" / "reproduce.py")
+sha256 = _reproduce.sha256
 PAPER_BANDITS, PAPER_MDP = _references.PAPER_BANDITS, _references.PAPER_MDP  # Duan et al. 2016, Tables 1 and 2
 
 RECORD = HERE / "runs.json"
@@ -56,23 +65,11 @@ class RecordError(ValueError):
 
 
 # -- files ------------------------------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_id(run_dir: Path) -> str:
-    """``NAME-<UTC start>``: the start of training from the first line of ``metrics.jsonl`` (its wall-clock
-    ``time`` minus the training seconds ``elapsed``), as ``benchmarks/omniglot/reproduce.py`` names runs."""
-    try:
-        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-        start = datetime.fromtimestamp(first["time"] - first["elapsed"], timezone.utc)
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return f"{run_dir.name}-unknown"
-    return f"{run_dir.name}-{start:%Y%m%dT%H%M%SZ}"
+    """``NAME-<UTC start>`` as ``benchmarks/omniglot/reproduce.py`` names runs (``NAME-unknown`` without
+    a readable ``metrics.jsonl``)."""
+    found = _reproduce._run_id(run_dir)
+    return f"{run_dir.name}-unknown" if found == "unknown" else found
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -289,18 +286,10 @@ def write_into_readme(path: Path, text: str) -> None:
 
 # -- command line -----------------------------------------------------------------------------------
 def _metakit_path(text: str | None) -> str:
-    if text is None:
-        beside = Path(sys.executable).with_name("metakit")
-        found = str(beside) if beside.exists() else shutil.which("metakit")
-        if found is None:
-            raise RecordError("no metakit executable beside this Python or on PATH; give --metakit PATH "
-                              "(e.g. .venv/bin/metakit)")
-        return found
-    p = Path(text).expanduser()
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        raise RecordError(f"--metakit {text!r} is not an executable file; give the metakit command of an installed "
-                          "checkout (e.g. .venv/bin/metakit)")
-    return str(p.resolve())
+    try:
+        return _reproduce._metakit_path(text)
+    except SystemExit as e:  # reproduce.py's refusal, as this script's error
+        raise RecordError(str(e).removeprefix("reproduce.py: error: ")) from None
 
 
 def _at_least_one(text: str) -> int:
