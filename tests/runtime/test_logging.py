@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -39,6 +40,18 @@ def test_resume_purges_tensorboard_steps_after_the_checkpoint(tmp_path):
     with MetricsLogger(tmp_path) as log:
         for step in (2, 4, 6):
             log.log(step, "train", {"loss": float(step)})
+    with MetricsLogger(tmp_path, resume_step=3) as log:
+        log.log(4, "train", {"loss": 40.0})
+    assert _tensorboard_scalars(tmp_path / "tb") == {"train/loss": [(2, 2.0), (4, 40.0)]}
+
+
+def test_a_resume_in_the_same_second_is_read_after_the_file_it_continues(tmp_path):
+    # an earlier writer's file from this very second whose name sorts after any host name
+    with MetricsLogger(tmp_path) as log:
+        for step in (2, 4, 6):
+            log.log(step, "train", {"loss": float(step)})
+    (old,) = (tmp_path / "tb").iterdir()
+    old.rename(old.with_name(f"events.out.tfevents.{int(time.time()):010d}.~.1.0"))
     with MetricsLogger(tmp_path, resume_step=3) as log:
         log.log(4, "train", {"loss": 40.0})
     assert _tensorboard_scalars(tmp_path / "tb") == {"train/loss": [(2, 2.0), (4, 40.0)]}

@@ -58,6 +58,20 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
+def _wait_past_event_files(tb_dir: Path) -> None:
+    """Returns once the clock's second is past every event file's in ``tb_dir``.
+
+    TensorBoard reads a folder's event files in name order, and a name starts with the second its
+    writer was opened; within one second the names order by host, process id and a per-process
+    counter compared as text, so a resumed writer could sort before the file it continues and its
+    purge of the replayed steps would be undone. Waits at most one second, and only then.
+    """
+    seconds = [p.name.split(".")[3] for p in tb_dir.glob("events.out.tfevents.*")]
+    newest = max((int(t) for t in seconds if t.isdigit()), default=None)
+    if newest is not None and newest + 1 > time.time():
+        time.sleep(newest + 1 - time.time())
+
+
 class MetricsLogger:
     """Appends metric records to ``metrics.jsonl`` and TensorBoard event files of a run folder.
 
@@ -84,6 +98,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1
+            _wait_past_event_files(self.run_dir / "tb")
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
 
     def log(self, step: int, split: str, metrics: Mapping[str, Any], elapsed: float | None = None) -> dict[str, Any]:
