@@ -11,10 +11,13 @@ import functools
 import http.server
 import os
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_ROOT = Path(os.environ.get("METAKIT_OMNIGLOT_ROOT", REPO.parent / "shared" / "data" / "omniglot"))
@@ -22,6 +25,54 @@ OMNIGLOT_ROOT = Path(os.environ.get("METAKIT_OMNIGLOT_ROOT", REPO.parent / "shar
 # Two cores are shared by everything on this machine; keep each test process on one thread so
 # parallel workers (pytest -n 2) do not oversubscribe them.
 torch.set_num_threads(1)
+
+
+def _finite_differences(
+    fn: Callable[..., Any], wrt: Sequence[Tensor] | Mapping[str, Tensor], eps: float = 1e-6,
+    names: Sequence[str] | None = None,
+) -> Tensor:
+    """Central differences ``(f(x + eps e_i) - f(x - eps e_i)) / (2 eps)`` of a scalar function
+    with respect to every entry of some float64 tensors, as one flat float64 vector (tensor by
+    tensor in the order given, each in ``view(-1)`` order), to compare with an autograd gradient
+    flattened the same way.
+
+    ``wrt`` is either a sequence of tensors, which are moved in place (under ``no_grad``) and put
+    back exactly, ``fn()`` taking no argument (a model's parameters, read by ``fn`` through the
+    model); or a mapping ``name -> tensor``, of which ``fn(params)`` receives a copy (detached
+    clones that require grad as the originals do) with the entries ``names`` (default: all)
+    moved one at a time. ``fn`` runs under ``no_grad`` and returns a number or a one-element
+    tensor.
+    """
+    if isinstance(wrt, Mapping):
+        params = {n: t.detach().clone().requires_grad_(t.requires_grad) for n, t in wrt.items()}
+        moved = [params[n] for n in (list(params) if names is None else names)]
+        return _finite_differences(lambda: fn(params), moved, eps)
+    if names is not None:
+        raise TypeError("names selects entries of a mapping; wrt is a sequence of tensors")
+    wrong = [tuple(t.shape) for t in wrt if t.dtype != torch.float64]
+    if wrong:
+        raise TypeError(f"finite differences need float64 tensors (eps={eps}); got other dtypes for shapes {wrong}")
+    out = []
+    with torch.no_grad():
+        for t in wrt:
+            flat = t.view(-1)
+            for i in range(flat.numel()):
+                old = float(flat[i])
+                flat[i] = old + eps
+                hi = float(fn())
+                flat[i] = old - eps
+                lo = float(fn())
+                flat[i] = old
+                out.append((hi - lo) / (2 * eps))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.fixture
+def finite_differences() -> Callable[..., Tensor]:
+    """``finite_differences(fn, wrt, eps=1e-6, names=None)``: central differences in float64 of a
+    scalar ``fn`` w.r.t. every entry of ``wrt`` (see :func:`_finite_differences`), for gradient
+    tests of first- and second-order paths alike."""
+    return _finite_differences
 
 
 @pytest.fixture(scope="session")

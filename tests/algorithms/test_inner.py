@@ -68,40 +68,19 @@ def _flat(ts) -> Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
-def _finite_differences(fn, params: dict[str, Tensor], eps: float = 1e-6) -> Tensor:
-    """Central differences of ``fn(params)`` w.r.t. every entry of every parameter (float64)."""
-    names = list(params)
-    flat = _flat([params[n].detach() for n in names])
-
-    def at(vec: Tensor) -> float:
-        p, i = {}, 0
-        for n in names:
-            k = params[n].numel()
-            p[n] = vec[i : i + k].view_as(params[n]).clone().requires_grad_(params[n].requires_grad)
-            i += k
-        return float(fn(p).detach())
-
-    out = torch.empty_like(flat)
-    for i in range(flat.numel()):
-        e = torch.zeros_like(flat)
-        e[i] = eps
-        out[i] = (at(flat + e) - at(flat - e)) / (2 * eps)
-    return out
-
-
 def _rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
 # -- second order ------------------------------------------------------------------------------
-def test_second_order_meta_gradient_matches_finite_differences_with_batchnorm():
+def test_second_order_meta_gradient_matches_finite_differences_with_batchnorm(finite_differences):
     torch.manual_seed(0)
     model = TinyConvBN().to(D64)
     params = dict(model.named_parameters())
     data = _cls_data()
     loss = _meta_loss(model, params, data, steps=2, lr=0.5)
     grads = torch.autograd.grad(loss, list(params.values()))
-    fd = _finite_differences(lambda p: _meta_loss(model, p, data, steps=2, lr=0.5), params)
+    fd = finite_differences(lambda p: _meta_loss(model, p, data, steps=2, lr=0.5), params)
     assert _rel_err(_flat(grads), fd) < 1e-7
 
 
@@ -254,7 +233,7 @@ class Tied(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-def test_tied_weights_adapt_together_and_match_finite_differences():
+def test_tied_weights_adapt_together_and_match_finite_differences(finite_differences):
     torch.manual_seed(6)
     model = Tied().to(D64)
     params = dict(model.named_parameters())
@@ -267,7 +246,7 @@ def test_tied_weights_adapt_together_and_match_finite_differences():
         return F.mse_loss(fm(traj[-1], xq), yq)
 
     grads = torch.autograd.grad(meta(params), list(params.values()))
-    fd = _finite_differences(meta, params)
+    fd = finite_differences(meta, params)
     assert _rel_err(_flat(grads), fd) < 1e-7
 
     # and both uses see the adapted weight: compare with an explicit forward using it twice
@@ -306,7 +285,7 @@ def test_unused_parameter_gets_zero_gradients_not_none_or_error():
     assert torch.count_nonzero(g["unused.weight"]) == 0 and torch.count_nonzero(g["used.weight"]) > 0
 
 
-def test_frozen_parameter_is_a_constant():
+def test_frozen_parameter_is_a_constant(finite_differences):
     torch.manual_seed(8)
     model = TinyConvBN().to(D64)
     model.conv.weight.requires_grad_(False)
@@ -321,7 +300,7 @@ def test_frozen_parameter_is_a_constant():
     def with_frozen(p):
         return _meta_loss(model, {**p, "conv.weight": params["conv.weight"]}, data, steps=2, lr=0.5)
 
-    assert _rel_err(_flat(grads), _finite_differences(with_frozen, trainable)) < 1e-7
+    assert _rel_err(_flat(grads), finite_differences(with_frozen, trainable)) < 1e-7
     fm = FunctionalModel(model)
     traj = inner_loop(fm, params, data[0][0], data[1][0], F.cross_entropy, steps=2, update=SGD(0.5), adapt=names)
     assert traj[-1]["conv.weight"] is params["conv.weight"]
@@ -425,7 +404,9 @@ def test_vmap_is_refused_with_batchnorm():
                         steps=1, update=SGD(0.1), adapt=["head.weight"])
 
 
-def _vmap_vs_finite_differences(model: nn.Module, x_shape: tuple[int, ...], steps: int = 2, lr: float = 0.5) -> float:
+def _vmap_vs_finite_differences(
+    finite_differences, model: nn.Module, x_shape: tuple[int, ...], steps: int = 2, lr: float = 0.5
+) -> float:
     """Relative error of the second-order meta-gradient of the *unchecked* vmap path against
     central finite differences of the (exact) loop's meta-loss, float64, two tasks."""
     model = model.to(D64)
@@ -438,7 +419,7 @@ def _vmap_vs_finite_differences(model: nn.Module, x_shape: tuple[int, ...], step
                           check_layers=False)
     vm = run(lambda traj, x, y: F.cross_entropy(fm(traj[-1], x), y))(qx, qy).mean()
     grads = torch.autograd.grad(vm, list(params.values()), allow_unused=True, materialize_grads=True)
-    fd = _finite_differences(lambda p: _meta_loss(model, p, (sx, sy, qx, qy), steps=steps, lr=lr), params)
+    fd = finite_differences(lambda p: _meta_loss(model, p, (sx, sy, qx, qy), steps=steps, lr=lr), params)
     return _rel_err(_flat(grads), fd)
 
 
@@ -462,12 +443,12 @@ def test_every_vmap_verified_layer_is_in_a_verification_model():
 
 
 @pytest.mark.parametrize("name", list(_VMAP_MODELS))
-def test_vmap_meta_gradient_matches_finite_differences_for_verified_layers(name):
+def test_vmap_meta_gradient_matches_finite_differences_for_verified_layers(name, finite_differences):
     torch.manual_seed(12)
     build, x_shape = _VMAP_MODELS[name]
     model = build()
     check_vmap(model)  # accepted
-    assert _vmap_vs_finite_differences(model, x_shape) < 1e-7  # measured 5e-10 (GroupNorm) to 7e-9
+    assert _vmap_vs_finite_differences(finite_differences, model, x_shape) < 1e-7  # measured 5e-10 (GroupNorm) to 7e-9
 
 
 class _OwnWeight(nn.Module):
@@ -513,13 +494,13 @@ def test_vmap_refuses_every_layer_not_verified(layer, name, why):
         ("LayerNorm", nn.Sequential(nn.Flatten(), nn.LayerNorm(32), nn.Unflatten(1, (2, 4, 4))), 8.6e-3),
     ],
 )
-def test_vmap_still_wrong_through_normalisation_layers(name, norm, measured):
+def test_vmap_still_wrong_through_normalisation_layers(name, norm, measured, finite_differences):
     """The reason for the refusal, watched: bypassing check_vmap, vmap's second-order meta-gradient
     through BatchNorm (and InstanceNorm and LayerNorm) is far from finite differences while the
     loop is exact (1e-9): more than a tenth of what torch 2.13 gives."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), norm, nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
-    err = _vmap_vs_finite_differences(model, (1, 4, 4))
+    err = _vmap_vs_finite_differences(finite_differences, model, (1, 4, 4))
     assert err > measured / 10, (
         f"vmap's second-order meta-gradient through {name} now matches finite differences "
         f"(relative error {err:.1e}, measured {measured:.1e} on torch 2.13): if this fails, PyTorch fixed "

@@ -99,23 +99,6 @@ def _rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _finite_differences(fn: Callable[[], float], tensors: list[Tensor], eps: float = 1e-6) -> Tensor:
-    """Central differences of ``fn()`` w.r.t. every entry of ``tensors``, perturbed in place (float64)."""
-    out = []
-    with torch.no_grad():
-        for t in tensors:
-            flat = t.view(-1)
-            for i in range(flat.numel()):
-                old = float(flat[i])
-                flat[i] = old + eps
-                hi = fn()
-                flat[i] = old - eps
-                lo = fn()
-                flat[i] = old
-                out.append((hi - lo) / (2 * eps))
-    return torch.tensor(out, dtype=D64)
-
-
 def _by_hand(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, steps: int, hand, *,
              grads: list[list[Tensor]] | None = None) -> tuple[dict[str, Tensor], list[list[Tensor]]]:
     """The rule's steps written out (module docstring of inner_updates): ``v = mu*v + g``, step along
@@ -178,7 +161,7 @@ def test_steps_match_the_rule_written_by_hand(name):
 
 # -- meta-gradients ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(RULES))
-def test_second_order_meta_gradient_matches_finite_differences(name):
+def test_second_order_meta_gradient_matches_finite_differences(name, finite_differences):
     """Through BatchNorm, three steps, w.r.t. the weights and every learned hyper-parameter."""
     torch.manual_seed(1)
     model = TinyConvBN().to(D64)
@@ -186,7 +169,7 @@ def test_second_order_meta_gradient_matches_finite_differences(name):
     data = _data(seed=1)
     wrt = _wrt(model, rule)
     grads = _flat(torch.autograd.grad(_meta_loss(model, rule, data), wrt))
-    fd = _finite_differences(lambda: float(_meta_loss(model, rule, data)), wrt)
+    fd = finite_differences(lambda: float(_meta_loss(model, rule, data)), wrt)
     assert _rel_err(grads, fd) < 1e-7
     for h in rule.parameters():  # every learned hyper-parameter has a say
         assert torch.count_nonzero(torch.autograd.grad(_meta_loss(model, rule, data), h)[0]) > 0

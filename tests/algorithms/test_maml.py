@@ -101,23 +101,7 @@ def test_first_and_second_order_differ():
     assert diff > 1e-3
 
 
-def _finite_differences(fn, tensors: list[Tensor], eps: float = 1e-6) -> Tensor:
-    out = []
-    with torch.no_grad():
-        for t in tensors:
-            flat = t.view(-1)
-            for i in range(flat.numel()):
-                old = float(flat[i])
-                flat[i] = old + eps
-                hi = fn()
-                flat[i] = old - eps
-                lo = fn()
-                flat[i] = old
-                out.append((hi - lo) / (2 * eps))
-    return torch.tensor(out, dtype=D64)
-
-
-def test_lslr_and_multi_step_loss_gradients_match_finite_differences():
+def test_lslr_and_multi_step_loss_gradients_match_finite_differences(finite_differences):
     torch.manual_seed(2)
     algo = MAML(TinyConvBN().to(D64), inner_lr=0.3, inner_steps=2, learn_inner_lr="per_layer_step",
                 multi_step_loss=True)
@@ -125,7 +109,7 @@ def test_lslr_and_multi_step_loss_gradients_match_finite_differences():
     assert [tuple(r.shape) for r in algo.inner_lrs] == [(2,)] * len(algo.adapt_names)
     algo.meta_backward(batch)
     grads = _flat(_grads(algo))
-    fd = _finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
+    fd = finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
     assert float((grads - fd).abs().max() / fd.abs().max()) < 1e-7
 
 
@@ -426,7 +410,7 @@ def test_options_map_onto_inner_update_rules(options, kind, base, nesterov):
     assert rule.lr == 0.2 if isinstance(rule, SGD) else all(torch.all(r == 0.2) for r in rule.lrs)
 
 
-def test_learned_momentum_and_rates_get_finite_difference_meta_gradients():
+def test_learned_momentum_and_rates_get_finite_difference_meta_gradients(finite_differences):
     torch.manual_seed(12)
     algo = MAML(TinyConvBN().to(D64), inner_lr=0.3, inner_steps=2, learn_inner_lr="per_layer_step",
                 inner_update="nesterov", inner_momentum=0.5, learn_inner_momentum=True)
@@ -438,7 +422,7 @@ def test_learned_momentum_and_rates_get_finite_difference_meta_gradients():
     algo.meta_backward(batch)
     grads = _flat(_grads(algo))
     assert float(algo.inner_update.momentum.grad) != 0.0
-    fd = _finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
+    fd = finite_differences(lambda: float(algo.meta_loss(batch)[0]), list(algo.parameters()))
     assert float((grads - fd).abs().max() / fd.abs().max()) < 1e-7
     before = float(algo.inner_update.momentum.detach())
     torch.optim.SGD(algo.parameters(), lr=0.1).step()  # the outer optimizer trains it

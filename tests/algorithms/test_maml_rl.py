@@ -55,19 +55,6 @@ def _flat_grad(fn, params: dict[str, torch.Tensor], names: list[str]) -> torch.T
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(out, [leaves[n] for n in names])])
 
 
-def _finite_differences(fn, params: dict[str, torch.Tensor], names: list[str], eps=1e-6) -> torch.Tensor:
-    base = {n: p.detach().clone() for n, p in params.items()}
-    out = []
-    for n in names:
-        for i in range(base[n].numel()):
-            plus = {k: v.clone() for k, v in base.items()}
-            minus = {k: v.clone() for k, v in base.items()}
-            plus[n].view(-1)[i] += eps
-            minus[n].view(-1)[i] -= eps
-            out.append((float(fn(plus)) - float(fn(minus))) / (2 * eps))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 # -- the pieces ----------------------------------------------------------------------------------
 def test_the_linear_baseline_is_the_ridge_least_squares_fit_of_duan_et_al_features():
     rng = np.random.default_rng(0)
@@ -129,7 +116,7 @@ def test_the_reinforce_gradient_is_the_likelihood_ratio_formula():
     assert torch.allclose(model.log_std.grad, (coef[:, None] * ((actions - mean) ** 2 / std**2 - 1)).sum(0), rtol=1e-12)
 
 
-def test_the_reinforce_gradient_estimates_the_gradient_of_the_expected_return():
+def test_the_reinforce_gradient_estimates_the_gradient_of_the_expected_return(finite_differences):
     # one step, reward -(a - g)^2 with a ~ N(mu, sigma^2): E[r] = -((mu - g)^2 + sigma^2)
     mu, log_sigma, goal, n = 0.3, math.log(0.5), -0.4, 400_000
     params = torch.tensor([mu, log_sigma], dtype=torch.float64, requires_grad=True)
@@ -142,9 +129,8 @@ def test_the_reinforce_gradient_estimates_the_gradient_of_the_expected_return():
     def expected(m, ls):
         return -((m - goal) ** 2 + math.exp(2 * ls))
 
-    eps = 1e-6
-    fd = torch.tensor([(expected(mu + eps, log_sigma) - expected(mu - eps, log_sigma)) / (2 * eps),
-                       (expected(mu, log_sigma + eps) - expected(mu, log_sigma - eps)) / (2 * eps)], dtype=torch.float64)
+    at = torch.tensor([mu, log_sigma], dtype=torch.float64)
+    fd = finite_differences(lambda: expected(*at.tolist()), [at])
     assert torch.allclose(grad, fd, rtol=0.02), (grad, fd)
 
 
@@ -160,7 +146,7 @@ def test_conjugate_gradient_solves_a_positive_definite_system():
 
 # -- gradients through the inner loop ------------------------------------------------------------
 @pytest.mark.parametrize("inner_steps", [1, 2])
-def test_the_outer_gradient_through_the_inner_steps_matches_finite_differences(inner_steps):
+def test_the_outer_gradient_through_the_inner_steps_matches_finite_differences(inner_steps, finite_differences):
     algo = MAMLRL(_policy(), inner_lr=0.3, inner_steps=inner_steps)
     inner = [_samples(seed=10 + k) for k in range(inner_steps)]
     outer = _samples(seed=20)
@@ -171,7 +157,7 @@ def test_the_outer_gradient_through_the_inner_steps_matches_finite_differences(i
         return algo.outer_objective(p, inner, outer, train=train)[0]
 
     grad = _flat_grad(objective, params, names)
-    fd = _finite_differences(lambda p: objective(p, train=False), params, names)
+    fd = finite_differences(lambda p: objective(p, train=False), params, names=names)
     assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-8), (grad - fd).abs().max()
     # the second-order terms matter here: the first-order gradient is another vector
     first = MAMLRL(algo.model, inner_lr=0.3, inner_steps=inner_steps, first_order=True)
