@@ -14,7 +14,7 @@ regression episodes (e.g. sinusoids) carry float targets and ``ways=None``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Callable, ClassVar, Iterator, Self
 
 import torch
 from torch import Tensor
@@ -54,7 +54,49 @@ def _check_labels(name: str, y: Tensor, ways: int) -> None:
 
 
 @dataclass(frozen=True)
-class Episode:
+class _Tasks:
+    """The fields of :class:`Episode` and :class:`EpisodeBatch` and the checks they share;
+    ``_lead`` is the number of leading task dimensions (0 for one task, 1 for a batch)."""
+
+    _lead: ClassVar[int]
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    ways: int | None = None
+    classes: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        lead = self._lead
+        _check_pair("support_x", self.support_x, "support_y", self.support_y, lead)
+        _check_pair("query_x", self.query_x, "query_y", self.query_y, lead)
+        if lead and self.support_x.shape[0] != self.query_x.shape[0]:
+            raise ValueError(
+                f"support_x has {self.support_x.shape[0]} tasks but query_x has {self.query_x.shape[0]}; "
+                "the leading (task) dimension must match"
+            )
+        if self.support_x.shape[lead + 1 :] != self.query_x.shape[lead + 1 :]:
+            raise ValueError(
+                f"support_x has example shape {tuple(self.support_x.shape[lead + 1 :])} but query_x has "
+                f"{tuple(self.query_x.shape[lead + 1 :])}; support and query inputs must have the same shape"
+            )
+        if self.ways is not None:
+            if not isinstance(self.ways, int) or self.ways < 1:
+                raise ValueError(f"ways={self.ways!r} must be a positive int (or None for regression)")
+            _check_labels("support_y", self.support_y, self.ways)
+            _check_labels("query_y", self.query_y, self.ways)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
+        """Move every tensor to ``device``; cast floating tensors (inputs, regression targets) to ``dtype``.
+
+        Integer labels and class indices keep their dtype.
+        """
+        return _map_tensors(self, lambda t: _move(t, device, dtype))
+
+
+@dataclass(frozen=True)
+class Episode(_Tasks):
     """One few-shot task.
 
     Attributes:
@@ -67,33 +109,7 @@ class Episode:
             (label ``i`` is class ``classes[i]``); ``None`` when unknown.
     """
 
-    support_x: Tensor
-    support_y: Tensor
-    query_x: Tensor
-    query_y: Tensor
-    ways: int | None = None
-    classes: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        _check_pair("support_x", self.support_x, "support_y", self.support_y, 0)
-        _check_pair("query_x", self.query_x, "query_y", self.query_y, 0)
-        if self.support_x.shape[1:] != self.query_x.shape[1:]:
-            raise ValueError(
-                f"support_x has example shape {tuple(self.support_x.shape[1:])} but query_x has "
-                f"{tuple(self.query_x.shape[1:])}; support and query inputs must have the same shape"
-            )
-        if self.ways is not None:
-            if not isinstance(self.ways, int) or self.ways < 1:
-                raise ValueError(f"ways={self.ways!r} must be a positive int (or None for regression)")
-            _check_labels("support_y", self.support_y, self.ways)
-            _check_labels("query_y", self.query_y, self.ways)
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Episode":
-        """Move every tensor to ``device``; cast floating tensors (inputs, regression targets) to ``dtype``.
-
-        Integer labels and class indices keep their dtype.
-        """
-        return _map_tensors(self, lambda t: _move(t, device, dtype))
+    _lead = 0
 
     def unsqueeze(self) -> "EpisodeBatch":
         """This episode as a batch of one task."""
@@ -101,7 +117,7 @@ class Episode:
 
 
 @dataclass(frozen=True)
-class EpisodeBatch:
+class EpisodeBatch(_Tasks):
     """``B`` episodes of identical shape stacked on a leading task dimension.
 
     Attributes:
@@ -113,31 +129,10 @@ class EpisodeBatch:
         classes: optional ``[B, ways]`` global class indices (see :class:`Episode`).
     """
 
-    support_x: Tensor
-    support_y: Tensor
-    query_x: Tensor
-    query_y: Tensor
-    ways: int | None = None
-    classes: Tensor | None = None
+    _lead = 1
 
     def __post_init__(self) -> None:
-        _check_pair("support_x", self.support_x, "support_y", self.support_y, 1)
-        _check_pair("query_x", self.query_x, "query_y", self.query_y, 1)
-        if self.support_x.shape[0] != self.query_x.shape[0]:
-            raise ValueError(
-                f"support_x has {self.support_x.shape[0]} tasks but query_x has {self.query_x.shape[0]}; "
-                "the leading (task) dimension must match"
-            )
-        if self.support_x.shape[2:] != self.query_x.shape[2:]:
-            raise ValueError(
-                f"support_x has example shape {tuple(self.support_x.shape[2:])} but query_x has "
-                f"{tuple(self.query_x.shape[2:])}; support and query inputs must have the same shape"
-            )
-        if self.ways is not None:
-            if not isinstance(self.ways, int) or self.ways < 1:
-                raise ValueError(f"ways={self.ways!r} must be a positive int (or None for regression)")
-            _check_labels("support_y", self.support_y, self.ways)
-            _check_labels("query_y", self.query_y, self.ways)
+        super().__post_init__()
         if self.classes is not None and tuple(self.classes.shape) != (self.num_tasks, self.ways):
             raise ValueError(
                 f"classes has shape {tuple(self.classes.shape)}; expected [tasks, ways] = "
@@ -165,13 +160,6 @@ class EpisodeBatch:
         for i in range(self.num_tasks):
             yield self[i]
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "EpisodeBatch":
-        """Move every tensor to ``device``; cast floating tensors (inputs, regression targets) to ``dtype``.
-
-        Integer labels and class indices keep their dtype.
-        """
-        return _map_tensors(self, lambda t: _move(t, device, dtype))
-
     def split(self, size: int) -> list["EpisodeBatch"]:
         """Chunks of at most ``size`` tasks (for evaluation in batches)."""
         if size < 1:
@@ -189,30 +177,27 @@ class EpisodeBatch:
         ways = {e.ways for e in episodes}
         if len(ways) != 1:
             raise ValueError(f"episodes have different ways {sorted(ways, key=str)}; stack equal-ways episodes only")
-        have_classes = {e.classes is not None for e in episodes}
-        return EpisodeBatch(
-            torch.stack([e.support_x for e in episodes]),
-            torch.stack([e.support_y for e in episodes]),
-            torch.stack([e.query_x for e in episodes]),
-            torch.stack([e.query_y for e in episodes]),
-            episodes[0].ways,
-            torch.stack([e.classes for e in episodes]) if have_classes == {True} else None,
-        )
+        return _join(episodes, torch.stack)
 
     @staticmethod
     def concat(batches: list["EpisodeBatch"]) -> "EpisodeBatch":
         """Concatenate batches along the task dimension."""
         if not batches:
             raise ValueError("batches is empty; need at least one EpisodeBatch")
-        first = batches[0]
-        return EpisodeBatch(
-            torch.cat([b.support_x for b in batches]),
-            torch.cat([b.support_y for b in batches]),
-            torch.cat([b.query_x for b in batches]),
-            torch.cat([b.query_y for b in batches]),
-            first.ways,
-            torch.cat([b.classes for b in batches]) if all(b.classes is not None for b in batches) else None,
-        )
+        return _join(batches, torch.cat)
+
+
+def _join(parts: list[Episode] | list[EpisodeBatch], op: Callable[[list[Tensor]], Tensor]) -> EpisodeBatch:
+    """One batch of ``parts`` joined field by field with ``op`` (``torch.stack`` for episodes,
+    ``torch.cat`` for batches); ``ways`` is the first part's, ``classes`` kept when every part has them."""
+    return EpisodeBatch(
+        op([p.support_x for p in parts]),
+        op([p.support_y for p in parts]),
+        op([p.query_x for p in parts]),
+        op([p.query_y for p in parts]),
+        parts[0].ways,
+        op([p.classes for p in parts]) if all(p.classes is not None for p in parts) else None,
+    )
 
 
 def _move(t: Tensor, device, dtype) -> Tensor:
