@@ -229,7 +229,7 @@ def test_state_dict_resumes_the_same_episodes(tmp_path):
 def test_load_state_dict_rejects_other_settings():
     ds = _images()
     state = EpisodeSampler(ds, 5, 1, 3).state_dict()
-    with pytest.raises(ValueError, match=r"saved with ways=5 but this sampler has ways=4"):
+    with pytest.raises(ValueError, match=r"saved with ways=5 but this sampler has ways=4; load it into a sampler built with the same dataset, ways, shots and queries$"):
         EpisodeSampler(ds, 4, 1, 3).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with num_classes=10 but this sampler has num_classes=12"):
         EpisodeSampler(_images(classes=12), 5, 1, 3).load_state_dict(state)

@@ -97,7 +97,7 @@ def test_state_dict_resumes_the_same_tasks(tmp_path):
 
 def test_load_state_dict_rejects_other_settings():
     state = SinusoidTasks(5).state_dict()
-    with pytest.raises(ValueError, match=r"saved with shots=5 but these tasks have shots=10"):
+    with pytest.raises(ValueError, match=r"saved with shots=5 but these tasks have shots=10; load it into SinusoidTasks built with the same settings$"):
         SinusoidTasks(10).load_state_dict(state)
     with pytest.raises(ValueError, match=r"saved with amplitude=\(0.1, 5.0\) but these tasks have amplitude=\(1.0, 2"):
         SinusoidTasks(5, amplitude=(1, 2)).load_state_dict(state)

@@ -92,6 +92,25 @@ def _check_generator_state(state: Any, owner: str) -> Tensor:
     return state
 
 
+def _checked_state(state: Any, expected: dict[str, Any], owner: str, settings: tuple[str, ...], holder: str, fix: str) -> Tensor:
+    """The generator state of ``state``, a :meth:`state_dict` of ``owner`` to load into an object whose
+    own ``state_dict()`` is ``expected``: ``state`` must be a dict with every key of ``expected``
+    and the same ``settings`` (saved lists compare as tuples). The messages name the object as
+    ``holder`` ("this sampler has") and end with ``fix``, what to do instead."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict from {owner}.state_dict(), got {type(state).__name__}")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"state is missing {missing}; pass a dict from {owner}.state_dict()")
+    for key in settings:
+        saved = tuple(state[key]) if isinstance(state[key], (list, tuple)) else state[key]
+        if saved != expected[key]:
+            raise ValueError(
+                f"state was saved with {key}={state[key]!r} but {holder} {key}={expected[key]!r}; {fix}"
+            )
+    return _check_generator_state(state["generator"], owner)
+
+
 @dataclass(frozen=True)
 class EpisodeIndices:
     """Which dataset examples make up a batch of episodes (global indices into ``dataset.data``).
@@ -313,19 +332,11 @@ class EpisodeSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next episodes are the ones the saved sampler would draw."""
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from EpisodeSampler.state_dict(), got {type(state).__name__}")
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise ValueError(f"state is missing {missing}; pass a dict from EpisodeSampler.state_dict()")
-        for key in ("ways", "shots", "queries", "num_classes", "num_examples"):
-            if state[key] != expected[key]:
-                raise ValueError(
-                    f"state was saved with {key}={state[key]!r} but this sampler has {key}={expected[key]!r}; "
-                    "load it into a sampler built with the same dataset, ways, shots and queries"
-                )
-        self._generator.set_state(_check_generator_state(state["generator"], "EpisodeSampler"))
+        generator = _checked_state(
+            state, self.state_dict(), "EpisodeSampler", ("ways", "shots", "queries", "num_classes", "num_examples"),
+            "this sampler has", "load it into a sampler built with the same dataset, ways, shots and queries",
+        )
+        self._generator.set_state(generator)
         self.seed = int(state["seed"])
 
     def __repr__(self) -> str:

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..options import ConfigError, Options, option
 from .episode import Episode, EpisodeBatch
 from .family import TaskFamily, checked_predictions, register_family
-from .sampler import _check_generator_state, _make_generator, _positive_int, _seed
+from .sampler import _checked_state, _make_generator, _positive_int, _seed
 
 __all__ = ["SinusoidTasks", "SinusoidParams", "FixedSinusoidTasks", "SinusoidFamily", "SinusoidOptions", "mse_scores", "sinusoid"]
 
@@ -165,20 +165,11 @@ class SinusoidTasks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next tasks are the ones the saved family would draw."""
-        if not isinstance(state, dict):
-            raise ValueError(f"state must be a dict from SinusoidTasks.state_dict(), got {type(state).__name__}")
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise ValueError(f"state is missing {missing}; pass a dict from SinusoidTasks.state_dict()")
-        for key in ("shots", "queries", "amplitude", "phase", "x_range"):
-            saved = tuple(state[key]) if isinstance(state[key], (list, tuple)) else state[key]
-            if saved != expected[key]:
-                raise ValueError(
-                    f"state was saved with {key}={state[key]!r} but these tasks have {key}={expected[key]!r}; "
-                    "load it into SinusoidTasks built with the same settings"
-                )
-        self._generator.set_state(_check_generator_state(state["generator"], "SinusoidTasks"))
+        generator = _checked_state(
+            state, self.state_dict(), "SinusoidTasks", ("shots", "queries", "amplitude", "phase", "x_range"),
+            "these tasks have", "load it into SinusoidTasks built with the same settings",
+        )
+        self._generator.set_state(generator)
         self.seed = int(state["seed"])
 
     def __repr__(self) -> str:
