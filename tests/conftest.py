@@ -22,8 +22,8 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_ROOT = Path(os.environ.get("METAKIT_OMNIGLOT_ROOT", REPO.parent / "shared" / "data" / "omniglot"))
 
-# Two cores are shared by everything on this machine; keep each test process on one thread so
-# parallel workers (pytest -n 2) do not oversubscribe them.
+# Each test process keeps to one thread, so that parallel workers (pytest -n 2) do not
+# oversubscribe the cores.
 torch.set_num_threads(1)
 
 

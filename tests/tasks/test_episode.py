@@ -84,3 +84,9 @@ def test_bad_ways_and_empty_stack():
     b = Episode(torch.randn(1, 2), torch.zeros(1, dtype=torch.long), torch.randn(1, 2), torch.zeros(1, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="episodes have different ways"):
         EpisodeBatch.stack([a, b])
+
+
+def test_concat_refuses_batches_of_different_ways():
+    five, two = _batch(b=2, ways=5, shots=2, q=4), _batch(b=2, ways=2, shots=5, q=10)  # same tensor widths
+    with pytest.raises(ValueError, match=r"batches have different ways \[2, 5\]; concat equal-ways batches only"):
+        EpisodeBatch.concat([five, two])

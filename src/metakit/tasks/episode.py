@@ -174,22 +174,22 @@ class EpisodeBatch(_Tasks):
         """Stack episodes of identical shapes and ``ways`` into one batch."""
         if not episodes:
             raise ValueError("episodes is empty; need at least one Episode to stack")
-        ways = {e.ways for e in episodes}
-        if len(ways) != 1:
-            raise ValueError(f"episodes have different ways {sorted(ways, key=str)}; stack equal-ways episodes only")
-        return _join(episodes, torch.stack)
+        return _join(episodes, torch.stack, "episodes", "stack")
 
     @staticmethod
     def concat(batches: list["EpisodeBatch"]) -> "EpisodeBatch":
-        """Concatenate batches along the task dimension."""
+        """Concatenate batches of equal ``ways`` along the task dimension."""
         if not batches:
             raise ValueError("batches is empty; need at least one EpisodeBatch")
-        return _join(batches, torch.cat)
+        return _join(batches, torch.cat, "batches", "concat")
 
 
-def _join(parts: list[Episode] | list[EpisodeBatch], op: Callable[[list[Tensor]], Tensor]) -> EpisodeBatch:
-    """One batch of ``parts`` joined field by field with ``op`` (``torch.stack`` for episodes,
-    ``torch.cat`` for batches); ``ways`` is the first part's, ``classes`` kept when every part has them."""
+def _join(parts: list[Episode] | list[EpisodeBatch], op: Callable[[list[Tensor]], Tensor], what: str, verb: str) -> EpisodeBatch:
+    """One batch of ``parts`` (of one ``ways``) joined field by field with ``op`` (``torch.stack`` for
+    episodes, ``torch.cat`` for batches); ``classes`` kept when every part has them."""
+    ways = {p.ways for p in parts}
+    if len(ways) != 1:
+        raise ValueError(f"{what} have different ways {sorted(ways, key=str)}; {verb} equal-ways {what} only")
     return EpisodeBatch(
         op([p.support_x for p in parts]),
         op([p.support_y for p in parts]),
