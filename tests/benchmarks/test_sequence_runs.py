@@ -422,3 +422,23 @@ def test_the_figure_is_drawn_from_the_records_alone(recorded, tmp_path, capsys):
     assert rec.main(["plot", "--record", str(empty), "--out", str(tmp_path / "none.png")]) == 2
     assert "no record holds a validation curve with per-instance accuracies" in capsys.readouterr().err
     assert not (tmp_path / "none.png").exists()
+
+
+# -- the repository's README and figure ---------------------------------------------------------------
+def test_the_readme_sequence_table_is_what_the_repositorys_record_prints():
+    begin, end = rec.README_MARKERS
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(begin) == 1 and readme.count(end) == 1
+    in_readme = readme.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    printed = subprocess.run([sys.executable, str(HERE / "runs.py"), "table"], capture_output=True, text=True,
+                             check=True, timeout=120).stdout.strip("\n")
+    assert in_readme == printed, ("README.md's sequence-table differs from benchmarks/sequence/runs.json; "
+                                  "`python benchmarks/sequence/runs.py table --readme README.md` writes it")
+
+
+def test_the_figure_exists_once_a_recorded_run_has_a_validation_curve():
+    records = rec.read_records(rec.RECORD)
+    if any(rec.curves(r) for r in records):
+        assert rec.FIGURE.is_file(), ("benchmarks/sequence/runs.json holds validation curves but "
+                                      "docs/sequence_validation.png is missing; `python benchmarks/sequence/runs.py plot` "
+                                      "draws it")
