@@ -38,7 +38,6 @@ MANN (dashed) and LSTM (dotted) values as reference lines.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -66,15 +65,19 @@ def _load(name: str, path: Path) -> Any:
     return module
 
 
-# the run id, file digests, the --metakit lookup and the evaluating metakit's git commit of the Omniglot
-# runs' record, shared (as benchmarks/rl/record.py shares them)
-_reproduce = _load("omniglot_reproduce", HERE.parent / "omniglot" / "reproduce.py")
-sha256 = _reproduce.sha256
+# the run id, the digests, reading and appending the record, the --metakit lookup and the argument check of the
+# meta-RL runs' record (which takes the run id, digests and --metakit lookup from the Omniglot runs' record), shared
+_rl = _load("rl_record", HERE.parent / "rl" / "record.py")
+_reproduce = _rl._reproduce
+sha256, run_id, read_records, _append = _rl.sha256, _rl.run_id, _rl.read_records, _rl._append
+_metakit_path, _at_least_one = _rl._metakit_path, _rl._at_least_one
+#: a run folder, an evaluation or a record that cannot be recorded or read; the message says why
+RecordError = _rl.RecordError
 
 RECORD = HERE / "runs.json"
 FIGURE = REPO / "docs" / "sequence_validation.png"
 README_MARKERS = ("<!-- sequence-table -->", "<!-- /sequence-table -->")
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ONE_THREAD = _rl.ONE_THREAD
 #: the instances of a class the table and the figure show (Santoro et al.'s Table 1 columns; the figure omits the 4th)
 TABLE_INSTANCES = (1, 2, 3, 4, 5, 10)
 FIGURE_INSTANCES = (1, 2, 3, 5, 10)
@@ -92,42 +95,7 @@ PAPER_SOURCE = ("Santoro et al. 2016, Table 1 (Omniglot test set, 5 classes, one
 PAPER_PROTOCOL = {"dataset": "omniglot", "classes_per_episode": 5, "instances_per_class": 10, "labels": "one_hot"}
 
 
-class RecordError(ValueError):
-    """A run folder, an evaluation or a record that cannot be recorded or read; the message says why."""
-
-
 # -- files ------------------------------------------------------------------------------------------
-def run_id(run_dir: Path) -> str:
-    """``NAME-<UTC start>`` as ``benchmarks/omniglot/reproduce.py`` names runs (``NAME-unknown`` without
-    a readable ``metrics.jsonl``)."""
-    found = _reproduce._run_id(run_dir)
-    return f"{run_dir.name}-unknown" if found == "unknown" else found
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    data = json.loads(path.read_text())
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def _append(path: Path, entry: dict[str, Any]) -> None:
-    records = read_records(path)
-    records.append(entry)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     from metakit.runtime.logging import read_metrics
 
@@ -173,7 +141,7 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any] | None
         raise RecordError(f"RUN_DIR {str(run_dir)!r} is a run of task.family={cfg.family.name} ({cfg.family.kind} "
                           "tasks), not of the sequence family; this record holds runs of Santoro et al.'s sequence "
                           "protocol (configs/{mann,ntm,lstm}_omniglot_sequence.yaml)")
-    summary = _read_json(run_dir / "summary.json")
+    summary = _reproduce._read_json(run_dir / "summary.json")
     summary = summary if isinstance(summary, dict) else None
     if summary is not None and summary.get("status") == "failed":
         raise RecordError(f"RUN_DIR {str(run_dir)!r}: summary.json says the training failed ({summary.get('error')}); "
@@ -461,7 +429,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
     if not runs:
         raise RecordError("no record holds a validation curve with per-instance accuracies; record a sequence run that "
                           "has validated (`python benchmarks/sequence/runs.py eval RUN_DIR`) first")
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(max(7.0, 5.2 * len(runs)), 5.2), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
     colors = {k: cmap(i / (len(FIGURE_INSTANCES) - 1)) for i, k in enumerate(FIGURE_INSTANCES)}
     for ax, r in zip(axes[0], runs):
@@ -483,10 +451,9 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
                 Line2D([], [], color="black", linestyle=":", linewidth=0.9),
                 Line2D([], [], color="grey", linewidth=0.8)]
     labels += ["MANN, Santoro et al. 2016 (final, test)", "LSTM, Santoro et al. 2016 (final, test)", "checkpoint recorded"]
-    axes[0][-1].legend(handles, labels, fontsize=7, loc="lower right")
-    fig.suptitle("Accuracy at the k-th instance of a class on the validation episodes, from benchmarks/sequence/runs.json",
-                 fontsize=10)
-    fig.tight_layout()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    fig.suptitle("Validation accuracy at the k-th instance of a class (benchmarks/sequence/runs.json)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -494,23 +461,6 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
 
 
 # -- command line -----------------------------------------------------------------------------------
-def _metakit_path(text: str | None) -> str:
-    try:
-        return _reproduce._metakit_path(text)
-    except SystemExit as e:  # reproduce.py's refusal, as this script's error
-        raise RecordError(str(e).removeprefix("reproduce.py: error: ")) from None
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="runs.py", description=__doc__.split("\n\n")[0])
