@@ -92,7 +92,8 @@ PAPER_SOURCE = ("Santoro et al. 2016, Table 1 (Omniglot test set, 5 classes, one
                 "docs/model_based.md; the MANN and LSTM rows agree with the table as quoted by an independent "
                 "re-implementation, the human row is not checked against a second source")
 #: the protocol of the paper's Table 1, as the record's result states it
-PAPER_PROTOCOL = {"dataset": "omniglot", "classes_per_episode": 5, "instances_per_class": 10, "labels": "one_hot"}
+PAPER_PROTOCOL = {"dataset": "omniglot", "classes_per_episode": 5, "instances_per_class": 10, "episode_length": 50,
+                  "labels": "one_hot"}
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -376,6 +376,17 @@ def test_the_papers_rows_stand_beside_runs_of_the_papers_protocol_and_each_model
     assert both.count("| model | run |") == 2 and both.count("Santoro et al. 2016 | paper") == 3
 
 
+@pytest.mark.parametrize("key, value", [("dataset", "folder"), ("classes_per_episode", 15), ("instances_per_class", 5),
+                                        ("episode_length", 40), ("labels", "string"), ("split", "val")])
+def test_a_protocol_that_differs_from_the_papers_in_one_key_gets_no_paper_rows(recorded, key, value):
+    _, record, _, _ = recorded
+    e = _paper_protocol(json.loads(record.read_text())[0], "MANN (LRUA)", [0.5] * 10)
+    assert rec.table([e]).count("Santoro et al. 2016 | paper") == 3
+    e["result"][key] = value
+    text = rec.table([e])
+    assert "Santoro et al. 2016 | paper" not in text and "(Not the protocol of Santoro et al. 2016, Table 1" in text
+
+
 def test_an_empty_record_says_how_to_fill_it():
     assert "python benchmarks/sequence/runs.py eval RUN_DIR" in rec.table([])
 
