@@ -107,21 +107,26 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _training_live(run_dir: Path) -> bool:
-    """Whether a process holds the run folder's training lock (``metakit train`` is running in it). Probed
-    with a shared, non-blocking lock on a read-only descriptor: nothing in the folder is written."""
-    import fcntl
+    """Whether ``metakit train`` is running in the run folder: ``RUN_DIR/.lock`` names its owner (process id and
+    host) while a training holds it, and is emptied when the training ends; a process that was killed leaves a
+    record whose process no longer runs. Only read: the lock itself is never taken, so recording cannot stand in
+    the way of a training that starts meanwhile."""
+    import socket
 
     try:
-        fd = os.open(run_dir / ".lock", os.O_RDONLY)
-    except OSError:
+        owner = json.loads((run_dir / ".lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    pid = owner.get("pid") if isinstance(owner, dict) else None
+    if not isinstance(pid, int) or pid <= 0 or owner.get("host", socket.gethostname()) != socket.gethostname():
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by another user
         return True
-    finally:
-        os.close(fd)  # closing releases a lock this probe got
-    return False
+    return True
 
 
 # -- eval -------------------------------------------------------------------------------------------

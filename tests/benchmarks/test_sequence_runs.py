@@ -5,13 +5,12 @@ README block and the figure drawn from the records alone."""
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ import yaml
 
 from metakit.cli.main import main as metakit_main
 from metakit.runtime.config import Config
+from metakit.runtime.run import lock_run_dir
 from metakit.runtime.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,6 +194,12 @@ def _copy_run(run: Path, tmp_path: Path, *, planned: int | None = None, summary:
     return target
 
 
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def _result(printed: dict, step: int) -> dict:
     return {**{k: v for k, v in printed.items() if k != "checkpoint"}, "checkpoint": "x.safetensors", "step": step}
 
@@ -230,14 +236,12 @@ def test_a_run_short_of_its_budget_is_recorded_part_way_with_its_step(recorded, 
     metakit = _fake_metakit(tmp_path, _result(printed, step))
     out = tmp_path / "runs.json"
     argv = ["eval", str(target), "--record", str(out), "--metakit", metakit, "--checkpoint", checkpoint]
-    if case == "live":  # a training process holds the run folder's lock
-        fd = os.open(target / ".lock", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
+    if case == "live":  # a training process (this one) holds the run folder, as `metakit train` does
+        with lock_run_dir(target):
             assert rec.main(argv) == 0
-        finally:
-            os.close(fd)
     else:
+        # a lock record left by a killed training: its process no longer runs
+        (target / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
         assert rec.main(argv) == 0
     [entry] = json.loads(out.read_text())
     [call] = _calls(tmp_path)
