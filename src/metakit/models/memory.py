@@ -163,20 +163,30 @@ class LRUAMemory(nn.Module):
         read weights [B, H, N], write weights [B, H, N])``."""
         memory, usage, prev_read = state
         w_read = content_weights(keys, memory)
-        reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
-        lu = least_used(usage, self.heads)
+        reads = torch.bmm(w_read, memory)
+        # one stable sort gives both the n least-used locations and the one that is emptied
+        order = torch.sort(usage, dim=-1, stable=True).indices
+        lu = torch.zeros_like(usage).scatter(-1, order[..., : self.heads], 1.0)
+        emptied = torch.zeros_like(usage).scatter(-1, order[..., :1], 1.0)
         gate = torch.sigmoid(alpha).unsqueeze(-1)
         w_write = gate * prev_read + (1 - gate) * lu.unsqueeze(1)
-        emptied = least_used(usage, 1)
-        memory = memory * (1 - emptied).unsqueeze(-1) + torch.einsum("bhn,bhw->bnw", w_write, keys)
+        memory = torch.baddbmm(memory * (1 - emptied).unsqueeze(-1), w_write.transpose(1, 2), keys)
         usage = self.gamma * usage + w_read.sum(1) + w_write.sum(1)
         return reads, LRUAState(memory, usage, w_read), w_read, w_write
 
-    def forward(self, h: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
-        b = h.shape[0]
-        keys = self.keys(h).view(b, self.heads, self.width)
-        reads, state, w_read, w_write = self.step(keys, self.alpha(h), state)
+    def projections(self) -> tuple[nn.Linear, ...]:
+        """The layers that read the controller output, in the order :meth:`advance` takes their outputs."""
+        return (self.keys, self.alpha)
+
+    def advance(self, raw: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
+        """One step from the concatenated outputs ``[B, H W + H]`` of :meth:`projections`:
+        ``(reads [B, H W], state, read weights, write weights)``."""
+        b, k = raw.shape[0], self.heads * self.width
+        reads, state, w_read, w_write = self.step(raw[:, :k].view(b, self.heads, self.width), raw[:, k:], state)
         return reads.reshape(b, -1), state, w_read, w_write
+
+    def forward(self, h: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
+        return self.advance(torch.cat([self.keys(h), self.alpha(h)], -1), state)
 
 
 class NTMState(NamedTuple):
@@ -233,19 +243,28 @@ class NTMMemory(nn.Module):
         return ntm_address(memory, previous, key, F.softplus(strength), torch.sigmoid(gate), torch.softmax(shift, -1),
                            1 + F.softplus(gamma))
 
-    def forward(self, h: Tensor, state: NTMState) -> tuple[Tensor, NTMState, Tensor, Tensor]:
-        b = h.shape[0]
+    def projections(self) -> tuple[nn.Linear, ...]:
+        """The layers that read the controller output, in the order :meth:`advance` takes their outputs."""
+        return (self.read_heads, self.write_head)
+
+    def advance(self, raw: Tensor, state: NTMState) -> tuple[Tensor, NTMState, Tensor, Tensor]:
+        """One step from the concatenated outputs ``[B, heads * per_head + per_head + 2 W]`` of
+        :meth:`projections`: ``(reads [B, heads W], state, read weights, write weights)``."""
+        b, p, w = raw.shape[0], self._per_head, self.width
         memory, prev_read, prev_write = state
-        raw_w = self.write_head(h).unsqueeze(1)  # [B, 1, per_head + 2W]
-        w_write = self._address(raw_w[..., : self._per_head], memory, prev_write)
-        erase = torch.sigmoid(raw_w[..., self._per_head : self._per_head + self.width])  # [B, 1, W]
-        add = raw_w[..., self._per_head + self.width :]
+        raw_r = raw[:, : self.heads * p].view(b, self.heads, p)
+        raw_w = raw[:, self.heads * p :].unsqueeze(1)  # [B, 1, per_head + 2W]
+        w_write = self._address(raw_w[..., :p], memory, prev_write)
+        erase = torch.sigmoid(raw_w[..., p : p + w])  # [B, 1, W]
+        add = raw_w[..., p + w :]
         ww = w_write.transpose(1, 2)  # [B, N, 1]
         memory = memory * (1 - ww * erase) + ww * add
-        raw_r = self.read_heads(h).view(b, self.heads, self._per_head)
         w_read = self._address(raw_r, memory, prev_read)
-        reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
+        reads = torch.bmm(w_read, memory)
         return reads.reshape(b, -1), NTMState(memory, w_read, w_write), w_read, w_write
+
+    def forward(self, h: Tensor, state: NTMState) -> tuple[Tensor, NTMState, Tensor, Tensor]:
+        return self.advance(torch.cat([self.read_heads(h), self.write_head(h)], -1), state)
 
 
 def _check_sizes(**sizes: Any) -> None:
@@ -307,28 +326,60 @@ class MemoryAugmentedLSTM(nn.Module):
         return (h, h.clone(), reads, self.memory.initial_state(batch, device, dtype))  # type: ignore[operator]
 
     def forward(self, inputs: Tensor, state: tuple | None = None, trace: bool = False) -> SequenceOutput:
-        """Run ``inputs`` ``[B, T, input_size]`` from ``state`` (default: the start of an episode)."""
+        """Run ``inputs`` ``[B, T, input_size]`` from ``state`` (default: the start of an episode).
+
+        The result is the step-by-step recurrence of the module docstring, computed in fewer and
+        larger operations: the input part of the LSTM's input projection and the output layer
+        are one matrix product over all ``T`` steps; without a memory the whole LSTM runs as
+        PyTorch's fused LSTM (the operation behind ``nn.LSTM``) on the cell's own parameters;
+        with one, a step makes one product of ``h_{t-1}`` with the recurrent weights stacked on
+        the memory heads' weights and one of the reads with their input weights.
+        """
         if inputs.dim() != 3:
             raise ValueError(f"inputs has shape {tuple(inputs.shape)}; expected [batch, time, features]")
-        b, steps, _ = inputs.shape
+        b, steps, features = inputs.shape
+        expected = self.controller.input_size - (0 if self.memory is None else self.memory.read_size)  # type: ignore[union-attr]
+        if features != expected:
+            raise ValueError(f"inputs has {features} features per step but the network was built for input_size={expected}")
         if state is None:
             state = self.initial_state(b, inputs.device, inputs.dtype)
         h, c, reads, mem = state
-        outs, w_reads, w_writes = [], [], []
+        if steps == 0:
+            return SequenceOutput(inputs.new_zeros(b, 0, self.output.out_features), (h, c, reads, mem), None, None)
+        cell = self.controller
+        if self.memory is None:
+            hs, h_n, c_n = torch.lstm(
+                inputs, (h.unsqueeze(0), c.unsqueeze(0)), [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh],
+                True, 1, 0.0, self.training, False, True,
+            )  # has_biases, num_layers, dropout, train, bidirectional, batch_first
+            return SequenceOutput(self.output(hs), (h_n[0], c_n[0], None, None), None, None)
+        memory: Any = self.memory
+        # gates_t = W_x x_t + W_r r_{t-1} + W_h h_{t-1} + b: the W_x x_t of every step in one product
+        gates_x = F.linear(inputs, cell.weight_ih[:, :features], cell.bias_ih + cell.bias_hh).unbind(1)
+        w_reads = cell.weight_ih[:, features:].t()
+        # h_t's products: the memory heads of step t and the recurrent part of step t+1's gates
+        heads = memory.projections()
+        n_heads = sum(layer.out_features for layer in heads)
+        w_h = torch.cat([layer.weight for layer in heads] + [cell.weight_hh]).t()
+        b_h = torch.cat([layer.bias for layer in heads] + [cell.bias_hh.new_zeros(cell.weight_hh.shape[0])])
+        gates_h = h @ cell.weight_hh.t()
+        hs, rs, trace_r, trace_w = [], [], [], []
         for t in range(steps):
-            x = inputs[:, t] if self.memory is None else torch.cat([inputs[:, t], reads], -1)
-            h, c = self.controller(x, (h, c))
-            if self.memory is None:
-                outs.append(self.output(h))
-                continue
-            reads, mem, w_r, w_w = self.memory(h, mem)
-            outs.append(self.output(torch.cat([h, reads], -1)))
+            gates = torch.addmm(gates_x[t] + gates_h, reads, w_reads)
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            projected = torch.addmm(b_h, h, w_h)
+            gates_h = projected[:, n_heads:]
+            reads, mem, w_r, w_w = memory.advance(projected[:, :n_heads], mem)
+            hs.append(h)
+            rs.append(reads)
             if trace:
-                w_reads.append(w_r)
-                w_writes.append(w_w)
-        out = torch.stack(outs, 1) if outs else inputs.new_zeros(b, 0, self.output.out_features)
-        rw = torch.stack(w_reads, 1) if w_reads else None
-        ww = torch.stack(w_writes, 1) if w_writes else None
+                trace_r.append(w_r)
+                trace_w.append(w_w)
+        out = self.output(torch.cat([torch.stack(hs, 1), torch.stack(rs, 1)], -1))
+        rw = torch.stack(trace_r, 1) if trace else None
+        ww = torch.stack(trace_w, 1) if trace else None
         return SequenceOutput(out, (h, c, reads, mem), rw, ww)
 
 

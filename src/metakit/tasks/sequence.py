@@ -177,39 +177,58 @@ class _Shape:
 
 
 def _draw(data: ClassIndexedDataset, shape: _Shape, batch: int, g: torch.Generator) -> SequenceBatch:
+    """``batch`` episodes. The random draws are made episode by episode (classes, instances, order,
+    augmentation parameters, string labels), so a generator state gives the same episodes at any
+    batch size; the images are then gathered and augmented for the whole batch at once."""
     counts = torch.as_tensor(data.counts)
     offsets = torch.as_tensor(data.offsets)
     positions, alphabet = label_code_shape(shape.labels, shape.classes)
-    xs, ys, codes = [], [], []
+    indices, ys, codes, quarters, angles, shifts = [], [], [], [], [], []
     for _ in range(batch):
         classes = torch.randperm(data.num_classes, generator=g)[: shape.classes]
         picks = [torch.randperm(int(counts[c]), generator=g)[: shape.instances] + offsets[c] for c in classes]
         index = torch.stack(picks)  # [classes, instances]
         label = torch.arange(shape.classes).unsqueeze(1).expand_as(index)
         order = torch.randperm(index.numel(), generator=g)[: shape.length]
-        x = data.to_float(data.data[index.flatten()[order]])
         y = label.flatten()[order]
         if shape.augment:
-            x = _augment(x, y, shape, g)
+            quarter, angle, shift = _augment_draws(y, shape, data.example_shape[-1], g)
+            quarters.append(quarter)
+            angles.append(angle)
+            shifts.append(shift)
         if shape.labels == "string":
             words = torch.randperm(alphabet**positions, generator=g)[: shape.classes]
             powers = alphabet ** torch.arange(positions - 1, -1, -1)
             code = (words.unsqueeze(1) // powers) % alphabet
         else:
             code = torch.arange(shape.classes).unsqueeze(1)
-        xs.append(x)
+        indices.append(index.flatten()[order])
         ys.append(y)
         codes.append(code)
-    return SequenceBatch(torch.stack(xs), torch.stack(ys), torch.stack(codes), alphabet, shape.classes)
+    x = data.to_float(data.data[torch.cat(indices)])  # [batch * length, *example_shape]
+    if shape.augment:
+        x = _augment_images(x, torch.cat(quarters), torch.cat(angles), torch.cat(shifts))
+    return SequenceBatch(x.unflatten(0, (batch, -1)), torch.stack(ys), torch.stack(codes), alphabet, shape.classes)
 
 
-def _augment(x: Tensor, y: Tensor, shape: _Shape, g: torch.Generator) -> Tensor:
-    """Per-class rotation by k * 90 degrees, then a small per-example rotation and translation."""
+def _augment_draws(y: Tensor, shape: _Shape, size: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """One episode's augmentation parameters for its labels ``y`` ``[T]``: a multiple of 90 degrees
+    per class, and per example an angle in radians and a shift in ``[-1, 1]`` grid units."""
     quarter = torch.randint(0, 4, (shape.classes,), generator=g)[y]
-    x = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(x, quarter)])
-    n, size = x.shape[0], x.shape[-1]
+    n = y.shape[0]
     angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(shape.max_rotation)
-    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * shape.max_shift / size)  # in [-1, 1] grid units
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * shape.max_shift / size)
+    return quarter, angle, shift
+
+
+def _augment_images(x: Tensor, quarter: Tensor, angle: Tensor, shift: Tensor) -> Tensor:
+    """Rotate images ``[n, C, H, W]`` by ``quarter`` x 90 degrees, then by ``angle`` and translate by
+    ``shift`` (bilinear resampling, empty border)."""
+    x = x.clone()
+    for k in range(1, 4):
+        at = (quarter == k).nonzero().squeeze(1)
+        if at.numel():
+            x[at] = torch.rot90(x[at], k, dims=(-2, -1))
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
