@@ -173,3 +173,139 @@ def test_continuing_from_a_state_equals_one_long_sequence():
 def test_bad_sizes_are_refused_with_the_argument_named(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# -- the fast time loop against a step-by-step reference --------------------------------------------
+def _reference_lrua_step(mem, keys, alpha, state):
+    """The LRUA update of the module docstring, written out one rule at a time."""
+    memory, usage, prev_read = state
+    w_read = content_weights(keys, memory)
+    reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
+    gate = torch.sigmoid(alpha).unsqueeze(-1)
+    w_write = gate * prev_read + (1 - gate) * least_used(usage, mem.heads).unsqueeze(1)
+    memory = memory * (1 - least_used(usage, 1)).unsqueeze(-1) + torch.einsum("bhn,bhw->bnw", w_write, keys)
+    usage = mem.gamma * usage + w_read.sum(1) + w_write.sum(1)
+    return reads, LRUAState(memory, usage, w_read), w_read, w_write
+
+
+def _reference_forward(net, inputs, state=None):
+    """``MemoryAugmentedLSTM`` one step at a time: the ``nn.LSTMCell`` on ``[x_t, r_{t-1}]``, the
+    memory's heads on ``h_t``, the output layer on ``[h_t, r_t]``."""
+    b, steps, _ = inputs.shape
+    h, c, reads, mem = net.initial_state(b, dtype=inputs.dtype) if state is None else state
+    outs, w_reads, w_writes = [], [], []
+    for t in range(steps):
+        if net.memory is None:
+            h, c = net.controller(inputs[:, t], (h, c))
+            outs.append(net.output(h))
+            continue
+        h, c = net.controller(torch.cat([inputs[:, t], reads], -1), (h, c))
+        if isinstance(net.memory, LRUAMemory):
+            keys = net.memory.keys(h).view(b, net.memory.heads, net.memory.width)
+            reads, mem, w_r, w_w = _reference_lrua_step(net.memory, keys, net.memory.alpha(h), mem)
+            reads = reads.reshape(b, -1)
+        else:
+            reads, mem, w_r, w_w = net.memory(h, mem)
+        outs.append(net.output(torch.cat([h, reads], -1)))
+        w_reads.append(w_r)
+        w_writes.append(w_w)
+    trace = (torch.stack(w_reads, 1), torch.stack(w_writes, 1)) if w_reads else (None, None)
+    return torch.stack(outs, 1), (h, c, reads, mem), trace
+
+
+def _flat(state):
+    if state is None:
+        return []
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _flat(s)]
+
+
+def _assert_close(new, ref, rtol):
+    for a, b in zip(new, ref, strict=True):
+        assert a.shape == b.shape
+        scale = b.abs().max().clamp_min(1e-300)
+        assert ((a - b).abs().max() / scale) <= rtol, f"relative difference {float((a - b).abs().max() / scale):.3g}"
+
+
+@pytest.mark.parametrize("memory", ["lrua", "ntm", None])
+@pytest.mark.parametrize("start", ["fresh", "continued"])
+def test_time_loop_equals_the_step_by_step_reference_in_outputs_state_and_gradients(memory, start):
+    """float64, relative tolerance 1e-10 (of each tensor's largest entry): the outputs, the final
+    state, the traced read/write weights and the gradient of every parameter and of the input."""
+    torch.manual_seed(0)
+    net = MemoryAugmentedLSTM(6, 3, hidden_size=9, memory=memory, slots=7, width=4, heads=3).double()
+    x = torch.randn(2, 11, 6, dtype=D)
+    with torch.no_grad():
+        state = None if start == "fresh" else net(torch.randn(2, 5, 6, dtype=D)).state
+    weights = torch.randn(2, 11, 3, dtype=D)
+    results = []
+    for run in ("new", "reference"):
+        net.zero_grad()
+        xi = x.clone().requires_grad_()
+        if run == "new":
+            out = net(xi, state, trace=memory is not None)
+            outputs, final, trace = out.outputs, out.state, (out.read_weights, out.write_weights)
+        else:
+            outputs, final, trace = _reference_forward(net, xi, state)
+        (outputs * weights).sum().backward()
+        grads = [p.grad.clone() for p in net.parameters()] + [xi.grad]
+        results.append([outputs, *_flat(final), *_flat(trace if memory is not None else None), *grads])
+    _assert_close(results[0], results[1], rtol=1e-10)
+
+
+def test_fused_lstm_in_float32_equals_the_reference_up_to_float32_rounding():
+    torch.manual_seed(0)
+    net = MemoryAugmentedLSTM(30, 5, hidden_size=20, memory=None)
+    x = torch.randn(4, 25, 30)
+    outs = []
+    for fn in (lambda: net(x).outputs, lambda: _reference_forward(net, x)[0]):
+        net.zero_grad()
+        fn().square().sum().backward()
+        outs.append([fn().detach()] + [p.grad.clone() for p in net.parameters()])
+    _assert_close(outs[0], outs[1], rtol=1e-5)
+
+
+def test_zero_steps_return_the_state_unchanged():
+    net = MemoryAugmentedLSTM(3, 2, hidden_size=4, memory="lrua", slots=5, width=2, heads=1).double()
+    state = net(torch.randn(1, 3, 3, dtype=D)).state
+    out = net(torch.zeros(1, 0, 3, dtype=D), state, trace=True)
+    assert out.outputs.shape == (1, 0, 2)
+    assert all(a is b for a, b in zip(_flat(out.state), _flat(state), strict=True))
+
+
+def test_inputs_of_the_wrong_width_are_refused_with_the_sizes():
+    net = MemoryAugmentedLSTM(6, 3, hidden_size=4, memory="ntm", slots=5, width=2, heads=1)
+    with pytest.raises(ValueError, match=r"inputs has 7 features per step but the network was built for input_size=6"):
+        net(torch.zeros(1, 2, 7))
+
+
+#: parameter names and shapes of MemoryAugmentedLSTM(405, 5) as checkpoints store them (the
+#: configs' sizes: 200 units, 128 x 40 memory, 4 heads); a faster implementation must keep them
+CHECKPOINT_LAYOUT = {
+    "lrua": {
+        "memory.keys.weight": (160, 200), "memory.keys.bias": (160,), "memory.alpha.weight": (4, 200),
+        "memory.alpha.bias": (4,), "controller.weight_ih": (800, 565), "controller.weight_hh": (800, 200),
+        "controller.bias_ih": (800,), "controller.bias_hh": (800,), "output.weight": (5, 360), "output.bias": (5,),
+    },
+    "ntm": {
+        "memory.read_heads.weight": (184, 200), "memory.read_heads.bias": (184,), "memory.write_head.weight": (126, 200),
+        "memory.write_head.bias": (126,), "controller.weight_ih": (800, 565), "controller.weight_hh": (800, 200),
+        "controller.bias_ih": (800,), "controller.bias_hh": (800,), "output.weight": (5, 360), "output.bias": (5,),
+    },
+    None: {
+        "controller.weight_ih": (800, 405), "controller.weight_hh": (800, 200), "controller.bias_ih": (800,),
+        "controller.bias_hh": (800,), "output.weight": (5, 200), "output.bias": (5,),
+    },
+}
+
+
+@pytest.mark.parametrize("memory", ["lrua", "ntm", None])
+def test_checkpoints_of_the_stored_parameter_layout_load(memory):
+    net = MemoryAugmentedLSTM(405, 5, hidden_size=200, memory=memory)
+    layout = CHECKPOINT_LAYOUT[memory]
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == layout
+    g = torch.Generator().manual_seed(0)
+    saved = {k: torch.randn(*shape, generator=g) for k, shape in layout.items()}
+    net.load_state_dict(saved)  # strict: every stored name is taken, none is missing
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())

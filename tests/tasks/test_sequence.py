@@ -3,20 +3,25 @@ and the errors of configs that do not fit."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from metakit.datasets.base import ClassIndexedDataset
 from metakit.options import ConfigError
 from metakit.runtime.config import Config
 from metakit.tasks.sequence import (
     FixedSequences,
+    _draw,
     SequenceBatch,
     SequenceFamily,
     SequenceSampler,
     _Shape,
     code_correct,
     instance_index,
+    label_code_shape,
     label_inputs,
 )
 
@@ -171,3 +176,49 @@ def test_eval_sizes_that_do_not_apply_are_refused(sizes, message):
     args.update(sizes)
     with pytest.raises(ValueError, match=message):
         fam.eval_set("test", _data(), **args)
+
+
+def _reference_draw(data, shape, batch, g):
+    """One episode at a time, one image at a time: the draws in the order the sampler makes them."""
+    positions, alphabet = label_code_shape(shape.labels, shape.classes)
+    xs, ys, codes = [], [], []
+    for _ in range(batch):
+        classes = torch.randperm(data.num_classes, generator=g)[: shape.classes]
+        picks = [torch.randperm(int(data.counts[c]), generator=g)[: shape.instances] + data.offsets[c] for c in classes]
+        index = torch.stack(picks)
+        order = torch.randperm(index.numel(), generator=g)[: shape.length]
+        x = data.to_float(data.data[index.flatten()[order]])
+        y = torch.arange(shape.classes).unsqueeze(1).expand_as(index).flatten()[order]
+        if shape.augment:
+            quarter = torch.randint(0, 4, (shape.classes,), generator=g)[y]
+            x = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(x, quarter)])
+            n, size = x.shape[0], x.shape[-1]
+            angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(shape.max_rotation)
+            shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * shape.max_shift / size)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], -1), torch.stack([sin, cos, shift[:, 1]], -1)], 1)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if shape.labels == "string":
+            words = torch.randperm(alphabet**positions, generator=g)[: shape.classes]
+            code = (words.unsqueeze(1) // alphabet ** torch.arange(positions - 1, -1, -1)) % alphabet
+        else:
+            code = torch.arange(shape.classes).unsqueeze(1)
+        xs.append(x)
+        ys.append(y)
+        codes.append(code)
+    return torch.stack(xs), torch.stack(ys), torch.stack(codes)
+
+
+@pytest.mark.parametrize("labels", ["one_hot", "string"])
+@pytest.mark.parametrize("augment", [True, False])
+def test_a_batch_is_drawn_exactly_as_episode_by_episode(labels, augment):
+    """Same generator state, same episodes, bit for bit, and the generator ends in the same state
+    (a resumed run draws the tasks it would have drawn)."""
+    data, shape = _data(), _shape(labels=labels, augment=augment, length=10, max_rotation=30.0)
+    g_new, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for batch in (1, 5):
+        new = _draw(data, shape, batch, g_new)
+        x, y, codes = _reference_draw(data, shape, batch, g_ref)
+        assert torch.equal(new.x, x) and torch.equal(new.labels, y) and torch.equal(new.codes, codes)
+    assert torch.equal(g_new.get_state(), g_ref.get_state())
