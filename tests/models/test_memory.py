@@ -12,8 +12,10 @@ from metakit.models.memory import (
     LRUAState,
     MemoryAugmentedLSTM,
     NTMMemory,
+    NTMState,
     circular_shift,
     content_weights,
+    cosine_similarity,
     least_used,
     ntm_address,
     sharpen,
@@ -115,6 +117,38 @@ def test_lrua_tiny_read_and_write_by_hand():
     assert torch.equal(state.read_weights, w_r)
 
 
+def test_ntm_step_gradient_matches_finite_differences():
+    """The whole NTM step (addressing of the write and read heads, erase/add write, read) from the
+    head outputs and the state."""
+    mem = NTMMemory(input_size=1, slots=5, width=3, heads=2, shift_range=1).double()
+    raw = _rand(2, 2 * mem._per_head + mem._per_head + 2 * 3, seed=13)
+    memory = _rand(2, 5, 3, seed=14)
+    prev_read = torch.softmax(_rand(2, 2, 5, seed=15), -1).detach().requires_grad_()
+    prev_write = torch.softmax(_rand(2, 1, 5, seed=16), -1).detach().requires_grad_()
+
+    def f(raw, memory, prev_read, prev_write):
+        reads, state, _, _ = mem.advance(raw, NTMState(memory, prev_read, prev_write))
+        return reads, state.memory, state.read_weights, state.write_weights
+
+    assert gradcheck(f, (raw, memory, prev_read, prev_write), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_cosine_gradient_equals_autograds_at_a_zero_location_and_below_eps():
+    """A location emptied to zero (norm 0) and a key so short that ``|k| |M(i)|`` falls below eps
+    (the bound holds): where the cosine has a kink, the written-out backward takes the same
+    one-sided choice as autograd through ``norm`` and ``clamp_min``."""
+    keys = _rand(2, 3, 4, seed=17)
+    memory = _rand(2, 5, 4, seed=18)
+    with torch.no_grad():
+        memory[:, 2] = 0.0
+        keys[0, 1] *= 1e-9
+    new_k, new_m = torch.autograd.grad((cosine_similarity(keys, memory) * memory.new_ones(2, 3, 5).cumsum(-1)).sum(), (keys, memory))
+    dots = torch.einsum("bhw,bnw->bhn", keys, memory)
+    plain = dots / (keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(-2)).clamp_min(1e-8)
+    ref_k, ref_m = torch.autograd.grad((plain * memory.new_ones(2, 3, 5).cumsum(-1)).sum(), (keys, memory))
+    assert torch.allclose(new_k, ref_k, rtol=1e-12, atol=0) and torch.allclose(new_m, ref_m, rtol=1e-12, atol=0)
+
+
 def test_ntm_write_erases_then_adds():
     mem = NTMMemory(input_size=1, slots=3, width=2, heads=1, shift_range=1).double()
     with torch.no_grad():
@@ -176,16 +210,47 @@ def test_bad_sizes_are_refused_with_the_argument_named(build, message):
 
 
 # -- the fast time loop against a step-by-step reference --------------------------------------------
+def _plain_content_weights(keys, memory, strength=1.0):
+    """Cosine similarity and softmax through autograd's own operations (the module writes the
+    cosine's backward out)."""
+    dots = torch.einsum("bhw,bnw->bhn", keys, memory)
+    norms = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(-2)
+    strength = strength.unsqueeze(-1) if isinstance(strength, torch.Tensor) else strength
+    return torch.softmax(strength * dots / norms.clamp_min(1e-8), dim=-1)
+
+
 def _reference_lrua_step(mem, keys, alpha, state):
     """The LRUA update of the module docstring, written out one rule at a time."""
     memory, usage, prev_read = state
-    w_read = content_weights(keys, memory)
+    w_read = _plain_content_weights(keys, memory)
     reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
     gate = torch.sigmoid(alpha).unsqueeze(-1)
     w_write = gate * prev_read + (1 - gate) * least_used(usage, mem.heads).unsqueeze(1)
     memory = memory * (1 - least_used(usage, 1)).unsqueeze(-1) + torch.einsum("bhn,bhw->bnw", w_write, keys)
     usage = mem.gamma * usage + w_read.sum(1) + w_write.sum(1)
     return reads, LRUAState(memory, usage, w_read), w_read, w_write
+
+
+def _reference_ntm_step(mem, h, state):
+    """Graves et al.'s addressing and erase/add write, one rule at a time."""
+    b, w, p = h.shape[0], mem.width, mem._per_head
+    memory, prev_read, prev_write = state
+
+    def address(raw, memory, previous):
+        key, strength, gate, gamma, shift = raw[..., :w], raw[..., w], raw[..., w + 1], raw[..., w + 2], raw[..., w + 3 :]
+        content = _plain_content_weights(key, memory, torch.nn.functional.softplus(strength))
+        g = torch.sigmoid(gate).unsqueeze(-1)
+        gated = g * content + (1 - g) * previous
+        return sharpen(circular_shift(gated, torch.softmax(shift, -1)), 1 + torch.nn.functional.softplus(gamma))
+
+    raw_w = mem.write_head(h).unsqueeze(1)
+    w_write = address(raw_w[..., :p], memory, prev_write)
+    erase, add = torch.sigmoid(raw_w[..., p : p + w]), raw_w[..., p + w :]
+    ww = w_write.transpose(1, 2)
+    memory = memory * (1 - ww * erase) + ww * add
+    w_read = address(mem.read_heads(h).view(b, mem.heads, p), memory, prev_read)
+    reads = torch.einsum("bhn,bnw->bhw", w_read, memory)
+    return reads.reshape(b, -1), NTMState(memory, w_read, w_write), w_read, w_write
 
 
 def _reference_forward(net, inputs, state=None):
@@ -205,7 +270,7 @@ def _reference_forward(net, inputs, state=None):
             reads, mem, w_r, w_w = _reference_lrua_step(net.memory, keys, net.memory.alpha(h), mem)
             reads = reads.reshape(b, -1)
         else:
-            reads, mem, w_r, w_w = net.memory(h, mem)
+            reads, mem, w_r, w_w = _reference_ntm_step(net.memory, h, mem)
         outs.append(net.output(torch.cat([h, reads], -1)))
         w_reads.append(w_r)
         w_writes.append(w_w)

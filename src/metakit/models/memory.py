@@ -71,14 +71,53 @@ __all__ = [
 
 #: value of every memory cell at the start of an episode (non-zero so that cosines are defined)
 MEMORY_INIT = 1e-6
+#: lower bound of ``|k| |M(i)|`` in a cosine (a zeroed location has similarity 0)
+COSINE_EPS = 1e-8
 
 
 # -- addressing: pure functions over [B, heads, N] ---------------------------------------------------
-def cosine_similarity(keys: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
-    """``K(k_h, M(i))`` for keys ``[B, H, W]`` and memory ``[B, N, W]``: ``[B, H, N]``."""
-    dots = torch.einsum("bhw,bnw->bhn", keys, memory)
-    norms = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(-2)
-    return dots / norms.clamp_min(eps)
+def _cosine_forward(keys: Tensor, memory: Tensor, eps: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``K(k_h, M(i)) = k_h . M(i) / max(|k_h| |M(i)|, eps)`` ``[B, H, N]`` and what its backward needs."""
+    knorm, mnorm = keys.norm(dim=-1), memory.norm(dim=-1)  # [B, H], [B, N]
+    den = knorm.unsqueeze(-1) * mnorm.unsqueeze(-2)
+    passes = den >= eps
+    den = den.clamp_min(eps)
+    sim = torch.bmm(keys, memory.transpose(1, 2)) / den
+    return sim, (keys, memory, knorm, mnorm, den, passes, sim)
+
+
+def _cosine_backward(g_sim: Tensor, saved: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    """``(g_keys, g_memory)`` from ``g_sim``: with ``D = k M^T``, ``gD = gS / den``; ``gden = -gS S / den``
+    where ``|k| |M| >= eps`` (else 0); ``gk = gD M + (sum_i gden |M(i)|) k / |k|``,
+    ``gM = gD^T k + (sum_h gden |k_h|) M / |M|`` (``x / |x|`` taken as 0 at ``|x| = 0``)."""
+    keys, memory, knorm, mnorm, den, passes, sim = saved
+    g_dots = g_sim / den
+    g_den = torch.where(passes, -g_dots * sim, 0.0)
+    k_scale = torch.where(knorm > 0, (g_den * mnorm.unsqueeze(-2)).sum(-1) / knorm, 0.0)  # [B, H]
+    m_scale = torch.where(mnorm > 0, (g_den * knorm.unsqueeze(-1)).sum(-2) / mnorm, 0.0)  # [B, N]
+    g_keys = torch.baddbmm(k_scale.unsqueeze(-1) * keys, g_dots, memory)
+    g_memory = torch.baddbmm(m_scale.unsqueeze(-1) * memory, g_dots.transpose(1, 2), keys)
+    return g_keys, g_memory
+
+
+class _Cosine(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, keys: Tensor, memory: Tensor, eps: float) -> Tensor:
+        sim, saved = _cosine_forward(keys, memory, eps)
+        ctx.save_for_backward(*saved)
+        return sim
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_sim: Tensor) -> tuple[Tensor, Tensor, None]:
+        return (*_cosine_backward(g_sim, ctx.saved_tensors), None)
+
+
+def cosine_similarity(keys: Tensor, memory: Tensor, eps: float = COSINE_EPS) -> Tensor:
+    """``K(k_h, M(i))`` for keys ``[B, H, W]`` and memory ``[B, N, W]``: ``[B, H, N]`` (the product of
+    the norms bounded below by ``eps``). Its backward is written out (:func:`_cosine_backward`):
+    the gradients autograd would give, in fewer operations; it cannot be differentiated twice."""
+    return _Cosine.apply(keys, memory, eps)
 
 
 def content_weights(keys: Tensor, memory: Tensor, strength: Tensor | float = 1.0) -> Tensor:
@@ -117,6 +156,57 @@ def least_used(usage: Tensor, n: int) -> Tensor:
     """``[B, N]`` weights: 1 at the ``n`` locations of smallest ``usage`` ``[B, N]`` (ties: lowest index), 0 elsewhere."""
     order = torch.sort(usage, dim=-1, stable=True).indices[..., :n]
     return torch.zeros_like(usage).scatter(-1, order, 1.0)
+
+
+class _LRUAStep(torch.autograd.Function):
+    """One LRUA step (see the module docstring) with its backward written out: the same numbers as
+    autograd through :func:`content_weights`, :func:`least_used` and the update, in about half the
+    operations and without recording a graph node per operation.
+
+    Forward, per episode, keys ``k [H, W]``, gate logits ``a [H]``, memory ``M [N, W]``, usage
+    ``u [N]``, previous read weights ``p [H, N]``: ``D = k M^T``, ``den = max(|k| |M|^T, eps)``,
+    ``S = D / den``, ``R = softmax(S)``, ``r = R M``, ``s = sigmoid(a)``,
+    ``Ww = s p + (1 - s) lu``, ``M' = M (1 - e) + Ww^T k``, ``u' = gamma u + sum_h R + sum_h Ww``
+    (``lu``, ``e``: the least-used and the emptied locations, constants of ``u``).
+
+    Backward from ``gr, gM', gu', gR, gWw``: ``gWw += gu' + k gM'^T``; ``gR += gu' + gr M^T``;
+    ``gk = Ww gM'``; ``gM = gM' (1 - e) + R^T gr``; ``gu = gamma gu'``; ``gp = s gWw``;
+    ``ga = s (1 - s) sum_n gWw (p - lu)``; ``gS = R (gR - sum_n R gR)``, and the cosine's
+    gradients from ``gS`` (:func:`_cosine_backward`) added to ``gk`` and ``gM``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, keys: Tensor, alpha: Tensor, memory: Tensor, usage: Tensor, prev_read: Tensor, heads: int,
+                gamma: float, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        sim, cosine = _cosine_forward(keys, memory, eps)
+        w_read = torch.softmax(sim, dim=-1)
+        reads = torch.bmm(w_read, memory)
+        order = torch.sort(usage, dim=-1, stable=True).indices
+        lu = torch.zeros_like(usage).scatter(-1, order[..., :heads], 1.0)
+        keep = torch.ones_like(usage).scatter(-1, order[..., :1], 0.0)  # 1 - emptied
+        gate = torch.sigmoid(alpha)
+        g = gate.unsqueeze(-1)
+        w_write = g * prev_read + (1 - g) * lu.unsqueeze(1)
+        new_memory = torch.baddbmm(memory * keep.unsqueeze(-1), w_write.transpose(1, 2), keys)
+        new_usage = gamma * usage + w_read.sum(1) + w_write.sum(1)
+        ctx.save_for_backward(prev_read, w_read, lu, keep, gate, w_write, *cosine)
+        ctx.gamma = gamma
+        return reads, new_memory, new_usage, w_read, w_write
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_reads: Tensor, g_memory: Tensor, g_usage: Tensor, g_read: Tensor, g_write: Tensor) -> tuple:
+        prev_read, w_read, lu, keep, gate, w_write, *cosine = ctx.saved_tensors
+        keys, memory = cosine[0], cosine[1]
+        g_write = g_write + g_usage.unsqueeze(1) + torch.bmm(keys, g_memory.transpose(1, 2))
+        g_read = g_read + g_usage.unsqueeze(1) + torch.bmm(g_reads, memory.transpose(1, 2))
+        g_prev = gate.unsqueeze(-1) * g_write
+        g_alpha = (g_write * (prev_read - lu.unsqueeze(1))).sum(-1) * gate * (1 - gate)
+        g_sim = w_read * (g_read - (w_read * g_read).sum(-1, keepdim=True))
+        g_keys, g_mem = _cosine_backward(g_sim, tuple(cosine))
+        g_keys = g_keys.baddbmm_(w_write, g_memory)
+        g_mem = g_mem.add_(g_memory * keep.unsqueeze(-1)).baddbmm_(w_read.transpose(1, 2), g_reads)
+        return g_keys, g_alpha, g_mem, ctx.gamma * g_usage, g_prev, None, None, None
 
 
 # -- memories ---------------------------------------------------------------------------------------
@@ -162,16 +252,8 @@ class LRUAMemory(nn.Module):
         """One step from keys ``[B, H, W]`` and gate logits ``[B, H]``: ``(reads [B, H, W], state,
         read weights [B, H, N], write weights [B, H, N])``."""
         memory, usage, prev_read = state
-        w_read = content_weights(keys, memory)
-        reads = torch.bmm(w_read, memory)
-        # one stable sort gives both the n least-used locations and the one that is emptied
-        order = torch.sort(usage, dim=-1, stable=True).indices
-        lu = torch.zeros_like(usage).scatter(-1, order[..., : self.heads], 1.0)
-        emptied = torch.zeros_like(usage).scatter(-1, order[..., :1], 1.0)
-        gate = torch.sigmoid(alpha).unsqueeze(-1)
-        w_write = gate * prev_read + (1 - gate) * lu.unsqueeze(1)
-        memory = torch.baddbmm(memory * (1 - emptied).unsqueeze(-1), w_write.transpose(1, 2), keys)
-        usage = self.gamma * usage + w_read.sum(1) + w_write.sum(1)
+        reads, memory, usage, w_read, w_write = _LRUAStep.apply(keys, alpha, memory, usage, prev_read, self.heads, self.gamma,
+                                                                COSINE_EPS)
         return reads, LRUAState(memory, usage, w_read), w_read, w_write
 
     def projections(self) -> tuple[nn.Linear, ...]:
@@ -202,6 +284,28 @@ def ntm_address(memory: Tensor, previous: Tensor, key: Tensor, strength: Tensor,
     w = content_weights(key, memory, strength)
     w = interpolate(w, previous, gate)
     return sharpen(circular_shift(w, shift), gamma)
+
+
+class _EraseAdd(torch.autograd.Function):
+    """The NTM write ``M' = M (1 - w e^T) + w a^T`` (weights ``w [B, N, 1]``, erase ``e`` and add
+    ``a`` ``[B, 1, W]``) with its backward written out: ``gM = gM' (1 - w e^T)``,
+    ``gw = gM' a^T - (gM' M) e^T``, ``ge = -w^T (gM' M)``, ``ga = w^T gM'`` (sums over the
+    broadcast dimensions), the gradients autograd gives in fewer full-size operations."""
+
+    @staticmethod
+    def forward(ctx: Any, memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
+        keep = 1 - weights * erase
+        ctx.save_for_backward(memory, weights, erase, add, keep)
+        return memory * keep + weights * add
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        memory, weights, erase, add, keep = ctx.saved_tensors
+        gm = g * memory
+        g_weights = torch.bmm(g, add.transpose(1, 2)) - torch.bmm(gm, erase.transpose(1, 2))
+        w_t = weights.transpose(1, 2)
+        return g * keep, g_weights, -torch.bmm(w_t, gm), torch.bmm(w_t, g)
 
 
 class NTMMemory(nn.Module):
@@ -257,8 +361,7 @@ class NTMMemory(nn.Module):
         w_write = self._address(raw_w[..., :p], memory, prev_write)
         erase = torch.sigmoid(raw_w[..., p : p + w])  # [B, 1, W]
         add = raw_w[..., p + w :]
-        ww = w_write.transpose(1, 2)  # [B, N, 1]
-        memory = memory * (1 - ww * erase) + ww * add
+        memory = _EraseAdd.apply(memory, w_write.transpose(1, 2), erase, add)  # M (1 - w e^T) + w a^T
         w_read = self._address(raw_r, memory, prev_read)
         reads = torch.bmm(w_read, memory)
         return reads.reshape(b, -1), NTMState(memory, w_read, w_write), w_read, w_write
