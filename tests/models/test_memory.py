@@ -16,6 +16,7 @@ from metakit.models.memory import (
     circular_shift,
     content_weights,
     cosine_similarity,
+    interpolate,
     least_used,
     ntm_address,
     sharpen,
@@ -49,14 +50,24 @@ def test_ntm_shift_and_sharpen_gradients_match_finite_differences():
     assert gradcheck(lambda a, b, c: sharpen(circular_shift(a, b), c), (w, shift, gamma), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-def test_ntm_addressing_gradient_matches_finite_differences():
+@pytest.mark.parametrize("offsets", [1, 3, 5])
+def test_ntm_addressing_gradient_matches_finite_differences(offsets):
+    """ntm_address (one pass, backward written out) against finite differences and against the
+    composition of the four public steps through autograd."""
     memory, key = _rand(2, 6, 4, seed=5), _rand(2, 3, 4, seed=6)
     prev = torch.softmax(_rand(2, 3, 6, seed=7), -1).detach().requires_grad_()
     strength = (torch.rand(2, 3, dtype=D) + 0.5).requires_grad_()
     gate = torch.rand(2, 3, dtype=D).requires_grad_()
-    shift = torch.softmax(_rand(2, 3, 3, seed=8), -1).detach().requires_grad_()
+    shift = torch.softmax(_rand(2, 3, offsets, seed=8), -1).detach().requires_grad_()
     gamma = (1 + torch.rand(2, 3, dtype=D)).requires_grad_()
-    assert gradcheck(ntm_address, (memory, prev, key, strength, gate, shift, gamma), eps=1e-6, atol=1e-8, rtol=1e-6)
+    args = (memory, prev, key, strength, gate, shift, gamma)
+    assert gradcheck(ntm_address, args, eps=1e-6, atol=1e-8, rtol=1e-6)
+    composed = sharpen(circular_shift(interpolate(_plain_content_weights(key, memory, strength), prev, gate), shift), gamma)
+    out = ntm_address(*args)
+    assert torch.allclose(out, composed, rtol=1e-12, atol=0)
+    probe = torch.randn(out.shape, dtype=D, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(torch.autograd.grad((out * probe).sum(), args), torch.autograd.grad((composed * probe).sum(), args)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
 
 
 def test_circular_shift_moves_weight_by_the_offset_with_wraparound():

@@ -73,6 +73,8 @@ __all__ = [
 MEMORY_INIT = 1e-6
 #: lower bound of ``|k| |M(i)|`` in a cosine (a zeroed location has similarity 0)
 COSINE_EPS = 1e-8
+#: lower bound of the weights an NTM head sharpens (``w^gamma`` stays defined)
+SHARPEN_EPS = 1e-12
 
 
 # -- addressing: pure functions over [B, heads, N] ---------------------------------------------------
@@ -134,19 +136,24 @@ def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
     return g * content + (1 - g) * previous
 
 
-def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
-    """``w~(i) = sum_j w(j) s(i - j)`` (indices modulo ``N``): ``weights`` ``[B, H, N]``, ``shift``
-    ``[B, H, 2R+1]``, a distribution over the offsets ``-R .. R``."""
+def _check_shift(shift: Tensor, slots: int) -> None:
     r = shift.shape[-1] // 2
     if shift.shape[-1] != 2 * r + 1:
         raise ValueError(f"shift has {shift.shape[-1]} offsets; it must have an odd number (offsets -R..R)")
-    if 2 * r + 1 > weights.shape[-1]:
-        raise ValueError(f"shift offsets -{r}..{r} need at least {2 * r + 1} memory locations, got {weights.shape[-1]}")
+    if 2 * r + 1 > slots:
+        raise ValueError(f"shift offsets -{r}..{r} need at least {2 * r + 1} memory locations, got {slots}")
+
+
+def circular_shift(weights: Tensor, shift: Tensor) -> Tensor:
+    """``w~(i) = sum_j w(j) s(i - j)`` (indices modulo ``N``): ``weights`` ``[B, H, N]``, ``shift``
+    ``[B, H, 2R+1]``, a distribution over the offsets ``-R .. R``."""
+    _check_shift(shift, weights.shape[-1])
+    r = shift.shape[-1] // 2
     rolled = torch.stack([torch.roll(weights, k, dims=-1) for k in range(-r, r + 1)], dim=-1)
     return (rolled * shift.unsqueeze(-2)).sum(-1)
 
 
-def sharpen(weights: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
+def sharpen(weights: Tensor, gamma: Tensor, eps: float = SHARPEN_EPS) -> Tensor:
     """``w^gamma / sum w^gamma`` with exponents ``[B, H]`` >= 1."""
     powered = weights.clamp_min(eps).pow(gamma.unsqueeze(-1))
     return powered / powered.sum(-1, keepdim=True)
@@ -277,13 +284,72 @@ class NTMState(NamedTuple):
     write_weights: Tensor  # [B, 1, N]
 
 
+def _circular_windows(weights: Tensor, r: int) -> Tensor:
+    """``[..., N, 2r+1]`` with ``[..., i, m] = weights[..., (i + m - r) mod N]`` (a view of one padded copy)."""
+    n = weights.shape[-1]
+    return torch.cat([weights[..., n - r :], weights, weights[..., :r]], -1).unfold(-1, 2 * r + 1, 1)
+
+
+class _NTMAddress(torch.autograd.Function):
+    """:func:`ntm_address` with its backward written out (the gradients autograd gives through
+    :func:`content_weights`, :func:`interpolate`, :func:`circular_shift` and :func:`sharpen`).
+
+    Forward: ``wc = softmax(beta K)``, ``wg = g wc + (1 - g) w_prev``,
+    ``ws(i) = sum_k s(k) wg(i - k)``, ``w = max(ws, eps)^gamma / sum max(ws, eps)^gamma``.
+    Backward from ``gw``, with ``P = max(ws, eps)^gamma``: ``gP = (gw - sum w gw) / sum P``;
+    ``ggamma = sum gP P log max(ws, eps)``; ``gws = gP gamma P / max(ws, eps)`` where
+    ``ws >= eps`` (else 0); ``gwg(j) = sum_k s(k) gws(j + k)``, ``gs(k) = sum_i gws(i) wg(i - k)``;
+    ``gg = sum gwg (wc - w_prev)``, ``gw_prev = (1 - g) gwg``; ``gZ = wc (g gwg - sum wc g gwg)``,
+    ``gbeta = sum gZ K``, and the cosine's gradients from ``gK = beta gZ``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, memory: Tensor, previous: Tensor, key: Tensor, strength: Tensor, gate: Tensor, shift: Tensor,
+                gamma: Tensor, eps: float, sharpen_eps: float) -> Tensor:
+        r = shift.shape[-1] // 2
+        sim, cosine = _cosine_forward(key, memory, eps)
+        beta, g, gam = strength.unsqueeze(-1), gate.unsqueeze(-1), gamma.unsqueeze(-1)
+        content = torch.softmax(beta * sim, dim=-1)
+        gated = g * content + (1 - g) * previous
+        shifted = (_circular_windows(gated, r) @ shift.flip(-1).unsqueeze(-1)).squeeze(-1)
+        positive = shifted >= sharpen_eps
+        log_w = shifted.clamp_min(sharpen_eps).log()
+        powered = torch.exp(gam * log_w)
+        total = powered.sum(-1, keepdim=True)
+        out = powered / total
+        ctx.save_for_backward(previous, strength, gate, shift, gamma, content, gated, positive, log_w, powered, total, out,
+                              *cosine)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_out: Tensor) -> tuple:
+        previous, strength, gate, shift, gamma, content, gated, positive, log_w, powered, total, out, *cosine = ctx.saved_tensors
+        r = shift.shape[-1] // 2
+        sim = cosine[-1]
+        g_pow = (g_out - (g_out * out).sum(-1, keepdim=True)) / total
+        gp = g_pow * powered
+        g_gamma = (gp * log_w).sum(-1)
+        g_shifted = torch.where(positive, gp * gamma.unsqueeze(-1) * torch.exp(-log_w), 0.0)
+        g_gated = (_circular_windows(g_shifted, r) @ shift.unsqueeze(-1)).squeeze(-1)
+        g_shift = (g_shifted.unsqueeze(-2) @ _circular_windows(gated, r)).squeeze(-2).flip(-1)
+        g_gate = (g_gated * (content - previous)).sum(-1)
+        g_content = gate.unsqueeze(-1) * g_gated
+        g_z = content * (g_content - (content * g_content).sum(-1, keepdim=True))
+        g_strength = (g_z * sim).sum(-1)
+        g_key, g_memory = _cosine_backward(strength.unsqueeze(-1) * g_z, tuple(cosine))
+        g_previous = (1 - gate).unsqueeze(-1) * g_gated
+        return g_memory, g_previous, g_key, g_strength, g_gate, g_shift, g_gamma, None, None
+
+
 def ntm_address(memory: Tensor, previous: Tensor, key: Tensor, strength: Tensor, gate: Tensor, shift: Tensor,
                 gamma: Tensor) -> Tensor:
     """Graves et al.'s addressing from already squashed head outputs (``strength > 0``, ``gate`` in
-    (0, 1), ``shift`` a distribution, ``gamma >= 1``): ``[B, H, N]``."""
-    w = content_weights(key, memory, strength)
-    w = interpolate(w, previous, gate)
-    return sharpen(circular_shift(w, shift), gamma)
+    (0, 1), ``shift`` a distribution, ``gamma >= 1``): ``[B, H, N]``, the composition
+    ``sharpen(circular_shift(interpolate(content_weights(key, memory, strength), previous, gate), shift), gamma)``
+    computed in one pass with its backward written out (:class:`_NTMAddress`)."""
+    _check_shift(shift, memory.shape[-2])
+    return _NTMAddress.apply(memory, previous, key, strength, gate, shift, gamma, COSINE_EPS, SHARPEN_EPS)
 
 
 class _EraseAdd(torch.autograd.Function):
