@@ -270,8 +270,9 @@ class LRUAMemory(nn.Module):
     def advance(self, raw: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
         """One step from the concatenated outputs ``[B, H W + H]`` of :meth:`projections`:
         ``(reads [B, H W], state, read weights, write weights)``."""
-        b, k = raw.shape[0], self.heads * self.width
-        reads, state, w_read, w_write = self.step(raw[:, :k].view(b, self.heads, self.width), raw[:, k:], state)
+        b = raw.shape[0]
+        keys, alpha = raw.split([self.heads * self.width, self.heads], -1)
+        reads, state, w_read, w_write = self.step(keys.view(b, self.heads, self.width), alpha, state)
         return reads.reshape(b, -1), state, w_read, w_write
 
     def forward(self, h: Tensor, state: LRUAState) -> tuple[Tensor, LRUAState, Tensor, Tensor]:
@@ -408,10 +409,10 @@ class NTMMemory(nn.Module):
         return NTMState(m, focus.expand(batch, self.heads, self.slots).clone(), focus)
 
     def _address(self, raw: Tensor, memory: Tensor, previous: Tensor) -> Tensor:
-        w = self.width
-        key, strength, gate, gamma, shift = raw[..., :w], raw[..., w], raw[..., w + 1], raw[..., w + 2], raw[..., w + 3 :]
-        return ntm_address(memory, previous, key, F.softplus(strength), torch.sigmoid(gate), torch.softmax(shift, -1),
-                           1 + F.softplus(gamma))
+        # one split (its backward is one concatenation, where slices would each fill a zero tensor)
+        key, strength, gate, gamma, shift = raw.split([self.width, 1, 1, 1, 2 * self.shift_range + 1], -1)
+        return ntm_address(memory, previous, key, F.softplus(strength.squeeze(-1)), torch.sigmoid(gate.squeeze(-1)),
+                           torch.softmax(shift, -1), 1 + F.softplus(gamma.squeeze(-1)))
 
     def projections(self) -> tuple[nn.Linear, ...]:
         """The layers that read the controller output, in the order :meth:`advance` takes their outputs."""
@@ -422,13 +423,11 @@ class NTMMemory(nn.Module):
         :meth:`projections`: ``(reads [B, heads W], state, read weights, write weights)``."""
         b, p, w = raw.shape[0], self._per_head, self.width
         memory, prev_read, prev_write = state
-        raw_r = raw[:, : self.heads * p].view(b, self.heads, p)
-        raw_w = raw[:, self.heads * p :].unsqueeze(1)  # [B, 1, per_head + 2W]
-        w_write = self._address(raw_w[..., :p], memory, prev_write)
-        erase = torch.sigmoid(raw_w[..., p : p + w])  # [B, 1, W]
-        add = raw_w[..., p + w :]
+        raw_r, raw_w, erase, add = raw.unsqueeze(1).split([self.heads * p, p, w, w], -1)  # [B, 1, .]
+        w_write = self._address(raw_w, memory, prev_write)
+        erase = torch.sigmoid(erase)  # [B, 1, W]
         memory = _EraseAdd.apply(memory, w_write.transpose(1, 2), erase, add)  # M (1 - w e^T) + w a^T
-        w_read = self._address(raw_r, memory, prev_read)
+        w_read = self._address(raw_r.view(b, self.heads, p), memory, prev_read)
         reads = torch.bmm(w_read, memory)
         return reads.reshape(b, -1), NTMState(memory, w_read, w_write), w_read, w_write
 
@@ -538,9 +537,8 @@ class MemoryAugmentedLSTM(nn.Module):
             i, f, g, o = gates.chunk(4, 1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            projected = torch.addmm(b_h, h, w_h)
-            gates_h = projected[:, n_heads:]
-            reads, mem, w_r, w_w = memory.advance(projected[:, :n_heads], mem)
+            heads_out, gates_h = torch.addmm(b_h, h, w_h).split([n_heads, w_h.shape[1] - n_heads], -1)
+            reads, mem, w_r, w_w = memory.advance(heads_out, mem)
             hs.append(h)
             rs.append(reads)
             if trace:
