@@ -385,3 +385,14 @@ def test_checkpoints_of_the_stored_parameter_layout_load(memory):
     saved = {k: torch.randn(*shape, generator=g) for k, shape in layout.items()}
     net.load_state_dict(saved)  # strict: every stored name is taken, none is missing
     assert all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("memory", ["lrua", "ntm"])
+def test_differentiating_the_memory_twice_is_refused(memory):
+    """The memories' backward is written out once; a second derivative raises instead of being
+    silently wrong."""
+    net = MemoryAugmentedLSTM(3, 2, hidden_size=4, memory=memory, slots=5, width=2, heads=1).double()
+    x = torch.randn(1, 3, 3, dtype=D, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x).outputs.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()

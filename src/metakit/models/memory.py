@@ -41,6 +41,14 @@ The write head (one) then erases and adds, ``M~(i) = M_{t-1}(i) (1 - w(i) e)``,
 step's input and the reads of step ``t-1``; its output is a linear map of ``[h_t, r_t]``. With
 ``memory=None`` it is a plain LSTM (the LSTM meta-learner, Hochreiter et al. 2001's setting).
 ``forward(..., trace=True)`` also returns every step's read and write weights.
+
+Implementation: the cosine (:func:`cosine_similarity`), the LRUA step, the NTM addressing
+(:func:`ntm_address`) and the NTM erase/add write are ``torch.autograd.Function`` s whose
+backward is written out (the rules are in their docstrings): the same gradients as autograd
+through the step-by-step operations, up to float rounding, in fewer operations over the
+``[B, N, W]`` memory; they cannot be differentiated twice (``create_graph=True`` through them
+raises). :meth:`MemoryAugmentedLSTM.forward` computes whatever does not depend on the
+recurrence for all steps at once. The tests hold all of it to step-by-step autograd references.
 """
 
 from __future__ import annotations
