@@ -204,7 +204,7 @@ def main() -> None:
     sampler = measure_sampler(CONFIGS[args.models[0]], args.root, args.timed, old_sequence)
     entry = {
         "run_id": uuid.uuid4().hex[:12],
-        "command": "python benchmarks/sequence/speed.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/sequence/speed.py", *sys.argv[1:]]),
         "seconds": round(time.perf_counter() - start, 1),
         "hardware": {**hardware(), "threads": 1},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
