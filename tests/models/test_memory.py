@@ -330,9 +330,11 @@ def test_time_loop_equals_the_step_by_step_reference_in_outputs_state_and_gradie
     _assert_close(results[0], results[1], rtol=1e-10)
 
 
-def test_fused_lstm_in_float32_equals_the_reference_up_to_float32_rounding():
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_lstm_in_float32_equals_the_reference_up_to_float32_rounding(mode):
+    """float32 takes PyTorch's oneDNN LSTM kernels (training and inference ones); relative 1e-5."""
     torch.manual_seed(0)
-    net = MemoryAugmentedLSTM(30, 5, hidden_size=20, memory=None)
+    net = MemoryAugmentedLSTM(30, 5, hidden_size=20, memory=None).train(mode == "train")
     x = torch.randn(4, 25, 30)
     outs = []
     for fn in (lambda: net(x).outputs, lambda: _reference_forward(net, x)[0]):
