@@ -57,6 +57,24 @@ def test_a_resume_in_the_same_second_is_read_after_the_file_it_continues(tmp_pat
     assert _tensorboard_scalars(tmp_path / "tb") == {"train/loss": [(2, 2.0), (4, 40.0)]}
 
 
+@pytest.mark.parametrize("ahead, now, expected", [
+    (0, [0.25], [0.75]),  # a file of this second: wait for the next one
+    (-1, [0.5], []),  # a file of the previous second: no wait
+    (3600, [0.0], [1.0]),  # a file dated an hour ahead (clock set back): at most one second
+    (0, [0.999999, 1.000001], [pytest.approx(1e-6)]),  # the second turns between two clock readings
+])
+def test_the_wait_past_event_files_is_between_zero_and_one_second(tmp_path, monkeypatch, ahead, now, expected):
+    from metakit.runtime import logging as metrics_logging
+
+    start = 1_000
+    (tmp_path / f"events.out.tfevents.{start + ahead}.host.1.0").write_bytes(b"")
+    readings, slept = iter(now), []
+    monkeypatch.setattr(metrics_logging.time, "time", lambda: start + next(readings, now[-1]))
+    monkeypatch.setattr(metrics_logging.time, "sleep", slept.append)
+    metrics_logging._wait_past_event_files(tmp_path)
+    assert slept == expected
+
+
 def test_non_finite_values_are_written_as_null(tmp_path):
     with MetricsLogger(tmp_path, tensorboard=False) as log:
         log.log(1, "train", {"loss": math.nan, "grad_norm": math.inf})

@@ -64,12 +64,15 @@ def _wait_past_event_files(tb_dir: Path) -> None:
     TensorBoard reads a folder's event files in name order, and a name starts with the second its
     writer was opened; within one second the names order by host, process id and a per-process
     counter compared as text, so a resumed writer could sort before the file it continues and its
-    purge of the replayed steps would be undone. Waits at most one second, and only then.
+    purge of the replayed steps would be undone. Waits at most one second, and only then (a file
+    dated later than that, by a clock set back, is not waited for).
     """
     seconds = [p.name.split(".")[3] for p in tb_dir.glob("events.out.tfevents.*")]
     newest = max((int(t) for t in seconds if t.isdigit()), default=None)
-    if newest is not None and newest + 1 > time.time():
-        time.sleep(newest + 1 - time.time())
+    if newest is not None:
+        wait = newest + 1 - time.time()  # one reading: the second may turn between two
+        if wait > 0:
+            time.sleep(min(wait, 1.0))
 
 
 class MetricsLogger:
