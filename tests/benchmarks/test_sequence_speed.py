@@ -1,0 +1,34 @@
+"""benchmarks/sequence/speed.py: the measured paragraph of docs/model_based.md is the newest record's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "sequence" / "speed.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("sequence_speed", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_docs_paragraph_is_printed_from_the_newest_record():
+    doc = (REPO / "docs" / "model_based.md").read_text()
+    assert doc.count("<!-- sequence-speed -->") == 1 and doc.count("<!-- /sequence-speed -->") == 1
+    block = doc.split("<!-- sequence-speed -->\n", 1)[1].split("<!-- /sequence-speed -->", 1)[0]
+    assert block.strip() == _script().table().strip()
+
+
+def test_the_record_names_how_it_was_measured():
+    entry = json.loads((REPO / "benchmarks" / "sequence" / "speed.json").read_text())[-1]
+    assert {"run_id", "command", "seconds", "hardware", "date", "baseline_commit", "commit"} <= set(entry)
+    assert entry["uncommitted_changes"] is False
+    for result in entry["results"].values():
+        assert len(result["config_sha256"]) == 64
+        assert result["first_batch_loss_abs_difference"] == 0.0
+    assert entry["sampler"]["identical_batches"] is True
