@@ -398,3 +398,16 @@ def test_differentiating_the_memory_twice_is_refused(memory):
     (g,) = torch.autograd.grad(net(x).outputs.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("memory", ["lrua", "ntm"])
+def test_function_transforms_over_the_memory_are_refused(memory):
+    """``torch.func`` would bypass the once-only backward (a second derivative through it would come
+    out silently wrong), so the memories refuse its transforms rather than run under them."""
+    net = MemoryAugmentedLSTM(3, 2, hidden_size=4, memory=memory, slots=5, width=2, heads=1).double()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, 3, dtype=D)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).outputs.sum())(params)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.vmap(lambda xi: net(xi.unsqueeze(0)).outputs)(x)

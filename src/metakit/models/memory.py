@@ -47,7 +47,9 @@ Implementation: the cosine (:func:`cosine_similarity`), the LRUA step, the NTM a
 backward is written out (the rules are in their docstrings): the same gradients as autograd
 through the step-by-step operations, up to float rounding, in fewer operations over the
 ``[B, N, W]`` memory; they cannot be differentiated twice (``create_graph=True`` through them
-raises). :meth:`MemoryAugmentedLSTM.forward` computes whatever does not depend on the
+raises) and do not run under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev`` raise; a
+function transform would not see the once-only backward and could return a wrong second
+derivative without an error). :meth:`MemoryAugmentedLSTM.forward` computes whatever does not depend on the
 recurrence for all steps at once. The tests hold all of it to step-by-step autograd references.
 """
 
