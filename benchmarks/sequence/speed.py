@@ -197,9 +197,19 @@ def main() -> None:
     args = p.parse_args()
     if args.timed < 1:
         p.error(f"--timed={args.timed}: give at least 1 step")
+    try:
+        baseline_commit = _git("rev-parse", "--verify", "--quiet", f"{args.baseline}^{{commit}}").strip()
+    except subprocess.CalledProcessError:
+        p.error(f"--baseline {args.baseline!r} names no commit of this repository; give a commit hash, tag or branch")
     torch.set_num_threads(1)
     start = time.perf_counter()
-    old_memory, old_sequence = load_baseline(args.baseline)
+    try:
+        old_memory, old_sequence = load_baseline(baseline_commit)
+    except subprocess.CalledProcessError as err:
+        p.error(f"--baseline {args.baseline!r}: `{' '.join(err.cmd)}` found no such file (the commit predates the "
+                "sequence learners); choose a later --baseline")
+    except ValueError as err:
+        p.error(f"--baseline {args.baseline!r}: {err}")
     results = {m: measure_model(CONFIGS[m], args.root, args.timed, old_memory) for m in args.models}
     sampler = measure_sampler(CONFIGS[args.models[0]], args.root, args.timed, old_sequence)
     entry = {
@@ -208,7 +218,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "hardware": {**hardware(), "threads": 1},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "baseline_commit": _git("rev-parse", args.baseline).strip(),
+        "baseline_commit": baseline_commit,
         "commit": _git("rev-parse", "HEAD").strip(),
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", "src", "benchmarks/sequence/speed.py").strip()),
         "timed": args.timed,

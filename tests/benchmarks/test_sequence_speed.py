@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "sequence" / "speed.py"
@@ -32,3 +36,12 @@ def test_the_record_names_how_it_was_measured():
         assert len(result["config_sha256"]) == 64
         assert result["first_batch_loss_abs_difference"] == 0.0
     assert entry["sampler"]["identical_batches"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "no-such-revision"], "--baseline 'no-such-revision' names no commit of this repository; give a commit hash, tag or branch"),
+    (["--timed", "0"], "--timed=0: give at least 1 step"),
+])
+def test_bad_arguments_are_refused_before_anything_is_measured(args, message):
+    p = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().endswith(f"speed.py: error: {message}"), p.stderr
