@@ -411,3 +411,17 @@ def test_function_transforms_over_the_memory_are_refused(memory):
         torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).outputs.sum())(params)
     with pytest.raises(RuntimeError, match="setup_context"):
         torch.func.vmap(lambda xi: net(xi.unsqueeze(0)).outputs)(x)
+
+
+@pytest.mark.parametrize("offsets, slots, message", [
+    (2, 6, r"^shift has 2 offsets; it must have an odd number \(offsets -R..R\)$"),
+    (7, 6, r"^shift offsets -3..3 need at least 7 memory locations, got 6$"),
+])
+def test_shifts_that_do_not_fit_are_refused_by_the_shift_and_the_whole_addressing(offsets, slots, message):
+    memory, previous = torch.rand(1, slots, 2, dtype=D), torch.softmax(torch.rand(1, 1, slots, dtype=D), -1)
+    shift = torch.softmax(torch.rand(1, 1, offsets, dtype=D), -1)
+    with pytest.raises(ValueError, match=message):
+        circular_shift(previous, shift)
+    with pytest.raises(ValueError, match=message):
+        ntm_address(memory, previous, torch.rand(1, 1, 2, dtype=D), torch.ones(1, 1, dtype=D), torch.full((1, 1), 0.5, dtype=D),
+                    shift, torch.ones(1, 1, dtype=D))
