@@ -330,6 +330,31 @@ def test_time_loop_equals_the_step_by_step_reference_in_outputs_state_and_gradie
     _assert_close(results[0], results[1], rtol=1e-10)
 
 
+@pytest.mark.parametrize("memory", ["lrua", "ntm", None])
+@pytest.mark.parametrize("batch, steps, heads, slots, shift_range", [(1, 1, 1, 1, 0), (1, 2, 2, 5, 2), (3, 1, 1, 3, 1)])
+def test_time_loop_equals_the_reference_at_the_smallest_sizes(memory, batch, steps, heads, slots, shift_range):
+    """One episode, one step, one head, one location (no shift), and the widest shift a memory
+    allows: the same float64 comparison as above (a parameter without a gradient in the
+    reference, e.g. the LRUA gate after a single step, counts as zero)."""
+    torch.manual_seed(1)
+    options = {"shift_range": shift_range} if memory == "ntm" else {}
+    net = MemoryAugmentedLSTM(3, 2, hidden_size=4, memory=memory, slots=slots, width=2, heads=heads, **options).double()
+    x, weights = torch.randn(batch, steps, 3, dtype=D), torch.randn(batch, steps, 2, dtype=D)
+    results = []
+    for run in ("new", "reference"):
+        net.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        if run == "new":
+            out = net(xi, trace=memory is not None)
+            outputs, final, trace = out.outputs, out.state, (out.read_weights, out.write_weights)
+        else:
+            outputs, final, trace = _reference_forward(net, xi)
+        (outputs * weights).sum().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()] + [xi.grad]
+        results.append([outputs, *_flat(final), *_flat(trace if memory is not None else None), *grads])
+    _assert_close(results[0], results[1], rtol=1e-10)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_fused_lstm_in_float32_equals_the_reference_up_to_float32_rounding(mode):
     """float32 takes PyTorch's oneDNN LSTM kernels (training and inference ones); relative 1e-5."""
