@@ -109,7 +109,7 @@ def table(record: Path = RECORD) -> str:
     hw = e["hardware"]
     lines = [
         f"`{e['command']}` (run {e['run_id']}, {e['date'][:10]}, {e['seconds']:.0f} s in all; {hw['cpu']}, "
-        f"torch {hw['torch']}, {hw['threads']} thread, beside other jobs on {hw['cores']} cores, so read the seconds as "
+        f"torch {hw['torch']}, {hw['threads']} thread on {hw['cores']} shared cores, so read the seconds as "
         "ratios). Training step: `meta_backward` + clipping + Adam on 16 episodes of 50 steps, median of "
         f"{len(next(iter(e['results'].values()))['train_step_seconds'])} steps; evaluation: fixed validation episodes, "
         "batches of 50, no autograd.",

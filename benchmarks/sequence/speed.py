@@ -165,7 +165,7 @@ def table(record: Path = RECORD) -> str:
     hw = e["hardware"]
     lines = [
         f"`{e['command']}` (run {e['run_id']}, {e['date'][:10]}, {e['seconds']:.0f} s in all; {hw['cpu']}, torch "
-        f"{hw['torch']}, {hw['threads']} thread, beside other jobs on {hw['cores']} cores): baseline commit "
+        f"{hw['torch']}, {hw['threads']} thread on {hw['cores']} shared cores): baseline commit "
         f"`{e['baseline_commit'][:10]}` against `{e['commit'][:10]}`, alternating on the same batches, medians of "
         f"{e['timed']} steps; ratio = baseline seconds / current seconds.",
         "",
