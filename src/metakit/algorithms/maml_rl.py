@@ -32,9 +32,23 @@ paper optimises it with TRPO (Schulman et al. 2015), and so does ``outer=trpo`` 
     step      = argmin  g^T d  s.t.  1/2 d^T F d <= max_kl       (g = grad L, F = Hessian of KL, both at theta_old)
               ~ sqrt(2 max_kl / s^T F s) * s,   s = -F^{-1} g  by cg_iters steps of conjugate gradient
               (F v: Hessian-vector products of KL through the inner loop, damping cg_damping; exact
-              double backward, or kl_hessian=finite_differences: J^T H J v with J v by central differences)
+              double backward, or the Gauss-Newton form J^T H J v, equal to it at theta_old (below), with
+              J v through a once-built backward graph (kl_hessian=gauss_newton) or by central differences
+              (kl_hessian=finite_differences))
     then a backtracking line search: the first fraction ls_backtrack^j (j < ls_steps) of the step
     with L lower than L(theta_old) and KL <= max_kl; no step if none.
+
+Why the Gauss-Newton form is the KL Hessian at ``theta_old``: the KL is a function of the adapted
+policy's outputs ``o(theta)`` (``[mean, log_std]`` per step, through the inner steps), so
+``d^2 KL / d theta^2 = J^T H J + sum_k (d KL / d o_k) d^2 o_k / d theta^2`` with ``J = d o / d theta``
+and ``H`` the Hessian of the Gaussian KL in ``o`` (diagonal: ``1 / sigma^2`` for a mean, 2 for a
+log standard deviation, weighted as the mean KL). TRPO takes it at ``theta_old``, where the adapted
+policy is the sampling policy: ``o = o_old`` and ``d KL / d o = 0``, so the second sum, which
+holds every third derivative through the inner step, vanishes. ``kl_hessian=gauss_newton``
+computes ``J^T (H (J v))`` with two backward passes per product instead of the exact product's
+backward through the double-backward graph (``J v`` as the derivative of ``J^T u`` in ``u``,
+whose graph is built once per meta-iteration); in float64 the two products agree to rounding
+(tested).
 
 TRPO was chosen over a PPO-style clipped objective because it is the paper's outer update (its
 numbers and Figure 4 are TRPO's) and because its trust region fits the generic trainer with no
@@ -274,7 +288,9 @@ class MAMLRL(Algorithm):
         cg_iters: trpo: conjugate-gradient iterations for the natural-gradient direction.
         cg_damping: trpo: damping added to the KL Hessian (F + damping * I).
         kl_hessian: trpo: how the KL Hessian multiplies a vector: exact (double backward of the KL
-            through the inner steps) or finite_differences (J^T H J v with J v by central differences
+            through the inner steps), gauss_newton (J^T H J v, equal to the exact product at the
+            sampling policy, see the module docstring; fewer operations per product) or
+            finite_differences (J^T H J v with J v by central differences
             of the adapted policy's outputs: second-order derivatives only, as in the paper, which
             avoids third ones; approximate in float32).
         ls_steps: trpo: backtracking line-search steps.
@@ -300,7 +316,7 @@ class MAMLRL(Algorithm):
         max_kl: float = 0.01,
         cg_iters: int = 10,
         cg_damping: float = 1e-5,
-        kl_hessian: Literal["exact", "finite_differences"] = "exact",
+        kl_hessian: Literal["exact", "gauss_newton", "finite_differences"] = "exact",
         ls_steps: int = 15,
         ls_backtrack: float = 0.8,
         discount: float = 0.99,
@@ -325,8 +341,8 @@ class MAMLRL(Algorithm):
         self.max_kl = _check_float("max_kl", max_kl, 0.0, open_low=True)
         self.cg_iters = _check_int("cg_iters", cg_iters, 1)
         self.cg_damping = _check_float("cg_damping", cg_damping, 0.0)
-        if kl_hessian not in ("finite_differences", "exact"):
-            raise ValueError(f"kl_hessian={kl_hessian!r} is not valid; use exact or finite_differences")
+        if kl_hessian not in ("finite_differences", "gauss_newton", "exact"):
+            raise ValueError(f"kl_hessian={kl_hessian!r} is not valid; use exact, gauss_newton or finite_differences")
         self.kl_hessian = kl_hessian
         self.ls_steps = _check_int("ls_steps", ls_steps, 1)
         self.ls_backtrack = _check_float("ls_backtrack", ls_backtrack, 0.0, 1.0, open_low=True)
@@ -572,14 +588,17 @@ class MAMLRL(Algorithm):
         return losses.mean(), kls.mean()
 
     def kl_fisher_product(self, outputs: Tensor, params: Params, inner: Sequence[_Samples], outer: _Samples,
+                          jacobian: Literal["finite_differences", "autograd"] = "finite_differences",
                           ) -> Callable[[Tensor], Tensor]:
         """``v -> (F + cg_damping * I) v`` with ``F = J^T H J`` the Hessian of the mean KL at the sampling
         policy (where the KL's gradient in the outputs is 0): ``J`` the Jacobian of the adapted
         outputs in the flattened parameters (through the inner steps), ``H`` the Hessian of the
         Gaussian KL in ``[mean, log_std]`` (``1 / sigma^2`` and 2, weighted as the mean KL). ``J v`` by
-        central differences of the outputs (no graph), ``J^T u`` by one backward pass through the retained
-        graph of ``outputs`` (second-order only, as the paper's finite-difference products avoid third
-        derivatives). ``outputs``: :meth:`adapted_outputs` at ``params`` with ``train=True``."""
+        central differences of the outputs (no graph; ``jacobian="finite_differences"``) or exactly
+        (``jacobian="autograd"``: the derivative in ``u`` of ``J^T u``, whose graph is built once), ``J^T u``
+        by one backward pass through the retained graph of ``outputs`` (second-order only, as the paper's
+        finite-difference products avoid third derivatives). ``outputs``: :meth:`adapted_outputs` at
+        ``params`` with ``train=True``."""
         a = outputs.shape[-1] // 2
         plist = [params[n] for n in self._names]
         mask = outer.target[..., a + 1]
@@ -587,16 +606,29 @@ class MAMLRL(Algorithm):
         curvature = torch.cat([torch.exp(-2 * outputs[..., a:]), torch.full_like(outputs[..., a:], 2.0)], -1).detach() * weight
         flat = torch.cat([p.detach().reshape(-1) for p in plist])
         scale = 1e-6 if flat.dtype == torch.float64 else 1e-3
+        if jacobian not in ("finite_differences", "autograd"):
+            raise ValueError(f"jacobian={jacobian!r} is not valid; use finite_differences or autograd")
+        if jacobian == "autograd":
+            # J^T u as a function of u (linear): its derivative in u, applied to v, is J v
+            probe = torch.zeros_like(outputs, requires_grad=True)
+            transposed = torch.autograd.grad(outputs, plist, grad_outputs=probe, create_graph=True, allow_unused=True,
+                                             materialize_grads=True)
+            linked = [(t, p) for t, p in zip(transposed, plist) if t.requires_grad]
 
         def product(v: Tensor) -> Tensor:
             norm = float(v.norm())
             if norm == 0:
                 return torch.zeros_like(v)
-            eps = scale / norm
-            with torch.no_grad():
-                plus = self.adapted_outputs(self._unflatten(flat + eps * v, params), inner, outer, train=False)
-                minus = self.adapted_outputs(self._unflatten(flat - eps * v, params), inner, outer, train=False)
-            jv = (plus - minus) / (2 * eps)
+            if jacobian == "autograd":
+                pieces = dict(zip(map(id, plist), torch.split(v, [p.numel() for p in plist])))
+                jv = torch.autograd.grad([t for t, _ in linked], probe, [pieces[id(p)].view_as(p) for _, p in linked],
+                                         retain_graph=True, allow_unused=True, materialize_grads=True)[0]
+            else:
+                eps = scale / norm
+                with torch.no_grad():
+                    plus = self.adapted_outputs(self._unflatten(flat + eps * v, params), inner, outer, train=False)
+                    minus = self.adapted_outputs(self._unflatten(flat - eps * v, params), inner, outer, train=False)
+                jv = (plus - minus) / (2 * eps)
             jtu = torch.autograd.grad(outputs, plist, grad_outputs=curvature * jv, retain_graph=True, allow_unused=True,
                                       materialize_grads=True)
             return torch.cat([x.reshape(-1) for x in jtu]).detach() + self.cg_damping * v
@@ -637,7 +669,8 @@ class MAMLRL(Algorithm):
         if self.kl_hessian == "exact":
             fisher = self.kl_hessian_product(kl, plist)
         else:
-            fisher = self.kl_fisher_product(outputs, params, inner, outer)
+            jacobian = "autograd" if self.kl_hessian == "gauss_newton" else "finite_differences"
+            fisher = self.kl_fisher_product(outputs, params, inner, outer, jacobian=jacobian)
         step, accepted_kl, fraction = self._trust_region_step(g, fisher, params, inner, outer, float(loss.detach()))
         offset = 0
         for n, p in zip(self._names, plist):
