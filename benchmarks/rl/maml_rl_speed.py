@@ -5,7 +5,10 @@
 The baseline is ``src/metakit/algorithms/maml_rl.py`` at git revision ``--baseline``, read with
 ``git show`` and loaded beside the current package (its registration is left out). Three variants
 run ``meta_backward`` on ``configs/maml_rl_navigation.yaml``: the baseline (its ``kl_hessian``
-default, exact), the current code with ``kl_hessian=exact`` and with ``kl_hessian=gauss_newton``.
+default, exact), the current code with ``kl_hessian=exact`` and with ``kl_hessian=gauss_newton``;
+a fourth, ``current_exact_perturbed``, is the exact product with each result multiplied by
+``1 + u z`` (``u`` the unit roundoff, ``z`` standard normal): its step's difference to the
+baseline's is what rounding in the products alone does to the step.
 Each variant is built from the same seed and draws the same roll-outs (the global generator is
 reseeded before each meta-iteration), so their steps are compared: the relative difference of the
 step (``-grad`` after ``meta_backward``) to the baseline's. The variants alternate: ``--reps``
@@ -51,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RECORD = HERE / "maml_rl_speed.json"
 CONFIG = REPO / "configs" / "maml_rl_navigation.yaml"
-VARIANTS = ("baseline_exact", "current_exact", "current_gauss_newton")
+VARIANTS = ("baseline_exact", "current_exact", "current_gauss_newton", "current_exact_perturbed")
 _REGISTRATION = '@register("maml_rl")\n'
 
 
@@ -72,8 +75,21 @@ def load_baseline(rev: str) -> ModuleType:
     return module
 
 
-def _instrument(algo) -> dict[str, float]:
-    """Wrap the algorithm's pieces to add their seconds into the returned dict (per meta-iteration)."""
+def _perturbed(product):
+    """``product`` with every result multiplied by ``1 + u * z`` (``u`` the unit roundoff of its dtype, ``z``
+    standard normal from a fixed generator): how much rounding in the products alone moves the step."""
+    gen = torch.Generator().manual_seed(0)
+
+    def run(v):
+        out = product(v)
+        z = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        return out * (1 + torch.finfo(out.dtype).eps / 2 * z)
+    return run
+
+
+def _instrument(algo, perturb: bool = False) -> dict[str, float]:
+    """Wrap the algorithm's pieces to add their seconds into the returned dict (per meta-iteration);
+    with ``perturb``, the KL products are :func:`_perturbed`."""
     split = {"rollouts": 0.0, "advantages": 0.0, "kl_products": 0.0, "line_search": 0.0}
 
     def timed(fn, key):
@@ -89,7 +105,8 @@ def _instrument(algo) -> dict[str, float]:
     algo._samples = timed(algo._samples, "advantages")
     for name in ("kl_hessian_product", "kl_fisher_product"):
         build = getattr(algo, name)
-        setattr(algo, name, lambda *a, _build=build, **k: timed(_build(*a, **k), "kl_products"))
+        wrap = _perturbed if perturb else (lambda f: f)
+        setattr(algo, name, lambda *a, _build=build, _wrap=wrap, **k: timed(_wrap(_build(*a, **k)), "kl_products"))
     objective = algo.outer_objective
 
     def outer_objective(*args, **kwargs):
@@ -106,7 +123,7 @@ def _build(variant: str, config, context, baseline: ModuleType):
     if variant == "baseline_exact":
         algo = baseline.MAMLRL.from_config(algo.model, context, **options)
     else:
-        algo.kl_hessian = variant.removeprefix("current_")
+        algo.kl_hessian = variant.removeprefix("current_").removesuffix("_perturbed")
     return algo
 
 
@@ -117,7 +134,7 @@ def measure(size: str, tasks: int, rollouts: int, rounds: int, baseline: ModuleT
     sampler = config.family.train_sampler(None, ways=None, shots=config.train.shots, queries=config.train.queries, seed=0)
     batches = [sampler.sample(config.train.meta_batch) for _ in range(rounds)]
     algos = {v: _build(v, config, context, baseline).to(dtype) for v in VARIANTS}
-    splits = {v: _instrument(a) for v, a in algos.items()}
+    splits = {v: _instrument(a, perturb=v.endswith("_perturbed")) for v, a in algos.items()}
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for r, batch in enumerate(batches):
         steps = {}
@@ -141,7 +158,7 @@ def measure(size: str, tasks: int, rollouts: int, rounds: int, baseline: ModuleT
             runs[v][-1]["step_relative_difference"] = float((steps[v] - ref).norm() / ref.norm().clamp(min=1e-30))
     out = {"size": size, "dtype": str(dtype).removeprefix("torch."), "tasks": tasks, "rollouts": rollouts, "rounds": rounds, "runs": runs}
     base = [x["seconds"] for x in runs["baseline_exact"]]
-    for v in VARIANTS[1:]:
+    for v in VARIANTS[1:3]:
         out[f"ratio_median_{v}"] = statistics.median(b / x["seconds"] for b, x in zip(base, runs[v]))
     out["seconds_median"] = {v: statistics.median(x["seconds"] for x in runs[v]) for v in VARIANTS}
     return out
@@ -195,7 +212,8 @@ def main() -> int:
     RECORD.write_text(json.dumps(entries, indent=1) + "\n")
     print(json.dumps({k: entry[k] for k in ("run_id", "seconds")}))
     for r in results:
-        print(r["size"], r["dtype"], r["seconds_median"], [x.get("step_relative_difference") for x in r["runs"]["current_gauss_newton"]], {k: v for k, v in r.items() if k.startswith("ratio")})
+        print(r["size"], r["dtype"], r["seconds_median"],
+              {v: [x.get("step_relative_difference") for x in r["runs"][v]] for v in VARIANTS[2:]}, {k: v for k, v in r.items() if k.startswith("ratio")})
     return 0
 
 

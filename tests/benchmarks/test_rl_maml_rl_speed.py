@@ -28,6 +28,8 @@ def test_the_variants_compute_the_same_step_from_the_same_rollouts():
     assert runs["current_exact"][0]["kl"] == runs["baseline_exact"][0]["kl"] > 0
     assert set(runs["baseline_exact"][0]["split"]) == {"rollouts", "advantages", "kl_products", "line_search", "rest"}
     assert all(v >= 0 for v in runs["current_gauss_newton"][0]["split"].values())
+    # perturbing the products by the unit roundoff moves the step: the measure of rounding the record keeps
+    assert runs["current_exact_perturbed"][0]["step_relative_difference"] > 0
 
 
 def test_the_record_names_how_it_was_measured():
