@@ -414,7 +414,8 @@ def test_non_finite_rewards_sizes_and_options_are_refused_by_name():
         algo.meta_backward([1, 2])  # type: ignore[arg-type]
     for kwargs, message in (({"outer": "ppo"}, r"outer='ppo' is not valid; use trpo"), ({"max_kl": 0}, r"max_kl=0 must be"),
                             ({"discount": 1.5}, r"discount=1.5 must be a number in \[0, 1\]"),
-                            ({"inner_steps": -1}, r"inner_steps=-1 must be an int >= 0")):
+                            ({"inner_steps": -1}, r"inner_steps=-1 must be an int >= 0"),
+                            ({"kl_hessian": "fisher"}, r"kl_hessian='fisher' is not valid; use exact, gauss_newton or finite_differences")):
         with pytest.raises(ValueError, match=message):
             MAMLRL(GaussianMLP(2, 2, (4,)), **kwargs)
 
