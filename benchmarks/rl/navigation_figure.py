@@ -3,6 +3,7 @@ held-out goals, for MAML-RL, the pretrained policy and a randomly initialised on
 
     python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR \\
         [--random-init] [--tasks 1000] [--steps 3] [--record benchmarks/rl/navigation.json] [--figure FILE.png]
+    python benchmarks/rl/navigation_figure.py --table [--record FILE] [--readme README.md]
 
 Each run is loaded from its best checkpoint (the last one when it did not validate) and evaluated on
 the fixed test tasks of its config (``eval.seed``), adapting with its ``eval.shots`` roll-outs per
@@ -11,13 +12,16 @@ first run starts from (its config's model, initialised with its ``run.seed``), f
 The record (one JSON entry appended per call) holds, per policy, the mean return and its 95% interval
 (1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's effective config, its
 digest and the checkpoint's, the run's training summary (steps, seconds), the command, the seconds of
-the evaluation, the hardware and the date.
+the evaluation, the hardware and the date. ``--table`` evaluates nothing: it prints the newest entry of
+the record as a table (``--readme FILE`` writes it between FILE's ``<!-- navigation-table -->`` and
+``<!-- /navigation-table -->`` lines instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import sys
@@ -36,6 +40,18 @@ from metakit.runtime.trainer import seed_everything
 HERE = Path(__file__).resolve().parent
 
 
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+_rl_record = _load("rl_record", HERE / "record.py")  # its README-block writer, shared
+README_MARKERS = ("<!-- navigation-table -->", "<!-- /navigation-table -->")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -48,15 +64,68 @@ def curve(algorithm, episodes, steps: int) -> list[dict]:
             for k, row in enumerate(per_task)]
 
 
+def _cell(point: dict) -> str:
+    return f"{point['mean']:.2f}" + (f" ± {point['ci95']:.2f}" if point.get("ci95") is not None else "")
+
+
+def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
+    """The returns of one record entry as a Markdown table, with its protocol and provenance."""
+    proto = entry["protocol"]
+    steps = range(proto["steps"] + 1)
+    out = [f"{entry['task']}; {proto['tasks']:,} fixed test tasks ({proto['split']} split, seed {proto['seed']}), "
+           f"adapting on {proto['shots']} roll-outs per policy-gradient step and scoring {proto['queries']}: mean "
+           f"return per episode ± 95% interval after each number of steps. Record: `{record}`, "
+           f"run {entry['run_id']}, {entry['date'][:10]}, {entry['seconds']:.0f} s of evaluation on "
+           f"{entry['hardware'].get('cpu', 'unknown CPU')}.", "",
+           "| policy | trained | " + " | ".join(f"{k} step" + ("s" if k != 1 else "") for k in steps) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+    for label, pol in entry["policies"].items():
+        training = pol.get("training")
+        if training:
+            trained = (f"{pol['checkpoint']} (step {pol['train_step']:,}) of {training['steps']:,} iterations, "
+                       f"{training['elapsed'] / 60:.0f} min")
+        else:
+            trained = f"none (initialisation, seed {pol.get('seed')})"
+        out.append(f"| {label} | {trained} | " + " | ".join(_cell(q) for q in pol["returns"]) + " |")
+    return "\n".join(out)
+
+
+def _table_main(args: argparse.Namespace) -> int:
+    if not args.record.exists():
+        raise SystemExit(f"navigation_figure.py: error: --record {str(args.record)!r} does not exist; evaluate runs "
+                         "first (--run LABEL=RUN_DIR ...)")
+    entries = json.loads(args.record.read_text())
+    if not entries:
+        raise SystemExit(f"navigation_figure.py: error: --record {str(args.record)!r} holds no entry")
+    name = args.record.resolve()
+    text = table(entries[-1], str(name.relative_to(HERE.parents[1]) if name.is_relative_to(HERE.parents[1]) else name))
+    if args.readme is None:
+        print(text)
+        return 0
+    try:
+        _rl_record.write_into_readme(args.readme, text, README_MARKERS)
+    except _rl_record.RecordError as e:
+        raise SystemExit(f"navigation_figure.py: error: {e}") from None
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR", help="a trained run and its label")
+    p.add_argument("--run", action="append", metavar="LABEL=RUN_DIR", help="a trained run and its label")
+    p.add_argument("--table", action="store_true", help="print the record's newest entry as a table; evaluate nothing")
+    p.add_argument("--readme", type=Path, default=None, help="with --table: write it into this README's markers")
     p.add_argument("--random-init", action="store_true", help="add the first run's policy at initialisation")
     p.add_argument("--tasks", type=int, default=1000, help="test tasks (default 1000)")
     p.add_argument("--steps", type=int, default=3, help="policy-gradient steps (default 3)")
     p.add_argument("--record", type=Path, default=HERE / "navigation.json")
     p.add_argument("--figure", type=Path, default=None, help="also draw the curves into this PNG")
     args = p.parse_args()
+    if args.table:
+        return _table_main(args)
+    if not args.run:
+        p.error("--run LABEL=RUN_DIR is required (or --table to print the record)")
+    if args.readme is not None:
+        p.error("--readme goes with --table")
     torch.set_num_threads(1)
     start = time.perf_counter()
     policies: dict[str, dict] = {}

@@ -273,10 +273,10 @@ def table(records: list[dict[str, Any]], references: list[dict[str, Any]]) -> st
     return "\n".join(out)
 
 
-def write_into_readme(path: Path, text: str) -> None:
-    """Replace what stands between the README's ``rl-table`` markers by ``text``."""
+def write_into_readme(path: Path, text: str, markers: tuple[str, str] = README_MARKERS) -> None:
+    """Replace what stands between the README's ``markers`` (``rl-table`` unless given) by ``text``."""
     content = path.read_text()
-    begin, end = README_MARKERS
+    begin, end = markers
     if content.count(begin) != 1 or content.count(end) != 1 or content.index(begin) > content.index(end):
         raise RecordError(f"--readme {str(path)!r}: expected one {begin} line followed by one {end} line around the "
                           "table; add them where the table belongs")

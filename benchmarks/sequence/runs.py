@@ -396,14 +396,7 @@ def _ordinal(k: int) -> str:
 
 def write_into_readme(path: Path, text: str) -> None:
     """Replace what stands between the README's ``sequence-table`` markers by ``text``."""
-    content = path.read_text()
-    begin, end = README_MARKERS
-    if content.count(begin) != 1 or content.count(end) != 1 or content.index(begin) > content.index(end):
-        raise RecordError(f"--readme {str(path)!r}: expected one {begin} line followed by one {end} line around the "
-                          "table; add them where the table belongs")
-    before, rest = content.split(begin, 1)
-    after = rest.split(end, 1)[1]
-    path.write_text(f"{before}{begin}\n{text}\n{end}{after}")
+    _rl.write_into_readme(path, text, README_MARKERS)
 
 
 # -- figure -----------------------------------------------------------------------------------------

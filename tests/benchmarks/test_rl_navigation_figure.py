@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 from metakit.runtime.config import Config
 from metakit.runtime.trainer import train
 
@@ -44,3 +46,27 @@ def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkey
     assert all(math.isfinite(p["mean"]) and p["ci95"] > 0 for p in maml["returns"])
     assert maml["training"]["step"] == 1 and len(maml["checkpoint_sha256"]) == 64
     assert {"run_id", "command", "seconds", "hardware", "date"} <= set(entry) and figure.stat().st_size > 5000
+    # the table mode prints the newest entry, and writes it between a README's markers only
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- navigation-table -->\nold\n<!-- /navigation-table -->\nrest\n")
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--table", "--record", str(record), "--readme", str(readme)])
+    assert _script().main() == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- navigation-table -->\n") and text.endswith("\n<!-- /navigation-table -->\nrest\n")
+    assert "\nold\n" not in text and entry["run_id"] in text and "3 fixed test tasks" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    for label, pol in entry["policies"].items():
+        cells = rows[label].strip("| ").split(" | ")[2:]
+        assert cells == [f"{q['mean']:.2f} ± {q['ci95']:.2f}" for q in pol["returns"]]
+    assert "(step 1) of 1 iterations" in rows["maml"] and "none (initialisation, seed 0)" in rows["random init"]
+    assert _script().main() == 0 and readme.read_text() == text  # idempotent
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="navigation-table"):
+        _script().main()
+
+
+def test_the_docs_table_is_the_short_run_record_s():
+    docs = (HERE.parents[1] / "docs" / "meta_rl.md").read_text()
+    block = docs.split("<!-- navigation-table -->\n", 1)[1].split("\n<!-- /navigation-table -->", 1)[0]
+    entries = json.loads((HERE / "navigation_short.json").read_text())
+    assert block == _script().table(entries[-1], "benchmarks/rl/navigation_short.json")
