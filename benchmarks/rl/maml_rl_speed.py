@@ -120,6 +120,7 @@ def _build(variant: str, config, context, baseline: ModuleType):
     torch.manual_seed(config.run.seed)
     algo = build_algorithm(config, context)
     options = dict(config.algorithm.options)
+    options.pop("kl_hessian", None)  # the variant names the product; the baseline's default is the exact one
     if variant == "baseline_exact":
         algo = baseline.MAMLRL.from_config(algo.model, context, **options)
     else:
