@@ -70,3 +70,11 @@ def test_the_docs_table_is_the_short_run_record_s():
     block = docs.split("<!-- navigation-table -->\n", 1)[1].split("\n<!-- /navigation-table -->", 1)[0]
     entries = json.loads((HERE / "navigation_short.json").read_text())
     assert block == _script().table(entries[-1], "benchmarks/rl/navigation_short.json")
+
+
+def test_the_readme_table_is_the_newest_navigation_record_s():
+    readme = (HERE.parents[1] / "README.md").read_text()
+    block = readme.split("<!-- navigation-table -->\n", 1)[1].split("\n<!-- /navigation-table -->", 1)[0]
+    entries = json.loads((HERE / "navigation.json").read_text())
+    assert block == _script().table(entries[-1], "benchmarks/rl/navigation.json")
+    assert (HERE.parents[1] / "docs" / "maml_rl_navigation.png").stat().st_size > 5000
