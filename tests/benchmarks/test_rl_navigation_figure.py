@@ -78,3 +78,16 @@ def test_the_readme_table_is_the_newest_navigation_record_s():
     entries = json.loads((HERE / "navigation.json").read_text())
     assert block == _script().table(entries[-1], "benchmarks/rl/navigation.json")
     assert (HERE.parents[1] / "docs" / "maml_rl_navigation.png").stat().st_size > 5000
+
+
+def test_table_mode_refuses_a_missing_or_empty_record_and_a_stray_readme(tmp_path, monkeypatch):
+    missing = tmp_path / "none.json"
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--table", "--record", str(missing)])
+    with pytest.raises(SystemExit, match="--record .* does not exist; evaluate runs first"):
+        _script().main()
+    missing.write_text("[]")
+    with pytest.raises(SystemExit, match="holds no entry"):
+        _script().main()
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--readme", str(tmp_path / "README.md"), "--run", "a=b"])
+    with pytest.raises(SystemExit):
+        _script().main()
