@@ -1,20 +1,25 @@
 """The MAML paper's Figure 4 protocol on 2D navigation: the return after 0..K policy-gradient steps on
 held-out goals, for MAML-RL, the pretrained policy and a randomly initialised one.
 
-    python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR \\
-        [--random-init] [--tasks 1000] [--steps 3] [--record benchmarks/rl/navigation.json] [--figure FILE.png]
-    python benchmarks/rl/navigation_figure.py --table [--record FILE] [--readme README.md]
+    python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR[@CHECKPOINT] \\
+        [--random-init] [--tasks 1000] [--steps 3] [--inner-lr LR ...] [--record benchmarks/rl/navigation.json]
+        [--figure FILE.png] [--curves FILE.png]
+    python benchmarks/rl/navigation_figure.py --table [--record FILE] [--readme README.md] [--markers NAME] [--curves FILE.png]
 
-Each run is loaded from its best checkpoint (the last one when it did not validate) and evaluated on
+Each run is loaded from its best checkpoint (the last one when it did not validate; ``@last`` or
+``@FILE`` picks the newest step checkpoint or a file of the run's ``checkpoints/``) and evaluated on
 the fixed test tasks of its config (``eval.seed``), adapting with its ``eval.shots`` roll-outs per
 step and scoring ``eval.queries`` roll-outs after each step; ``--random-init`` adds the policy the
 first run starts from (its config's model, initialised with its ``run.seed``), fine-tuned the same way.
+``--inner-lr`` evaluates every policy once per given step size of the policy-gradient steps instead
+of its config's ``algorithm.inner_lr`` (the record's labels then name the step size).
 The record (one JSON entry appended per call) holds, per policy, the mean return and its 95% interval
 (1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's effective config, its
 digest and the checkpoint's, the run's training summary (steps, seconds), the command, the seconds of
-the evaluation, the hardware and the date. ``--table`` evaluates nothing: it prints the newest entry of
-the record as a table (``--readme FILE`` writes it between FILE's ``<!-- navigation-table -->`` and
-``<!-- /navigation-table -->`` lines instead).
+the evaluation, the hardware and the date; ``curves`` holds each run's training and validation
+returns against the iteration, read from its ``metrics.jsonl`` (``--curves FILE`` draws them). ``--table`` evaluates nothing: it prints the newest entry of
+the record as a table (``--readme FILE`` writes it between FILE's ``<!-- NAME -->`` and ``<!-- /NAME -->``
+lines instead, NAME ``--markers``, default ``navigation-table``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ def _load(name: str, path: Path):
 
 
 _rl_record = _load("rl_record", HERE / "record.py")  # its README-block writer, shared
-README_MARKERS = ("<!-- navigation-table -->", "<!-- /navigation-table -->")
+MARKERS = "navigation-table"
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name} -->", f"<!-- /{name} -->"
 
 
 def _sha256(path: Path) -> str:
@@ -90,6 +99,44 @@ def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
     return "\n".join(out)
 
 
+def learning_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """``{"train": [[iteration, return], ...], "val": [...]}`` from a run's ``metrics.jsonl`` (the training
+    return is that of each logged meta-batch's scored roll-outs: after the inner steps, or of the policy
+    itself with ``meta: false``; the validation one is the run's validation metric, after its eval
+    steps), the last value of an iteration kept when a resume logged it twice."""
+    out: dict[str, dict[int, float]] = {"train": {}, "val": {}}
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line)
+        if row.get("split") in out and isinstance(row.get("return"), (int, float)):
+            out[row["split"]][int(row["step"])] = float(row["return"])
+    return {k: [[step, v[step]] for step in sorted(v)] for k, v in out.items()}
+
+
+def draw_curves(curves: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metakit.runtime.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, c in enumerate(curves.values()):
+        color, label = f"C{i}", Path(c["run_dir"]).name
+        if c["train"]:
+            ax.plot(*zip(*c["train"]), color=color, alpha=0.35, lw=1, label=f"{label}: training batches")
+        if c["val"]:
+            ax.plot(*zip(*c["val"]), color=color, marker="o", ms=3, label=f"{label}: validation")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("return per episode")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _table_main(args: argparse.Namespace) -> int:
     if not args.record.exists():
         raise SystemExit(f"navigation_figure.py: error: --record {str(args.record)!r} does not exist; evaluate runs "
@@ -97,13 +144,15 @@ def _table_main(args: argparse.Namespace) -> int:
     entries = json.loads(args.record.read_text())
     if not entries:
         raise SystemExit(f"navigation_figure.py: error: --record {str(args.record)!r} holds no entry")
+    if args.curves is not None:
+        draw_curves(entries[-1].get("curves") or {}, args.curves, f"{entries[-1]['task']}\ntraining and validation returns of the runs")
     name = args.record.resolve()
     text = table(entries[-1], str(name.relative_to(HERE.parents[1]) if name.is_relative_to(HERE.parents[1]) else name))
     if args.readme is None:
         print(text)
         return 0
     try:
-        _rl_record.write_into_readme(args.readme, text, README_MARKERS)
+        _rl_record.write_into_readme(args.readme, text, _markers(args.markers))
     except _rl_record.RecordError as e:
         raise SystemExit(f"navigation_figure.py: error: {e}") from None
     return 0
@@ -111,14 +160,20 @@ def _table_main(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", action="append", metavar="LABEL=RUN_DIR", help="a trained run and its label")
+    p.add_argument("--run", action="append", metavar="LABEL=RUN_DIR[@CHECKPOINT]",
+                   help="a trained run and its label; @last or @FILE (in the run's checkpoints/) instead of its best checkpoint")
     p.add_argument("--table", action="store_true", help="print the record's newest entry as a table; evaluate nothing")
     p.add_argument("--readme", type=Path, default=None, help="with --table: write it into this README's markers")
+    p.add_argument("--markers", default=MARKERS, help=f"with --readme: the name in the markers (default {MARKERS})")
+    p.add_argument("--inner-lr", type=float, nargs="+", default=None, metavar="LR",
+                   help="evaluate each policy with each of these inner step sizes (default: its config's inner_lr)")
     p.add_argument("--random-init", action="store_true", help="add the first run's policy at initialisation")
     p.add_argument("--tasks", type=int, default=1000, help="test tasks (default 1000)")
     p.add_argument("--steps", type=int, default=3, help="policy-gradient steps (default 3)")
     p.add_argument("--record", type=Path, default=HERE / "navigation.json")
-    p.add_argument("--figure", type=Path, default=None, help="also draw the curves into this PNG")
+    p.add_argument("--figure", type=Path, default=None, help="also draw the returns after each step into this PNG")
+    p.add_argument("--curves", type=Path, default=None,
+                   help="also draw the runs' training and validation returns into this PNG (with --table: the newest entry's)")
     args = p.parse_args()
     if args.table:
         return _table_main(args)
@@ -126,31 +181,52 @@ def main() -> int:
         p.error("--run LABEL=RUN_DIR is required (or --table to print the record)")
     if args.readme is not None:
         p.error("--readme goes with --table")
+    labels = [item.partition("=")[0] for item in args.run]
+    if len(set(labels)) != len(labels) or "random init" in labels:
+        p.error(f"--run labels {labels}: each run needs its own label (and 'random init' names --random-init's row)")
+    if args.inner_lr is not None and not all(math.isfinite(lr) and lr >= 0 for lr in args.inner_lr):
+        p.error(f"--inner-lr {args.inner_lr}: each step size must be a finite number >= 0")
     torch.set_num_threads(1)
     start = time.perf_counter()
     policies: dict[str, dict] = {}
+    curves: dict[str, dict] = {}
     first = None
+    rates = args.inner_lr or [None]
+
+    def evaluate(algorithm, episodes) -> list[tuple[str, float, list[dict]]]:
+        """(label suffix, inner lr, curve) per step size of --inner-lr (the config's without it)."""
+        out = []
+        for lr in rates:
+            if lr is not None:
+                algorithm.inner_lr = lr
+            with torch.no_grad():
+                out.append(("" if lr is None else f", inner lr {lr:g}", algorithm.inner_lr, curve(algorithm, episodes, args.steps)))
+        return out
+
     for item in args.run:
-        label, _, run_dir = item.partition("=")
-        loaded = load_run(run_dir, checkpoint="best", fallback=True)
+        label, _, spec = item.partition("=")
+        run_dir, _, choice = spec.partition("@")
+        if choice not in ("", "best", "last"):
+            choice = str(Path(run_dir) / "checkpoints" / choice)
+        loaded = load_run(run_dir, checkpoint=choice or "best", fallback=choice in ("", "best"))
         first = first or loaded
+        if all(c["run_dir"] != str(loaded.run_dir) for c in curves.values()):  # once per run
+            curves[label] = {"run_dir": str(loaded.run_dir), **learning_curves(loaded.run_dir)}
         episodes = loaded.episodes("test", episodes=args.tasks, batch_size=50)
-        with torch.no_grad():
-            points = curve(loaded.algorithm, episodes, args.steps)
-        policies[label] = {
-            "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": _sha256(loaded.checkpoint),
-            "train_step": loaded.step, "config_sha256": _sha256(Path(run_dir) / "config.yaml"),
-            "config": loaded.config.to_dict(), "returns": points,
-            "training": json.loads((Path(run_dir) / "summary.json").read_text()),
-        }
+        for suffix, lr, points in evaluate(loaded.algorithm, episodes):
+            policies[label + suffix] = {
+                "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": _sha256(loaded.checkpoint),
+                "train_step": loaded.step, "config_sha256": _sha256(Path(run_dir) / "config.yaml"),
+                "config": loaded.config.to_dict(), "inner_lr": lr, "returns": points,
+                "training": json.loads((Path(run_dir) / "summary.json").read_text()),
+            }
     if args.random_init and first is not None:
         seed_everything(first.config.run.seed)
         algorithm = build_algorithm(first.config, first.context)
         algorithm.eval()
-        with torch.no_grad():
-            points = curve(algorithm, first.episodes("test", episodes=args.tasks, batch_size=50), args.steps)
-        policies["random init"] = {"config_sha256": _sha256(first.run_dir / "config.yaml"), "seed": first.config.run.seed,
-                                   "returns": points}
+        for suffix, lr, points in evaluate(algorithm, first.episodes("test", episodes=args.tasks, batch_size=50)):
+            policies["random init" + suffix] = {"config_sha256": _sha256(first.run_dir / "config.yaml"),
+                                                "seed": first.config.run.seed, "inner_lr": lr, "returns": points}
     e = first.config.eval if first is not None else None
     entry = {
         "run_id": uuid.uuid4().hex[:12],
@@ -159,6 +235,7 @@ def main() -> int:
         "protocol": {"tasks": args.tasks, "steps": args.steps, "shots": e.shots if e else None,
                      "queries": e.queries if e else None, "seed": e.seed if e else None, "split": "test"},
         "policies": policies,
+        "curves": curves,
         "seconds": round(time.perf_counter() - start, 2),
         "hardware": hardware(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,6 +264,8 @@ def main() -> int:
         ax.set_title(f"{entry['task']}\n{args.tasks} test tasks, mean ± 95% CI", fontsize=9)
         fig.tight_layout()
         save_figure(fig, args.figure)
+    if args.curves is not None:
+        draw_curves(curves, args.curves, f"{entry['task']}\ntraining and validation returns of the runs")
     print(json.dumps({k: [round(q["mean"], 2) for q in v["returns"]] for k, v in policies.items()}))
     return 0
 

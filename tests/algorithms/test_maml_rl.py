@@ -312,6 +312,25 @@ def test_evaluation_is_fixed_by_the_task_seeds_and_returns_after_each_step():
     assert paths[0]["pre-update"][0].shape == (15, 2) and np.allclose(paths[0]["pre-update"][0][0], 0)
 
 
+
+def test_the_inner_step_size_can_be_changed_after_building_and_is_validated():
+    fam = _navigation()
+    torch.manual_seed(0)
+    algo = MAMLRL(GaussianMLP(2, 2, (8,)), inner_lr=0.1, eval_steps=1)
+    batch = _batch(fam, stream="test")
+    at_default = algo.returns_after_steps(batch)
+    algo.inner_lr = 0.0  # no step: the adapted policy is the initial one, so its roll-outs score the same ...
+    still = algo.returns_after_steps(batch)
+    assert algo.inner_lr == 0.0 and not torch.equal(still[1], at_default[1])
+    assert torch.allclose(still[1], MAMLRL(algo.model, inner_lr=0.0, eval_steps=1).returns_after_steps(batch)[1])
+    algo.inner_lr = 0.1  # ... and setting it back restores the built step exactly
+    assert torch.equal(algo.returns_after_steps(batch), at_default)
+    assert list(algo.state_dict()) == list(MAMLRL(GaussianMLP(2, 2, (8,))).state_dict())  # not in checkpoints
+    for bad in (-0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match=r"inner_lr=.* must be a number in \[0, inf\]"):
+            algo.inner_lr = bad
+
+
 # -- training through the runtime ----------------------------------------------------------------
 def _config(**sections) -> dict:
     raw = {

@@ -65,11 +65,65 @@ def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkey
         _script().main()
 
 
+def test_a_chosen_checkpoint_and_inner_step_sizes_label_the_rows_and_other_markers_take_the_table(tmp_path, monkeypatch):
+    raw = {
+        "task": {"family": "navigation_2d", "horizon": 6},
+        "train": {"shots": 2, "queries": 2, "meta_batch": 2, "steps": 2},
+        "eval": {"val_episodes": 0, "test_episodes": 4},
+        "model": {"name": "gaussian_mlp", "hidden": [4]},
+        "algorithm": {"name": "maml_rl", "inner_lr": 0.1},
+        "optim": {"name": "sgd", "lr": 1.0},
+        "run": {"progress": False, "num_threads": 1, "checkpoint_every": 1},
+    }
+    train(Config.from_dict(raw), tmp_path / "run")
+    record = tmp_path / "record.json"
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={tmp_path / 'run'}@step-00000001.safetensors",
+                                      "--run", f"b={tmp_path / 'run'}", "--random-init", "--inner-lr", "0.1", "0", "--tasks", "3",
+                                      "--steps", "1", "--record", str(record), "--curves", str(tmp_path / "curves.png")])
+    assert _script().main() == 0
+    (entry,) = json.loads(record.read_text())
+    pols = entry["policies"]
+    assert list(pols) == ["a, inner lr 0.1", "a, inner lr 0", "b, inner lr 0.1", "b, inner lr 0",
+                          "random init, inner lr 0.1", "random init, inner lr 0"]
+    assert pols["a, inner lr 0"]["train_step"] == 1 and pols["a, inner lr 0"]["checkpoint"] == "step-00000001.safetensors"
+    assert pols["b, inner lr 0"]["train_step"] == 2  # no validation: its "best" is its last checkpoint
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    assert list(entry["curves"]) == ["a"] and entry["curves"]["a"]["train"]  # once per run
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert entry["curves"]["a"]["train"] == [[r["step"], r["return"]] for r in logged if r["split"] == "train"]
+    assert [p["inner_lr"] for p in pols.values()] == [0.1, 0.0] * 3
+    for label in ("a", "b", "random init"):  # the step size changes the adapted policy, not the initial one
+        zero, step = pols[f"{label}, inner lr 0"]["returns"], pols[f"{label}, inner lr 0.1"]["returns"]
+        assert zero[0] == step[0] and zero[1]["mean"] != step[1]["mean"]
+    docs = tmp_path / "doc.md"
+    docs.write_text("<!-- navigation-table -->\nkeep\n<!-- /navigation-table -->\n<!-- other -->\nold\n<!-- /other -->\n")
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--table", "--record", str(record), "--readme", str(docs),
+                                      "--markers", "other", "--curves", str(tmp_path / "again.png")])
+    (tmp_path / "curves.png").unlink()
+    assert _script().main() == 0 and (tmp_path / "again.png").stat().st_size > 5000
+    text = docs.read_text()
+    assert "\nkeep\n" in text and "\nold\n" not in text and "| a, inner lr 0 | step-00000001.safetensors (step 1)" in text
+    for bad in (["--inner-lr", "-1"], ["--run", f"a={tmp_path / 'run'}@last"], ["--run", f"random init={tmp_path / 'run'}"]):
+        monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={tmp_path / 'run'}", "--record", str(record), *bad])
+        with pytest.raises(SystemExit):
+            _script().main()
+        assert len(json.loads(record.read_text())) == 1
+
+
 def test_the_docs_table_is_the_short_run_record_s():
     docs = (HERE.parents[1] / "docs" / "meta_rl.md").read_text()
     block = docs.split("<!-- navigation-table -->\n", 1)[1].split("\n<!-- /navigation-table -->", 1)[0]
     entries = json.loads((HERE / "navigation_short.json").read_text())
     assert block == _script().table(entries[-1], "benchmarks/rl/navigation_short.json")
+
+
+def test_the_docs_diagnosis_table_is_the_diagnosis_record_s():
+    docs = (HERE.parents[1] / "docs" / "meta_rl.md").read_text()
+    block = docs.split("<!-- navigation-diagnosis -->\n", 1)[1].split("\n<!-- /navigation-diagnosis -->", 1)[0]
+    entries = json.loads((HERE / "navigation_diagnosis.json").read_text())
+    assert block == _script().table(entries[-1], "benchmarks/rl/navigation_diagnosis.json")
+    assert set(entries[-1]["curves"]) == {"maml best", "pretrained best"}
+    assert (HERE.parents[1] / "docs" / "maml_rl_navigation_curves.png").stat().st_size > 5000
 
 
 def test_the_readme_table_is_the_newest_navigation_record_s():

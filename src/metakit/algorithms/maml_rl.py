@@ -328,7 +328,7 @@ class MAMLRL(Algorithm):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.inner_lr = _check_float("inner_lr", inner_lr, 0.0)
+        self.inner_lr = inner_lr  # validated, and the inner rule built, by the property's setter
         self.inner_steps = _check_int("inner_steps", inner_steps, 0)
         self.eval_steps = self.inner_steps if eval_steps is None else _check_int("eval_steps", eval_steps, 0)
         for name, flag in (("first_order", first_order), ("meta", meta), ("normalize_advantages", normalize_advantages)):
@@ -350,10 +350,19 @@ class MAMLRL(Algorithm):
         self.baseline_reg = _check_float("baseline_reg", baseline_reg, 0.0, open_low=True)
         self.max_steps = None if max_steps is None else _check_int("max_steps", max_steps, 1)
         self._fmodel = FunctionalModel(model)
-        self._rule = SGD(self.inner_lr)
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         if not self._names:
             raise ValueError("maml_rl: the policy has no trainable parameters")
+
+    @property
+    def inner_lr(self) -> float:
+        """Step size of the inner policy-gradient steps; settable (e.g. to evaluate a trained policy's
+        adaptation with another step size), validated like the constructor's argument."""
+        return self._rule.lr
+
+    @inner_lr.setter
+    def inner_lr(self, value: float) -> None:
+        self._rule = SGD(_check_float("inner_lr", value, 0.0))
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
