@@ -23,17 +23,22 @@ def _script():
     return mod
 
 
-def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkeypatch):
+def _train_tiny(run_dir: Path, horizon: int, steps: int) -> None:
+    """A tiny MAML-RL run on navigation (no validation: its "best" checkpoint is its last one)."""
     raw = {
-        "task": {"family": "navigation_2d", "horizon": 8},
-        "train": {"shots": 2, "queries": 2, "meta_batch": 2, "steps": 1},
+        "task": {"family": "navigation_2d", "horizon": horizon},
+        "train": {"shots": 2, "queries": 2, "meta_batch": 2, "steps": steps},
         "eval": {"val_episodes": 0, "test_episodes": 4},
         "model": {"name": "gaussian_mlp", "hidden": [4]},
-        "algorithm": {"name": "maml_rl"},
+        "algorithm": {"name": "maml_rl", "inner_lr": 0.1},
         "optim": {"name": "sgd", "lr": 1.0},
-        "run": {"progress": False, "num_threads": 1},
+        "run": {"progress": False, "num_threads": 1, "checkpoint_every": 1},
     }
-    train(Config.from_dict(raw), tmp_path / "run")
+    train(Config.from_dict(raw), run_dir)
+
+
+def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkeypatch):
+    _train_tiny(tmp_path / "run", horizon=8, steps=1)
     record, figure = tmp_path / "record.json", tmp_path / "fig.png"
     monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"maml={tmp_path / 'run'}", "--random-init",
                                       "--tasks", "3", "--steps", "2", "--record", str(record), "--figure", str(figure)])
@@ -66,16 +71,7 @@ def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkey
 
 
 def test_a_chosen_checkpoint_and_inner_step_sizes_label_the_rows_and_other_markers_take_the_table(tmp_path, monkeypatch):
-    raw = {
-        "task": {"family": "navigation_2d", "horizon": 6},
-        "train": {"shots": 2, "queries": 2, "meta_batch": 2, "steps": 2},
-        "eval": {"val_episodes": 0, "test_episodes": 4},
-        "model": {"name": "gaussian_mlp", "hidden": [4]},
-        "algorithm": {"name": "maml_rl", "inner_lr": 0.1},
-        "optim": {"name": "sgd", "lr": 1.0},
-        "run": {"progress": False, "num_threads": 1, "checkpoint_every": 1},
-    }
-    train(Config.from_dict(raw), tmp_path / "run")
+    _train_tiny(tmp_path / "run", horizon=6, steps=2)
     record = tmp_path / "record.json"
     monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={tmp_path / 'run'}@step-00000001.safetensors",
                                       "--run", f"b={tmp_path / 'run'}", "--random-init", "--inner-lr", "0.1", "0", "--tasks", "3",
