@@ -165,6 +165,44 @@ def test_the_outer_gradient_through_the_inner_steps_matches_finite_differences(i
     assert (fo - fd).abs().max() > 1e-3
 
 
+def test_the_lvc_inner_loss_adds_the_score_outer_product_to_the_meta_gradient():
+    # at the sampling policy the LVC surrogate takes the same inner step as REINFORCE; its Hessian adds
+    # -1/N sum_t m_t A_t s_t s_t^T (s_t = grad log pi(a_t|s_t)), so the meta-gradient (I - alpha H)^T u gains
+    # alpha/N sum_t m_t A_t s_t (s_t . u), u the outer gradient at the adapted parameters
+    alpha = 0.3
+    plain = MAMLRL(_policy(), inner_lr=alpha)
+    lvc = MAMLRL(plain.model, inner_lr=alpha, inner_loss="lvc")
+    inner, outer = [_samples(seed=1)], _samples(seed=2)
+    names = plain._names
+    params = dict(plain.model.named_parameters())
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    for a, b in zip(plain.adapt_params(leaves, inner, 2, train=False), lvc.adapt_params(leaves, inner, 2, train=False)):
+        assert all(torch.equal(a[n], b[n]) for n in names)  # the same inner step
+    g_plain = _flat_grad(lambda p: plain.outer_objective(p, inner, outer, train=True)[0], params, names)
+    g_lvc = _flat_grad(lambda p: lvc.outer_objective(p, inner, outer, train=True)[0], params, names)
+    extra = torch.zeros_like(g_plain)
+    adapted = plain.adapt_params(leaves, inner, 2, train=False)
+    for i in range(2):  # tasks: the outer objective is the mean over them
+        theta_i = {n: v.detach().requires_grad_(True) for n, v in adapted[i].items()}
+        out = torch.stack([plain._fmodel(theta_i if k == i else adapted[k], outer.obs[k]) for k in range(2)])
+        a = outer.old.shape[-1] // 2
+        ratio = torch.exp(gaussian_log_prob(out, outer.target[..., :a]) - gaussian_log_prob(outer.old, outer.target[..., :a]))
+        m = outer.target[..., a + 1]
+        loss = (-(ratio * outer.target[..., a] * m).sum(-1) / m.sum(-1)).mean()
+        u = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [theta_i[n] for n in names])])
+        target, x = inner[0].target[i], inner[0].obs[i]
+        adv, mask = target[:, a], target[:, a + 1]
+        for t in range(x.shape[0]):
+            if mask[t] == 0:
+                continue
+            s_t = _flat_grad(lambda p: gaussian_log_prob(plain._fmodel(p, x[t:t + 1]), target[t:t + 1, :a]).sum(), params, names)
+            extra += alpha / mask.sum() * adv[t] * s_t * (s_t @ u)
+    assert torch.allclose(g_lvc, g_plain + extra, rtol=1e-10, atol=1e-12), (g_lvc - g_plain - extra).abs().max()
+    assert extra.abs().max() > 1e-3  # the term is not negligible here
+    with pytest.raises(ValueError, match=r"inner_loss='dice' is not valid; use reinforce \(the paper's\) or lvc"):
+        MAMLRL(_policy(), inner_loss="dice")
+
+
 def test_the_kl_hessian_product_is_the_hessian_through_the_inner_step_times_the_vector():
     algo = MAMLRL(_policy(), inner_lr=0.3, cg_damping=0.0)
     inner, outer = [_samples(seed=1)], _samples(seed=2)

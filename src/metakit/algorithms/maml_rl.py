@@ -22,7 +22,11 @@ standard deviation 1 (``normalize_advantages``, rllab's ``center_adv``). The inn
 engine's (:func:`metakit.algorithms._inner.inner_loop` with the ``SGD`` rule): a pure function
 of the parameter dict, so the outer gradient flows through it (second order; the roll-outs
 themselves are data, as in the paper's code: the dependence of the inner roll-outs' distribution
-on ``theta`` is not differentiated).
+on ``theta`` is not differentiated). ``inner_loss=lvc`` takes the inner step on ProMP's
+low-variance-curvature surrogate instead (Rothfuss et al. 2019, :func:`_lvc_loss`): the same step,
+whose second derivatives add ``-1/N sum_t A_t grad log pi_t grad log pi_t^T``, so the outer gradient
+also credits the inner roll-outs' distribution with the adaptation it leads to (a biased but
+low-variance estimate of that term of the exact meta-gradient).
 
 The outer objective is the loss of the adapted policies on their own roll-outs ``D_i'``. The
 paper optimises it with TRPO (Schulman et al. 2015), and so does ``outer=trpo`` (default)::
@@ -232,6 +236,22 @@ def _reinforce_loss(out: Tensor, target: Tensor) -> Tensor:
     return -(gaussian_log_prob(out, target[..., :a]) * adv * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _lvc_loss(out: Tensor, target: Tensor) -> Tensor:
+    """ProMP's low-variance-curvature surrogate (Rothfuss et al. 2019): ``-sum mask * pi / stop(pi) * A / sum mask``.
+
+    At the policy that drew the samples its value and gradient are :func:`_reinforce_loss`'s; its
+    Hessian adds ``-sum mask * A * grad log pi grad log pi^T / sum mask``, the curvature the
+    REINFORCE surrogate leaves out, so the outer gradient through an inner step on it credits
+    the inner roll-outs' distribution with its effect on the adapted policy."""
+    a = target.shape[-1] - 2
+    adv, mask = target[..., a], target[..., a + 1]
+    logp = gaussian_log_prob(out, target[..., :a])
+    return -(torch.exp(logp - logp.detach()) * adv * mask).sum() / mask.sum().clamp(min=1)
+
+
+_INNER_LOSSES = {"reinforce": _reinforce_loss, "lvc": _lvc_loss}
+
+
 def _check_int(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name}={value!r} must be an int >= {low}")
@@ -279,6 +299,10 @@ class MAMLRL(Algorithm):
         inner_steps: inner policy-gradient steps during meta-training (the paper: 1).
         eval_steps: inner steps when evaluating (default: inner_steps); metakit eval --steps overrides it.
         first_order: ignore the second-order terms of the inner step (first-order MAML).
+        inner_loss: the surrogate of the inner policy-gradient step: reinforce (-log pi * A, the
+            paper's) or lvc (ProMP's low-variance-curvature surrogate, -pi / stop(pi) * A: the same
+            step, but its second derivatives add the sum of A * grad log pi grad log pi^T, which the
+            paper's meta-gradient leaves out; Rothfuss et al. 2019). Changes meta-training only.
         meta: true: meta-train through the inner steps (MAML); false: train one policy on all
             tasks with no adaptation during training (the pretrained baseline; evaluation still
             adapts with eval_steps).
@@ -311,6 +335,7 @@ class MAMLRL(Algorithm):
         inner_steps: int = 1,
         eval_steps: int | None = None,
         first_order: bool = False,
+        inner_loss: Literal["reinforce", "lvc"] = "reinforce",
         meta: bool = True,
         outer: OuterName = "trpo",
         max_kl: float = 0.01,
@@ -334,6 +359,9 @@ class MAMLRL(Algorithm):
         for name, flag in (("first_order", first_order), ("meta", meta), ("normalize_advantages", normalize_advantages)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}={flag!r} must be true or false")
+        if inner_loss not in _INNER_LOSSES:
+            raise ValueError(f"inner_loss={inner_loss!r} is not valid; use reinforce (the paper's) or lvc (ProMP's)")
+        self.inner_loss = inner_loss
         if outer not in ("trpo", "vpg"):
             raise ValueError(f"outer={outer!r} is not valid; use trpo (the paper's) or vpg")
         self.first_order, self.meta, self.outer = first_order, meta, outer
@@ -538,7 +566,7 @@ class MAMLRL(Algorithm):
     def _inner_step(self, params: Params, samples: _Samples, i: int, *, train: bool) -> Params:
         """One REINFORCE step on task ``i``'s samples (the engine's inner loop with the SGD rule)."""
         traj = inner_loop(
-            self._fmodel, params, samples.obs[i], samples.target[i], _reinforce_loss, steps=1, update=self._rule,
+            self._fmodel, params, samples.obs[i], samples.target[i], _INNER_LOSSES[self.inner_loss], steps=1, update=self._rule,
             adapt=self._names, first_order=self.first_order, create_graph=train,
         )
         return traj[-1]
