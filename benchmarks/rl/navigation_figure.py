@@ -2,7 +2,7 @@
 held-out goals, for MAML-RL, the pretrained policy and a randomly initialised one.
 
     python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR[@CHECKPOINT] \\
-        [--random-init] [--tasks 1000] [--steps 3] [--inner-lr LR ...] [--record benchmarks/rl/navigation.json]
+        [--random-init] [--tasks 1000] [--steps 3] [--inner-lr LR ...] [--record benchmarks/rl/navigation.json] \\
         [--figure FILE.png] [--curves FILE.png]
     python benchmarks/rl/navigation_figure.py --table [--record FILE] [--readme README.md] [--markers NAME] [--curves FILE.png]
 
@@ -13,11 +13,13 @@ step and scoring ``eval.queries`` roll-outs after each step; ``--random-init`` a
 first run starts from (its config's model, initialised with its ``run.seed``), fine-tuned the same way.
 ``--inner-lr`` evaluates every policy once per given step size of the policy-gradient steps instead
 of its config's ``algorithm.inner_lr`` (the record's labels then name the step size).
-The record (one JSON entry appended per call) holds, per policy, the mean return and its 95% interval
+The record (one JSON entry appended per call) holds, per policy (and its action noise ``action_std``
+where the policy has a ``log_std``), the mean return and its 95% interval
 (1.96 * sample std / sqrt(tasks)) after each number of steps, with the run's effective config, its
 digest and the checkpoint's, the run's training summary (steps, seconds), the command, the seconds of
 the evaluation, the hardware and the date; ``curves`` holds each run's training and validation
-returns against the iteration, read from its ``metrics.jsonl`` (``--curves FILE`` draws them). ``--table`` evaluates nothing: it prints the newest entry of
+returns (and the TRPO step's ``kl`` and accepted ``step_fraction`` where logged) against the iteration,
+read from its ``metrics.jsonl``, under the run folder's name (``--curves FILE`` draws the returns). ``--table`` evaluates nothing: it prints the newest entry of
 the record as a table (``--readme FILE`` writes it between FILE's ``<!-- NAME -->`` and ``<!-- /NAME -->``
 lines instead, NAME ``--markers``, default ``navigation-table``).
 """
@@ -29,6 +31,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import shlex
 import sys
 import time
 import uuid
@@ -39,6 +42,7 @@ import torch
 
 from metakit.bench import hardware
 from metakit.runtime.builders import build_algorithm
+from metakit.runtime.checkpoint import CheckpointError
 from metakit.runtime.run import load_run
 from metakit.runtime.trainer import seed_everything
 
@@ -99,17 +103,27 @@ def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
     return "\n".join(out)
 
 
+def _action_std(algorithm) -> list[float] | None:
+    """The policy's standard deviation per action coordinate, where it has a ``log_std`` parameter."""
+    log_std = getattr(getattr(algorithm, "model", None), "log_std", None)
+    return None if log_std is None else [float(v) for v in log_std.detach().exp()]
+
+
 def learning_curves(run_dir: Path) -> dict[str, list[list[float]]]:
-    """``{"train": [[iteration, return], ...], "val": [...]}`` from a run's ``metrics.jsonl`` (the training
-    return is that of each logged meta-batch's scored roll-outs: after the inner steps, or of the policy
-    itself with ``meta: false``; the validation one is the run's validation metric, after its eval
-    steps), the last value of an iteration kept when a resume logged it twice."""
-    out: dict[str, dict[int, float]] = {"train": {}, "val": {}}
+    """``{"train": [[iteration, return], ...], "val": [...], "kl": [...], "step_fraction": [...]}`` from a run's
+    ``metrics.jsonl`` (the training return is that of each logged meta-batch's scored roll-outs: after the
+    inner steps, or of the policy itself with ``meta: false``; the validation one is the run's validation
+    metric, after its eval steps; ``kl`` and ``step_fraction`` are the training lines' TRPO step), each a
+    mean over the iterations of its log line, the last value of an iteration kept when a resume logged it
+    twice."""
+    out: dict[str, dict[int, float]] = {"train": {}, "val": {}, "kl": {}, "step_fraction": {}}
     path = Path(run_dir) / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         row = json.loads(line)
-        if row.get("split") in out and isinstance(row.get("return"), (int, float)):
-            out[row["split"]][int(row["step"])] = float(row["return"])
+        split = row.get("split")
+        for key, name in (("return", split), ("kl", "kl"), ("step_fraction", "step_fraction")):
+            if name in out and (name == split or split == "train") and isinstance(row.get(key), (int, float)):
+                out[name][int(row["step"])] = float(row[key])
     return {k: [[step, v[step]] for step in sorted(v)] for k, v in out.items()}
 
 
@@ -145,7 +159,10 @@ def _table_main(args: argparse.Namespace) -> int:
     if not entries:
         raise SystemExit(f"navigation_figure.py: error: --record {str(args.record)!r} holds no entry")
     if args.curves is not None:
-        draw_curves(entries[-1].get("curves") or {}, args.curves, f"{entries[-1]['task']}\ntraining and validation returns of the runs")
+        if not entries[-1].get("curves"):
+            raise SystemExit(f"navigation_figure.py: error: --curves: the newest entry of --record {str(args.record)!r} holds "
+                             "no learning curves (written by evaluations since curves were recorded); evaluate the runs again")
+        draw_curves(entries[-1]["curves"], args.curves, f"{entries[-1]['task']}\ntraining and validation returns of the runs")
     name = args.record.resolve()
     text = table(entries[-1], str(name.relative_to(HERE.parents[1]) if name.is_relative_to(HERE.parents[1]) else name))
     if args.readme is None:
@@ -186,6 +203,8 @@ def main() -> int:
         p.error(f"--run labels {labels}: each run needs its own label (and 'random init' names --random-init's row)")
     if args.inner_lr is not None and not all(math.isfinite(lr) and lr >= 0 for lr in args.inner_lr):
         p.error(f"--inner-lr {args.inner_lr}: each step size must be a finite number >= 0")
+    if args.inner_lr is not None and len(set(args.inner_lr)) != len(args.inner_lr):
+        p.error(f"--inner-lr {args.inner_lr}: a step size is given twice; give each once")
     torch.set_num_threads(1)
     start = time.perf_counter()
     policies: dict[str, dict] = {}
@@ -205,19 +224,24 @@ def main() -> int:
 
     for item in args.run:
         label, _, spec = item.partition("=")
-        run_dir, _, choice = spec.partition("@")
+        run_dir, at, choice = spec.rpartition("@")
+        if not at or "/" in choice:  # no checkpoint named (an "@" inside the folder's path)
+            run_dir, choice = spec, ""
         if choice not in ("", "best", "last"):
             choice = str(Path(run_dir) / "checkpoints" / choice)
-        loaded = load_run(run_dir, checkpoint=choice or "best", fallback=choice in ("", "best"))
+        try:
+            loaded = load_run(run_dir, checkpoint=choice or "best", fallback=choice in ("", "best"))
+        except (FileNotFoundError, CheckpointError) as e:
+            p.error(f"--run {item!r}: {e}")
         first = first or loaded
-        if all(c["run_dir"] != str(loaded.run_dir) for c in curves.values()):  # once per run
-            curves[label] = {"run_dir": str(loaded.run_dir), **learning_curves(loaded.run_dir)}
+        curves.setdefault(loaded.run_dir.name, {"run_dir": str(loaded.run_dir), **learning_curves(loaded.run_dir)})
         episodes = loaded.episodes("test", episodes=args.tasks, batch_size=50)
         for suffix, lr, points in evaluate(loaded.algorithm, episodes):
             policies[label + suffix] = {
                 "run_dir": str(loaded.run_dir), "checkpoint": loaded.checkpoint.name, "checkpoint_sha256": _sha256(loaded.checkpoint),
                 "train_step": loaded.step, "config_sha256": _sha256(Path(run_dir) / "config.yaml"),
-                "config": loaded.config.to_dict(), "inner_lr": lr, "returns": points,
+                "config": loaded.config.to_dict(), "inner_lr": lr, "action_std": _action_std(loaded.algorithm),
+                "returns": points,
                 "training": json.loads((Path(run_dir) / "summary.json").read_text()),
             }
     if args.random_init and first is not None:
@@ -226,11 +250,12 @@ def main() -> int:
         algorithm.eval()
         for suffix, lr, points in evaluate(algorithm, first.episodes("test", episodes=args.tasks, batch_size=50)):
             policies["random init" + suffix] = {"config_sha256": _sha256(first.run_dir / "config.yaml"),
-                                                "seed": first.config.run.seed, "inner_lr": lr, "returns": points}
+                                                "seed": first.config.run.seed, "inner_lr": lr,
+                                                "action_std": _action_std(algorithm), "returns": points}
     e = first.config.eval if first is not None else None
     entry = {
         "run_id": uuid.uuid4().hex[:12],
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "task": first.config.family.describe() if first is not None else None,
         "protocol": {"tasks": args.tasks, "steps": args.steps, "shots": e.shots if e else None,
                      "queries": e.queries if e else None, "seed": e.seed if e else None, "split": "test"},

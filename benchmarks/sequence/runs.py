@@ -212,7 +212,8 @@ def _training(cfg: Any, summary: dict[str, Any] | None, metrics: list[dict[str, 
     elif live:
         state = "part-way (still training)"
     elif summary is not None:
-        state = f"part-way (summary.json: {summary.get('status')} at step {summary.get('step')})"
+        step = summary.get("step")
+        state = f"part-way (summary.json: {summary.get('status')} at step {f'{step:,}' if isinstance(step, int) else step})"
     else:
         state = "part-way (stopped; no summary.json)"
     return {

@@ -201,6 +201,8 @@ def test_the_lvc_inner_loss_adds_the_score_outer_product_to_the_meta_gradient():
     assert extra.abs().max() > 1e-3  # the term is not negligible here
     with pytest.raises(ValueError, match=r"inner_loss='dice' is not valid; use reinforce \(the paper's\) or lvc"):
         MAMLRL(_policy(), inner_loss="dice")
+    with pytest.raises(ValueError, match=r"inner_loss='lvc' changes only the second-order terms .* first_order=false"):
+        MAMLRL(_policy(), inner_loss="lvc", first_order=True)
 
 
 def test_the_kl_hessian_product_is_the_hessian_through_the_inner_step_times_the_vector():
@@ -350,7 +352,6 @@ def test_evaluation_is_fixed_by_the_task_seeds_and_returns_after_each_step():
     assert paths[0]["pre-update"][0].shape == (15, 2) and np.allclose(paths[0]["pre-update"][0][0], 0)
 
 
-
 def test_the_inner_step_size_can_be_changed_after_building_and_is_validated():
     fam = _navigation()
     torch.manual_seed(0)
@@ -365,7 +366,7 @@ def test_the_inner_step_size_can_be_changed_after_building_and_is_validated():
     assert torch.equal(algo.returns_after_steps(batch), at_default)
     assert list(algo.state_dict()) == list(MAMLRL(GaussianMLP(2, 2, (8,))).state_dict())  # not in checkpoints
     for bad in (-0.1, float("nan"), "0.1", True):
-        with pytest.raises(ValueError, match=r"inner_lr=.* must be a number in \[0, inf\]"):
+        with pytest.raises(ValueError, match=r"inner_lr=.* must be a finite number >= 0$"):
             algo.inner_lr = bad
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -70,25 +71,30 @@ def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkey
         _script().main()
 
 
-def test_a_chosen_checkpoint_and_inner_step_sizes_label_the_rows_and_other_markers_take_the_table(tmp_path, monkeypatch):
+def test_a_chosen_checkpoint_and_inner_step_sizes_label_the_rows_and_other_markers_take_the_table(tmp_path, monkeypatch,
+                                                                                              capsys):
     _train_tiny(tmp_path / "run", horizon=6, steps=2)
     record = tmp_path / "record.json"
     monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={tmp_path / 'run'}@step-00000001.safetensors",
-                                      "--run", f"b={tmp_path / 'run'}", "--random-init", "--inner-lr", "0.1", "0", "--tasks", "3",
+                                      "--run", f"b={tmp_path / 'run'}", "--run", f"c={tmp_path / 'run'}@last", "--random-init", "--inner-lr", "0.1", "0", "--tasks", "3",
                                       "--steps", "1", "--record", str(record), "--curves", str(tmp_path / "curves.png")])
     assert _script().main() == 0
     (entry,) = json.loads(record.read_text())
     pols = entry["policies"]
-    assert list(pols) == ["a, inner lr 0.1", "a, inner lr 0", "b, inner lr 0.1", "b, inner lr 0",
-                          "random init, inner lr 0.1", "random init, inner lr 0"]
+    assert list(pols) == ["a, inner lr 0.1", "a, inner lr 0", "b, inner lr 0.1", "b, inner lr 0", "c, inner lr 0.1",
+                          "c, inner lr 0", "random init, inner lr 0.1", "random init, inner lr 0"]
     assert pols["a, inner lr 0"]["train_step"] == 1 and pols["a, inner lr 0"]["checkpoint"] == "step-00000001.safetensors"
     assert pols["b, inner lr 0"]["train_step"] == 2  # no validation: its "best" is its last checkpoint
+    assert pols["c, inner lr 0"]["train_step"] == 2 and pols["c, inner lr 0"]["checkpoint"] == "step-00000002.safetensors"
+    std = pols["a, inner lr 0"]["action_std"]
+    assert len(std) == 2 and all(v > 0 for v in std) and pols["random init, inner lr 0"]["action_std"] == [1.0, 1.0]
     assert (tmp_path / "curves.png").stat().st_size > 5000
-    assert list(entry["curves"]) == ["a"] and entry["curves"]["a"]["train"]  # once per run
+    assert list(entry["curves"]) == ["run"]  # once per run folder, under its name
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert entry["curves"]["a"]["train"] == [[r["step"], r["return"]] for r in logged if r["split"] == "train"]
-    assert [p["inner_lr"] for p in pols.values()] == [0.1, 0.0] * 3
-    for label in ("a", "b", "random init"):  # the step size changes the adapted policy, not the initial one
+    for key, name in (("return", "train"), ("kl", "kl"), ("step_fraction", "step_fraction")):
+        assert entry["curves"]["run"][name] == [[r["step"], r[key]] for r in logged if r["split"] == "train"] != []
+    assert [p["inner_lr"] for p in pols.values()] == [0.1, 0.0] * 4
+    for label in ("a", "b", "c", "random init"):  # the step size changes the adapted policy, not the initial one
         zero, step = pols[f"{label}, inner lr 0"]["returns"], pols[f"{label}, inner lr 0.1"]["returns"]
         assert zero[0] == step[0] and zero[1]["mean"] != step[1]["mean"]
     docs = tmp_path / "doc.md"
@@ -99,11 +105,22 @@ def test_a_chosen_checkpoint_and_inner_step_sizes_label_the_rows_and_other_marke
     assert _script().main() == 0 and (tmp_path / "again.png").stat().st_size > 5000
     text = docs.read_text()
     assert "\nkeep\n" in text and "\nold\n" not in text and "| a, inner lr 0 | step-00000001.safetensors (step 1)" in text
-    for bad in (["--inner-lr", "-1"], ["--run", f"a={tmp_path / 'run'}@last"], ["--run", f"random init={tmp_path / 'run'}"]):
-        monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={tmp_path / 'run'}", "--record", str(record), *bad])
+    run = tmp_path / "run"
+    for bad, message in ((["--inner-lr", "-1"], r"--inner-lr \[-1.0\]: each step size must be a finite number >= 0"),
+                         (["--inner-lr", "0.1", "0.1"], r"a step size is given twice"),
+                         (["--run", f"a={run}@last"], r"--run labels \['a', 'a'\]: each run needs its own label"),
+                         (["--run", f"random init={run}"], r"'random init' names --random-init's row"),
+                         (["--run", f"x={run}@step-9.safetensors"], r"--run 'x=.*@step-9.safetensors': checkpoint .* does not exist")):
+        monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--run", f"a={run}", "--record", str(record), *bad])
         with pytest.raises(SystemExit):
             _script().main()
+        assert re.search(message, capsys.readouterr().err), bad
         assert len(json.loads(record.read_text())) == 1
+    old = tmp_path / "old.json"  # a record written before curves were kept: --curves says so
+    old.write_text(json.dumps([{k: v for k, v in entry.items() if k != "curves"}]))
+    monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--table", "--record", str(old), "--curves", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="holds no learning curves"):
+        _script().main()
 
 
 def test_the_docs_table_is_the_short_run_record_s():
@@ -118,7 +135,7 @@ def test_the_docs_diagnosis_table_is_the_diagnosis_record_s():
     block = docs.split("<!-- navigation-diagnosis -->\n", 1)[1].split("\n<!-- /navigation-diagnosis -->", 1)[0]
     entries = json.loads((HERE / "navigation_diagnosis.json").read_text())
     assert block == _script().table(entries[-1], "benchmarks/rl/navigation_diagnosis.json")
-    assert set(entries[-1]["curves"]) == {"maml best", "pretrained best"}
+    assert set(entries[-1]["curves"]) == {"maml_rl_navigation", "pretrained_navigation"}
     assert (HERE.parents[1] / "docs" / "maml_rl_navigation_curves.png").stat().st_size > 5000
 
 

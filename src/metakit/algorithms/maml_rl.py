@@ -262,6 +262,8 @@ def _check_float(name: str, value: object, low: float, high: float = math.inf, *
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and value <= high  # type: ignore[operator]
     if not ok:
+        if math.isinf(high):
+            raise ValueError(f"{name}={value!r} must be a finite number {'>' if open_low else '>='} {low:g}")
         rng = f"{'(' if open_low else '['}{low:g}, {high:g}]"
         raise ValueError(f"{name}={value!r} must be a number in {rng}")
     return float(value)  # type: ignore[arg-type]
@@ -302,7 +304,8 @@ class MAMLRL(Algorithm):
         inner_loss: the surrogate of the inner policy-gradient step: reinforce (-log pi * A, the
             paper's) or lvc (ProMP's low-variance-curvature surrogate, -pi / stop(pi) * A: the same
             step, but its second derivatives add the sum of A * grad log pi grad log pi^T, which the
-            paper's meta-gradient leaves out; Rothfuss et al. 2019). Changes meta-training only.
+            paper's meta-gradient leaves out; Rothfuss et al. 2019). Changes meta-training only;
+            needs first_order false.
         meta: true: meta-train through the inner steps (MAML); false: train one policy on all
             tasks with no adaptation during training (the pretrained baseline; evaluation still
             adapts with eval_steps).
@@ -361,6 +364,9 @@ class MAMLRL(Algorithm):
                 raise ValueError(f"{name}={flag!r} must be true or false")
         if inner_loss not in _INNER_LOSSES:
             raise ValueError(f"inner_loss={inner_loss!r} is not valid; use reinforce (the paper's) or lvc (ProMP's)")
+        if inner_loss == "lvc" and first_order:
+            raise ValueError("inner_loss='lvc' changes only the second-order terms of the inner step, which "
+                             "first_order=true drops; use it with first_order=false, or inner_loss='reinforce'")
         self.inner_loss = inner_loss
         if outer not in ("trpo", "vpg"):
             raise ValueError(f"outer={outer!r} is not valid; use trpo (the paper's) or vpg")
@@ -564,7 +570,8 @@ class MAMLRL(Algorithm):
 
     # -- adaptation ----------------------------------------------------------------------------
     def _inner_step(self, params: Params, samples: _Samples, i: int, *, train: bool) -> Params:
-        """One REINFORCE step on task ``i``'s samples (the engine's inner loop with the SGD rule)."""
+        """One policy-gradient step on task ``i``'s samples with the ``inner_loss`` surrogate (the engine's
+        inner loop with the SGD rule)."""
         traj = inner_loop(
             self._fmodel, params, samples.obs[i], samples.target[i], _INNER_LOSSES[self.inner_loss], steps=1, update=self._rule,
             adapt=self._names, first_order=self.first_order, create_graph=train,
