@@ -135,7 +135,7 @@ def test_the_docs_diagnosis_table_is_the_diagnosis_record_s():
     block = docs.split("<!-- navigation-diagnosis -->\n", 1)[1].split("\n<!-- /navigation-diagnosis -->", 1)[0]
     entries = json.loads((HERE / "navigation_diagnosis.json").read_text())
     assert block == _script().table(entries[-1], "benchmarks/rl/navigation_diagnosis.json")
-    assert set(entries[-1]["curves"]) == {"maml_rl_navigation", "pretrained_navigation"}
+    assert set(entries[-1]["curves"]) == {"maml_rl_navigation", "maml_rl_navigation_lvc", "pretrained_navigation"}
     assert (HERE.parents[1] / "docs" / "maml_rl_navigation_curves.png").stat().st_size > 5000
 
 
