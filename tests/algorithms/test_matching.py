@@ -26,6 +26,11 @@ def test_attention_by_hand():
     scaled = attention_log_probs(q, s, y, 2, scale=3.0)[0, 0]
     z3 = math.exp(3) + 1 + math.exp(3 * c)
     assert scaled[0].item() == pytest.approx(3 - math.log(z3), rel=1e-6)
+    # the query's norm left in (normalize_query=False): similarities |q| cos = 5 * (1, 0, 1/sqrt 2) for q = (5, 0)
+    raw = attention_log_probs(5 * q, s, y, 2, normalize_query=False)[0, 0]
+    z5 = math.exp(5) + 1 + math.exp(5 * c)
+    assert raw.tolist() == pytest.approx([5 - math.log(z5), math.log((1 + math.exp(5 * c)) / z5)], rel=1e-6)
+    assert attention_log_probs(5 * q, s, y, 2)[0, 0].tolist() == pytest.approx(logp.tolist(), rel=1e-6)  # cosine: no effect
 
 
 def test_predict_adapt_and_loss_on_identity_encoder():
@@ -112,10 +117,11 @@ def test_fce_depends_on_the_support_set_and_gradients_reach_every_parameter():
     assert not torch.allclose(base, other)  # full context: queries are embedded given the support
 
 
-def test_gradient_matches_finite_differences_without_fce(finite_differences):
+@pytest.mark.parametrize("normalize_query", [True, False])
+def test_gradient_matches_finite_differences_without_fce(finite_differences, normalize_query):
     torch.manual_seed(0)
     enc = nn.Linear(3, 2).double()
-    algo = MatchingNet(enc, scale=2.0)
+    algo = MatchingNet(enc, scale=2.0, normalize_query=normalize_query)
     batch = EpisodeBatch(
         torch.randn(1, 4, 3, dtype=torch.float64),
         torch.tensor([[0, 1, 0, 1]]),
@@ -137,6 +143,8 @@ def test_bad_inputs():
         MatchingNet(nn.Flatten(), fce_steps=0)
     with pytest.raises(ValueError, match="scale=-1.0 must be a finite number > 0"):
         MatchingNet(nn.Flatten(), scale=-1.0)
+    with pytest.raises(TypeError, match="normalize_query='no' must be True or False"):
+        MatchingNet(nn.Flatten(), normalize_query="no")
     with pytest.raises(ValueError, match="cannot tell the embedding size of encoder Flatten"):
         MatchingNet(nn.Flatten(), fce=True)
     algo = MatchingNet(nn.Flatten())

@@ -14,6 +14,13 @@ queries of every task (the paper's ``log P`` objective).
 
 Without full-context embeddings ``f = g = encoder`` (the paper's Omniglot setting).
 
+**Query norm** (``normalize_query=False``): ``s_i = scale * f(x) . g(x_i) / |g(x_i)|``, the
+support embeddings normalised and the query's left as it is, as widely used public
+re-implementations compute the "cosine" (e.g. the ``DistanceNetwork`` of
+``gitabcworld/MatchingNetworks``). The query's norm then acts as a learned inverse temperature of
+the softmax; with both normalised (the default, the paper's text) cosines of the non-negative
+features of a ReLU encoder lie in ``[0, 1]`` and the softmax stays flat.
+
 **Full-context embeddings** (``fce=True``, the paper's appendix): with ``f'``, ``g'`` the
 encoder output,
 
@@ -46,12 +53,15 @@ from .base import accuracy, register
 __all__ = ["MatchingNet", "attention_log_probs"]
 
 
-def attention_log_probs(query_z: Tensor, support_z: Tensor, support_y: Tensor, ways: int, scale: float = 1.0) -> Tensor:
+def attention_log_probs(query_z: Tensor, support_z: Tensor, support_y: Tensor, ways: int, scale: float = 1.0,
+                        normalize_query: bool = True) -> Tensor:
     """``log P(y = k | x, S)`` of Matching Networks' cosine attention, batched over tasks.
 
-    ``query_z [B, Q, D]``, ``support_z [B, S, D]``, ``support_y [B, S]`` -> ``[B, Q, ways]``.
+    ``query_z [B, Q, D]``, ``support_z [B, S, D]``, ``support_y [B, S]`` -> ``[B, Q, ways]``;
+    ``normalize_query=False`` leaves the query's norm in the similarities (module docstring).
     """
-    sims = scale * (F.normalize(query_z, dim=-1) @ F.normalize(support_z, dim=-1).transpose(1, 2))  # [B, Q, S]
+    query = F.normalize(query_z, dim=-1) if normalize_query else query_z
+    sims = scale * (query @ F.normalize(support_z, dim=-1).transpose(1, 2))  # [B, Q, S]
     return class_reduce(sims, support_y, ways, "logsumexp") - sims.logsumexp(-1, keepdim=True)
 
 
@@ -66,6 +76,9 @@ class MatchingNet(EmbeddingAlgorithm):
             LSTM for the queries). The paper did not use them on Omniglot.
         fce_steps: number K of read steps of the attention LSTM.
         scale: multiplier of the cosine similarities inside the softmax (1 = the paper).
+        normalize_query: divide the query embedding by its norm (true: the cosine of the paper's
+            text); false: only the support embeddings are normalised, as widely used public
+            re-implementations do (the query's norm acts as a learned softmax temperature).
         feature_dim: embedding size D (needed for the LSTMs when fce); None reads
             it from the encoder's feature_dim attribute.
     """
@@ -78,6 +91,7 @@ class MatchingNet(EmbeddingAlgorithm):
         fce: bool = False,
         fce_steps: int = 5,
         scale: float = 1.0,
+        normalize_query: bool = True,
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
@@ -86,6 +100,9 @@ class MatchingNet(EmbeddingAlgorithm):
             raise TypeError(f"fce={fce!r} must be True or False")
         check_positive("fce_steps", fce_steps, int)
         check_positive("scale", scale)
+        if not isinstance(normalize_query, bool):
+            raise TypeError(f"normalize_query={normalize_query!r} must be True or False")
+        self.normalize_query = normalize_query
         self.encoder = encoder
         self.fce = fce
         self.fce_steps = fce_steps
@@ -126,7 +143,7 @@ class MatchingNet(EmbeddingAlgorithm):
         if self.fce:
             support_z = self.full_context_support(support_z)
             query_z = self.full_context_query(query_z, support_z)
-        return attention_log_probs(query_z, support_z, support_y, ways, self.scale)
+        return attention_log_probs(query_z, support_z, support_y, ways, self.scale, self.normalize_query)
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[Tensor, dict[str, float]]:
         """Negative log-likelihood of the query labels over all tasks; metrics ``loss``, ``accuracy``."""
@@ -137,4 +154,4 @@ class MatchingNet(EmbeddingAlgorithm):
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
 
     def extra_repr(self) -> str:
-        return f"fce={self.fce}, fce_steps={self.fce_steps}, scale={self.scale}"
+        return f"fce={self.fce}, fce_steps={self.fce_steps}, scale={self.scale}, normalize_query={self.normalize_query}"
