@@ -31,6 +31,11 @@ def test_attention_by_hand():
     z5 = math.exp(5) + 1 + math.exp(5 * c)
     assert raw.tolist() == pytest.approx([5 - math.log(z5), math.log((1 + math.exp(5 * c)) / z5)], rel=1e-6)
     assert attention_log_probs(5 * q, s, y, 2)[0, 0].tolist() == pytest.approx(logp.tolist(), rel=1e-6)  # cosine: no effect
+    # the module's option reaches its scores
+    raw_net = MatchingNet(nn.Flatten(), normalize_query=False)
+    assert raw_net.task_scores(s, y, 5 * q, 2)[0, 0].tolist() == pytest.approx(raw.tolist(), rel=1e-6)
+    assert MatchingNet(nn.Flatten()).task_scores(s, y, 5 * q, 2)[0, 0].tolist() == pytest.approx(logp.tolist(), rel=1e-6)
+    assert "normalize_query=False" in repr(raw_net)
 
 
 def test_predict_adapt_and_loss_on_identity_encoder():

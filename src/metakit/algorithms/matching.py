@@ -15,9 +15,8 @@ queries of every task (the paper's ``log P`` objective).
 Without full-context embeddings ``f = g = encoder`` (the paper's Omniglot setting).
 
 **Query norm** (``normalize_query=False``): ``s_i = scale * f(x) . g(x_i) / |g(x_i)|``, the
-support embeddings normalised and the query's left as it is, as widely used public
-re-implementations compute the "cosine" (e.g. the ``DistanceNetwork`` of
-``gitabcworld/MatchingNetworks``). The query's norm then acts as a learned inverse temperature of
+support embeddings normalised and the query's left as it is, as a public re-implementation
+computes the "cosine" (the ``DistanceNetwork`` of ``gitabcworld/MatchingNetworks``). The query's norm then acts as a learned inverse temperature of
 the softmax; with both normalised (the default, the paper's text) cosines of the non-negative
 features of a ReLU encoder lie in ``[0, 1]`` and the softmax stays flat.
 
@@ -77,8 +76,8 @@ class MatchingNet(EmbeddingAlgorithm):
         fce_steps: number K of read steps of the attention LSTM.
         scale: multiplier of the cosine similarities inside the softmax (1 = the paper).
         normalize_query: divide the query embedding by its norm (true: the cosine of the paper's
-            text); false: only the support embeddings are normalised, as widely used public
-            re-implementations do (the query's norm acts as a learned softmax temperature).
+            text); false: only the support embeddings are normalised, as a public
+            re-implementation does (the query's norm acts as a learned softmax temperature).
         feature_dim: embedding size D (needed for the LSTMs when fce); None reads
             it from the encoder's feature_dim attribute.
     """
