@@ -16,9 +16,10 @@ Without full-context embeddings ``f = g = encoder`` (the paper's Omniglot settin
 
 **Query norm** (``normalize_query=False``): ``s_i = scale * f(x) . g(x_i) / |g(x_i)|``, the
 support embeddings normalised and the query's left as it is, as a public re-implementation
-computes the "cosine" (the ``DistanceNetwork`` of ``gitabcworld/MatchingNetworks``). The query's norm then acts as a learned inverse temperature of
-the softmax; with both normalised (the default, the paper's text) cosines of the non-negative
-features of a ReLU encoder lie in ``[0, 1]`` and the softmax stays flat.
+computes the "cosine" (the ``DistanceNetwork`` of ``gitabcworld/MatchingNetworks``). The query's
+norm then acts as a learned inverse temperature of the softmax; with both normalised (the
+default, the paper's text) cosines of the non-negative features of a ReLU encoder lie in
+``[0, 1]`` and the softmax stays flat.
 
 **Full-context embeddings** (``fce=True``, the paper's appendix): with ``f'``, ``g'`` the
 encoder output,
