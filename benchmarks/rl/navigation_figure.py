@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import shlex
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from metakit.bench import hardware
+from metakit.bench import hardware, load_script
 from metakit.runtime.builders import build_algorithm
 from metakit.runtime.checkpoint import CheckpointError
 from metakit.runtime.run import load_run
@@ -49,15 +48,7 @@ from metakit.runtime.trainer import seed_everything
 HERE = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-_rl_record = _load("rl_record", HERE / "record.py")  # its README-block writer, shared
+_rl_record = load_script(HERE / "record.py", "rl_record")  # its README-block writer, shared
 MARKERS = "navigation-table"
 
 

@@ -24,7 +24,6 @@ and ``<!-- /rl-table -->`` lines instead.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -37,20 +36,14 @@ from typing import Any
 
 import yaml
 
+from metakit.bench import load_script
+
 HERE = Path(__file__).resolve().parent
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-_references = _load("rl_references", HERE / "references.py")
+_references = load_script(HERE / "references.py", "rl_references")
 # the run id, file digests and the --metakit lookup of the Omniglot runs' record, shared
-_reproduce = _load("omniglot_reproduce", HERE.parent / "omniglot" / "reproduce.py")
+_reproduce = load_script(HERE.parent / "omniglot" / "reproduce.py", "omniglot_reproduce")
 sha256 = _reproduce.sha256
 PAPER_BANDITS, PAPER_MDP = _references.PAPER_BANDITS, _references.PAPER_MDP  # Duan et al. 2016, Tables 1 and 2
 

@@ -38,7 +38,6 @@ MANN (dashed) and LSTM (dotted) values as reference lines.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -53,21 +52,15 @@ from typing import Any
 
 import yaml
 
+from metakit.bench import load_script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def _load(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 # the run id, the digests, reading and appending the record, the --metakit lookup and the argument check of the
 # meta-RL runs' record (which takes the run id, digests and --metakit lookup from the Omniglot runs' record), shared
-_rl = _load("rl_record", HERE.parent / "rl" / "record.py")
+_rl = load_script(HERE.parent / "rl" / "record.py", "rl_record")
 _reproduce = _rl._reproduce
 sha256, run_id, read_records, _append = _rl.sha256, _rl.run_id, _rl.read_records, _rl._append
 _metakit_path, _at_least_one = _rl._metakit_path, _rl._at_least_one

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from metakit.bench import load_script
+
 HERE = Path(__file__).resolve().parents[2] / "benchmarks" / "omniglot"
 
 
 def _curves():
-    spec = importlib.util.spec_from_file_location("omniglot_curves", HERE / "curves.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "curves.py", "omniglot_curves")
 
 
 def test_curves_reads_validation_records_and_writes_a_png(tmp_path):

@@ -4,7 +4,6 @@ stand-in ``metakit`` executable, and the table printed from the record."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from metakit.bench import load_script
 from metakit.runtime.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,11 +23,7 @@ HERE = REPO / "benchmarks" / "omniglot"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("omniglot_reproduce", HERE / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "reproduce.py", "omniglot_reproduce")
 
 
 rp = _load()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from metakit.bench import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "rl" / "maml_rl_speed.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("maml_rl_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "maml_rl_speed")
 
 
 def test_the_variants_compute_the_same_step_from_the_same_rollouts():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from metakit.bench import load_script
 from metakit.runtime.config import Config
 from metakit.runtime.trainer import train
 
@@ -18,10 +18,7 @@ HERE = Path(__file__).resolve().parents[2] / "benchmarks" / "rl"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("rl_navigation_figure", HERE / "navigation_figure.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "navigation_figure.py", "rl_navigation_figure")
 
 
 def _train_tiny(run_dir: Path, horizon: int, steps: int) -> None:

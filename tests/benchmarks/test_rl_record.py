@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metakit.bench import load_script
 from metakit.runtime.config import Config
 from metakit.runtime.trainer import train
 
@@ -26,10 +26,7 @@ METAKIT = str(Path(sys.executable).with_name("metakit"))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("rl_record", HERE / "record.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "record.py", "rl_record")
 
 
 rec = _script()

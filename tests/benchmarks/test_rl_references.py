@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from metakit.bench import load_script
 
 HERE = Path(__file__).resolve().parents[2] / "benchmarks" / "rl"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("rl_references", HERE / "references.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "references.py", "rl_references")
 
 
 def test_run_writes_a_stamped_record_per_setting_and_the_table_reads_it(tmp_path, monkeypatch):

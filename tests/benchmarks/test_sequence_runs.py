@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metakit.bench import load_script
 from metakit.cli.main import main as metakit_main
 from metakit.runtime.config import Config
 from metakit.runtime.run import lock_run_dir
@@ -30,10 +30,7 @@ METAKIT = str(Path(sys.executable).with_name("metakit"))
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("sequence_runs", HERE / "runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(HERE / "runs.py", "sequence_runs")
 
 
 rec = _script()

@@ -1,8 +1,9 @@
 import json
+import sys
 
 import pytest
 
-from metakit.bench import BENCHMARKS, available_benchmarks, load_benchmark
+from metakit.bench import BENCHMARKS, available_benchmarks, load_benchmark, load_script
 from metakit.cli.main import main
 
 
@@ -24,6 +25,23 @@ def test_registry_errors():
     assert available_benchmarks() == list(BENCHMARKS) and "sampler" in BENCHMARKS
     with pytest.raises(ValueError, match=r"benchmark 'samplr' is not known; did you mean 'sampler'\? Available: "):
         load_benchmark("samplr")
+
+
+def test_load_script_runs_a_file_as_a_registered_module(tmp_path, monkeypatch):
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import dataclasses, sys\n"
+        "@dataclasses.dataclass\n"  # a dataclass looks its module up in sys.modules while it is built
+        "class Row:\n    x: int = 1\n"
+        "NAME = __name__\n"
+    )
+    monkeypatch.delitem(sys.modules, "tool_under_test", raising=False)
+    module = load_script(script, "tool_under_test")
+    assert module.NAME == "tool_under_test" and module.Row().x == 1 and sys.modules["tool_under_test"] is module
+    assert load_script(script, "tool_under_test") is not module  # each call executes the file afresh
+    monkeypatch.delitem(sys.modules, "tool_under_test")
+    with pytest.raises(FileNotFoundError, match=r"load_script: '.*missing.py' is not a file; give the path of a benchmark script"):
+        load_script(tmp_path / "missing.py", "missing")
 
 
 def test_unknown_benchmark_is_a_usage_error(capsys):

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark", "hardware"]
+__all__ = ["BENCHMARKS", "available_benchmarks", "load_benchmark", "load_script", "hardware"]
 
 # name -> module (in the order ``metakit bench --help`` lists them)
 BENCHMARKS: dict[str, str] = {
@@ -45,6 +47,21 @@ def load_benchmark(name: str) -> ModuleType:
     for attr in ("DESCRIPTION", "add_arguments", "run"):
         if not hasattr(module, attr):
             raise TypeError(f"benchmark module {module.__name__} lacks {attr}; see metakit.bench for the protocol")
+    return module
+
+
+def load_script(path: str | os.PathLike[str], name: str) -> ModuleType:
+    """Execute the script at ``path`` (a file of the repository's ``benchmarks/``, which is no package)
+    as a new module ``name`` and return it; the module is registered in ``sys.modules`` under
+    ``name`` first, since dataclasses look their module up while a class is built."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_script: {str(path)!r} is not a file; give the path of a benchmark script")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a source loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
     return module
 
 
