@@ -34,7 +34,9 @@ first; exit status 130); running the same command again continues where it stopp
 ``--table`` prints the README's Omniglot table from the record: per run and setting, the latest
 record. Records whose status is ``unrecorded`` (figures transcribed by hand, with no run folder or
 evaluation output behind them) are printed with "(unrecorded)"; ``partial`` ones (a ``metakit eval
---json`` result read from a run folder before digests and commands were recorded) with "*".
+--json`` result read from a run folder before digests and commands were recorded) with "*". A
+``recorded`` cell whose 95% interval reaches its paper's number is printed in bold, and a line under
+the table lists those cells and the rows reproduced in every setting with a paper's number.
 """
 
 from __future__ import annotations
@@ -229,11 +231,28 @@ def _training(name: str, recs: list[dict[str, Any]]) -> str:
     return f"`{name}`: " + ", ".join(parts)
 
 
-def _cell(r: dict[str, Any] | None, steps: int | None) -> str:
+def reaches_paper(r: dict[str, Any] | None, paper: float | None) -> bool:
+    """A machine-recorded result whose 95% interval reaches the paper's number: mean + ci95 >= paper,
+    in %, the upper end rounded to the decimals the paper prints (96.0: one, 99.07: two). Transcribed
+    (``unrecorded``) and ``partial`` records never count."""
+    if r is None or paper is None or r["status"] != "recorded":
+        return False
+    res = r["result"]
+    return round(100 * (res["accuracy"] + res["ci95"]), _decimals(paper)) >= paper
+
+
+def _decimals(paper: float) -> int:
+    """How many decimals a paper's number was written with (96.0: 1, 99.07: 2)."""
+    return len(repr(float(paper)).partition(".")[2])
+
+
+def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False) -> str:
     if r is None:
         return "not run"
     res = r["result"]
     cell = f"{100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f}"
+    if reproduced:
+        cell = f"**{cell}**"
     notes = []
     if res["episodes"] != 1000:
         notes.append(f"{res['episodes']:,} episodes")
@@ -257,14 +276,23 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         + f" | papers ({' / '.join(cols)}) |",
         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " | --- |",
     ]
+    compared: list[tuple[str, str, dict[str, Any] | None, float, bool]] = []  # method, setting, record, paper, reached
     for method, runs in rows.items():
         by_setting = {e.setting: run for run in runs for e in run.evaluations}
         run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
         steps = {n: max((r["steps"] for r in rs if isinstance(r["steps"], int)), default=None) for n, rs in run_recs.items()}
         training = "; ".join(_training(run.name, run_recs[run.name]) for run in runs)
-        cells = [_cell(newest.get((by_setting[c].name, c)), steps[by_setting[c].name]) if c in by_setting else "not run"
-                 for c in cols]
-        papers = [f"{by_setting[c].paper[c]:.1f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]
+        cells = []
+        for c in cols:
+            if c not in by_setting:
+                cells.append("not run")
+                continue
+            run, r = by_setting[c], newest.get((by_setting[c].name, c))
+            ok = reaches_paper(r, run.paper.get(c))
+            cells.append(_cell(r, steps[run.name], ok))
+            if c in run.paper:
+                compared.append((method, c, r, run.paper[c], ok))
+        papers = [f"{by_setting[c].paper[c]:.{_decimals(by_setting[c].paper[c])}f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]
         paper = "—" if all(p == "—" for p in papers) else " / ".join(papers)
         lines.append(f"| {runs[0].family} | {method} | {training} | " + " | ".join(cells) + f" | {paper} |")
     lines.append("")
@@ -272,6 +300,17 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     for run in run_list.runs.values():
         if run.paper_source:
             sources.setdefault(run.paper_source, []).append(f"`{run.name}`")
+    hits = [f"{m} {c} ({100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {p:.{_decimals(p)}f})"
+            for m, c, r, p, ok in compared if ok and r is not None]
+    by_method: dict[str, list[bool]] = {}
+    for m, _, _, _, ok in compared:
+        by_method.setdefault(m, []).append(ok)
+    whole = [m for m, oks in by_method.items() if all(oks)]
+    lines.append("**Bold**: reproduced -- a machine-written record whose 95% interval reaches the paper's number "
+                 "(mean + interval >= paper). Reproduced cells: " + ("; ".join(hits) if hits else "none")
+                 + f" ({len(hits)} of the {len(compared)} cells with a paper's number). Rows reproduced in every "
+                 "setting with a paper's number: " + (", ".join(whole) if whole else "none") + ".")
+    lines.append("")
     lines.append("Papers' numbers: " + "; ".join(f"{', '.join(n)}: {s}" for s, n in sources.items()) + ".")
     shown = {r["status"] for r in newest.values()}
     if "unrecorded" in shown:

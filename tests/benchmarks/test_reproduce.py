@@ -299,6 +299,31 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
     assert not any(line.startswith(("(unrecorded)", "*:")) for line in lines)
 
 
+@pytest.mark.parametrize("status, acc, reached", [
+    ("recorded", 0.986, True),     # 98.6 + 0.4 = 99.0: the interval reaches the paper's 99.0
+    ("recorded", 0.9849, False),   # 98.49 + 0.4 = 98.89, 98.9 at the paper's one decimal: short
+    ("partial", 0.995, False),     # above the paper, but not a machine-written record with digests
+    ("unrecorded", 0.995, False),  # a transcribed figure never counts
+])
+def test_a_cell_is_marked_reproduced_only_when_a_recorded_interval_reaches_the_paper(bench, status, acc, reached):
+    lines = rp.table_lines(rp.load_run_list(bench.list), [_rec("run_a", "5w5s", status, acc)])
+    row = next(line for line in lines if "| Method A |" in line)
+    legend = next(line for line in lines if line.startswith("**Bold**: reproduced"))
+    cell = f"{100 * acc:.1f} ± 0.4"
+    assert (f"| **{cell}**" in row) is reached and (f"| {cell}" in row) is not reached
+    if reached:
+        assert f"Reproduced cells: Method A 5w5s ({cell} against 99.0) (1 of the 1 cells" in legend
+        assert legend.endswith("setting with a paper's number: Method A.")
+    else:
+        assert "Reproduced cells: none (0 of the 1 cells" in legend and legend.endswith(": none.")
+
+
+def test_a_papers_decimals_set_the_rounding_of_the_comparison():
+    r = {"status": "recorded", "result": {"accuracy": 0.9900, "ci95": 0.0006}}  # upper end 99.06
+    assert rp.reaches_paper(r, 99.1) and not rp.reaches_paper(r, 99.07) and rp.reaches_paper(r, 99.06)
+    assert not rp.reaches_paper(None, 99.0) and not rp.reaches_paper(r, None)
+
+
 def test_the_shipped_run_list_names_todays_runs_and_loads_every_config(monkeypatch):
     run_list = rp.load_run_list()
     records = rp.read_record()
