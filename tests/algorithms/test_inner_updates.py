@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metakit.algorithms._inner import FunctionalModel, inner_loop, inner_loop_vmap
-from metakit.algorithms.inner_updates import SGD, ElementSGD, InnerUpdate, LayerStepSGD, Momentum
+from metakit.algorithms.inner_updates import SGD, Adam, ElementSGD, InnerUpdate, LayerStepSGD, Momentum
 from metakit.models import MLP
 
 D64 = torch.float64
@@ -22,11 +22,13 @@ STEPS = 3  # more than LayerStepSGD's 2 trained steps below: the third reuses th
 
 
 class TinyConvBN(nn.Module):
-    """conv(1->2) + BatchNorm without running stats + ReLU + linear head, on 1x3x3 inputs (81 weights)."""
+    """conv(1->2) + BatchNorm without running stats + ReLU + linear head, on 1x3x3 inputs (79 weights).
+    The convolution has no bias: BatchNorm would cancel it, leaving it a gradient of rounding noise,
+    which Adam divides by its own size."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(2, track_running_stats=False)
         self.head = nn.Linear(2 * 3 * 3, 3)
 
@@ -60,13 +62,19 @@ RULES: dict[str, tuple[Callable[[dict[str, Tensor]], InnerUpdate], Callable[[Any
         lambda r: (lambda i, k: r.base.lrs[i], r.momentum, True),
     ),
 }
+# every rule, by how it is built: those above and Adam, whose steps are checked against torch.optim.Adam
+BUILD: dict[str, Callable[[dict[str, Tensor]], InnerUpdate]] = {
+    **{name: build for name, (build, _) in RULES.items()},
+    "adam": lambda p: Adam(0.05, betas=(0.9, 0.99)),
+    "adam_beta1_0": lambda p: Adam(0.05, betas=(0.0, 0.999)),
+}
 # the rules torch.optim.SGD implements: (lr, momentum, nesterov)
 TORCH_SGD = {"sgd": (0.3, 0.0, False), "heavy_ball": (0.3, 0.6, False), "nesterov": (0.3, 0.6, True)}
 
 
 def _rule(name: str, params: dict[str, Tensor], seed: int = 0) -> InnerUpdate:
     """The rule, its learned hyper-parameters moved off their uniform initial value (seeded)."""
-    rule = RULES[name][0](params)
+    rule = BUILD[name](params)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for h in rule.parameters():
@@ -159,8 +167,77 @@ def test_steps_match_the_rule_written_by_hand(name):
     assert not torch.equal(traj[-1]["head.weight"], params["head.weight"])
 
 
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.0, 0.999)])
+def test_adam_steps_match_torch_optim_adam(betas):
+    torch.manual_seed(0)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    sx, sy, _, _ = (t[0] for t in _data())
+    traj = inner_loop(FunctionalModel(model), params, sx, sy, F.cross_entropy, steps=4,
+                      update=Adam(0.05, betas=betas, eps=1e-6), adapt=list(params), create_graph=False)
+    m = copy.deepcopy(model)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05, betas=betas, eps=1e-6)
+    for _ in range(4):
+        opt.zero_grad()
+        F.cross_entropy(m(sx), sy).backward()
+        opt.step()
+    for n, p in m.named_parameters():
+        assert torch.allclose(traj[-1][n], p.detach(), rtol=1e-12, atol=1e-14), n
+    assert not torch.allclose(traj[-1]["head.weight"], params["head.weight"], atol=1e-2)
+
+
+def test_a_carried_adam_state_continues_one_adam_run_across_tasks():
+    """Task B adapted from the state task A left = torch.optim.Adam kept across both tasks, the
+    weights set back to the initialisation between them (Reptile's published inner loop)."""
+    torch.manual_seed(0)
+    model = TinyConvBN().to(D64)
+    params = dict(model.named_parameters())
+    sx, sy, _, _ = _data(tasks=2)
+    rule = Adam(0.05, betas=(0.0, 0.999))
+    fm, names = FunctionalModel(model), list(params)
+    _, after_a = inner_loop(fm, params, sx[0], sy[0], F.cross_entropy, steps=3, update=rule, adapt=names,
+                            create_graph=False, return_state=True)
+    traj_b, after_b = inner_loop(fm, params, sx[1], sy[1], F.cross_entropy, steps=3, update=rule, adapt=names,
+                                 create_graph=False, state=after_a, return_state=True)
+    assert float(after_a["adam/step"]) == 3 and float(after_b["adam/step"]) == 6
+    m = copy.deepcopy(model)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05, betas=(0.0, 0.999))
+    for task in (0, 1):
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                p.copy_(params[n])
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(m(sx[task]), sy[task]).backward()
+            opt.step()
+    for n, p in m.named_parameters():
+        assert torch.allclose(traj_b[-1][n], p.detach(), rtol=1e-12, atol=1e-14), n
+    fresh = inner_loop(fm, params, sx[1], sy[1], F.cross_entropy, steps=3, update=rule, adapt=names, create_graph=False)
+    assert not torch.allclose(fresh[-1]["head.weight"], traj_b[-1]["head.weight"])  # the carried state matters
+
+
+def test_adam_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
+    """First order, the inner gradients (so Adam's moments) are constants: theta_K = theta_0 + const."""
+    torch.manual_seed(2)
+    model = TinyConvBN().to(D64)
+    rule = Adam(0.05, betas=(0.9, 0.99))
+    data = _data(seed=2)
+    params = dict(model.named_parameters())
+    ours = torch.autograd.grad(_meta_loss(model, rule, data, first_order=True), list(params.values()))
+    sx, sy, qx, qy = data
+    fm = FunctionalModel(model)
+    total = 0
+    for b in range(sx.shape[0]):
+        adapted = inner_loop(fm, params, sx[b], sy[b], F.cross_entropy, steps=STEPS, update=rule, adapt=list(params),
+                             create_graph=False)[-1]
+        at = {n: v.requires_grad_() for n, v in adapted.items()}
+        g = torch.autograd.grad(F.cross_entropy(fm(at, qx[b]), qy[b]), list(at.values()))
+        total = total + _flat(g) / sx.shape[0]
+    assert _rel_err(_flat(ours), total) < 1e-12
+
+
 # -- meta-gradients ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", list(BUILD))
 def test_second_order_meta_gradient_matches_finite_differences(name, finite_differences):
     """Through BatchNorm, three steps, w.r.t. the weights and every learned hyper-parameter."""
     torch.manual_seed(1)
@@ -200,7 +277,7 @@ def test_first_order_meta_gradient_matches_a_hand_unrolled_one(name):
     assert _rel_err(_flat(ours), _flat(second)) > 1e-3  # not the second-order one
 
 
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", list(BUILD))
 def test_recomputed_steps_give_the_same_meta_gradient_with_less_memory(name, saved_bytes):
     torch.manual_seed(3)
     model = TinyConvBN().to(D64)
@@ -218,7 +295,7 @@ def test_recomputed_steps_give_the_same_meta_gradient_with_less_memory(name, sav
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", list(BUILD))
 def test_vmap_over_tasks_agrees_with_the_loop(name, first_order):
     torch.manual_seed(4)
     model = MLP(1, [6, 6], 1).to(D64)
@@ -240,7 +317,7 @@ def test_vmap_over_tasks_agrees_with_the_loop(name, first_order):
 
 
 # -- the interface -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", list(BUILD))
 def test_update_is_pure(name):
     """``update`` changes none of its arguments and gives the same result twice."""
     torch.manual_seed(5)
@@ -275,6 +352,14 @@ def test_learned_hyper_parameters_are_registered_parameters():
 
 def test_errors():
     params = {"w": torch.zeros(2)}
+    with pytest.raises(ValueError, match=r"betas=\(0.9, 1.0\) must each be in \[0, 1\)"):
+        Adam(0.1, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"betas=0.9 must be a pair \(b1, b2\)"):
+        Adam(0.1, betas=0.9)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"eps=-1 must be >= 0"):
+        Adam(0.1, eps=-1)
+    with pytest.raises(ValueError, match=r"Adam needs at least one parameter to adapt; got none"):
+        Adam(0.1).init({})
     with pytest.raises(ValueError, match=r"lr='0.1' must be a finite number"):
         SGD("0.1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"lr=nan must be a finite number"):

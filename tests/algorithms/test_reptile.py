@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,12 @@ from metakit.tasks import EpisodeBatch, SinusoidTasks
 
 
 class TinyConvBN(nn.Module):
-    def __init__(self) -> None:
+    """``bias=False`` for Adam: BatchNorm cancels a conv bias, whose gradient is then rounding
+    noise that Adam divides by its own size (the tests compare weights, not noise)."""
+
+    def __init__(self, bias: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=bias)
         self.bn = nn.BatchNorm2d(2, track_running_stats=False)
         self.head = nn.Linear(2 * 4 * 4, 3)
 
@@ -103,6 +108,7 @@ def test_its_own_class_sharing_the_engine_with_the_same_options_and_checkpoint_n
     assert not issubclass(Reptile, MAML) and issubclass(Reptile, InnerLoopAlgorithm)
     assert list(algorithm_option_specs("reptile")) == [
         "inner_lr", "inner_steps", "inner_batch", "eval_steps", "task_batching", "channels_last", "loss",
+        "inner_optimizer", "inner_betas", "inner_eps", "inner_state",
     ]
     algo = Reptile(TinyConvBN(), inner_lr=0.25)
     assert list(algo.state_dict()) == [f"model.{n}" for n in TinyConvBN().state_dict()]
@@ -121,3 +127,105 @@ class _WithRunningStats(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(x)
+
+
+# -- the published inner optimizer: Adam (beta1 = 0) whose state runs through all tasks ----------
+def _adam_reference(model: nn.Module, tasks, steps: int, lr: float, betas) -> tuple[list[dict[str, Tensor]], torch.optim.Adam]:
+    """torch.optim.Adam kept across the tasks, the weights set back to the initialisation before
+    each: the adapted weights of every task, and the optimizer (its state after them)."""
+    m = copy.deepcopy(model)
+    initial = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.Adam(m.parameters(), lr=lr, betas=betas)
+    adapted = []
+    for x, y in tasks:
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                p.copy_(initial[n])
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+        adapted.append({n: p.detach().clone() for n, p in m.named_parameters()})
+    return adapted, opt
+
+
+def _batch(seed: int, tasks: int = 3) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(seed)
+    return EpisodeBatch(torch.randn(tasks, 6, 1, 4, 4, generator=g, dtype=torch.float64),
+                        torch.arange(3).repeat(2).expand(tasks, -1).contiguous(),
+                        torch.randn(tasks, 3, 1, 4, 4, generator=g, dtype=torch.float64),
+                        torch.arange(3).expand(tasks, -1).contiguous(), 3)
+
+
+def test_a_carried_adam_state_runs_through_the_tasks_of_training_as_in_the_published_code():
+    torch.manual_seed(3)
+    algo = Reptile(TinyConvBN(bias=False).to(torch.float64), inner_lr=0.01, inner_steps=2, inner_optimizer="adam",
+                   inner_state="carry")
+    assert type(algo.inner_update).__name__ == "Adam" and algo.inner_update.betas == (0.0, 0.999)
+    phi = {n: p.detach().clone() for n, p in algo.model.named_parameters()}
+    first, second = _batch(0), _batch(1)
+    tasks = [(ep.support_x, ep.support_y) for b in (first, second) for ep in b]
+    adapted, opt = _adam_reference(algo.model, tasks, 2, 0.01, (0.0, 0.999))
+    algo.meta_backward(first)  # phi is not stepped: the second batch starts from the same phi
+    algo.zero_grad()
+    algo.meta_backward(second)
+    for n, p in algo.model.named_parameters():  # the second batch's direction: its tasks continued the state
+        expected = torch.stack([phi[n] - a[n] for a in adapted[3:]]).mean(0)
+        assert torch.allclose(p.grad, expected, rtol=1e-10, atol=1e-13), n
+    carried = dict(algo.carried_state.named_buffers())
+    assert float(carried["adam/step"]) == 12  # 2 batches x 3 tasks x 2 steps
+    for (n, _), p in zip(algo.model.named_parameters(), opt.param_groups[0]["params"]):  # the copy's, in order
+        ref = opt.state[p]
+        ours_m, ours_v = carried[f"adam/m/{n}".replace(".", ":")], carried[f"adam/v/{n}".replace(".", ":")]
+        assert torch.allclose(ours_m, ref["exp_avg"], rtol=1e-10, atol=1e-14), n
+        assert torch.allclose(ours_v, ref["exp_avg_sq"], rtol=1e-10, atol=1e-16), n
+
+
+def test_evaluation_starts_from_the_carried_state_and_leaves_it_alone():
+    torch.manual_seed(4)
+    carry = Reptile(TinyConvBN(bias=False).to(torch.float64), inner_lr=0.01, inner_steps=2, inner_optimizer="adam",
+                    inner_state="carry")
+    reset = Reptile(copy.deepcopy(carry.model), inner_lr=0.01, inner_steps=2, inner_optimizer="adam")
+    carry.meta_backward(_batch(0))
+    before = {k: t.clone() for k, t in carry.carried_state.named_buffers()}
+    ep = _batch(5)[0]
+    with torch.no_grad():
+        ours = carry.adapt(ep.support_x, ep.support_y, ways=3).params
+        fresh = reset.adapt(ep.support_x, ep.support_y, ways=3).params
+    assert all(torch.equal(t, before[k]) for k, t in carry.carried_state.named_buffers())
+    # the reference: Adam kept through the three training tasks, then two steps on the test task
+    tasks = [(t.support_x, t.support_y) for t in _batch(0)] + [(ep.support_x, ep.support_y)]
+    adapted = _adam_reference(carry.model, tasks, 2, 0.01, (0.0, 0.999))[0][-1]
+    for n in ours:
+        assert torch.allclose(ours[n], adapted[n], rtol=1e-10, atol=1e-13), n
+    assert not torch.allclose(ours["head.weight"], fresh["head.weight"])  # reset: a fresh state per task
+
+
+def test_the_carried_state_is_in_the_checkpoint_and_resumes():
+    torch.manual_seed(6)
+    algo = Reptile(TinyConvBN(bias=False), inner_lr=0.01, inner_steps=2, inner_optimizer="adam", inner_state="carry")
+    algo.meta_backward(_float32(_batch(0)))
+    state = algo.state_dict()
+    assert {k for k in state if k.startswith("carried_state.")} == {
+        "carried_state.adam/step", *(f"carried_state.adam/{w}/{n.replace('.', ':')}" for w in "mv"
+                                     for n, _ in algo.model.named_parameters())}
+    again = Reptile(TinyConvBN(bias=False), inner_lr=0.01, inner_steps=2, inner_optimizer="adam", inner_state="carry")
+    again.load_state_dict(state)
+    assert float(again.carried_state.get_buffer("adam/step")) == 6
+    assert "carried_state.adam/step" not in Reptile(TinyConvBN(bias=False), inner_optimizer="adam").state_dict()
+
+
+def _float32(b: EpisodeBatch) -> EpisodeBatch:
+    return EpisodeBatch(b.support_x.float(), b.support_y, b.query_x.float(), b.query_y, b.ways)
+
+
+def test_inner_optimizer_options_are_checked():
+    with pytest.raises(ValueError, match=r"inner_optimizer='rmsprop' is not valid; use sgd or adam"):
+        Reptile(MLP(), inner_optimizer="rmsprop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"inner_betas, inner_state apply to inner_optimizer=adam only; set "
+                                         r"inner_optimizer: adam, or remove inner_betas, inner_state"):
+        Reptile(MLP(), inner_betas=[0.0, 0.9], inner_state="carry")
+    with pytest.raises(ValueError, match=r"inner_state='keep' is not valid; use reset .* or carry"):
+        Reptile(MLP(), inner_optimizer="adam", inner_state="keep")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"betas=\(0.5, 1.5\) must each be in \[0, 1\)"):
+        Reptile(MLP(), inner_optimizer="adam", inner_betas=[0.5, 1.5])

@@ -63,7 +63,27 @@ def test_the_inner_loop_can_leave_the_offsets_out():
     assert maml.adapt_names == adapted
 
 
+@pytest.mark.parametrize("image_size, side", [(28, 2), (84, 6)])
+def test_reptiles_network_flattens_the_last_map_into_a_glorot_head(image_size, side):
+    torch.manual_seed(0)
+    m = StridedConv4(out_features=5, bn_scale=True, pool="flatten", head_init="glorot", image_size=image_size,
+                     track_running_stats=False)
+    assert m.feature_dim == 64 * side * side and m.head.in_features == 64 * side * side
+    x = torch.rand(3, 1, image_size, image_size)
+    maps = m.features(x)
+    assert maps.shape == (3, 64, side, side)
+    torch.testing.assert_close(m(x), m.head(maps.flatten(1)))
+    bound = math.sqrt(6.0 / (64 * side * side + 5))
+    w = m.head.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound and float(m.head.bias.detach().abs().max()) == 0.0
+    assert StridedConv4(image_size=image_size, pool="flatten")(x).shape == (3, 64 * side * side)  # the bare encoder
+
+
 def test_registered_and_bad_options_named():
+    with pytest.raises(ValueError, match=r"pool='max' is not valid; use mean .* or flatten"):
+        StridedConv4(pool="max")
+    with pytest.raises(ValueError, match=r"head_init='zeros' is not valid; use normal .* or glorot"):
+        StridedConv4(head_init="zeros")
     assert isinstance(build_model("conv4_strided", out_features=3), StridedConv4)
     with pytest.raises(ValueError, match="image_size=8 must be an int >= 16"):
         StridedConv4(image_size=8)

@@ -79,6 +79,14 @@ def test_optimizers_and_schedules():
         cos_opt.step()
         cos.step()
     assert cos_opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    lin_opt = build_optimizer(cfg("optim.name=sgd", "optim.lr=1.0").optim, params)
+    lin = build_scheduler(cfg("optim.schedule=linear").optim, lin_opt, 4)
+    seen = []
+    for _ in range(4):
+        seen.append(lin_opt.param_groups[0]["lr"])
+        lin_opt.step()
+        lin.step()
+    assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25]) and lin_opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert build_scheduler(cfg().optim, cos_opt, 4) is None
     with pytest.raises(ValueError, match=r"the algorithm has no trainable parameters"):
         build_optimizer(cfg().optim, [])

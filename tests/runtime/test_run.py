@@ -330,6 +330,9 @@ def test_check_resume_changes():
     cosine = base.with_overrides(["optim.schedule=cosine"])
     with pytest.raises(ConfigError, match=r"cannot change train.steps \(1000 -> 2000\) when resuming a run with optim.schedule=cosine"):
         check_resume_changes(cosine, cosine.with_overrides(["train.steps=2000"]))
+    linear = base.with_overrides(["optim.schedule=linear"])
+    with pytest.raises(ConfigError, match=r"cannot change train.steps \(1000 -> 2000\) when resuming a run with optim.schedule=linear"):
+        check_resume_changes(linear, linear.with_overrides(["train.steps=2000"]))
 
 
 def test_default_run_dir(tmp_path):

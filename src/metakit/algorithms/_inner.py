@@ -342,7 +342,9 @@ def inner_loop(
     create_graph: bool = True,
     checkpoint: bool = False,
     minibatch: Callable[[int], Tensor] | None = None,
-) -> list[Params]:
+    state: State | None = None,
+    return_state: bool = False,
+) -> Any:
     """Adapt ``params`` to one task; return the trajectory ``[theta_0, ..., theta_steps]``.
 
     Args:
@@ -364,9 +366,13 @@ def inner_loop(
             memory, not results; an error with ``first_order``, where it would change nothing).
         minibatch: ``minibatch(k)`` gives the indices of the support examples step ``k`` trains
             on (called once per step, in order); ``None``: the whole support set every step.
+        state: the rule's state to start from (``None``: ``update.init`` of the adapted
+            parameters), e.g. the final state of an earlier inner loop, to continue its run.
+        return_state: also return the rule's state after the last step.
 
     Returns:
-        ``steps + 1`` parameter dicts; ``[-1]`` is the adapted model.
+        ``steps + 1`` parameter dicts; ``[-1]`` is the adapted model. With ``return_state``, the
+        pair ``(trajectory, state)``.
     """
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
@@ -378,7 +384,8 @@ def inner_loop(
     start = params if create_graph else _detached(params)
     traj = [start]
     with torch.enable_grad():
-        state = update.init({n: start[n] for n in adapt})
+        if state is None:
+            state = update.init({n: start[n] for n in adapt})
         for k in range(steps):
             x, y = (support_x, support_y) if minibatch is None else _take(support_x, support_y, minibatch(k))
             cur = traj[-1]
@@ -392,6 +399,8 @@ def inner_loop(
             if not create_graph:
                 nxt = _detached(nxt)
             traj.append(nxt)
+    if return_state:
+        return traj, (_detached(state) if not create_graph else state)
     return traj
 
 

@@ -37,6 +37,12 @@ written per parameter tensor ``n``:
   or to ``g_k + mu * v_{k+1}`` (Nesterov, in the form of Sutskever et al. 2013 that
   ``torch.optim.SGD(nesterov=True)`` uses); ``mu`` fixed or learned.
 
+* :class:`Adam` -- ``m_{t} = b1 * m_{t-1} + (1 - b1) * g``, ``v_{t} = b2 * v_{t-1} + (1 - b2) * g^2``,
+  ``theta <- theta - lr * m_t / (1 - b1^t) / (sqrt(v_t / (1 - b2^t)) + eps)`` (Kingma & Ba 2015, as
+  ``torch.optim.Adam`` computes it); the step count ``t`` is part of the state, so a state handed
+  from one task's inner loop to the next continues the same Adam run (Reptile's published inner
+  loop does that).
+
 A learned optimizer is one more instance: its network's weights are its parameters, its
 per-step memory its state.
 """
@@ -49,7 +55,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Params", "State", "InnerUpdate", "SGD", "LayerStepSGD", "ElementSGD", "Momentum"]
+__all__ = ["Params", "State", "InnerUpdate", "SGD", "LayerStepSGD", "ElementSGD", "Momentum", "Adam"]
 
 Params = dict[str, Tensor]
 #: named tensors carried from one inner step to the next (learned hyper-parameters included)
@@ -231,4 +237,72 @@ class Momentum(InnerUpdate):
         new_params, base_state = self.base.update(direction, state, params, step)
         new_state = dict(base_state)
         new_state.update((f"velocity/{n}", v) for n, v in velocity.items())
+        return new_params, new_state
+
+
+def _sqrt0(v: Tensor) -> Tensor:
+    """``sqrt(v)`` for ``v >= 0`` with the derivative 0 at ``v = 0`` (not ``inf``)."""
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), torch.zeros_like(v))
+
+
+class Adam(InnerUpdate):
+    """Adam (Kingma & Ba 2015) as an inner-loop rule, step for step what ``torch.optim.Adam`` does
+    (no weight decay, no AMSGrad): with ``t`` counting the steps taken so far, including this one,
+
+        m = b1 * m + (1 - b1) * g,   v = b2 * v + (1 - b2) * g * g
+        theta = theta - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    Args:
+        lr: the learning rate.
+        betas: ``(b1, b2)``, each in [0, 1). Reptile's published inner loop uses ``(0, 0.999)``.
+        eps: added to the denominator.
+
+    The state holds ``adam/step`` (``t``, a 0-dimensional tensor) and ``adam/m/<name>``,
+    ``adam/v/<name>`` per parameter. :meth:`update` reads ``t`` from the state, not from its
+    ``step`` argument, so a state carried over from an earlier inner loop continues that run's
+    moment estimates and bias correction. Second-order meta-gradients flow through the rule;
+    where a gradient entry has been exactly zero at every step so far (``v = 0``, a dead ReLU's
+    weights), ``sqrt(v)`` is given the derivative 0 (autograd's would be ``inf * 0 = nan``), so the
+    update's derivative there is that of its numerator, ``lr (1 - b1) / ((1 - b1^t) eps)``.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__()
+        self.lr = _finite_number("lr", lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas={betas!r} must be a pair (b1, b2), each in [0, 1), e.g. (0.9, 0.999)")
+        b1, b2 = (_finite_number(f"betas[{i}]", b) for i, b in enumerate(betas))
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas={tuple(betas)!r} must each be in [0, 1)")
+        self.betas = (b1, b2)
+        self.eps = _finite_number("eps", eps)
+        if self.eps < 0:
+            raise ValueError(f"eps={eps!r} must be >= 0")
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr}, betas={self.betas}, eps={self.eps}"
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        if not params:
+            raise ValueError("Adam needs at least one parameter to adapt; got none")
+        first = next(iter(params.values()))
+        state: State = {"adam/step": torch.zeros((), dtype=first.dtype, device=first.device)}
+        for n, p in params.items():
+            state[f"adam/m/{n}"] = torch.zeros_like(p)
+            state[f"adam/v/{n}"] = torch.zeros_like(p)
+        return state
+
+    def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
+        b1, b2 = self.betas
+        t = state["adam/step"] + 1
+        correct1 = 1 - torch.pow(torch.as_tensor(b1, dtype=t.dtype, device=t.device), t)
+        correct2 = 1 - torch.pow(torch.as_tensor(b2, dtype=t.dtype, device=t.device), t)
+        new_state: State = {"adam/step": t}
+        new_params: Params = {}
+        for n, g in grads.items():
+            m = b1 * state[f"adam/m/{n}"] + (1 - b1) * g
+            v = b2 * state[f"adam/v/{n}"] + (1 - b2) * g * g
+            new_state[f"adam/m/{n}"], new_state[f"adam/v/{n}"] = m, v
+            new_params[n] = params[n] - self.lr * (m / correct1) / (_sqrt0(v / correct2) + self.eps)
         return new_params, new_state

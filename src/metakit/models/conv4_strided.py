@@ -17,6 +17,11 @@ four ways, each a choice of the published code:
   weights are drawn from N(0, 1) with a zero bias.
 
 ``bn_scale=True`` adds the scale back (an ordinary affine BatchNorm) for comparison.
+
+Reptile's published Omniglot network (openai/supervised-reptile) is the same four stride-2 blocks
+with an ordinary affine BatchNorm, but it **flattens** the last map (2x2x64 = 256 features on
+28x28 inputs) and initialises its linear head Glorot-uniform: ``bn_scale=True, pool="flatten",
+head_init="glorot"``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ class StridedConv4(nn.Module):
         image_size: input height and width (any size of at least 16: the last map is averaged).
         bn_scale: give BatchNorm a learned scale as well as the offset (the published code has
             none).
+        pool: ``mean`` (MAML's code: the mean over the last map, ``hidden`` features) or
+            ``flatten`` (Reptile's code: the whole last map, ``hidden * s * s`` features for an
+            ``s x s`` map).
+        head_init: ``normal`` (N(0, 1) weights, MAML's code) or ``glorot`` (Glorot-uniform
+            weights, TensorFlow's default, Reptile's code); zero bias either way.
     """
 
     def __init__(
@@ -61,8 +71,14 @@ class StridedConv4(nn.Module):
         track_running_stats: bool = True,
         image_size: int = 28,
         bn_scale: bool = False,
+        pool: str = "mean",
+        head_init: str = "normal",
     ) -> None:
         super().__init__()
+        if pool not in ("mean", "flatten"):
+            raise ValueError(f"pool={pool!r} is not valid; use mean (MAML's published network) or flatten (Reptile's)")
+        if head_init not in ("normal", "glorot"):
+            raise ValueError(f"head_init={head_init!r} is not valid; use normal (MAML's published network) or glorot (Reptile's)")
         for name, value, low in (("in_channels", in_channels, 1), ("hidden", hidden, 1), ("image_size", image_size, 16)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name}={value!r} must be an int >= {low}")
@@ -83,13 +99,21 @@ class StridedConv4(nn.Module):
             layers.append(nn.ReLU())
             c = hidden
         self.features = nn.Sequential(*layers)
-        self.feature_dim = hidden
+        self.pool = pool
+        side = image_size
+        for _ in range(4):  # 3x3, stride 2, padding 1
+            side = (side - 1) // 2 + 1
+        self.feature_dim = hidden if pool == "mean" else hidden * side * side
         self.head = None
         if out_features is not None:
-            self.head = nn.Linear(hidden, out_features)
-            nn.init.normal_(self.head.weight, 0.0, 1.0)
+            self.head = nn.Linear(self.feature_dim, out_features)
+            if head_init == "normal":
+                nn.init.normal_(self.head.weight, 0.0, 1.0)
+            else:
+                nn.init.xavier_uniform_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x).mean(dim=(2, 3))
+        maps = self.features(x)
+        z = maps.mean(dim=(2, 3)) if self.pool == "mean" else maps.flatten(1)
         return self.head(z) if self.head is not None else z

@@ -175,6 +175,8 @@ def build_scheduler(optim: OptimConfig, optimizer: torch.optim.Optimizer, total_
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size, gamma=optim.gamma)
     if optim.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if optim.schedule == "linear":  # lr * (1 - step / total_steps): Reptile's published meta step size
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=max(1, total_steps))
     return None
 
 

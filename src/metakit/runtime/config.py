@@ -190,9 +190,9 @@ class OptimConfig(Options):
     momentum: float = option(0.0, "sgd only: momentum", ge=0, lt=1)
     schedule: str = option(
         "none",
-        "learning-rate schedule: none, step (multiply by gamma every step_size steps) or cosine "
-        "(cosine decay to 0 over train.steps)",
-        choices=("none", "step", "cosine"),
+        "learning-rate schedule: none, step (multiply by gamma every step_size steps), cosine "
+        "(cosine decay to 0 over train.steps) or linear (linear decay to 0 over train.steps)",
+        choices=("none", "step", "cosine", "linear"),
     )
     step_size: int = option(2000, "schedule=step: steps between learning-rate decays", ge=1)
     gamma: float = option(0.5, "schedule=step: factor applied every step_size steps", gt=0, le=1)

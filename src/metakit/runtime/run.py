@@ -270,10 +270,10 @@ def check_resume_changes(saved: Config, new: Config) -> None:
             f"cannot change {shown} when resuming: a resumed run must be the same experiment. "
             f"Keys that may change on resume: {', '.join(RESUMABLE_KEYS)}; start a new run for other changes"
         )
-    if new.optim.schedule == "cosine" and new.train.steps != saved.train.steps:
+    if new.optim.schedule in ("cosine", "linear") and new.train.steps != saved.train.steps:
         raise ConfigError(
             f"cannot change train.steps ({saved.train.steps} -> {new.train.steps}) when resuming a run with "
-            "optim.schedule=cosine: the schedule's length is train.steps; start a new run instead"
+            f"optim.schedule={new.optim.schedule}: the schedule's length is train.steps; start a new run instead"
         )
 
 
