@@ -14,7 +14,10 @@ For each named run (all of the list by default), in the order given:
    ``train.steps``: nothing. Otherwise: ``metakit train --resume DIR/NAME train.steps=N``, so a
    budget raised in the list extends a finished run and an interrupted or killed run continues.
    Training runs with one thread (``run.num_threads=1``, ``OMP_NUM_THREADS=1``): start one
-   process per core, each with its own run names, to use several cores.
+   process per core, each with its own run names, to use several cores. ``--minutes M`` stops
+   each training command after M minutes (as Ctrl-C does: the run writes its checkpoint), then
+   evaluates and records that run as ``interrupted`` and goes on to the next: on a small machine,
+   several runs each get a share of the time, and the same command later continues them.
 2. Evaluation of each listed setting with ``metakit eval DIR/NAME ... --json`` (one thread),
    unless the record already holds an evaluation of that setting with the same run, config
    digest, checkpoint digest, steps and evaluation parameters (so re-running is safe and cheap).
@@ -51,6 +54,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -470,18 +474,26 @@ class Runner:
             self._env = probe_environment(self.metakit)
         return self._env
 
-    def _call(self, run: Run, cmd: list[str]) -> subprocess.CompletedProcess:
+    def _call(self, run: Run, cmd: list[str], limit: float | None = None) -> tuple[subprocess.CompletedProcess, bool]:
         """Run ``cmd`` (stderr to the run's log). On Ctrl-C, which reaches the child too, wait for it to
-        stop by itself (``metakit train`` writes a checkpoint first) and stop after this command."""
+        stop by itself (``metakit train`` writes a checkpoint first) and stop after this command. After
+        ``limit`` seconds, send the child the same SIGINT, wait for it, and go on. Returns the result and
+        whether the time limit stopped it."""
+        timed_out = False
         with open(self.dir / f"{run.name}.log", "a") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=subprocess.PIPE,
                                     stderr=log, text=True)
             try:
-                out, _ = proc.communicate()
+                try:
+                    out, _ = proc.communicate(timeout=limit)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    proc.send_signal(signal.SIGINT)
+                    out, _ = proc.communicate()
             except KeyboardInterrupt:
                 self.interrupted = True
                 out, _ = proc.communicate()
-        return subprocess.CompletedProcess(cmd, proc.returncode, out)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out), timed_out
 
     # 1. training
     def train(self, run: Run) -> bool:
@@ -512,15 +524,20 @@ class Runner:
             return d.exists()
         self.say(run, f"run: {shlex.join(cmd)}")
         start = time.perf_counter()
-        p = self._call(run, cmd)
+        limit = None if self.args.minutes is None else 60 * self.args.minutes
+        p, timed_out = self._call(run, cmd, limit)
+        entry = {"command": shlex.join(cmd), "cwd": str(REPO), "date": _now(), "returncode": p.returncode,
+                 "seconds": round(time.perf_counter() - start, 1)}
+        if timed_out:
+            entry["stopped"] = f"after the time limit, --minutes {self.args.minutes:g}"
         with open(ledger, "a") as f:
-            f.write(json.dumps({"command": shlex.join(cmd), "cwd": str(REPO), "date": _now(), "returncode": p.returncode,
-                                "seconds": round(time.perf_counter() - start, 1)}) + "\n")
+            f.write(json.dumps(entry) + "\n")
         summary = _read_json(d / "summary.json")
         if p.returncode not in (0, 130) or not summary or summary.get("status") not in ("finished", "interrupted"):
             self.fail(run, f"training exited with status {p.returncode} (see {self.dir / run.name}.log)")
             return False
-        self.say(run, f"trained: {summary['status']} at step {summary['step']}")
+        why = f" (the --minutes {self.args.minutes:g} limit)" if timed_out and summary["status"] == "interrupted" else ""
+        self.say(run, f"trained: {summary['status']} at step {summary['step']}{why}")
         return True
 
     def _missing(self, run: Run, d: Path) -> bool:
@@ -561,7 +578,7 @@ class Runner:
                 continue
             self.say(run, f"run: {shlex.join(cmd)}")
             start = time.perf_counter()
-            p = self._call(run, cmd)
+            p, _ = self._call(run, cmd)
             wall = time.perf_counter() - start
             try:
                 result = json.loads(p.stdout)
@@ -642,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metakit", help="the metakit executable (default: the one beside this Python, else on PATH)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be run; change nothing")
     parser.add_argument("--only-eval", action="store_true", help="train nothing; evaluate existing run folders")
+    parser.add_argument("--minutes", type=float, metavar="M",
+                        help="stop each training after M minutes (it checkpoints), evaluate and record it, go on")
     parser.add_argument("--table", action="store_true", help="print the README's results table from the record and exit")
     parser.add_argument("--readme", type=Path, help="with --table: write the table between the markers of this README")
     parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
@@ -658,6 +677,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.runs is None:
             parser.error("give --runs DIR (the folder of the run folders), or --table")
+        if args.minutes is not None and not args.minutes > 0:
+            parser.error(f"--minutes {args.minutes:g}: give a positive number of minutes per training")
+        if args.minutes is not None and args.only_eval:
+            parser.error("--minutes limits training and --only-eval trains nothing; give one of them")
         unknown = [n for n in args.names if n not in run_list.runs]
         if unknown:
             parser.error(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: {', '.join(run_list.runs)}")

@@ -45,7 +45,11 @@ if args[0] == "train" and os.environ.get("WAIT_FOR_SIGINT"):  # a long training 
     d = Path(args[args.index("--out") + 1])
     def stop(*_):
         d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps({{"status": "interrupted", "step": 3, "elapsed": 4.0}}))
+        (d / "config.yaml").write_text(json.dumps({{"train": {{"ways": 5, "shots": 5, "queries": 5, "meta_batch": 32}}}}))
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "best.safetensors").write_bytes(b"weights after 3 steps")
+        (d / "summary.json").write_text(json.dumps({{"status": "interrupted", "step": 3, "elapsed": 4.0,
+                                                    "best": {{"step": 2}}}}))
         sys.exit(130)
     signal.signal(signal.SIGINT, stop)
     open(os.environ["WAIT_FOR_SIGINT"], "w").close()
@@ -390,3 +394,28 @@ def test_ctrl_c_lets_training_stop_cleanly_and_stops_after_it(bench, tmp_path):
     ledger = [json.loads(line) for line in (bench.runs / "run_a.commands.jsonl").read_text().splitlines()]
     assert ledger[0]["returncode"] == 130  # the training stopped by itself (checkpoint written), was not killed
     assert bench.calls.read_text().splitlines()[-1].startswith("train ") and bench.records() == []  # nothing evaluated
+
+
+def test_minutes_stops_each_training_then_records_it_as_interrupted_and_goes_on(bench, tmp_path):
+    started = tmp_path / "started"
+    out = subprocess.run(
+        [sys.executable, str(HERE / "reproduce.py"), "--runs", str(bench.runs), "--metakit", str(bench.fake),
+         "--list", str(bench.list), "--record", str(bench.record), "--minutes", "0.02"],
+        env={**os.environ, "WAIT_FOR_SIGINT": str(started)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "trained: interrupted at step 3 (the --minutes 0.02 limit)" in out.stdout
+    ledger = [json.loads(line) for line in (bench.runs / "run_a.commands.jsonl").read_text().splitlines()]
+    assert ledger[0]["returncode"] == 130 and ledger[0]["stopped"] == "after the time limit, --minutes 0.02"
+    records = bench.records()
+    assert [(r["setting"], r["training"]["status"], r["steps"]) for r in records] == [
+        ("5w5s", "interrupted", 3), ("20w5s", "interrupted", 3)]
+
+
+def test_minutes_must_be_positive_and_needs_training(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main("--minutes", "0")
+    assert "--minutes 0: give a positive number of minutes per training" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main("--minutes", "5", "--only-eval")
+    assert "--minutes limits training and --only-eval trains nothing" in capsys.readouterr().err
+    assert bench.calls.read_text() == ""  # nothing ran
