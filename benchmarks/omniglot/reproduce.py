@@ -311,7 +311,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         by_method.setdefault(m, []).append(ok)
     whole = [m for m, oks in by_method.items() if all(oks)]
     lines.append("**Bold**: reproduced -- a machine-written record whose 95% interval reaches the paper's number "
-                 "(mean + interval >= paper). Reproduced cells: " + ("; ".join(hits) if hits else "none")
+                 "(mean + interval, rounded to the decimals the paper prints, >= paper). Reproduced cells: " + ("; ".join(hits) if hits else "none")
                  + f" ({len(hits)} of the {len(compared)} cells with a paper's number). Rows reproduced in every "
                  "setting with a paper's number: " + (", ".join(whole) if whole else "none") + ".")
     lines.append("")

@@ -186,6 +186,17 @@ def test_adam_steps_match_torch_optim_adam(betas):
     assert not torch.allclose(traj[-1]["head.weight"], params["head.weight"], atol=1e-2)
 
 
+def test_adams_step_count_is_an_integer_whatever_the_parameters_dtype():
+    """A bfloat16 counter would stop at 256; the count stays exact, the corrections follow it."""
+    p = {"w": torch.ones(3, dtype=torch.bfloat16)}
+    rule = Adam(0.01, betas=(0.9, 0.999))
+    state = rule.init(p)
+    for k in range(300):
+        p, state = rule.update({"w": torch.ones(3, dtype=torch.bfloat16)}, state, p, k)
+    assert state["adam/step"].dtype == torch.int64 and int(state["adam/step"]) == 300
+    assert p["w"].dtype == torch.bfloat16 and state["adam/m/w"].dtype == torch.bfloat16
+
+
 def test_a_carried_adam_state_continues_one_adam_run_across_tasks():
     """Task B adapted from the state task A left = torch.optim.Adam kept across both tasks, the
     weights set back to the initialisation between them (Reptile's published inner loop)."""
@@ -356,8 +367,8 @@ def test_errors():
         Adam(0.1, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"betas=0.9 must be a pair \(b1, b2\)"):
         Adam(0.1, betas=0.9)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"eps=-1 must be >= 0"):
-        Adam(0.1, eps=-1)
+    with pytest.raises(ValueError, match=r"eps=0 must be > 0 \(with 0, a weight whose gradient has been 0 so far gets 0/0\)"):
+        Adam(0.1, eps=0)
     with pytest.raises(ValueError, match=r"Adam needs at least one parameter to adapt; got none"):
         Adam(0.1).init({})
     with pytest.raises(ValueError, match=r"lr='0.1' must be a finite number"):

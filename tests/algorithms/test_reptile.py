@@ -108,7 +108,7 @@ def test_its_own_class_sharing_the_engine_with_the_same_options_and_checkpoint_n
     assert not issubclass(Reptile, MAML) and issubclass(Reptile, InnerLoopAlgorithm)
     assert list(algorithm_option_specs("reptile")) == [
         "inner_lr", "inner_steps", "inner_batch", "eval_steps", "task_batching", "channels_last", "loss",
-        "inner_optimizer", "inner_betas", "inner_eps", "inner_state",
+        "inner_optimizer", "inner_betas", "inner_eps", "inner_state", "inner_reduction",
     ]
     algo = Reptile(TinyConvBN(), inner_lr=0.25)
     assert list(algo.state_dict()) == [f"model.{n}" for n in TinyConvBN().state_dict()]
@@ -130,7 +130,8 @@ class _WithRunningStats(nn.Module):
 
 
 # -- the published inner optimizer: Adam (beta1 = 0) whose state runs through all tasks ----------
-def _adam_reference(model: nn.Module, tasks, steps: int, lr: float, betas) -> tuple[list[dict[str, Tensor]], torch.optim.Adam]:
+def _adam_reference(model: nn.Module, tasks, steps: int, lr: float, betas, reduction: str = "mean",
+                    batches=None) -> tuple[list[dict[str, Tensor]], torch.optim.Adam]:
     """torch.optim.Adam kept across the tasks, the weights set back to the initialisation before
     each: the adapted weights of every task, and the optimizer (its state after them)."""
     m = copy.deepcopy(model)
@@ -141,9 +142,10 @@ def _adam_reference(model: nn.Module, tasks, steps: int, lr: float, betas) -> tu
         with torch.no_grad():
             for n, p in m.named_parameters():
                 p.copy_(initial[n])
-        for _ in range(steps):
+        for k in range(steps):
+            xb, yb = (x, y) if batches is None else (x[batches[k]], y[batches[k]])
             opt.zero_grad()
-            F.cross_entropy(m(x), y).backward()
+            F.cross_entropy(m(xb), yb, reduction=reduction).backward()
             opt.step()
         adapted.append({n: p.detach().clone() for n, p in m.named_parameters()})
     return adapted, opt
@@ -201,18 +203,55 @@ def test_evaluation_starts_from_the_carried_state_and_leaves_it_alone():
     assert not torch.allclose(ours["head.weight"], fresh["head.weight"])  # reset: a fresh state per task
 
 
-def test_the_carried_state_is_in_the_checkpoint_and_resumes():
-    torch.manual_seed(6)
-    algo = Reptile(TinyConvBN(bias=False), inner_lr=0.01, inner_steps=2, inner_optimizer="adam", inner_state="carry")
-    algo.meta_backward(_float32(_batch(0)))
-    state = algo.state_dict()
+def test_the_carried_state_is_in_the_checkpoint_and_a_restored_copy_continues_the_same_run():
+    def build() -> Reptile:
+        torch.manual_seed(6)
+        return Reptile(TinyConvBN(bias=False).to(torch.float64), inner_lr=0.01, inner_steps=2,
+                       inner_optimizer="adam", inner_state="carry")
+
+    algo = build()
+    algo.meta_backward(_batch(0))
+    state = {k: v.clone() for k, v in algo.state_dict().items()}
     assert {k for k in state if k.startswith("carried_state.")} == {
         "carried_state.adam/step", *(f"carried_state.adam/{w}/{n.replace('.', ':')}" for w in "mv"
                                      for n, _ in algo.model.named_parameters())}
-    again = Reptile(TinyConvBN(bias=False), inner_lr=0.01, inner_steps=2, inner_optimizer="adam", inner_state="carry")
+    again = build()
+    again.meta_backward(_batch(7))  # a different history, replaced by the load
     again.load_state_dict(state)
-    assert float(again.carried_state.get_buffer("adam/step")) == 6
+    assert all(torch.equal(a, b) for a, b in zip(again.carried_state.buffers(), algo.carried_state.buffers()))
+    algo.zero_grad()
+    again.zero_grad()
+    algo.meta_backward(_batch(1))
+    again.meta_backward(_batch(1))
+    for (n, p), q in zip(algo.model.named_parameters(), again.model.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    assert int(again.carried_state.get_buffer("adam/step")) == 12
     assert "carried_state.adam/step" not in Reptile(TinyConvBN(bias=False), inner_optimizer="adam").state_dict()
+
+
+def test_a_summed_inner_loss_is_the_published_codes():
+    """SGD: the step is lr times the minibatch size; carried Adam: the reference with summed losses,
+    minibatches of 2 of the 6 support examples (Adam's scale matters once batch sizes differ)."""
+    torch.manual_seed(8)
+    model = TinyConvBN(bias=False).to(torch.float64)
+    ep = _batch(0)[0]
+    with torch.no_grad():
+        summed = Reptile(copy.deepcopy(model), inner_lr=0.05, inner_steps=2, inner_reduction="sum").adapt(
+            ep.support_x, ep.support_y, ways=3).params
+    plain = _sgd(model, ep.support_x, ep.support_y, 2, 0.05 * 6, F.cross_entropy)
+    for n, v in plain.items():
+        assert torch.allclose(summed[n], v, rtol=1e-10, atol=1e-13), n
+    one = Reptile(copy.deepcopy(model), inner_lr=0.01, inner_steps=2, inner_batch=2, inner_optimizer="adam",
+                  inner_state="carry", inner_reduction="sum")
+    torch.manual_seed(9)
+    one.meta_backward(EpisodeBatch(ep.support_x[None], ep.support_y[None], ep.query_x[None], ep.query_y[None], 3))
+    torch.manual_seed(9)
+    perm = torch.randperm(6)  # the minibatches Reptile draws: one permutation, two batches of 2
+    adapted, _ = _adam_reference(model, [(ep.support_x, ep.support_y)], 2, 0.01, (0.0, 0.999), "sum",
+                                 [perm[0:2], perm[2:4]])
+    phi = dict(model.named_parameters())
+    for n, p in one.model.named_parameters():
+        assert torch.allclose(phi[n].detach() - p.grad, adapted[0][n], rtol=1e-10, atol=1e-13), n
 
 
 def _float32(b: EpisodeBatch) -> EpisodeBatch:
@@ -227,5 +266,7 @@ def test_inner_optimizer_options_are_checked():
         Reptile(MLP(), inner_betas=[0.0, 0.9], inner_state="carry")
     with pytest.raises(ValueError, match=r"inner_state='keep' is not valid; use reset .* or carry"):
         Reptile(MLP(), inner_optimizer="adam", inner_state="keep")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"inner_reduction='none' is not valid; use mean or sum"):
+        Reptile(MLP(), inner_reduction="none")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"betas=\(0.5, 1.5\) must each be in \[0, 1\)"):
         Reptile(MLP(), inner_optimizer="adam", inner_betas=[0.5, 1.5])

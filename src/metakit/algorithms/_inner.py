@@ -457,7 +457,8 @@ class _RecomputedStep(torch.autograd.Function):
         ctx.step_fn = step_fn
         ctx.save_for_backward(*inputs)
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(i < n_params or t.requires_grad) for i, t in enumerate(inputs)]
+            leaves = [t.detach().requires_grad_((i < n_params or t.requires_grad) and t.is_floating_point())
+                      for i, t in enumerate(inputs)]
             outs = step_fn(leaves, False)
         return tuple(o.detach() for o in outs)
 
@@ -466,7 +467,8 @@ class _RecomputedStep(torch.autograd.Function):
         inputs = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in inputs]
+            # integer state entries (a step count) take no gradient
+            leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
             outs = ctx.step_fn(leaves, True)
             pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o.requires_grad]
             wanted = [leaf for leaf, need in zip(leaves, needs) if need]

@@ -258,7 +258,7 @@ class Adam(InnerUpdate):
         betas: ``(b1, b2)``, each in [0, 1). Reptile's published inner loop uses ``(0, 0.999)``.
         eps: added to the denominator.
 
-    The state holds ``adam/step`` (``t``, a 0-dimensional tensor) and ``adam/m/<name>``,
+    The state holds ``adam/step`` (``t``, a 0-dimensional int64 tensor) and ``adam/m/<name>``,
     ``adam/v/<name>`` per parameter. :meth:`update` reads ``t`` from the state, not from its
     ``step`` argument, so a state carried over from an earlier inner loop continues that run's
     moment estimates and bias correction. Second-order meta-gradients flow through the rule;
@@ -277,8 +277,8 @@ class Adam(InnerUpdate):
             raise ValueError(f"betas={tuple(betas)!r} must each be in [0, 1)")
         self.betas = (b1, b2)
         self.eps = _finite_number("eps", eps)
-        if self.eps < 0:
-            raise ValueError(f"eps={eps!r} must be >= 0")
+        if not self.eps > 0:
+            raise ValueError(f"eps={eps!r} must be > 0 (with 0, a weight whose gradient has been 0 so far gets 0/0)")
 
     def extra_repr(self) -> str:
         return f"lr={self.lr}, betas={self.betas}, eps={self.eps}"
@@ -287,7 +287,8 @@ class Adam(InnerUpdate):
         if not params:
             raise ValueError("Adam needs at least one parameter to adapt; got none")
         first = next(iter(params.values()))
-        state: State = {"adam/step": torch.zeros((), dtype=first.dtype, device=first.device)}
+        # an integer count: exact at any length, and left alone by a cast of the module to another dtype
+        state: State = {"adam/step": torch.zeros((), dtype=torch.int64, device=first.device)}
         for n, p in params.items():
             state[f"adam/m/{n}"] = torch.zeros_like(p)
             state[f"adam/v/{n}"] = torch.zeros_like(p)
@@ -296,8 +297,10 @@ class Adam(InnerUpdate):
     def update(self, grads: Mapping[str, Tensor], state: State, params: Mapping[str, Tensor], step: int) -> tuple[Params, State]:
         b1, b2 = self.betas
         t = state["adam/step"] + 1
-        correct1 = 1 - torch.pow(torch.as_tensor(b1, dtype=t.dtype, device=t.device), t)
-        correct2 = 1 - torch.pow(torch.as_tensor(b2, dtype=t.dtype, device=t.device), t)
+        # bias corrections in float64 (as torch.optim.Adam computes them in Python floats); 0-dim, so
+        # dividing a tensor by them keeps that tensor's dtype
+        correct1 = 1 - torch.pow(torch.tensor(b1, dtype=torch.float64, device=t.device), t)
+        correct2 = 1 - torch.pow(torch.tensor(b2, dtype=torch.float64, device=t.device), t)
         new_state: State = {"adam/step": t}
         new_params: Params = {}
         for n, g in grads.items():

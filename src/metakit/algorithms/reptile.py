@@ -1,9 +1,9 @@
 """Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018).
 
-Reptile runs plain SGD on each task from the shared initialisation ``phi`` and moves ``phi``
-towards the weights it reached::
+Reptile runs a few steps of SGD (or Adam) on each task from the shared initialisation ``phi``
+and moves ``phi`` towards the weights it reached::
 
-    W_i = k steps of SGD on task i, from phi              (the inner loop of metakit.algorithms._inner)
+    W_i = k inner steps on task i, from phi               (the inner loop of metakit.algorithms._inner)
     phi <- phi + epsilon * 1/B * sum_i (W_i - phi)
 
 The outer update is not the gradient of a loss, so :meth:`Reptile.meta_backward` writes the
@@ -25,7 +25,12 @@ training, task after task, and each evaluation task starts from the state traini
 leaves it unchanged). ``inner_optimizer="adam"`` (:class:`~.inner_updates.Adam`) with
 ``inner_state="carry"`` computes that: the state is kept in the buffers of
 ``self.carried_state`` (so checkpoints store it and a resumed run continues it), advanced by
-:meth:`meta_backward` only; ``inner_state="reset"`` starts every task from a fresh state.
+:meth:`meta_backward` only; ``inner_state="reset"`` starts every task from a fresh state. The
+published inner loss is also the *sum* of the minibatch's per-example losses
+(``inner_reduction="sum"``), not their mean: Adam's step does not depend on a constant scale of
+the gradient, but with a state carried from training batches of one size into test batches of
+another, the scale matters (a test batch of 5 after training batches of 10 takes steps half the
+size it would with the mean).
 Query sets are used only for the reported metrics. BatchNorm follows MAML's transductive policy
 (Reptile's "transductive" setting).
 
@@ -69,10 +74,10 @@ class Reptile(InnerLoopAlgorithm):
 
     Args:
         model: the network (e.g. Conv4(out_features=ways, track_running_stats=False)).
-        inner_lr: SGD learning rate of the inner loop.
-        inner_steps: inner SGD steps per task during meta-training.
+        inner_lr: learning rate of the inner optimizer (SGD's, or Adam's with inner_optimizer=adam).
+        inner_steps: inner steps per task during meta-training.
         inner_batch: support examples per inner step (null: the whole support set).
-        eval_steps: inner SGD steps when adapting for evaluation (default: inner_steps).
+        eval_steps: inner steps when adapting for evaluation (default: inner_steps).
         task_batching: loop (the only choice: tasks are independent SGD runs).
         channels_last: channels_last memory format for image inputs (faster in some settings, far
             less accurate float32 meta-gradients; see MAML's option and ``metakit bench precision``).
@@ -82,6 +87,8 @@ class Reptile(InnerLoopAlgorithm):
         inner_eps: Adam's epsilon (adam only; default 1e-8).
         inner_state: adam only: reset (a fresh Adam state per task, the default) or carry (one
             state through all of training, as the published code; see the module docstring).
+        inner_reduction: the inner loss over a minibatch: mean (default) or sum (the published
+            code's; with SGD it multiplies the step by the minibatch size).
     """
 
     def __init__(
@@ -98,7 +105,10 @@ class Reptile(InnerLoopAlgorithm):
         inner_betas: list[float] | None = None,
         inner_eps: float | None = None,
         inner_state: Literal["reset", "carry"] | None = None,
+        inner_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
+        if inner_reduction not in ("mean", "sum"):
+            raise ValueError(f"inner_reduction={inner_reduction!r} is not valid; use mean or sum (the published code's)")
         if inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"inner_optimizer={inner_optimizer!r} is not valid; use sgd or adam")
         if inner_optimizer == "sgd":
@@ -139,6 +149,7 @@ class Reptile(InnerLoopAlgorithm):
         self.inner_batch = inner_batch
         self.inner_optimizer = inner_optimizer
         self.inner_state = inner_state
+        self.inner_reduction = inner_reduction
         if inner_state == "carry":
             params = dict(model.named_parameters())
             initial = self.inner_update.init({n: params[n].detach() for n in self.adapt_names})
@@ -162,8 +173,10 @@ class Reptile(InnerLoopAlgorithm):
     ) -> tuple[list[Params], State]:
         n = support_x.shape[0]
         whole = self.inner_batch is None or self.inner_batch >= n
+        mean_loss = self._loss(ways)
+        loss = mean_loss if self.inner_reduction == "mean" else (lambda out, y: mean_loss(out, y) * y.shape[0])
         return inner_loop(  # type: ignore[no-any-return]
-            self._fmodel, self._fmodel.params(), support_x, support_y, self._loss(ways), steps=steps,
+            self._fmodel, self._fmodel.params(), support_x, support_y, loss, steps=steps,
             update=self.inner_update, adapt=self.adapt_names, first_order=True, create_graph=False,
             minibatch=None if whole else _shuffled_minibatches(n, self.inner_batch, support_x.device),  # type: ignore[arg-type]
             state=state, return_state=True,

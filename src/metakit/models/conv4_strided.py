@@ -44,16 +44,17 @@ class _ChannelOffset(nn.Module):
 
 
 class StridedConv4(nn.Module):
-    """Four stride-2 conv blocks, the mean over the last map, optionally a linear head.
+    """Four stride-2 conv blocks, the mean (or the flattening) of the last map, optionally a linear head.
 
     Args:
-        out_features: if given, a linear layer to this many outputs (classes), weights from
-            N(0, 1), zero bias; ``None`` gives the bare encoder (``hidden`` features).
+        out_features: if given, a linear layer to this many outputs (classes), initialised as
+            ``head_init`` says; ``None`` gives the bare encoder (``feature_dim`` features).
         in_channels: input channels (1 for Omniglot).
         hidden: filters per conv layer.
         track_running_stats: ``True`` keeps BatchNorm running statistics for ``eval()``;
             ``False`` always uses the batch's (MAML's transductive setting).
-        image_size: input height and width (any size of at least 16: the last map is averaged).
+        image_size: input height and width (at least 16); with ``pool="mean"`` any input size
+            works, with ``pool="flatten"`` the inputs must have this size (it sets the head's width).
         bn_scale: give BatchNorm a learned scale as well as the offset (the published code has
             none).
         pool: ``mean`` (MAML's code: the mean over the last map, ``hidden`` features) or
