@@ -1,5 +1,4 @@
-"""Compare the validation curves of several runs in one PNG: accuracy against step and against
-training time.
+"""Validation curves of several runs in one PNG, against step and against training time.
 
     python benchmarks/omniglot/curves.py ~/runs/omni maml_5w5s fomaml_5w5s anil_5w5s metasgd_5w5s \
         --out docs/optimization_5w5s_validation.png
