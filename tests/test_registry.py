@@ -20,7 +20,7 @@ def test_register_get_and_list():
     assert Round.name == "round" and reg.get("round") is Round and "round" in reg and "oval" not in reg
     assert reg.names() == ["round"] and reg.names(private=True) == ["_test_square", "round"]
     assert reg.get("_test_square") is Square
-    with pytest.raises(ConfigError, match=r"part.widget='rund' is not a known widget \(did you mean 'round'\?\); available: round$"):
+    with pytest.raises(ConfigError, match=r"part.widget='rund' is not a known widget \(did you mean 'round'\?\); available: round \(one of your own: list the module that registers it in run.imports\)$"):
         reg.get("rund")
     with pytest.raises(ConfigError, match=r"did you mean '_test_square'\?"):
         reg.get("_test_sqare")

@@ -62,5 +62,6 @@ class Registry(Generic[C]):
             close = difflib.get_close_matches(str(name), self.names(private=True), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{self.key}={name!r} is not a known {self.what}{hint}; available: {', '.join(self.names())}"
+                f"{self.key}={name!r} is not a known {self.what}{hint}; available: {', '.join(self.names())} "
+                f"(one of your own: list the module that registers it in run.imports)"
             ) from None

@@ -28,6 +28,10 @@ Command-line overrides ``section.key=value`` are parsed as YAML values (``optim.
 ``task.root=null``, ``model.hidden=[40,40]``). An unknown or misspelt key is an error that
 suggests the closest valid key; a YAML file that repeats a key is refused, naming the key and
 its lines.
+
+``run.imports`` lists the user's own modules (or ``.py`` files) that register task families,
+models or algorithms outside metakit; they are imported before the other sections are read
+(:mod:`.imports`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ..options import ConfigError, Options, check_value, option, plain, suggest
+from .imports import import_user_modules, is_file_entry
 from .config_options import (
     OptionSpec,
     algorithm_option_specs,
@@ -218,6 +223,15 @@ class RunConfig(Options):
     log_every: int = option(50, "steps between training-metric log lines (metrics.jsonl, TensorBoard)", ge=1)
     num_threads: int = option(0, "torch intra-op threads (0: torch's default); a resumed run needs the same value to be bitwise equal", ge=0)
     progress: bool = option(True, "show a progress bar on stderr")
+    imports: list[str] = option(
+        [],
+        "Python modules (dotted names) or .py files imported before the config is read, to register your own "
+        "task families, models or algorithms (docs/task_families.md); files are resolved against the current "
+        "directory and stored absolute",
+    )
+
+    def _resolve(self) -> None:
+        self._set("imports", [os.path.abspath(os.path.expanduser(e)) if is_file_entry(e) else e for e in self.imports])
 
 
 SECTIONS: dict[str, type] = {
@@ -326,6 +340,8 @@ class Config:
                     "task.family: sinusoid, data.dataset: omniglot -> task.family: classification + task.dataset: omniglot)"
                 )
             sections["task"] = _translate_data(sections.pop(_LEGACY_DATA))
+        # the user's modules register the families, models and algorithms the sections name
+        import_user_modules(dict(sections.get("run", {})).get("imports"))
         built: dict[str, Any] = {}
         for name, sec_cls in SECTIONS.items():
             body = dict(sections.get(name, {}))

@@ -354,6 +354,10 @@ class EnvFamily(TaskFamily):
     def describe(self) -> str:
         return self.name
 
+    def episode_text(self, ways: int | None, shots: int, queries: int) -> str:
+        # shots / queries as the algorithm reads them (module docstring); not images, not query points
+        return f"{shots} adaptation episode(s), {queries} scored"
+
     def record(self) -> dict[str, Any]:
         return {"dataset": self.name, "protocol": None, "options": self.to_dict()}
 
