@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -42,6 +43,28 @@ def test_network_input_is_the_image_and_the_previous_label(build):
     inputs = seen["inputs"]
     assert torch.equal(inputs[..., :16], batch.x.flatten(2))
     assert torch.equal(inputs[..., 16:], label_inputs(batch).double())
+
+
+@pytest.mark.parametrize("build", [lambda: _mann(), lambda: _mann(memory="ntm"),
+                                   lambda: LSTMMetaLearner.from_config(Flatten(), CTX, hidden_size=8).double()])
+@pytest.mark.parametrize("t", [0, 3, 5])
+def test_predictions_are_causal_and_never_see_their_own_label(build, t):
+    """Changing step t's image changes no prediction before t; changing step t's label changes no
+    prediction up to and including t (the label is the answer to step t), and both change later ones."""
+    alg = build()
+    batch = _batch()
+    before = alg.predict(batch)
+    x = batch.x.clone()
+    x[:, t] = torch.rand_like(x[:, t])
+    moved = alg.predict(dataclasses.replace(batch, x=x))
+    assert torch.equal(moved[:, :t], before[:, :t])
+    assert not torch.allclose(moved[:, t], before[:, t])
+    labels = batch.labels.clone()
+    labels[:, t] = (labels[:, t] + 1) % 3
+    relabelled = alg.predict(dataclasses.replace(batch, labels=labels))
+    assert torch.equal(relabelled[:, : t + 1], before[:, : t + 1])
+    if t + 1 < batch.labels.shape[1]:
+        assert not torch.allclose(relabelled[:, t + 1], before[:, t + 1])
 
 
 def test_meta_loss_is_the_summed_code_cross_entropy_and_gives_gradients():

@@ -121,6 +121,32 @@ def test_score_and_per_instance_accuracy_by_hand():
     assert torch.equal(code_correct(_Fixed(guess).predict(batch), batch), guess == labels)
 
 
+def test_the_papers_15_class_100_step_episodes_score_per_instance_where_classes_reach_it():
+    """Santoro's 15-class setting: 100 of the 15 x 10 examples, so a class has at most 10 instances
+    and the k-th-instance accuracy covers the classes that reach k (nan where none does)."""
+    shape = _shape(classes=15, instances=10, length=100)
+    batch = SequenceSampler(_data(classes=20, per_class=12), shape, seed=3).sample(4)
+    assert batch.labels.shape == (4, 100)
+    counts = torch.stack([torch.bincount(y, minlength=15) for y in batch.labels])
+    assert counts.max() <= 10 and counts.sum(1).tolist() == [100] * 4 and (counts > 0).all()
+    fam = SequenceFamily.from_options({"root": ".", "classes_per_episode": 15, "instances_per_class": 10, "episode_length": 100})
+    inst = instance_index(batch.labels)
+    guess = torch.where(inst % 2 == 0, batch.labels, (batch.labels + 1) % 15)  # right at odd instances 1, 3, ...
+    acc, details = fam.score_details(_Fixed(guess), batch)
+    assert acc.tolist() == pytest.approx(((inst % 2) == 0).double().mean(1).tolist())
+    for k in range(1, 11):
+        reached = (inst == k - 1).any(1)
+        got = details[f"instance_{k}"]
+        assert torch.isnan(got[~reached]).all()
+        assert got[reached].tolist() == [1.0 if k % 2 == 1 else 0.0] * int(reached.sum())
+    # an episode where no class reaches its 3rd instance has no 3rd-instance accuracy
+    labels = torch.tensor([[0, 1, 0, 1]])
+    short = SequenceBatch(torch.zeros(1, 4, 1, 2, 2), labels, torch.arange(2).view(1, 2, 1), 2, 2)
+    two = SequenceFamily.from_options({"root": ".", "classes_per_episode": 2, "instances_per_class": 3, "episode_length": 4})
+    _, details = two.score_details(_Fixed(labels), short)
+    assert details["instance_2"].tolist() == [1.0] and torch.isnan(details["instance_3"]).all()
+
+
 def test_a_string_label_counts_only_when_all_characters_are_right():
     codes = torch.tensor([[[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]]])
     batch = SequenceBatch(torch.zeros(1, 2, 1, 2, 2), torch.tensor([[0, 1]]), codes, 5, 2)
