@@ -42,6 +42,7 @@ import torch
 from metakit.bench import hardware, load_script
 from metakit.runtime.builders import build_algorithm
 from metakit.runtime.checkpoint import CheckpointError
+from metakit.runtime.config import Config
 from metakit.runtime.run import load_run
 from metakit.runtime.trainer import seed_everything
 
@@ -91,7 +92,28 @@ def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
         else:
             trained = f"none (initialisation, seed {pol.get('seed')})"
         out.append(f"| {label} | {trained} | " + " | ".join(_cell(q) for q in pol["returns"]) + " |")
+    best = optimum(entry)
+    if best is not None:
+        out += ["", f"On the same tasks the best policy that knows the goal (straight at it at full speed, "
+                    f"`Navigation2DFamily.optimal_return`, computed here) scores {_cell(best)} per episode: its "
+                    f"episodes end within a few steps, while a policy that does not stop within the tolerance "
+                    f"of the goal pays its distance at each of the {best['horizon']} steps."]
     return "\n".join(out)
+
+
+def optimum(entry: dict) -> dict | None:
+    """Mean and 95% interval of the family's optimal return per episode over the entry's test tasks
+    (the tasks its policies were scored on) and the horizon, or None when no policy's config is in
+    the entry."""
+    config = next((pol["config"] for pol in entry["policies"].values() if pol.get("config")), None)
+    if config is None:
+        return None
+    family, proto = Config.from_dict(config).family, entry["protocol"]
+    tasks = family.eval_set("test", None, ways=None, shots=proto["shots"], queries=proto["queries"],
+                            episodes=proto["tasks"], seed=proto["seed"], batch_size=proto["tasks"])
+    values = torch.tensor([family.optimal_return(task, 1) for batch in tasks for task in batch], dtype=torch.float64)
+    return {"mean": float(values.mean()), "ci95": float(1.96 * values.std() / math.sqrt(len(values))),
+            "horizon": family.options.horizon}
 
 
 def _action_std(algorithm) -> list[float] | None:

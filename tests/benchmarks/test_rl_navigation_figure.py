@@ -62,6 +62,12 @@ def test_the_record_holds_each_policy_s_returns_after_each_step(tmp_path, monkey
         cells = rows[label].strip("| ").split(" | ")[2:]
         assert cells == [f"{q['mean']:.2f} ± {q['ci95']:.2f}" for q in pol["returns"]]
     assert "(step 1) of 1 iterations" in rows["maml"] and "none (initialisation, seed 0)" in rows["random init"]
+    # the optimum on the same 3 test tasks, from the family
+    family = Config.from_dict(entry["policies"]["maml"]["config"]).family
+    best = [family.optimal_return(family.task(0, "test", i), 1) for i in range(3)]
+    mean = sum(best) / 3
+    ci = 1.96 * math.sqrt(sum((b - mean) ** 2 for b in best) / 2) / math.sqrt(3)
+    assert f"scores {mean:.2f} ± {ci:.2f} per episode" in text and "at each of the 8 steps" in text
     assert _script().main() == 0 and readme.read_text() == text  # idempotent
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="navigation-table"):

@@ -1,6 +1,8 @@
 """2D navigation (metakit.tasks.navigation): the dynamics of the paper, check_env, the batched vector
 env equal to the single envs, the options and the trajectory drawing."""
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -112,3 +114,36 @@ def test_the_family_draws_the_paths_and_the_goal():
     assert labels[:4] == ["pre-update", "_child1", "1 step", "goal"]
     assert ax.get_lines()[3].get_xydata().tolist() == [list(task.params["goal"])]
     plt.close(fig)
+
+
+def _play(env, policy, rng=None):
+    obs, _ = env.reset(seed=0)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(policy(np.asarray(obs, dtype=np.float64), rng))
+        total += reward
+        done = terminated or truncated
+    return total
+
+
+def test_the_optimal_return_is_the_straight_full_speed_path_and_no_policy_beats_it():
+    family = _family()
+    # by hand: goal (0.25, 0) is reached in 3 steps, at distances 0.15, 0.05, 0 after them; goal
+    # (0.5, -0.205) in 6, the y coordinate within 0.01 from step 3 (distances sqrt(0.4^2 + 0.105^2), ...)
+    hand = dataclasses.replace(family.task(0, "test", 0), params={"goal": (0.25, 0.0)})
+    assert family.optimal_return(hand, 1) == pytest.approx(-0.2)
+    far = dataclasses.replace(hand, params={"goal": (0.5, -0.205)})
+    by_hand = -sum(np.hypot(0.5 - min(0.5, 0.1 * t), 0.205 - min(0.205, 0.1 * t)) for t in range(1, 6))
+    assert family.optimal_return(far, 2) == pytest.approx(2 * by_hand)
+    assert family.optimal_return(hand, 1) > _family(max_action=0.05).optimal_return(hand, 1)
+    tasks = [family.task(0, "test", i) for i in range(20)]
+    for task in tasks:
+        env = family.make_env(task.params)
+        straight = _play(env, lambda x, _: np.clip(np.asarray(task.params["goal"]) - x, -0.1, 0.1))
+        assert family.optimal_return(task, 1) == pytest.approx(straight, abs=1e-5)
+        assert family.optimal_return(task, 3) == pytest.approx(3 * family.optimal_return(task, 1))
+        rng = np.random.default_rng(task.index)
+        for scale in (0.01, 0.05, 0.3):  # noisy versions of it and random walks never do better
+            noisy = _play(env, lambda x, r: np.clip(np.asarray(task.params["goal"]) - x, -0.1, 0.1) + r.normal(0, scale, 2), rng)
+            assert noisy <= family.optimal_return(task, 1) + 1e-5
+        assert _play(env, lambda x, r: r.uniform(-0.1, 0.1, 2), rng) < family.optimal_return(task, 1)

@@ -187,6 +187,27 @@ class Navigation2DFamily(EnvFamily):
         goals = np.repeat(np.array([t.params["goal"] for t in tasks], dtype=np.float64).reshape(-1, 2), copies, axis=0)
         return _env_classes()[1](goals, **self._dynamics())
 
+    def optimal_return(self, task: EnvTask, episodes: int) -> float:
+        """The return of the best policy knowing the goal ``g`` over ``episodes`` episodes: moving
+        straight at it at full speed, which puts the agent at ``clip(g, -m t, m t)`` (per
+        coordinate, ``m = max_action``) after step ``t``.
+
+        It is optimal step by step: any policy's position after ``t`` steps lies in the box
+        ``|x_i| <= m t``, whose nearest point to ``g`` is that clip, so no reward can be larger;
+        and the episode ends (within ``tolerance`` in both coordinates) at the first step any
+        policy could end it, after which the reward is 0.
+        """
+        o: Any = self.options
+        goal = np.asarray(task.params["goal"], dtype=np.float64).reshape(2)
+        total = 0.0
+        for t in range(1, o.horizon + 1):
+            reach = o.max_action * t
+            offset = goal - np.clip(goal, -reach, reach)
+            total -= float(np.sqrt(np.sum(offset**2)))
+            if np.all(np.abs(offset) < o.tolerance):
+                break
+        return episodes * total
+
     def describe(self) -> str:
         o: Any = self.options
         return f"navigation_2d (goals in {list(o.goal_range)}^2, horizon {o.horizon})"
