@@ -10,6 +10,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from metakit.algorithms import RL2
 from metakit.cli.main import main
@@ -184,3 +185,40 @@ def test_shipped_rl2_configs_load_and_score_whole_trials(path):
     updates = cfg.algorithm.options["epochs"] * cfg.algorithm.options["minibatches"]
     assert cfg.train.steps % updates == 0 and cfg.train.meta_batch >= cfg.algorithm.options["minibatches"]
     assert f"{cfg.train.steps // updates} PPO iterations = {cfg.train.steps} trainer steps" in path.read_text()
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_state(tmp_path):
+    """A real SIGKILL of `metakit train` between two PPO updates of one iteration: the resumed run
+    ends with the uninterrupted run's weights, optimizer state and roll-out buffers, bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    raw = _config(task={"family": "bandits", "arms": 3},
+                  train={"shots": 5, "queries": 5, "meta_batch": 8, "steps": 24},
+                  eval={"val_episodes": 0, "test_episodes": 8})
+    cfg = tmp_path / "bandits.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "reference")]) == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(cfg), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step-00000006.safetensors").exists():  # iteration 2 of 6, update 2 of 4
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    assert not (run / "checkpoints" / "step-00000024.safetensors").exists()
+    assert main(["train", "--resume", str(run)]) == 0
+    a = load_file(str(tmp_path / "reference" / "checkpoints" / "step-00000024.safetensors"))
+    b = load_file(str(run / "checkpoints" / "step-00000024.safetensors"))
+    compared = [k for k in a if k.startswith(("model/", "optimizer/"))]
+    assert any(k.startswith("model/") for k in compared) and any("rollout" in k for k in compared)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in compared)
