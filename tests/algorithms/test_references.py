@@ -80,3 +80,24 @@ def test_references_play_beside_a_run_in_the_regret_curves_with_per_episode_retu
     optimum = torch.tensor([b.family.optimal_return(t, 1) for t in b], dtype=torch.float64)
     expected = (optimum[:, None] - per).cumsum(1).mean(0)
     assert torch.allclose(mean, expected)
+
+
+def test_references_in_the_regret_curves_take_their_constants_from_the_spec():
+    from metakit.runtime.regret import build_reference, parse_reference
+
+    b = bandit_batch(6, 20)
+    assert parse_reference("ucb1:c=0.2") == ("ucb1", {"c": 0.2}) and parse_reference("thompson") == ("thompson", {})
+    tuned = build_reference("ucb1:c=0.2", None)
+    assert tuned.describe() == {"method": "ucb1", "c": 0.2}
+    assert tuned.episode_returns(b).sum(1).tolist() == play_bandit_trials(UCB1(0.2), b).tolist()
+    greedy = build_reference("epsilon_greedy:epsilon=0", None)
+    assert greedy.describe()["epsilon"] == 0
+    for spec, message in [
+        ("ucb1:cc=1", r"--regret ucb1:cc=1: ucb1 has no constant cc; its constants: c$"),
+        ("thompson:c=1", r"thompson has no constant c; its constants: none"),
+        ("ucb1:c", r"--regret 'ucb1:c': write a reference as NAME or NAME:KEY=VALUE\[,KEY=VALUE\] \(e.g. ucb1:c=0.2\), got 'c'"),
+        ("ucb1:", r"--regret 'ucb1:': write a reference as NAME or NAME:KEY=VALUE"),
+        ("ucb1:c=-1", r"--regret ucb1:c=-1: c=-1 must be a number in \[0.0, inf\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build_reference(spec, None)

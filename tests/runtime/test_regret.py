@@ -86,3 +86,20 @@ def test_regret_curves_of_the_run_and_a_reference_match_hand_computed_ones(tmp_p
     assert (run / "regret.png").stat().st_size > 0 and (run / "learning_curves.png").is_file()
     assert main(["plot", str(run), "--regret", "rl2"]) == 2
     assert "--regret rl2: algorithm 'rl2' is not a reference that plays without training" in capsys.readouterr().err
+
+
+def test_plot_draws_references_with_the_constants_given_on_the_command_line(tmp_path, capsys):
+    raw = {
+        "task": {"family": "bandits", "arms": 3},
+        "train": {"shots": 6, "queries": 6, "meta_batch": 4, "steps": 2},
+        "eval": {"val_episodes": 0, "test_episodes": 8},
+        "model": {"name": "recurrent_policy", "hidden": 8},
+        "algorithm": {"name": "rl2", "epochs": 1, "minibatches": 2},
+        "run": {"progress": False, "seed": 1, "num_threads": 1},
+    }
+    train(Config.from_dict(raw), tmp_path / "run")
+    assert main(["plot", str(tmp_path / "run"), "--regret", "ucb1:c=0.2", "epsilon_greedy:epsilon=0.05", "--tasks", "5"]) == 0
+    assert (tmp_path / "run" / "regret.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "run"), "--regret", "ucb1:k=0.2"]) == 2
+    assert "--regret ucb1:k=0.2: ucb1 has no constant k; its constants: c" in capsys.readouterr().err

@@ -59,9 +59,10 @@ class Reference(Algorithm):
         return self.policy.describe() if self.policy is not None else {"method": self.name}
 
     @classmethod
-    def reference(cls, context: Any) -> "Reference":
-        """The strategy with its default constants, to play beside a trained run (``metakit plot RUN --regret NAME``)."""
-        return cls()
+    def reference(cls, context: Any, **constants: Any) -> "Reference":
+        """The strategy with its default constants, or the given ones, to play beside a trained run
+        (``metakit plot RUN --regret NAME`` or ``NAME:KEY=VALUE,...``)."""
+        return cls(None, **constants)
 
     def episode_returns(self, batch: EnvBatch) -> Tensor:
         """The return of every episode of one trial of ``batch.shots`` episodes on each task, ``[B, shots]`` float64."""

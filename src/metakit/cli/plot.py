@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also write regret.png (meta-RL runs whose task family knows its optimum): the cumulative regret "
         "against the episode of a trial (the pull, for bandits) of the run's algorithm and of the named reference "
-        "algorithms (e.g. --regret ucb1 thompson), on fixed test tasks, mean with 95%% band",
+        "algorithms (e.g. --regret ucb1 thompson; constants as NAME:KEY=VALUE,..., e.g. --regret ucb1:c=0.2 "
+        "epsilon_greedy:epsilon=0.05), on fixed test tasks, mean with 95%% band",
     )
     p.add_argument("--tasks", type=int, default=None, metavar="N",
                    help="test tasks of the regret curves (default 100; only with --regret)")

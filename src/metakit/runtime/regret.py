@@ -8,8 +8,9 @@ cumulative regret against pulls.
 
 :func:`regret_curves` plays the trained run's algorithm and any number of **references** on the
 same fixed, seeded test tasks. A reference is a registered algorithm named on the command line
-(``metakit plot RUN --regret ucb1 thompson``); it needs no training run: its class builds it for
-the task at hand with ``reference(context)``, and like every algorithm plotted here it gives the
+(``metakit plot RUN --regret ucb1 thompson``, or with constants other than the defaults,
+``--regret ucb1:c=0.2 epsilon_greedy:epsilon=0.05``); it needs no training run: its class builds it
+for the task at hand with ``reference(context, **constants)``, and like every algorithm plotted here it gives the
 per-episode returns of one trial per task with ``episode_returns(batch) -> [B, shots]``.
 :func:`plot_regret` draws the mean cumulative regret of each with its 95% band
 (``1.96 * sample std / sqrt(tasks)`` at every episode).
@@ -25,16 +26,41 @@ import torch
 
 from .evaluation import Z95
 
-__all__ = ["REGRET_PNG", "regret_curves", "plot_regret", "build_reference"]
+__all__ = ["REGRET_PNG", "regret_curves", "plot_regret", "build_reference", "parse_reference"]
 
 #: file name of the regret figure written into the run folder
 REGRET_PNG = "regret.png"
 
 
-def build_reference(name: str, context: Any) -> Any:
-    """The registered algorithm ``name`` built as a reference for ``context`` (``cls.reference(context)``)."""
+def parse_reference(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"ucb1:c=0.2"`` -> ``("ucb1", {"c": 0.2})``: a reference's name and its constants (values
+    read as YAML); a bare name has none."""
+    from ..options import ConfigError
+    from .config import read_yaml
+
+    name, _, rest = spec.partition(":")
+    constants: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip() or not text.strip():
+            raise ConfigError(
+                f"--regret {spec!r}: write a reference as NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. ucb1:c=0.2), "
+                f"got {item!r}"
+            )
+        constants[key.strip()] = read_yaml(text)
+    if not name or (rest == "" and spec.endswith(":")):
+        raise ConfigError(f"--regret {spec!r}: write a reference as NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. ucb1:c=0.2)")
+    return name, constants
+
+
+def build_reference(spec: str, context: Any) -> Any:
+    """The registered algorithm of ``spec`` (``NAME`` or ``NAME:KEY=VALUE,...``, :func:`parse_reference`)
+    built as a reference for ``context`` (``cls.reference(context, **constants)``)."""
+    import inspect
+
     from ..algorithms import available_algorithms, get_algorithm
 
+    name, constants = parse_reference(spec)
     cls = get_algorithm(name)
     make = getattr(cls, "reference", None)
     if make is None or not callable(getattr(cls, "episode_returns", None)):
@@ -43,6 +69,17 @@ def build_reference(name: str, context: Any) -> Any:
             f"--regret {name}: algorithm {name!r} is not a reference that plays without training (it has no "
             f"reference(context) and episode_returns(batch)); references: {', '.join(able) or 'none registered'}"
         )
+    if constants:
+        takes = [p for p in inspect.signature(cls).parameters if p not in ("model", "self")]
+        unknown = sorted(set(constants) - set(takes))
+        if unknown:
+            raise ValueError(
+                f"--regret {spec}: {name} has no constant {', '.join(unknown)}; its constants: {', '.join(takes) or 'none'}"
+            )
+        try:
+            return make(context, **constants)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--regret {spec}: {e}") from None
     return make(context)
 
 
