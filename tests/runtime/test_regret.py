@@ -88,7 +88,7 @@ def test_regret_curves_of_the_run_and_a_reference_match_hand_computed_ones(tmp_p
     assert "--regret rl2: algorithm 'rl2' is not a reference that plays without training" in capsys.readouterr().err
 
 
-def test_plot_draws_references_with_the_constants_given_on_the_command_line(tmp_path, capsys):
+def test_plot_draws_the_family_s_references_by_default_and_those_named_with_their_constants(tmp_path, capsys, monkeypatch):
     raw = {
         "task": {"family": "bandits", "arms": 3},
         "train": {"shots": 6, "queries": 6, "meta_batch": 4, "steps": 2},
@@ -98,8 +98,17 @@ def test_plot_draws_references_with_the_constants_given_on_the_command_line(tmp_
         "run": {"progress": False, "seed": 1, "num_threads": 1},
     }
     train(Config.from_dict(raw), tmp_path / "run")
+    import metakit.runtime.regret as regret
+
+    drawn = []
+    real = regret.regret_curves
+    monkeypatch.setattr(regret, "regret_curves", lambda players, *a: drawn.append(list(players)) or real(players, *a))
     assert main(["plot", str(tmp_path / "run"), "--regret", "ucb1:c=0.2", "epsilon_greedy:epsilon=0.05", "--tasks", "5"]) == 0
     assert (tmp_path / "run" / "regret.png").stat().st_size > 0
+    # without --regret: the bandit family's references, with their default constants in the legend
+    assert main(["plot", str(tmp_path / "run"), "--tasks", "4"]) == 0
+    assert drawn == [["rl2", "ucb1 (c=0.2)", "epsilon_greedy (epsilon=0.05)"],
+                     ["rl2", "gittins (discount=0.9, grid=1001)", "ucb1 (c=1)", "thompson"]]
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "run"), "--regret", "ucb1:k=0.2"]) == 2
     assert "--regret ucb1:k=0.2: ucb1 has no constant k; its constants: c" in capsys.readouterr().err

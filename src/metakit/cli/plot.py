@@ -46,13 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         metavar="REFERENCE",
         default=None,
-        help="also write regret.png (meta-RL runs whose task family knows its optimum): the cumulative regret "
+        help="write regret.png (meta-RL runs whose task family knows its optimum; by default for bandits and "
+        "tabular MDPs, against gittins, ucb1, thompson / psrl, random): the cumulative regret "
         "against the episode of a trial (the pull, for bandits) of the run's algorithm and of the named reference "
         "algorithms (e.g. --regret ucb1 thompson; constants as NAME:KEY=VALUE,..., e.g. --regret ucb1:c=0.2 "
         "epsilon_greedy:epsilon=0.05), on fixed test tasks, mean with 95%% band",
     )
     p.add_argument("--tasks", type=int, default=None, metavar="N",
-                   help="test tasks of the regret curves (default 100; only with --regret)")
+                   help="test tasks of the regret curves (default 100)")
     p.add_argument(
         "--trajectories",
         action="store_true",
@@ -118,7 +119,34 @@ def _regret(args: argparse.Namespace, out_dir: Path) -> list[Path]:
     tasks = REGRET_TASKS if args.tasks is None else args.tasks
     if tasks < 2:
         raise ValueError(f"--tasks {tasks}: the regret curves need at least 2 test tasks (for their 95% band)")
-    return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=tasks)]
+    if args.regret is not None:
+        return [plot_regret(args.run_dir, out_dir, references=tuple(args.regret), tasks=tasks)]
+    # by default: against the family's references, skipped with a note while there is no checkpoint
+    from ..runtime.run import read_run_config
+
+    references = read_run_config(args.run_dir).family.regret_references
+    try:
+        return [plot_regret(args.run_dir, out_dir, references=tuple(references), tasks=tasks)]
+    except FileNotFoundError as e:
+        print(f"metakit plot: no regret.png yet: {e}", file=sys.stderr)
+        return []
+
+
+def _wants_regret(args: argparse.Namespace) -> bool:
+    """``--regret``, or by default for a meta-RL run whose family names references to compare with
+    (``regret_references``: bandits, tabular MDPs) and whose algorithm plays trials (``episode_returns``)."""
+    from ..algorithms import get_algorithm
+    from ..runtime.run import read_run_config
+
+    if getattr(args, "regret", None) is not None:
+        return True
+    try:
+        config = read_run_config(args.run_dir)
+    except FileNotFoundError:
+        return False  # a folder of metrics only: learning curves alone
+    family = config.family
+    return (bool(getattr(family, "regret_references", ())) and callable(getattr(family, "optimal_return", None))
+            and callable(getattr(get_algorithm(config.algorithm.name), "episode_returns", None)))
 
 
 def _trajectories(args: argparse.Namespace, out_dir: Path) -> list[Path]:
@@ -161,7 +189,7 @@ def _figures(args: argparse.Namespace) -> list[Callable[[argparse.Namespace, Pat
     """The figures this invocation asks for, in order."""
     return ([_learning_curves, _instance_curves] + ([_embeddings] if getattr(args, "embeddings", None) else [])
             + ([_memory] if getattr(args, "memory", False) else [])
-            + ([_regret] if getattr(args, "regret", None) is not None else [])
+            + ([_regret] if _wants_regret(args) else [])
             + ([_trajectories] if _wants_trajectories(args) else []))
 
 
@@ -175,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir = check_out_dir(args.out, "--out")
     else:
         out_dir = run_dir
-    if getattr(args, "tasks", None) is not None and getattr(args, "regret", None) is None:
+    if getattr(args, "tasks", None) is not None and not _wants_regret(args):
         raise ValueError(f"--tasks {args.tasks} sets the test tasks of the regret curves; give it with --regret [REFERENCE...]")
     if args.embeddings:
         _check_embeddings(run_dir)

@@ -132,8 +132,12 @@ def plot_regret(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
             "for meta-RL runs whose algorithm plays trials (episode_returns)"
         )
     players = {cfg.algorithm.name: loaded.algorithm}
-    for name in references:
-        players[name] = build_reference(name, loaded.context)
+    for spec in references:
+        reference = build_reference(spec, loaded.context)
+        described = reference.describe() if callable(getattr(reference, "describe", None)) else {}
+        constants = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in described.items() if k != "method")
+        players[f"{parse_reference(spec)[0]} ({constants})" if constants else spec] = reference
     batches = loaded.episodes("test", episodes=tasks, seed=seed)
     curves = regret_curves(players, family, batches)
     import matplotlib

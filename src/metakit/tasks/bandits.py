@@ -111,6 +111,7 @@ class BanditFamily(EnvFamily):
     """Bernoulli multi-armed bandits with means uniform on [0, 1]; see the module docstring."""
 
     Options = BanditOptions
+    regret_references = ("gittins", "ucb1", "thompson")
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         return {"means": rng.uniform(0.0, 1.0, size=int(self.options.arms))}  # type: ignore[attr-defined]

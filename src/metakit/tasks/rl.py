@@ -273,6 +273,9 @@ class EnvFamily(TaskFamily):
     metric: ClassVar[str] = "return"
     higher_is_better: ClassVar[bool] = True
     percent: ClassVar[bool] = False
+    #: the references ``metakit plot RUN`` draws regret curves of beside a run by default (registered
+    #: algorithms that play without training; needs :meth:`optimal_return`)
+    regret_references: ClassVar[tuple[str, ...]] = ()
 
     # -- what subclasses write ----------------------------------------------------------------
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:

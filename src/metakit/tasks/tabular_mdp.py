@@ -188,6 +188,7 @@ class TabularMDPFamily(EnvFamily):
     """Random tabular MDPs; see the module docstring."""
 
     Options = TabularMDPOptions
+    regret_references = ("psrl", "random")
 
     def sample_params(self, rng: np.random.Generator) -> dict[str, Any]:
         o: Any = self.options
