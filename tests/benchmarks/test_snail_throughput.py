@@ -58,3 +58,18 @@ def test_a_measurement_appends_a_record(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), "--table", "--record", str(record)], capture_output=True,
                          text=True, check=True).stdout
     assert out.count("| `snail.yaml` | 3-way 1-shot 1-query x 2, 2 steps |") == 2
+
+
+def test_the_recorded_snail_runs_files_are_kept_and_match_their_newest_records():
+    """benchmarks/snail/runs/NAME holds metakit train's files of each run behind the README's SNAIL
+    row: its summary stops at the recorded step count, its best validation at the evaluated step."""
+    records = json.loads((REPO / "benchmarks" / "omniglot" / "results.json").read_text())["records"]
+    newest = {r["run"]: r for r in records if r["run"].startswith("snail_") and r.get("status") == "recorded"}
+    assert set(newest) == {"snail_5w1s", "snail_5w5s", "snail_20w1s", "snail_20w5s"}
+    for name, record in newest.items():
+        folder = REPO / "benchmarks" / "snail" / "runs" / name
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["step"] == record["steps"] and summary["best"]["step"] == record["checkpoint"]["step"], name
+        vals = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+        assert vals and max(v["step"] for v in vals) <= summary["step"], name
+        assert (folder / "config.yaml").is_file()
