@@ -222,11 +222,17 @@ def _minutes(r: dict[str, Any]) -> float | None:
     return None
 
 
-def _training(name: str, recs: list[dict[str, Any]]) -> str:
+def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     if not recs:
-        return f"`{name}`: not run yet"
+        return f"`{name}`: not run yet ({budget:,} steps)"
     r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
-    parts = [r["training"]["episodes"], f"{r['steps']:,} steps"]
+    trained = r["steps"] if isinstance(r["steps"], int) else None
+    if trained is None or trained > budget:  # a record of a longer run than the list now asks for
+        steps = f"{r['steps']:,} steps" if trained is not None else f"{r['steps']} steps"
+    else:
+        share = "" if trained == budget else f" ({100 * trained / budget:.{0 if trained >= budget / 100 else 1}f}%)"
+        steps = f"{trained:,} of {budget:,} steps{share}"
+    parts = [r["training"]["episodes"], steps]
     minutes = _minutes(r)
     if minutes is not None:
         parts.append(f"{minutes:.0f} min")
@@ -276,7 +282,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     for run in run_list.runs.values():
         rows.setdefault(run.method, []).append(run)
     lines = [
-        "| family | method | training runs (episodes x meta-batch, steps, training time) | " + " | ".join(cols)
+        "| family | method | training runs (episodes x meta-batch, steps of the list's budget, training time) | " + " | ".join(cols)
         + f" | papers ({' / '.join(cols)}) |",
         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " | --- |",
     ]
@@ -285,7 +291,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         by_setting = {e.setting: run for run in runs for e in run.evaluations}
         run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
         steps = {n: max((r["steps"] for r in rs if isinstance(r["steps"], int)), default=None) for n, rs in run_recs.items()}
-        training = "; ".join(_training(run.name, run_recs[run.name]) for run in runs)
+        training = "; ".join(_training(run.name, run_recs[run.name], run.steps) for run in runs)
         cells = []
         for c in cols:
             if c not in by_setting:

@@ -301,6 +301,13 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
     row = next(line for line in lines if "| Method A |" in line)
     assert "| not run | 98.1 ± 0.4 | not run | 80.0 ± 0.4 (after 50 steps) |" in row
     assert not any(line.startswith(("(unrecorded)", "*:")) for line in lines)
+    # the training column measures each run against the list's budget (train.steps=10 here)
+    for steps, text in ((10, "10 of 10 steps, "), (4, "4 of 10 steps (40%), "), (12, "12 steps, ")):
+        row = next(line for line in rp.table_lines(run_list, [_rec("run_a", "5w5s", "recorded", 0.9, steps=steps)])
+                   if "| Method A |" in line)
+        assert f"`run_a`: 5-way 5-shot 5-query x 32, {text}10 min" in row, row
+    none = rp.table_lines(run_list, [])
+    assert "`run_a`: not run yet (10 steps)" in next(line for line in none if "| Method A |" in line)
 
 
 @pytest.mark.parametrize("status, acc, reached", [
