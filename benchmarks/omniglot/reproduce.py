@@ -50,6 +50,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -224,13 +225,14 @@ def _minutes(r: dict[str, Any]) -> float | None:
 
 def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     if not recs:
-        return f"`{name}`: not run yet ({budget:,} steps)"
+        return f"`{name}`: not run yet (budget {budget:,} steps)"
     r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
     trained = r["steps"] if isinstance(r["steps"], int) else None
     if trained is None or trained > budget:  # a record of a longer run than the list now asks for
         steps = f"{r['steps']:,} steps" if trained is not None else f"{r['steps']} steps"
     else:
-        share = "" if trained == budget else f" ({100 * trained / budget:.{0 if trained >= budget / 100 else 1}f}%)"
+        pct = 100 * trained / budget  # rounded down: 99.6% of a budget is not 100%
+        share = "" if trained == budget else f" ({math.floor(pct * 10) / 10:.1f}%)" if pct < 10 else f" ({math.floor(pct)}%)"
         steps = f"{trained:,} of {budget:,} steps{share}"
     parts = [r["training"]["episodes"], steps]
     minutes = _minutes(r)

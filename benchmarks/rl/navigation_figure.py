@@ -43,6 +43,7 @@ from metakit.bench import hardware, load_script
 from metakit.runtime.builders import build_algorithm
 from metakit.runtime.checkpoint import CheckpointError
 from metakit.runtime.config import Config
+from metakit.runtime.evaluation import mean_ci95
 from metakit.runtime.run import load_run
 from metakit.runtime.trainer import seed_everything
 
@@ -94,8 +95,8 @@ def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
         out.append(f"| {label} | {trained} | " + " | ".join(_cell(q) for q in pol["returns"]) + " |")
     best = optimum(entry)
     if best is not None:
-        out += ["", f"On the same tasks the best policy that knows the goal (straight at it at full speed, "
-                    f"`Navigation2DFamily.optimal_return`, computed here) scores {_cell(best)} per episode: its "
+        out += ["", f"On the same tasks the best policy that knows the goal (each coordinate towards it at full "
+                    f"speed, computed by `Navigation2DFamily.optimal_return`) scores {_cell(best)} per episode: its "
                     f"episodes end within a few steps, while a policy that does not stop within the tolerance "
                     f"of the goal pays its distance at each of the {best['horizon']} steps."]
     return "\n".join(out)
@@ -111,9 +112,8 @@ def optimum(entry: dict) -> dict | None:
     family, proto = Config.from_dict(config).family, entry["protocol"]
     tasks = family.eval_set("test", None, ways=None, shots=proto["shots"], queries=proto["queries"],
                             episodes=proto["tasks"], seed=proto["seed"], batch_size=proto["tasks"])
-    values = torch.tensor([family.optimal_return(task, 1) for batch in tasks for task in batch], dtype=torch.float64)
-    return {"mean": float(values.mean()), "ci95": float(1.96 * values.std() / math.sqrt(len(values))),
-            "horizon": family.options.horizon}
+    mean, ci95 = mean_ci95([family.optimal_return(task, 1) for batch in tasks for task in batch])
+    return {"mean": mean, "ci95": ci95, "horizon": family.options.horizon}
 
 
 def _action_std(algorithm) -> list[float] | None:

@@ -94,7 +94,10 @@ def test_references_in_the_regret_curves_take_their_constants_from_the_spec():
     assert greedy.describe()["epsilon"] == 0
     for spec, message in [
         ("ucb1:cc=1", r"--regret ucb1:cc=1: ucb1 has no constant cc; its constants: c$"),
-        ("thompson:c=1", r"thompson has no constant c; its constants: none"),
+        ("thompson:c=1", r"thompson has no constant c; it has none: give it as thompson, without :KEY=VALUE"),
+        ("ucbx", r"--regret ucbx: 'ucbx' is not a registered reference; references: .*ucb1"),
+        ("ucb1:,", r"--regret 'ucb1:,': write a reference as NAME or NAME:KEY=VALUE"),
+        ("ucb1:c=1,c=2", r"c is given twice"),
         ("ucb1:c", r"--regret 'ucb1:c': write a reference as NAME or NAME:KEY=VALUE\[,KEY=VALUE\] \(e.g. ucb1:c=0.2\), got 'c'"),
         ("ucb1:", r"--regret 'ucb1:': write a reference as NAME or NAME:KEY=VALUE"),
         ("ucb1:c=-1", r"--regret ucb1:c=-1: c=-1 must be a number in \[0.0, inf\)"),

@@ -199,9 +199,12 @@ def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_st
 
     from safetensors.torch import load_file
 
+    # an iteration is 16 updates (4 epochs x 4 minibatches); the kill comes after update 6 of the first
     raw = _config(task={"family": "bandits", "arms": 3},
-                  train={"shots": 5, "queries": 5, "meta_batch": 8, "steps": 24},
-                  eval={"val_episodes": 0, "test_episodes": 8})
+                  train={"shots": 5, "queries": 5, "meta_batch": 16, "steps": 32},
+                  eval={"val_episodes": 0, "test_episodes": 8},
+                  algorithm={"name": "rl2", "epochs": 4, "minibatches": 4})
+    raw["run"]["keep_last"] = 100  # no checkpoint is rotated away while the test looks for one
     cfg = tmp_path / "bandits.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["train", str(cfg), "--out", str(tmp_path / "reference")]) == 0
@@ -209,16 +212,17 @@ def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_st
     proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(cfg), "--out", str(run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "step-00000006.safetensors").exists():  # iteration 2 of 6, update 2 of 4
+    while not (run / "checkpoints" / "step-00000006.safetensors").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
-    assert not (run / "checkpoints" / "step-00000024.safetensors").exists()
+    left = max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.safetensors"))
+    assert 6 <= left < 16, f"the kill should land inside the first iteration, the newest checkpoint is step {left}"
     assert main(["train", "--resume", str(run)]) == 0
-    a = load_file(str(tmp_path / "reference" / "checkpoints" / "step-00000024.safetensors"))
-    b = load_file(str(run / "checkpoints" / "step-00000024.safetensors"))
+    a = load_file(str(tmp_path / "reference" / "checkpoints" / "step-00000032.safetensors"))
+    b = load_file(str(run / "checkpoints" / "step-00000032.safetensors"))
     compared = [k for k in a if k.startswith(("model/", "optimizer/"))]
     assert any(k.startswith("model/") for k in compared) and any("rollout" in k for k in compared)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in compared)

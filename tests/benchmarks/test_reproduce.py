@@ -307,7 +307,7 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
                    if "| Method A |" in line)
         assert f"`run_a`: 5-way 5-shot 5-query x 32, {text}10 min" in row, row
     none = rp.table_lines(run_list, [])
-    assert "`run_a`: not run yet (10 steps)" in next(line for line in none if "| Method A |" in line)
+    assert "`run_a`: not run yet (budget 10 steps)" in next(line for line in none if "| Method A |" in line)
 
 
 @pytest.mark.parametrize("status, acc, reached", [

@@ -72,4 +72,6 @@ def test_the_recorded_snail_runs_files_are_kept_and_match_their_newest_records()
         assert summary["step"] == record["steps"] and summary["best"]["step"] == record["checkpoint"]["step"], name
         vals = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
         assert vals and max(v["step"] for v in vals) <= summary["step"], name
-        assert (folder / "config.yaml").is_file()
+        import hashlib
+
+        assert hashlib.sha256((folder / "config.yaml").read_bytes()).hexdigest() == record["config_sha256"], name

@@ -42,9 +42,10 @@ def test_train_logs_the_return_and_eval_reports_it_after_each_number_of_steps(na
     assert all(-12 * 1.5 <= r["return"] <= 0 and r["ci95"] > 0 for r in results)  # 12 steps, never beyond ~1.4 away
     assert main(["eval", str(navigation_run), "--json"]) == 0  # the run's eval_steps (1)
     assert json.loads(capsys.readouterr().out)["return"] == results[1]["return"]
-    assert main(["eval", str(navigation_run)]) == 0  # the text report names episodes, not query points
+    assert main(["eval", str(navigation_run), "--shots", "2"]) == 0  # the text report names episodes, not query points
     out = capsys.readouterr().out
-    assert "6 x 3 adaptation episode(s), 3 scored, seed 0" in out and "regression" not in out, out
+    assert "6 x shots 2, queries 3 (episodes), seed 0" in out and "regression" not in out, out
+    assert "trained shots 3, queries 3 (episodes))" in out, out  # the training sizes, not the evaluation's
 
 
 def test_plot_draws_the_learning_curves_and_the_trajectories_by_default(navigation_run, tmp_path, capsys):

@@ -81,6 +81,16 @@ def test_a_family_from_a_file_trains_evaluates_and_plots_from_a_fresh_process_in
     assert result["task"] == "_coins_file" and result["episodes"] == 16 and 0 <= result["return"] <= 4
     r = _metakit("plot", str(tmp_path / "run"), cwd=elsewhere)
     assert r.returncode == 0, r.stderr
+    r = _metakit("train", "--resume", str(tmp_path / "run"), "train.steps=6", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    # the file moves: every command names the stored path and the way out; resuming with the new path works
+    moved = tmp_path / "moved_envs.py"
+    (project / "coin_envs.py").rename(moved)
+    r = _metakit("eval", str(tmp_path / "run"), cwd=elsewhere)
+    assert r.returncode != 0 and f"looked for {project / 'coin_envs.py'}" in r.stderr and "RUN/config.yaml" in r.stderr
+    r = _metakit("train", "--resume", str(tmp_path / "run"), "train.steps=8", f"run.imports=[{moved}]", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run"]["imports"] == [str(moved)]
 
 
 def test_a_module_name_is_imported_from_the_python_path_and_a_missing_one_is_named(tmp_path):
@@ -99,6 +109,16 @@ def test_a_module_name_is_imported_from_the_python_path_and_a_missing_one_is_nam
     r = _metakit("train", str(tmp_path / "coins.yaml"), "--out", str(tmp_path / "run2"), cwd=env_cwd)
     assert r.returncode != 0
     assert "run.imports: no module named 'my_coin_pkg'" in r.stderr and "PYTHONPATH" in r.stderr
+
+
+def test_entries_are_stored_without_surrounding_spaces(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spaced.py").write_text(ENVS.format(name="_coins_spaced"))
+    raw = {"task": {"family": "_coins_spaced"}, "train": {"shots": 2, "queries": 2, "meta_batch": 4, "steps": 2},
+           "eval": {"val_episodes": 0}, "model": {"name": "recurrent_policy"}, "algorithm": {"name": "rl2"},
+           "run": {"imports": [" spaced.py ", " json "]}}
+    assert Config.from_dict(raw).run.imports == [str(tmp_path / "spaced.py"), "json"]
+    assert Config.from_dict(Config.from_dict(raw).to_dict()).run.imports == [str(tmp_path / "spaced.py"), "json"]
 
 
 def test_a_file_is_imported_once_per_process(tmp_path, monkeypatch):
@@ -123,12 +143,16 @@ def test_a_file_is_imported_once_per_process(tmp_path, monkeypatch):
         (["no_such_module_xyz"], r"run.imports: no module named 'no_such_module_xyz' in this Python environment"),
         (["broken.py"], r"run.imports: importing 'broken.py' raised ZeroDivisionError: division by zero \(at .*broken.py, line 2\)"),
         (["imports_missing.py"], r"run.imports: importing 'imports_missing.py' raised ModuleNotFoundError: No module named 'absent_dep_xyz'"),
+        (["syntax.py"], r"run.imports: importing 'syntax.py' raised SyntaxError: .* \(at .*syntax.py, line 2\)"),
+        (["deep.py"], r"run.imports: importing 'deep.py' raised JSONDecodeError: .* \(at .*deep.py, line 3\)"),
     ],
 )
 def test_bad_imports_are_refused_naming_the_entry_and_the_cause(tmp_path, monkeypatch, entries, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.py").write_text("x = 1\ny = 1 / 0\n")
     (tmp_path / "imports_missing.py").write_text("import absent_dep_xyz\n")
+    (tmp_path / "syntax.py").write_text("x = 1\ndef f(:\n")
+    (tmp_path / "deep.py").write_text("import json\n\njson.loads('not json')\n")  # raised inside the json module
     with pytest.raises(ConfigError, match=message):
         import_user_modules(entries)
 

@@ -107,6 +107,7 @@ def test_plot_draws_the_family_s_references_by_default_and_those_named_with_thei
     assert (tmp_path / "run" / "regret.png").stat().st_size > 0
     # without --regret: the bandit family's references, with their default constants in the legend
     assert main(["plot", str(tmp_path / "run"), "--tasks", "4"]) == 0
+    assert main(["plot", str(tmp_path / "run"), "--no-regret"]) == 0  # learning curves alone
     assert drawn == [["rl2", "ucb1 (c=0.2)", "epsilon_greedy (epsilon=0.05)"],
                      ["rl2", "gittins (discount=0.9, grid=1001)", "ucb1 (c=1)", "thompson"]]
     capsys.readouterr()

@@ -126,10 +126,10 @@ def _play(env, policy, rng=None):
     return total
 
 
-def test_the_optimal_return_is_the_straight_full_speed_path_and_no_policy_beats_it():
+def test_the_optimal_return_is_the_full_speed_path_per_coordinate_and_no_policy_beats_it():
     family = _family()
     # by hand: goal (0.25, 0) is reached in 3 steps, at distances 0.15, 0.05, 0 after them; goal
-    # (0.5, -0.205) in 6, the y coordinate within 0.01 from step 3 (distances sqrt(0.4^2 + 0.105^2), ...)
+    # (0.5, -0.205) in 5, the y coordinate within 0.01 from step 2 (distances sqrt(0.4^2 + 0.105^2), ...)
     hand = dataclasses.replace(family.task(0, "test", 0), params={"goal": (0.25, 0.0)})
     assert family.optimal_return(hand, 1) == pytest.approx(-0.2)
     far = dataclasses.replace(hand, params={"goal": (0.5, -0.205)})

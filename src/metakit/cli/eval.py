@@ -157,6 +157,9 @@ def evaluate_run(
     text = family.episode_text(record["ways"], record["shots"], record["queries"])
     if text:
         record["episode_text"] = text
+    trained = family.episode_text(cfg.train.ways, cfg.train.shots, cfg.train.queries)
+    if trained:
+        record["train_episode_text"] = trained
     if result.details:
         record["details"] = {n: {"mean": m, "ci95": None if ci != ci else ci, "episodes": k} for n, (m, ci, k) in result.details.items()}
     return record
@@ -172,7 +175,7 @@ def _protocol_text(r: dict[str, Any]) -> str:
         task = f"{r['ways']}-way {r['shots']}-shot, {r['queries']} queries per class"
     train = r["train"]
     trained = f"{train['ways']}-way {train['shots']}-shot" if train["ways"] is not None else f"{train['shots']}-shot"
-    trained = r.get("episode_text") or trained
+    trained = r.get("train_episode_text") or trained
     return "\n".join(
         [
             f"{r['algorithm']} on {dataset}, split {r['split']}",
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
     )
     if args.json:
-        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text")}, indent=2))
+        print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text", "train_episode_text")}, indent=2))
     else:
         print(_protocol_text(record))
     return 0

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "algorithms (e.g. --regret ucb1 thompson; constants as NAME:KEY=VALUE,..., e.g. --regret ucb1:c=0.2 "
         "epsilon_greedy:epsilon=0.05), on fixed test tasks, mean with 95%% band",
     )
+    p.add_argument("--no-regret", action="store_true",
+                   help="skip the regret curves a bandit or tabular-MDP run draws by default (they play the references "
+                   "on --tasks test tasks: seconds to a minute)")
     p.add_argument("--tasks", type=int, default=None, metavar="N",
                    help="test tasks of the regret curves (default 100)")
     p.add_argument(
@@ -137,15 +140,21 @@ def _wants_regret(args: argparse.Namespace) -> bool:
     (``regret_references``: bandits, tabular MDPs) and whose algorithm plays trials (``episode_returns``)."""
     from ..algorithms import get_algorithm
     from ..runtime.run import read_run_config
+    from ..tasks import EnvFamily
 
     if getattr(args, "regret", None) is not None:
+        if getattr(args, "no_regret", False):
+            raise ValueError("--regret and --no-regret exclude each other")
         return True
+    if getattr(args, "no_regret", False):
+        return False
     try:
         config = read_run_config(args.run_dir)
     except FileNotFoundError:
         return False  # a folder of metrics only: learning curves alone
     family = config.family
-    return (bool(getattr(family, "regret_references", ())) and callable(getattr(family, "optimal_return", None))
+    knows_optimum = isinstance(family, EnvFamily) and type(family).optimal_return is not EnvFamily.optimal_return
+    return (bool(getattr(family, "regret_references", ())) and knows_optimum
             and callable(getattr(get_algorithm(config.algorithm.name), "episode_returns", None)))
 
 

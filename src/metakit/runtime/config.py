@@ -231,7 +231,8 @@ class RunConfig(Options):
     )
 
     def _resolve(self) -> None:
-        self._set("imports", [os.path.abspath(os.path.expanduser(e)) if is_file_entry(e) else e for e in self.imports])
+        entries = [e.strip() if isinstance(e, str) else e for e in self.imports]
+        self._set("imports", [os.path.abspath(os.path.expanduser(e)) if is_file_entry(e) else e for e in entries])
 
 
 SECTIONS: dict[str, type] = {

@@ -35,19 +35,35 @@ def is_file_entry(entry: str) -> bool:
     return entry.endswith(".py") or "/" in entry or os.sep in entry
 
 
-def _where(error: BaseException) -> str:
+def _where(error: BaseException, source: str | None) -> str:
+    """Where in the user's code ``error`` came from: a syntax error's own line, else the last frame
+    of the traceback in ``source`` (a file, or the folder of a package), else the last frame."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        return f" (at {error.filename}, line {error.lineno})"
     frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" (at {last.filename}, line {last.lineno})"
+    if source is not None:
+        mine = [f for f in frames if os.path.abspath(f.filename) == source or os.path.abspath(f.filename).startswith(source + os.sep)]
+        frames = mine or frames
+    return f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
-def _failed(entry: str, error: BaseException) -> ConfigError:
+def _failed(entry: str, error: BaseException, source: str | None) -> ConfigError:
     return ConfigError(
-        f"{_KEY}: importing {entry!r} raised {type(error).__name__}: {error}{_where(error)}; fix the module "
+        f"{_KEY}: importing {entry!r} raised {type(error).__name__}: {error}{_where(error, source)}; fix the module "
         f"or remove it from {_KEY}"
     )
+
+
+def _module_source(entry: str) -> str | None:
+    """The file of module ``entry`` (the folder of a package), if it can be found."""
+    try:
+        spec = importlib.util.find_spec(entry)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    origin = os.path.abspath(spec.origin)
+    return os.path.dirname(origin) if spec.submodule_search_locations else origin
 
 
 def _import_file(entry: str) -> str:
@@ -55,7 +71,9 @@ def _import_file(entry: str) -> str:
     if not os.path.isfile(path):
         raise ConfigError(
             f"{_KEY}: {entry!r} is not a file (looked for {path}); give the path of a .py file (relative to the "
-            "current directory) or a module name importable from this Python environment"
+            "current directory) or a module name importable from this Python environment. A run stores the "
+            f"absolute path in RUN/config.yaml: if the file has moved, edit {_KEY} there (or resume with "
+            f"{_KEY}=[NEW_PATH])"
         )
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"_metakit_user_{''.join(c if c.isalnum() else '_' for c in stem)}_{hashlib.sha1(path.encode()).hexdigest()[:10]}"
@@ -70,7 +88,7 @@ def _import_file(entry: str) -> str:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's module: report where it failed
         del sys.modules[name]
-        raise _failed(entry, e) from e
+        raise _failed(entry, e, path) from e
     return path
 
 
@@ -83,9 +101,9 @@ def _import_module(entry: str) -> str:
                 f"{_KEY}: no module named {entry!r} in this Python environment; install its package, add its "
                 f"folder to PYTHONPATH, or give the path of its .py file (e.g. {_KEY}=[./{entry.split('.')[-1]}.py])"
             ) from None
-        raise _failed(entry, e) from e
+        raise _failed(entry, e, _module_source(entry)) from e
     except Exception as e:
-        raise _failed(entry, e) from e
+        raise _failed(entry, e, _module_source(entry)) from e
     return entry
 
 

@@ -38,18 +38,18 @@ def parse_reference(spec: str) -> tuple[str, dict[str, Any]]:
     from ..options import ConfigError
     from .config import read_yaml
 
-    name, _, rest = spec.partition(":")
+    form = f"--regret {spec!r}: write a reference as NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. ucb1:c=0.2)"
+    name, colon, rest = spec.partition(":")
+    if not name or (colon and not rest.strip(", ")):
+        raise ConfigError(form)
     constants: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in rest.split(",") if colon else []:
         key, eq, text = item.partition("=")
         if not eq or not key.strip() or not text.strip():
-            raise ConfigError(
-                f"--regret {spec!r}: write a reference as NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. ucb1:c=0.2), "
-                f"got {item!r}"
-            )
+            raise ConfigError(f"{form}, got {item!r}")
+        if key.strip() in constants:
+            raise ConfigError(f"{form}; {key.strip()} is given twice")
         constants[key.strip()] = read_yaml(text)
-    if not name or (rest == "" and spec.endswith(":")):
-        raise ConfigError(f"--regret {spec!r}: write a reference as NAME or NAME:KEY=VALUE[,KEY=VALUE] (e.g. ucb1:c=0.2)")
     return name, constants
 
 
@@ -61,10 +61,12 @@ def build_reference(spec: str, context: Any) -> Any:
     from ..algorithms import available_algorithms, get_algorithm
 
     name, constants = parse_reference(spec)
+    able = [n for n in available_algorithms() if not n.startswith("_") and callable(getattr(get_algorithm(n), "reference", None))]
+    if name not in available_algorithms():
+        raise ValueError(f"--regret {spec}: {name!r} is not a registered reference; references: {', '.join(able) or 'none registered'}")
     cls = get_algorithm(name)
     make = getattr(cls, "reference", None)
     if make is None or not callable(getattr(cls, "episode_returns", None)):
-        able = [n for n in available_algorithms() if not n.startswith("_") and callable(getattr(get_algorithm(n), "reference", None))]
         raise ValueError(
             f"--regret {name}: algorithm {name!r} is not a reference that plays without training (it has no "
             f"reference(context) and episode_returns(batch)); references: {', '.join(able) or 'none registered'}"
@@ -73,9 +75,8 @@ def build_reference(spec: str, context: Any) -> Any:
         takes = [p for p in inspect.signature(cls).parameters if p not in ("model", "self")]
         unknown = sorted(set(constants) - set(takes))
         if unknown:
-            raise ValueError(
-                f"--regret {spec}: {name} has no constant {', '.join(unknown)}; its constants: {', '.join(takes) or 'none'}"
-            )
+            fix = f"its constants: {', '.join(takes)}" if takes else f"it has none: give it as {name}, without :KEY=VALUE"
+            raise ValueError(f"--regret {spec}: {name} has no constant {', '.join(unknown)}; {fix}")
         try:
             return make(context, **constants)
         except (TypeError, ValueError) as e:
@@ -137,7 +138,10 @@ def plot_regret(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         described = reference.describe() if callable(getattr(reference, "describe", None)) else {}
         constants = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in described.items() if k != "method")
-        players[f"{parse_reference(spec)[0]} ({constants})" if constants else spec] = reference
+        label = f"{parse_reference(spec)[0]} ({constants})" if constants else spec
+        if label in players:
+            raise ValueError(f"--regret {spec}: {label} is already drawn; name each reference once")
+        players[label] = reference
     batches = loaded.episodes("test", episodes=tasks, seed=seed)
     curves = regret_curves(players, family, batches)
     import matplotlib

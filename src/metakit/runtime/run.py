@@ -66,7 +66,8 @@ LOCK_FILE = ".lock"
 
 #: config keys that may change when a run is resumed (the others would make the resumed run a
 #: different experiment). ``optim.grad_clip`` changes the parameters from then on (a way out of
-#: a non-finite loss); the others change only the length of the run and its bookkeeping.
+#: a non-finite loss); ``run.imports`` may point at a moved file of the user's own; the others change
+#: only the length of the run and its bookkeeping.
 RESUMABLE_KEYS = (
     "train.steps",
     "eval.val_every",
@@ -76,6 +77,7 @@ RESUMABLE_KEYS = (
     "run.log_every",
     "run.num_threads",
     "run.progress",
+    "run.imports",
 )
 
 

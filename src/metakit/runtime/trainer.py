@@ -42,6 +42,7 @@ starting again from step 0; ``restart=True`` (``metakit train --resume RUN_DIR -
 
 from __future__ import annotations
 
+import json
 import contextlib
 import copy
 import math
@@ -780,7 +781,9 @@ def _train_locked(config: Config, run_dir: Path, *, resume: bool, restart: bool,
         context = build_context(config, train_set, sampler)
         config = resolve_config(config, context)
         if resume:
-            check_resume_changes(resolve_config(read_run_config(run_dir), context), config)
+            # the saved config is read with the modules of this resume (run.imports may name a moved file)
+            imports = "run.imports=" + json.dumps(list(config.run.imports))
+            check_resume_changes(resolve_config(read_run_config(run_dir, [imports]), context), config)
         val = None
         if config.validates:
             val = build_episodes(config, "val", episodes=config.eval.val_episodes)

@@ -188,9 +188,10 @@ class Navigation2DFamily(EnvFamily):
         return _env_classes()[1](goals, **self._dynamics())
 
     def optimal_return(self, task: EnvTask, episodes: int) -> float:
-        """The return of the best policy knowing the goal ``g`` over ``episodes`` episodes: moving
-        straight at it at full speed, which puts the agent at ``clip(g, -m t, m t)`` (per
-        coordinate, ``m = max_action``) after step ``t``.
+        """The return of the best policy knowing the goal ``g`` over ``episodes`` episodes: moving each
+        coordinate towards the goal at full speed (action ``clip(g - x, -m, m)``, ``m = max_action``;
+        a diagonal leg, then one along an axis), which puts the agent at ``clip(g, -m t, m t)`` after
+        step ``t``.
 
         It is optimal step by step: any policy's position after ``t`` steps lies in the box
         ``|x_i| <= m t``, whose nearest point to ``g`` is that clip, so no reward can be larger;

@@ -359,7 +359,7 @@ class EnvFamily(TaskFamily):
 
     def episode_text(self, ways: int | None, shots: int, queries: int) -> str:
         # shots / queries as the algorithm reads them (module docstring); not images, not query points
-        return f"{shots} adaptation episode(s), {queries} scored"
+        return f"shots {shots}, queries {queries} (episodes)"
 
     def record(self) -> dict[str, Any]:
         return {"dataset": self.name, "protocol": None, "options": self.to_dict()}
