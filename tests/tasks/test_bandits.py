@@ -24,7 +24,7 @@ def test_means_are_uniform_per_arm_and_drawn_from_the_task_stream():
     assert np.array_equal(again.params["means"], means[7])
 
 
-@pytest.mark.parametrize("arms", [2, 5, 50])
+@pytest.mark.parametrize("arms", [2, 5, 10, 50])
 def test_every_env_passes_check_env(arms):
     env = family(arms=arms).task(3, "test", 1).make()
     check_env(env, skip_render_check=True)
