@@ -169,3 +169,28 @@ def bomb_png() -> bytes:
     body = b"".join(z.compress(row * 1000) for _ in range(h // 1000)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+
+
+def _kill_train_at(config: Path, run: Path, step: int, poll: float = 0.005) -> None:
+    """Start ``metakit train CONFIG --out RUN`` in a subprocess and SIGKILL it once its step-``step``
+    checkpoint exists (the run must still be going then)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(config), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / f"step-{step:08d}.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+
+
+@pytest.fixture
+def kill_train_at() -> Callable[..., None]:
+    """``kill_train_at(config, run_dir, step)``: a ``metakit train`` run killed with SIGKILL after a checkpoint."""
+    return _kill_train_at

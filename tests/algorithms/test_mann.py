@@ -222,13 +222,7 @@ def test_a_resumed_sequence_run_ends_with_the_weights_of_an_uninterrupted_one(tm
 
 
 @pytest.mark.slow
-def test_a_sequence_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, capsys):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
+def test_a_sequence_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, capsys, kill_train_at):
     from safetensors.torch import load_file
 
     root = _image_folder(tmp_path / "data", {"train": 4, "val": 3, "test": 3})
@@ -237,15 +231,7 @@ def test_a_sequence_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights
                    .replace("steps: 4", "steps: 30").replace("checkpoint_every: 2", "checkpoint_every: 1"))
     assert main(["train", str(cfg), "--out", str(tmp_path / "reference")]) == 0
     run = tmp_path / "killed"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(cfg), "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "step-00000003.safetensors").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    kill_train_at(cfg, run, 3)
     assert main(["train", "--resume", str(run)]) == 0
     a = load_file(str(tmp_path / "reference" / "checkpoints" / "step-00000030.safetensors"))
     b = load_file(str(run / "checkpoints" / "step-00000030.safetensors"))

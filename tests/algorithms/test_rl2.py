@@ -188,15 +188,9 @@ def test_shipped_rl2_configs_load_and_score_whole_trials(path):
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_state(tmp_path):
+def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_state(tmp_path, kill_train_at):
     """A real SIGKILL of `metakit train` between two PPO updates of one iteration: the resumed run
     ends with the uninterrupted run's weights, optimizer state and roll-out buffers, bit for bit."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     # an iteration is 16 updates (4 epochs x 4 minibatches); the kill comes after update 6 of the first
@@ -209,15 +203,7 @@ def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_st
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["train", str(cfg), "--out", str(tmp_path / "reference")]) == 0
     run = tmp_path / "killed"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(cfg), "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "step-00000006.safetensors").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    kill_train_at(cfg, run, 6)
     left = max(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.safetensors"))
     assert 6 <= left < 16, f"the kill should land inside the first iteration, the newest checkpoint is step {left}"
     assert main(["train", "--resume", str(run)]) == 0
