@@ -111,6 +111,64 @@ def test_task_returns_score_the_last_queries_episodes_of_the_trial():
         algo.task_returns(_batch(5, shots=4, queries=5))
 
 
+def test_the_running_statistics_of_the_value_targets_match_those_of_all_targets_at_once():
+    algo = _algo(normalize_returns=True)
+    assert algo.return_scale() == (0.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, generator=g, dtype=torch.float64) * 30 + 100 for n in (7, 1, 40, 13)]
+    for x in parts:
+        algo._update_return_stats(x.float())
+    everything = torch.cat([x.float().double() for x in parts])
+    mean, std = algo.return_scale()
+    assert int(algo.return_count) == 61
+    assert mean == pytest.approx(float(everything.mean()), rel=1e-12)
+    assert std == pytest.approx(float(everything.std(correction=0)), rel=1e-12)
+
+
+def _by_hand(algo, trials, mean, std):
+    """RL²'s value targets with normalize_returns, computed without the module: GAE on the value
+    head's outputs mapped back with the statistics before the batch, then standardised with them after."""
+    from metakit.algorithms._rl import gae
+
+    values = (trials.values.double() * std + mean).float()
+    _, ret = gae(trials.rewards, values, trials.trial_ends(), algo.gamma, algo.gae_lambda)
+    return ret
+
+
+def test_normalize_returns_maps_the_values_back_for_gae_and_standardises_the_targets():
+    algo = _algo(normalize_returns=True, epochs=1, minibatches=1)
+    plain = _algo(epochs=1, minibatches=1)
+    first, second = _batch(6, shots=5, horizon=3, stream="train"), _batch(6, shots=4, horizon=3, stream="train")
+    trials = algo.collect(first)
+    valid = trials.valid
+    # before any target the statistics are (0, 1): GAE sees the raw outputs, as without the option
+    ret = _by_hand(algo, trials, 0.0, 1.0)
+    plain.collect(first)
+    torch.testing.assert_close(plain.rollout_returns, ret, rtol=0, atol=1e-6)
+    # the stored targets are those targets standardised with their own statistics
+    targets = algo.rollout_returns[valid].double()
+    assert float(targets.mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(targets.std(correction=0)) == pytest.approx(1.0, abs=1e-5)
+    mean1, std1 = algo.return_scale()
+    assert mean1 > 0.5  # a trial of 0/1 rewards: targets around 1, not already standardised ones
+    torch.testing.assert_close(algo.rollout_returns[valid], ((ret[valid].double() - mean1) / std1).float(), rtol=0, atol=1e-6)
+    algo._clear()
+    # the next iteration maps the value head's outputs back with the statistics of the first
+    trials = algo.collect(second)
+    ret = _by_hand(algo, trials, mean1, std1)
+    mean2, std2 = algo.return_scale()
+    assert int(algo.return_count) == int(valid.sum()) + int(trials.valid.sum())
+    torch.testing.assert_close(algo.rollout_returns[trials.valid],
+                               ((ret[trials.valid].double() - mean2) / std2).float(), rtol=0, atol=1e-5)
+    # the statistics are buffers: a checkpoint without them (written before they existed) loads as (0, 1)
+    state = {k: v for k, v in algo.state_dict().items() if not k.startswith("return_")}
+    fresh = _algo(normalize_returns=True)
+    fresh.load_state_dict(state)
+    assert fresh.return_scale() == (0.0, 1.0)
+    with pytest.raises(ConfigError, match=r"algorithm.normalize_returns='yes' must be true or false"):
+        _algo(normalize_returns="yes")
+
+
 def _config(**sections) -> dict:
     raw = {
         "task": {"family": "_two_arms"},
@@ -197,7 +255,7 @@ def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_st
     raw = _config(task={"family": "bandits", "arms": 3},
                   train={"shots": 5, "queries": 5, "meta_batch": 16, "steps": 32},
                   eval={"val_episodes": 0, "test_episodes": 8},
-                  algorithm={"name": "rl2", "epochs": 4, "minibatches": 4})
+                  algorithm={"name": "rl2", "epochs": 4, "minibatches": 4, "normalize_returns": True})
     raw["run"]["keep_last"] = 100  # no checkpoint is rotated away while the test looks for one
     cfg = tmp_path / "bandits.yaml"
     cfg.write_text(yaml.safe_dump(raw))
@@ -211,4 +269,5 @@ def test_a_run_killed_with_sigkill_mid_iteration_resumes_to_the_uninterrupted_st
     b = load_file(str(run / "checkpoints" / "step-00000032.safetensors"))
     compared = [k for k in a if k.startswith(("model/", "optimizer/"))]
     assert any(k.startswith("model/") for k in compared) and any("rollout" in k for k in compared)
+    assert any(k.endswith("return_m2") for k in compared)  # the value targets' running statistics
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in compared)

@@ -19,7 +19,11 @@ least as sample-efficient as TRPO on their benchmarks. One PPO **iteration**:
    :func:`~metakit.algorithms._rl.rollout`, actions sampled);
 2. advantages by GAE(gamma, lambda) over the whole trial (the discount runs across the
    episode boundaries inside a trial and stops at its end: the trial is RL²'s episode),
-   normalised over the batch; value targets ``A + V``;
+   normalised over the batch; value targets ``A + V``. With ``normalize_returns`` the value head
+   predicts standardised targets: its outputs are mapped back with the running mean and std of
+   all targets so far before GAE, and the new targets are standardised with the statistics
+   updated by them -- without it, trials of 100 steps with rewards around 1 give value targets
+   in the tens whose loss gradient outweighs the policy's under PPO's gradient clipping;
 3. ``epochs`` passes over the trials in ``minibatches`` random minibatches of whole trials; each
    minibatch re-runs the GRU over its trials from the zero state and minimises
    ``L = mean(-min(rho A, clip(rho, 1-eps, 1+eps) A)) + c_v mean(0.5 (V - R)^2) - c_e mean(H)``
@@ -73,6 +77,8 @@ __all__ = ["RL2", "policy_size"]
 #: the trials' fields kept in buffers between the steps of an iteration (besides advantages, returns, order)
 _TRIAL_FIELDS = ("obs", "actions", "rewards", "dones", "terminated", "valid", "episode", "log_probs", "values", "task")
 _BUFFERS = tuple(f"rollout_{k}" for k in (*_TRIAL_FIELDS, "advantages", "returns", "order"))
+#: the value targets' running statistics (normalize_returns) and their values before any target
+_RETURN_STATS = {"return_count": 0.0, "return_mean": 0.0, "return_m2": 0.0}
 #: noise streams of the roll-outs (see metakit.algorithms._rl.step_noise)
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
@@ -108,6 +114,9 @@ class RL2(Algorithm):
         value_coef: weight of the value loss.
         entropy_coef: weight of the entropy bonus.
         normalize_advantages: normalise the advantages over the valid steps of an iteration.
+        normalize_returns: the value head learns the value targets standardised by the running mean
+            and std of all value targets so far (its outputs are mapped back before GAE), so the
+            value loss and its gradient keep one scale whatever the scale of the rewards.
         eval_actions: sample (the stochastic policy) or greedy (the most likely action) in task_returns.
     """
 
@@ -165,6 +174,7 @@ class RL2(Algorithm):
         value_coef: float = 0.5,
         entropy_coef: float = 0.01,
         normalize_advantages: bool = True,
+        normalize_returns: bool = False,
         eval_actions: str = "sample",
     ) -> None:
         super().__init__()
@@ -185,9 +195,16 @@ class RL2(Algorithm):
         self.gamma, self.gae_lambda, self.clip = float(gamma), float(gae_lambda), float(clip)
         self.epochs, self.minibatches = epochs, minibatches
         self.value_coef, self.entropy_coef = float(value_coef), float(entropy_coef)
-        self.normalize_advantages, self.eval_actions = bool(normalize_advantages), eval_actions
+        for name, v in (("normalize_advantages", normalize_advantages), ("normalize_returns", normalize_returns)):
+            if not isinstance(v, bool):
+                raise ConfigError(f"algorithm.{name}={v!r} must be true or false")
+        self.normalize_advantages, self.normalize_returns = normalize_advantages, normalize_returns
+        self.eval_actions = eval_actions
         for name in _BUFFERS:
             self.register_buffer(name, torch.empty(0))
+        # running count, mean and sum of squared deviations of the value targets (normalize_returns)
+        for name, value in _RETURN_STATS.items():
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float64))
         self.register_buffer("rollout_position", torch.zeros((), dtype=torch.long))
         self.register_buffer("rollout_return", torch.zeros((), dtype=torch.float64))
 
@@ -197,6 +214,8 @@ class RL2(Algorithm):
             incoming = state_dict.get(prefix + name)
             if isinstance(incoming, Tensor):
                 self._buffers[name] = torch.empty_like(incoming, device=self.rollout_position.device)
+        for name, value in _RETURN_STATS.items():  # checkpoints written before the statistics existed
+            state_dict.setdefault(prefix + name, torch.tensor(value, dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- acting ------------------------------------------------------------------------------------
@@ -253,7 +272,15 @@ class RL2(Algorithm):
         if len(batch) < self.minibatches:
             raise ValueError(_split_message(len(batch), self.minibatches))
         trials = self.play(batch, stream=TRAIN_STREAM)
-        adv, ret = gae(trials.rewards, trials.values, trials.trial_ends(), self.gamma, self.gae_lambda)
+        values = trials.values
+        if self.normalize_returns:  # the value head's outputs are standardised targets: map them back
+            mean, std = self.return_scale()
+            values = (values.double() * std + mean).to(values.dtype)
+        adv, ret = gae(trials.rewards, values, trials.trial_ends(), self.gamma, self.gae_lambda)
+        if self.normalize_returns:
+            self._update_return_stats(ret[trials.valid])
+            mean, std = self.return_scale()
+            ret = ((ret.double() - mean) / std).to(ret.dtype)
         if self.normalize_advantages:
             adv = normalize(adv, trials.valid)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(s) for s in batch.seeds]).generate_state(1)[0]))
@@ -266,6 +293,31 @@ class RL2(Algorithm):
         self._buffers["rollout_order"] = order.to(device)
         self.rollout_return.fill_(float(trials.trial_returns().mean()))
         return trials
+
+    def return_scale(self) -> tuple[float, float]:
+        """``(mean, std)`` of the value targets seen so far (``(0, 1)`` before the first; the std
+        is at least 1e-4 of 1 + |mean|, so a constant target does not divide by zero)."""
+        count, mean = float(self.return_count), float(self.return_mean)
+        if count == 0:
+            return 0.0, 1.0
+        std = (float(self.return_m2) / count) ** 0.5
+        return mean, max(std, 1e-4 * (1.0 + abs(mean)))
+
+    def _update_return_stats(self, targets: Tensor) -> None:
+        """Merge a batch of value targets into the running statistics (Chan et al.'s pairwise
+        update of count, mean and sum of squared deviations, in float64)."""
+        x = targets.detach().double().flatten().cpu()
+        n_b = float(x.numel())
+        if n_b == 0:
+            return
+        n_a, mean_a, m2_a = float(self.return_count), float(self.return_mean), float(self.return_m2)
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        self.return_count.fill_(n)
+        self.return_mean.fill_(mean_a + delta * n_b / n)
+        self.return_m2.fill_(m2_a + m2_b + delta * delta * n_a * n_b / n)
 
     def _clear(self) -> None:
         for name in _BUFFERS:
