@@ -1,5 +1,6 @@
-"""The MAML paper's Figure 4 protocol on 2D navigation: the return after 0..K policy-gradient steps on
-held-out goals, for MAML-RL, the pretrained policy and a randomly initialised one.
+"""The MAML paper's adaptation protocol (Finn et al. 2017, Figures 4 and 5: 2D navigation and
+half-cheetah): the return after 0..K policy-gradient steps on held-out tasks, for MAML-RL, the
+pretrained policy and a randomly initialised one.
 
     python benchmarks/rl/navigation_figure.py --run maml=RUN_DIR --run pretrained=RUN_DIR[@CHECKPOINT] \\
         [--random-init] [--tasks 1000] [--steps 3] [--inner-lr LR ...] [--record benchmarks/rl/navigation.json] \\
@@ -70,8 +71,8 @@ def curve(algorithm, episodes, steps: int) -> list[dict]:
             for k, row in enumerate(per_task)]
 
 
-def _cell(point: dict) -> str:
-    return f"{point['mean']:.2f}" + (f" ± {point['ci95']:.2f}" if point.get("ci95") is not None else "")
+def _cell(mean: float, ci95: float | None) -> str:
+    return f"{mean:.2f}" + (f" ± {ci95:.2f}" if ci95 is not None else "")
 
 
 def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
@@ -92,28 +93,29 @@ def table(entry: dict, record: str = "benchmarks/rl/navigation.json") -> str:
                        f"{training['elapsed'] / 60:.0f} min")
         else:
             trained = f"none (initialisation, seed {pol.get('seed')})"
-        out.append(f"| {label} | {trained} | " + " | ".join(_cell(q) for q in pol["returns"]) + " |")
+        out.append(f"| {label} | {trained} | " + " | ".join(_cell(q["mean"], q.get("ci95")) for q in pol["returns"]) + " |")
     best = optimum(entry)
     if best is not None:
-        out += ["", f"On the same tasks the best policy that knows the goal (each coordinate towards it at full "
-                    f"speed, computed by `Navigation2DFamily.optimal_return`) scores {_cell(best)} per episode: its "
-                    f"episodes end within a few steps, while a policy that does not stop within the tolerance "
-                    f"of the goal pays its distance at each of the {best['horizon']} steps."]
+        out += ["", f"On the same tasks the best policy that knows the task scores {_cell(best['mean'], best['ci95'])} "
+                    f"per episode (`{best['family']}.optimal_return`, horizon {best['horizon']})."]
     return "\n".join(out)
 
 
 def optimum(entry: dict) -> dict | None:
     """Mean and 95% interval of the family's optimal return per episode over the entry's test tasks
-    (the tasks its policies were scored on) and the horizon, or None when no policy's config is in
-    the entry."""
+    (the tasks its policies were scored on), the horizon and the family's class name; None when no
+    policy's config is in the entry or the family does not know its optimum."""
     config = next((pol["config"] for pol in entry["policies"].values() if pol.get("config")), None)
     if config is None:
         return None
     family, proto = Config.from_dict(config).family, entry["protocol"]
     tasks = family.eval_set("test", None, ways=None, shots=proto["shots"], queries=proto["queries"],
                             episodes=proto["tasks"], seed=proto["seed"], batch_size=proto["tasks"])
-    mean, ci95 = mean_ci95([family.optimal_return(task, 1) for batch in tasks for task in batch])
-    return {"mean": mean, "ci95": ci95, "horizon": family.options.horizon}
+    values = [family.optimal_return(task, 1) for batch in tasks for task in batch]
+    if any(v is None for v in values):  # a family that does not know its optimum (locomotion)
+        return None
+    mean, ci95 = mean_ci95(values)
+    return {"mean": mean, "ci95": ci95, "horizon": family.options.horizon, "family": type(family).__name__}
 
 
 def _action_std(algorithm) -> list[float] | None:
