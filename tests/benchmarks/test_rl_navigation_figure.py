@@ -161,3 +161,16 @@ def test_table_mode_refuses_a_missing_or_empty_record_and_a_stray_readme(tmp_pat
     monkeypatch.setattr(sys, "argv", ["navigation_figure.py", "--readme", str(tmp_path / "README.md"), "--run", "a=b"])
     with pytest.raises(SystemExit):
         _script().main()
+
+
+@pytest.mark.parametrize("task", ["direction"])
+def test_the_readme_half_cheetah_tables_are_the_newest_records(task):
+    readme = (HERE.parents[1] / "README.md").read_text()
+    marker = f"cheetah-{task}-table"
+    block = readme.split(f"<!-- {marker} -->\n", 1)[1].split(f"\n<!-- /{marker} -->", 1)[0]
+    entries = json.loads((HERE / f"cheetah_{task}.json").read_text())
+    assert block == _script().table(entries[-1], f"benchmarks/rl/cheetah_{task}.json")
+    policies = entries[-1]["policies"]
+    assert {"maml", "pretrained", "random init"} <= set(policies)
+    assert {pol["config"]["task"]["family"] for pol in policies.values() if "config" in pol} == {f"half_cheetah_{task}"}
+    assert (HERE.parents[1] / "docs" / f"maml_rl_cheetah_{task}.png").stat().st_size > 5000
