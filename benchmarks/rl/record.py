@@ -9,7 +9,8 @@
 ``runs.json`` beside this script: the run id (``NAME-<UTC start of training>``), the run's
 ``config.yaml`` and its sha256, the evaluated checkpoint's path and sha256, the result (mean return,
 its 95% interval, the regret against the family's optimum and its interval, episodes, seed), the
-training steps and seconds (``summary.json``), the command, the evaluation's seconds, the hardware
+training steps and seconds (``summary.json``) with the run's validation returns and the 10th, 50th and
+90th percentiles of its gradient norm before clipping (``metrics.jsonl``), the command, the evaluation's seconds, the hardware
 (``metakit.bench.hardware()``), the date, and the git commit and torch version of the metakit that
 evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a
 failed evaluation are refused with the reason and no record.
@@ -17,7 +18,8 @@ failed evaluation are refused with the reason and no record.
 ``table`` prints the newest record of each run next to the newest reference record of the same
 protocol in ``references.json`` (task family and its options, trial length, test tasks, seed) and
 the numbers of Duan et al. 2016 (Table 1 for bandits, Table 2 for tabular MDPs) that
-``references.py`` carries. ``--readme FILE`` writes the table between FILE's ``<!-- rl-table -->``
+``references.py`` carries; where runs share a setting, each row names the ``algorithm.*`` options
+that differ between them. ``--readme FILE`` writes the table between FILE's ``<!-- rl-table -->``
 and ``<!-- /rl-table -->`` lines instead.
 """
 
@@ -130,6 +132,23 @@ def _software(metakit: str) -> dict[str, str]:
     return out
 
 
+def training_curves(run_dir: Path) -> dict[str, Any]:
+    """From the run's ``metrics.jsonl``: ``validation``, the ``[step, return]`` of each validation, and
+    ``grad_norm``, the 10th, 50th and 90th percentiles of the gradient norm before clipping over the
+    logged training lines (empty where the run logged none)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out: dict[str, Any] = {"validation": [[r["step"], r["return"]] for r in rows
+                                          if r.get("split") == "val" and "return" in r]}
+    norms = sorted(r["grad_norm"] for r in rows if r.get("split") == "train" and isinstance(r.get("grad_norm"), (int, float)))
+    if norms:
+        out["grad_norm"] = {f"p{q}": norms[min(len(norms) - 1, len(norms) * q // 100)] for q in (10, 50, 90)}
+        out["grad_norm"]["lines"] = len(norms)
+    return out
+
+
 def evaluate(run_dir: Path, metakit: str, episodes: int, record: Path, argv: list[str]) -> dict[str, Any]:
     """Evaluate ``run_dir`` with ``metakit eval --json`` and append its record to ``record``."""
     from metakit.bench import hardware
@@ -159,7 +178,7 @@ def evaluate(run_dir: Path, metakit: str, episodes: int, record: Path, argv: lis
                                               "seed", "return", "ci95", "optimal_return", "regret", "regret_ci95")
                    if k in result},
         "training": {"status": summary["status"], "steps": summary.get("step"), "seconds": summary.get("elapsed"),
-                     "best": summary.get("best")},
+                     "best": summary.get("best"), **training_curves(run_dir)},
         "command": {"record": shlex.join(["python", "benchmarks/rl/record.py", *argv]), "eval": shlex.join(cmd)},
         "eval_seconds": result.get("seconds"),
         "eval_wall_seconds": round(seconds, 3),
@@ -201,6 +220,33 @@ def _setting(res: dict[str, Any]) -> str:
     return f"{res.get('task')} {options} n={res.get('shots')}".replace("  ", " ")
 
 
+def _differing_options(runs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per run id, the ``algorithm.*`` options (a missing one read as the algorithm's default) whose
+    values differ between runs of the same setting, so that rows of one setting tell their configs apart."""
+    import inspect
+
+    from metakit.algorithms.base import get_algorithm
+
+    def options(r: dict[str, Any]) -> dict[str, Any]:
+        section = dict(r["config"].get("algorithm") or {})
+        params = inspect.signature(get_algorithm(section.pop("name"))).parameters
+        defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        return {**defaults, **section}
+
+    out: dict[str, dict[str, str]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(_setting(r["result"]), []).append(r)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        opts = [options(r) for r in group]
+        keys = sorted(k for k in set().union(*opts) if len({json.dumps(o.get(k)) for o in opts}) > 1)
+        for r, o in zip(group, opts):
+            out[r["run_id"]] = {f"algorithm.{k}": json.dumps(o.get(k)) for k in keys}
+    return out
+
+
 def _pm(mean: float, ci: float | None) -> str:
     return f"{mean:.2f}" if ci is None else f"{mean:.2f} ± {ci:.2f}"
 
@@ -230,6 +276,7 @@ def table(records: list[dict[str, Any]], references: list[dict[str, Any]]) -> st
     out: list[str] = []
     for family, runs in by_family.items():
         columns = COLUMNS.get(family, [])
+        differing = _differing_options(runs)
         if out:
             out.append("")
         out += ["| setting | RL² (this run): return, regret | training | RL² (paper) | best reference (measured) | "
@@ -244,6 +291,7 @@ def table(records: list[dict[str, Any]], references: list[dict[str, Any]]) -> st
                 cell += f", regret {_pm(res['regret'], res.get('regret_ci95'))}"
             cell += f" ({res['episodes']:,} tasks)"
             training = f"`{r['run_id']}`: {r['training']['steps']:,} steps, {_duration(r['training']['seconds'])}"
+            training += "".join(f"; {k}={v}" for k, v in differing.get(r["run_id"], {}).items())
             paper = _paper(res)
             measured = ref["results"] if ref else {}
             players = {m: v for m, v in measured.items() if m not in ORACLES}

@@ -126,8 +126,8 @@ def test_the_running_statistics_of_the_value_targets_match_those_of_all_targets_
 
 
 def _by_hand(algo, trials, mean, std):
-    """RL²'s value targets with normalize_returns, computed without the module: GAE on the value
-    head's outputs mapped back with the statistics before the batch, then standardised with them after."""
+    """RL²'s value targets before standardisation, computed without the module: GAE on the value
+    head's outputs mapped back to rewards with the statistics ``(mean, std)``."""
     from metakit.algorithms._rl import gae
 
     values = (trials.values.double() * std + mean).float()
@@ -163,8 +163,10 @@ def test_normalize_returns_maps_the_values_back_for_gae_and_standardises_the_tar
     # the statistics are buffers: a checkpoint without them (written before they existed) loads as (0, 1)
     state = {k: v for k, v in algo.state_dict().items() if not k.startswith("return_")}
     fresh = _algo(normalize_returns=True)
+    fresh._update_return_stats(torch.tensor([3.0, 5.0]))
+    assert fresh.return_scale() == (4.0, 1.0)
     fresh.load_state_dict(state)
-    assert fresh.return_scale() == (0.0, 1.0)
+    assert fresh.return_scale() == (0.0, 1.0) and int(fresh.return_count) == 0
     with pytest.raises(ConfigError, match=r"algorithm.normalize_returns='yes' must be true or false"):
         _algo(normalize_returns="yes")
 

@@ -73,6 +73,10 @@ def test_eval_appends_a_record_whose_digests_match_the_files_and_whose_result_is
     assert entry["result"]["split"] == "test" and entry["result"]["episodes"] == 1000 and entry["result"]["seed"] == 0
     summary = json.loads((run / "summary.json").read_text())
     assert entry["training"]["steps"] == 4 and entry["training"]["seconds"] == summary["elapsed"]
+    norms = sorted(json.loads(line)["grad_norm"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["split"] == "train")
+    assert entry["training"]["validation"] == [] and entry["training"]["grad_norm"]["lines"] == len(norms) == 4
+    assert entry["training"]["grad_norm"]["p50"] == norms[2] and entry["training"]["grad_norm"]["p10"] == norms[0]
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     start = datetime.fromtimestamp(first["time"] - first["elapsed"], timezone.utc)
     assert entry["run_id"] == f"rl2_tiny-{start:%Y%m%dT%H%M%SZ}"
@@ -86,6 +90,33 @@ def test_eval_appends_a_record_whose_digests_match_the_files_and_whose_result_is
 
     assert entry["evaluated_with"] == {"metakit": METAKIT, "torch": torch.__version__}
     datetime.fromisoformat(entry["date"])
+
+
+def test_training_curves_read_the_validations_and_the_gradient_norms_of_metrics_jsonl(tmp_path):
+    lines = [{"step": s, "split": "train", "grad_norm": float(g)} for s, g in zip(range(1, 11), [5, 1, 9, 3, 7, 2, 8, 4, 6, 10])]
+    lines += [{"step": 5, "split": "val", "return": 1.5}, {"step": 10, "split": "val", "return": 2.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    curves = rec.training_curves(tmp_path)
+    assert curves["validation"] == [[5, 1.5], [10, 2.5]]
+    assert curves["grad_norm"] == {"p10": 2.0, "p50": 6.0, "p90": 10.0, "lines": 10}
+    assert rec.training_curves(tmp_path / "no_run") == {}
+
+
+def test_rows_of_one_setting_name_the_algorithm_options_that_tell_them_apart(recorded):
+    _, record, _ = recorded
+    [entry] = json.loads(record.read_text())
+    alone = [line for line in rec.table([entry], []).splitlines() if line.startswith("| bandits")]
+    assert "algorithm." not in alone[0]
+    other = copy.deepcopy(entry)
+    other["run_id"] = "other-run"
+    other["config"]["algorithm"]["normalize_returns"] = True
+    entry = copy.deepcopy(entry)
+    del entry["config"]["algorithm"]["normalize_returns"]  # a config without the key: read as the default
+    rows = [line for line in rec.table([entry, other], []).splitlines() if line.startswith("| bandits")]
+    training = {row.split(" | ")[2].split("`")[1]: row.split(" | ")[2] for row in rows}
+    assert training[entry["run_id"]].endswith("; algorithm.normalize_returns=false")
+    assert training["other-run"].endswith("; algorithm.normalize_returns=true")
+    assert "epochs" not in rows[0] + rows[1]  # options the runs share are not named
 
 
 def test_a_second_eval_appends_and_the_table_shows_the_newest_record_of_the_run(recorded, tmp_path):

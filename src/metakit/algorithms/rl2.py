@@ -214,7 +214,7 @@ class RL2(Algorithm):
             incoming = state_dict.get(prefix + name)
             if isinstance(incoming, Tensor):
                 self._buffers[name] = torch.empty_like(incoming, device=self.rollout_position.device)
-        for name, value in _RETURN_STATS.items():  # checkpoints written before the statistics existed
+        for name, value in _RETURN_STATS.items():  # a checkpoint without the statistics: none seen
             state_dict.setdefault(prefix + name, torch.tensor(value, dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
