@@ -9,10 +9,10 @@
 ``runs.json`` beside this script: the run id (``NAME-<UTC start of training>``), the run's
 ``config.yaml`` and its sha256, the evaluated checkpoint's path and sha256, the result (mean return,
 its 95% interval, the regret against the family's optimum and its interval, episodes, seed), the
-training steps and seconds (``summary.json``) with the run's validation returns and the 10th, 50th and
-90th percentiles of its gradient norm before clipping (``metrics.jsonl``), the command, the evaluation's seconds, the hardware
-(``metakit.bench.hardware()``), the date, and the git commit and torch version of the metakit that
-evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a
+training steps and seconds (``summary.json``) with the run's validation returns and the 10th, 50th
+and 90th percentiles of its gradient norm before clipping (``metrics.jsonl``), the command, the
+evaluation's seconds, the hardware (``metakit.bench.hardware()``), the date, and the git commit and
+torch version of the metakit that evaluated. A folder that is no run, a run of a task family that is not RL, a run still training and a
 failed evaluation are refused with the reason and no record.
 
 ``table`` prints the newest record of each run next to the newest reference record of the same
