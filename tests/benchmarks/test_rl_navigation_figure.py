@@ -163,7 +163,7 @@ def test_table_mode_refuses_a_missing_or_empty_record_and_a_stray_readme(tmp_pat
         _script().main()
 
 
-@pytest.mark.parametrize("task", ["direction"])
+@pytest.mark.parametrize("task", ["direction", "velocity"])
 def test_the_readme_half_cheetah_tables_are_the_newest_records(task):
     readme = (HERE.parents[1] / "README.md").read_text()
     marker = f"cheetah-{task}-table"
