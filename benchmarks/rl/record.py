@@ -223,15 +223,12 @@ def _setting(res: dict[str, Any]) -> str:
 def _differing_options(runs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Per run id, the ``algorithm.*`` options (a missing one read as the algorithm's default) whose
     values differ between runs of the same setting, so that rows of one setting tell their configs apart."""
-    import inspect
-
-    from metakit.algorithms.base import get_algorithm
+    from metakit.runtime.config_options import algorithm_option_specs
 
     def options(r: dict[str, Any]) -> dict[str, Any]:
         section = dict(r["config"].get("algorithm") or {})
-        params = inspect.signature(get_algorithm(section.pop("name"))).parameters
-        defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-        return {**defaults, **section}
+        specs = algorithm_option_specs(section.pop("name"))
+        return {**{k: spec.default for k, spec in specs.items() if not spec.required}, **section}
 
     out: dict[str, dict[str, str]] = {}
     groups: dict[str, list[dict[str, Any]]] = {}
