@@ -171,20 +171,43 @@ def bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
 
 
+#: How long a test waits for a subprocess to reach a point it polls for (its first checkpoint, say)
+#: before failing. A guard against a hang, not a speed target: a ``metakit train`` start takes a few
+#: seconds, but on a loaded shared machine importing torch from a cold disk has taken minutes.
+HANG_GUARD_S = 600.0
+
+
+def _wait_until(done: Callable[[], bool], proc: Any, what: str, poll: float = 0.01) -> None:
+    """Poll ``done()`` until it is true; fail if ``proc`` (a ``subprocess.Popen``) ends first, with its
+    output when it was piped, or if ``HANG_GUARD_S`` pass (``what`` names the awaited point)."""
+    import time
+
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not done():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}: {err or out or ''}")
+        assert time.monotonic() < deadline, f"no {what} within {HANG_GUARD_S:.0f} s"
+        time.sleep(poll)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(done, proc, what)``: poll ``done()`` while the subprocess ``proc`` lives (see ``_wait_until``)."""
+    return _wait_until
+
+
 def _kill_train_at(config: Path, run: Path, step: int, poll: float = 0.005) -> None:
     """Start ``metakit train CONFIG --out RUN`` in a subprocess and SIGKILL it once its step-``step``
     checkpoint exists (the run must still be going then)."""
     import signal
     import subprocess
     import sys
-    import time
 
     proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(config), "--out", str(run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / f"step-{step:08d}.safetensors").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or did not start"
-        time.sleep(poll)
+    checkpoint = run / "checkpoints" / f"step-{step:08d}.safetensors"
+    _wait_until(checkpoint.exists, proc, f"step-{step} checkpoint", poll)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"

@@ -41,5 +41,5 @@ def test_the_record_names_how_it_was_measured():
     (["--timed", "0"], "--timed=0: give at least 1 step"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_measured(args, message):
-    p = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and p.stderr.strip().endswith(f"speed.py: error: {message}"), p.stderr

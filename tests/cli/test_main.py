@@ -43,7 +43,7 @@ def test_installed_console_script_prints_help():
     script = shutil.which("metakit", path=str(bin_dir))
     if script is None:
         pytest.skip(f"no installed metakit console script in {bin_dir}; run `pip install -e .` to create it")
-    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: metakit")
     assert _listed_commands(r.stdout) == COMMANDS
@@ -52,7 +52,7 @@ def test_installed_console_script_prints_help():
 def _python(code: str, **env: str) -> str:
     """Run ``code`` in a fresh interpreter (OMP_WAIT_POLICY removed from its environment unless given)."""
     environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=600)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -124,6 +124,6 @@ def test_python_dash_m_on_the_cli_module_reports_errors_as_one_line(tmp_path):
     raise (a usage error raised as ``metakit.cli.main.UsageError`` must be caught as one)."""
     for argv, start in ((["train"], "metakit train: error: give a config file"),
                         (["train", str(tmp_path / "none.yaml")], "metakit train: error: config file")):
-        p = subprocess.run([sys.executable, "-m", "metakit.cli.main", *argv], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([sys.executable, "-m", "metakit.cli.main", *argv], capture_output=True, text=True, timeout=600)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stderr.strip().startswith(start), p.stderr

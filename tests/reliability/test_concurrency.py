@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,7 @@ def test_two_runs_started_at_once_on_one_folder(tmp_path):
     run_dir = tmp_path / "R"
     configs = [_config(tmp_path, f"seed{s}.yaml", seed=s, steps=30) for s in (1, 2)]
     procs = [_cli("train", str(c), "--out", str(run_dir)) for c in configs]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
     winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
@@ -65,15 +64,11 @@ def test_two_runs_started_at_once_on_one_folder(tmp_path):
     _assert_one_clean_log(run_dir)
 
 
-def test_a_second_process_is_refused_while_the_first_trains(tmp_path, capsys):
+def test_a_second_process_is_refused_while_the_first_trains(tmp_path, capsys, wait_until):
     run_dir = tmp_path / "R"
     owner = _cli("train", str(_config(tmp_path, "long.yaml", seed=0, steps=1_000_000)), "--out", str(run_dir))
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoints" / "step-00000000.safetensors").exists():
-            assert owner.poll() is None, owner.communicate()
-            assert time.monotonic() < deadline, "the first run did not start"
-            time.sleep(0.05)
+        wait_until((run_dir / "checkpoints" / "step-00000000.safetensors").exists, owner, "first checkpoint", 0.05)
         assert json.loads((run_dir / ".lock").read_text())["pid"] == owner.pid
         # a new run into the same folder and a resume (this process): both refused, naming the owner.
         # (train.steps=1 keeps a resume that got through from running on: it would fail on its own.)
@@ -89,7 +84,7 @@ def test_a_second_process_is_refused_while_the_first_trains(tmp_path, capsys):
                 pass
     finally:
         owner.send_signal(signal.SIGTERM)  # stops after the current step, writes a checkpoint
-        out, err = owner.communicate(timeout=120)
+        out, err = owner.communicate(timeout=600)
     assert owner.returncode == 130, err
     _assert_one_clean_log(run_dir)
     with lock_run_dir(run_dir):  # released when its owner ended

@@ -61,7 +61,7 @@ CONFIG = textwrap.dedent(
 def _metakit(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run(
-        [sys.executable, "-m", "metakit", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "metakit", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
     )
 
 
@@ -100,7 +100,7 @@ def test_a_module_name_is_imported_from_the_python_path_and_a_missing_one_is_nam
     env_cwd.mkdir()
     r = subprocess.run(
         [sys.executable, "-m", "metakit", "train", str(tmp_path / "coins.yaml"), "--out", str(tmp_path / "run")],
-        cwd=env_cwd, capture_output=True, text=True, timeout=300,
+        cwd=env_cwd, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")},
     )
     assert r.returncode == 0, r.stderr

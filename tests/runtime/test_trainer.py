@@ -359,7 +359,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_parameters(tmp_path, refere
         f"run = Path({str(tmp_path)!r})\n"
         "toy.make_trainer(run, toy.toy_config(run), hooks={13: 'kill'}).fit()\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step-*"))] == [
         "step-00000000.safetensors",
