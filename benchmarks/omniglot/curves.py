@@ -8,19 +8,33 @@ validation records: accuracy, its 95% interval over the validation episodes, and
 the training seconds so far, which a resumed run carries on counting. Left panel: validation accuracy against meta-training step;
 right panel: the same against elapsed minutes, which puts cheap first-order steps and expensive
 second-order ones on one scale. The shaded band is ``mean ± ci95``.
+
+    python benchmarks/omniglot/curves.py --record benchmarks/omniglot/results.json --out docs/omniglot_convergence.png
+
+draws, from the record alone (no run folder needed), one panel per run whose newest record holds
+learning curves (``reproduce.py`` stores them): validation accuracy with its band against step, the
+training loss on a second axis (log scale where it spans more than a decade), and a mark at 75% of the steps trained, where the README's
+convergence table splits each curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from metakit.runtime.plots import read_curves  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reproduce  # noqa: E402  (the record's reader, beside this script)
 
 
 def read_val(run_dir: Path) -> list[tuple[int, float, float, float]]:
@@ -57,13 +71,79 @@ def plot(runs: dict[str, list[tuple[int, float, float, float]]], out: Path, titl
     return out
 
 
+def recorded_curves(record: Path, run_list: Path = reproduce.RUN_LIST) -> dict[str, dict[str, Any]]:
+    """Per run of the list (in its order) whose newest record holds curves: ``steps``, ``budget`` and ``curves``."""
+    runs = reproduce.load_run_list(run_list).runs
+    newest = reproduce.latest(reproduce.read_record(record))
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        recs = [r for (n, _), r in newest.items() if n == name and "curves" in r and isinstance(r["steps"], int)]
+        if recs:
+            r = max(recs, key=lambda x: x["steps"])
+            out[name] = {"steps": r["steps"], "budget": run.steps, "curves": r["curves"]}
+    return out
+
+
+def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4) -> Path:
+    """One panel per run: validation accuracy (band: its 95% interval) and training loss against step."""
+    if not runs:
+        raise ValueError("no record holds learning curves; `reproduce.py --add-curves` adds them to older records")
+    rows = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, runs.items()):
+        val, train = r["curves"]["val"], r["curves"]["train"]
+        loss_ax = ax.twinx()
+        if train:
+            losses = [p[2] for p in train]
+            loss_ax.plot([p[0] for p in train], losses, color="0.6", lw=1, label="training loss")
+            if min(losses) > 0 and max(losses) > 10 * min(losses):  # a log scale where the loss spans a decade
+                loss_ax.set_yscale("log")
+                loss_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+                loss_ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        loss_ax.tick_params(which="both", labelsize=7, colors="0.45")
+        if val:
+            steps, acc, ci = [p[0] for p in val], [100 * p[2] for p in val], [100 * p[3] for p in val]
+            ax.plot(steps, acc, marker="o", ms=2.5, color="C0", label="validation accuracy (%)")
+            ax.fill_between(steps, [a - c for a, c in zip(acc, ci)], [a + c for a, c in zip(acc, ci)], color="C0", alpha=0.2, lw=0)
+        else:
+            ax.text(0.5, 0.5, "no validation", transform=ax.transAxes, ha="center", va="center", color="0.4")
+            ax.set_yticks([])
+        ax.set_zorder(loss_ax.get_zorder() + 1)  # the accuracy line over the loss line
+        ax.patch.set_visible(False)
+        ax.axvline(0.75 * r["steps"], color="0.3", ls=":", lw=1)
+        share = "" if r["steps"] == r["budget"] else f" ({reproduce.budget_share(r['steps'], r['budget'])} of {r['budget']:,})"
+        ax.set_title(f"{name}: {r['steps']:,} steps{share}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color="C0", marker="o", ms=3, label="validation accuracy (%) ± 95% CI (left)"),
+               plt.Line2D([], [], color="0.6", label="training loss (right; log scale where it spans a decade)"),
+               plt.Line2D([], [], color="0.3", ls=":", label="75% of the steps trained")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Omniglot runs of the README table: learning curves against meta-training step", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs_dir", type=Path, help="folder holding the run folders")
-    ap.add_argument("names", nargs="+", help="run folder names, one curve each")
+    ap.add_argument("runs_dir", type=Path, nargs="?", help="folder holding the run folders")
+    ap.add_argument("names", nargs="*", help="run folder names, one curve each")
+    ap.add_argument("--record", type=Path, help="draw every run's curves from this results record instead of run folders")
     ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
     ap.add_argument("--title", default="Omniglot 5-way 5-shot validation (vinyals val split)")
     args = ap.parse_args(argv)
+    if args.record is not None:
+        if args.runs_dir is not None:
+            ap.error("--record draws from the record alone; give no run folders with it")
+        print(plot_record(recorded_curves(args.record), args.out))
+        return
+    if args.runs_dir is None or not args.names:
+        ap.error("give a folder of run folders and run names, or --record RESULTS_JSON")
     runs = {n: read_val(args.runs_dir / n) for n in args.names}
     print(plot(runs, args.out, args.title))
 

@@ -25,7 +25,12 @@ For each named run (all of the list by default), in the order given:
    parallel processes may share it): the result, the run id, sha256 digests of the run's
    ``config.yaml`` and of the evaluated checkpoint file, the exact commands, training and
    evaluation seconds, steps trained and best step, hardware (CPU model, cores, load average,
-   torch version and build), date and the git commit of the metakit code that ran.
+   torch version and build), date, the git commit of the metakit code that ran, and the run's
+   learning curves up to the evaluated step (every validation; the training loss at up to 100
+   points), so that whether a run had converged is read from the record alone.
+
+``--add-curves`` trains and evaluates nothing: it adds the curves of ``DIR/NAME`` to that run's
+records written without them, where the folder is the recorded run (same run id and config digest).
 
 Run folders made by ``metakit train`` outside this script are adopted as they are (their record
 says so: the command that started them is unknown). Progress goes to ``DIR/NAME.log``, the train
@@ -34,7 +39,8 @@ commands run for a folder to ``DIR/NAME.commands.jsonl`` and each evaluation's J
 Ctrl-C stops after the running command, which stops by itself (a training writes its checkpoint
 first; exit status 130); running the same command again continues where it stopped.
 
-``--table`` prints the README's Omniglot table from the record: per run and setting, the latest
+``--table`` prints the README's Omniglot table from the record (and, under it, the convergence of
+every run whose record holds curves): per run and setting, the latest
 record. Records whose status is ``unrecorded`` (figures transcribed by hand, with no run folder or
 evaluation output behind them) are printed with "(unrecorded)"; ``partial`` ones (a ``metakit eval
 --json`` result read from a run folder before digests and commands were recorded) with "*". A
@@ -53,6 +59,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -195,15 +202,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _write_record(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by ``records`` atomically (the caller holds the lock)."""
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps({"format": RECORD_FORMAT, "records": records}, indent=1, ensure_ascii=False, sort_keys=True)
+    tmp.write_text(_NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n")
+    os.replace(tmp, path)
+
+
+# a list of numbers that json.dumps(indent=...) spread over lines (a curve's point): written on one line
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_NUMBER_LIST = re.compile(rf"\[\s*((?:{_NUMBER},\s*)*{_NUMBER})\s*\]")
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one record to ``path`` atomically, under an exclusive lock."""
     with _locked(path):
         records = read_record(path)
         records.append(record)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"format": RECORD_FORMAT, "records": records}, indent=1, ensure_ascii=False,
-                                  sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        _write_record(path, records)
 
 
 def latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -223,6 +240,12 @@ def _minutes(r: dict[str, Any]) -> float | None:
     return None
 
 
+def budget_share(trained: int, budget: int) -> str:
+    """``trained`` as a share of ``budget``, rounded down (99.6% of a budget is not 100%): one decimal under 10%."""
+    pct = 100 * trained / budget
+    return f"{math.floor(pct * 10) / 10:.1f}%" if pct < 10 else f"{math.floor(pct)}%"
+
+
 def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     if not recs:
         return f"`{name}`: not run yet (budget {budget:,} steps)"
@@ -231,8 +254,7 @@ def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     if trained is None or trained > budget:  # a record of a longer run than the list now asks for
         steps = f"{r['steps']:,} steps" if trained is not None else f"{r['steps']} steps"
     else:
-        pct = 100 * trained / budget  # rounded down: 99.6% of a budget is not 100%
-        share = "" if trained == budget else f" ({math.floor(pct * 10) / 10:.1f}%)" if pct < 10 else f" ({math.floor(pct)}%)"
+        share = "" if trained == budget else f" ({budget_share(trained, budget)})"
         steps = f"{trained:,} of {budget:,} steps{share}"
     parts = [r["training"]["episodes"], steps]
     minutes = _minutes(r)
@@ -332,7 +354,79 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         lines += ["", "*: the output of `metakit eval --json`, read from its run folder before commands, digests and "
                   "hardware were recorded; `results.json` holds the result, steps and training time, and marks "
                   "the rest unknown."]
-    return lines
+    return lines + convergence_lines(run_list, records)
+
+
+def _quarters(points: list[list[float]], steps: int) -> tuple[list[list[float]], list[list[float]]]:
+    """The points up to 75% of ``steps`` and those after."""
+    return [p for p in points if p[0] <= 0.75 * steps], [p for p in points if p[0] > 0.75 * steps]
+
+
+def convergence(curves: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Whether a run's validation had levelled off when it stopped, from its record's curves.
+
+    ``before`` / ``after``: the best validation (``[step, elapsed, accuracy, ci95]``) up to 75% of the
+    steps trained / after it; ``verdict``: ``rising`` if the later best exceeds the earlier one by more
+    than its 95% interval, ``past its best`` if it falls short of it by more than the earlier one's,
+    else ``level`` (``None`` without a validation on both sides). ``loss``: the mean training loss over
+    the third and over the last quarter of the steps (``None`` where a quarter has no point)."""
+    early, late = _quarters(curves["val"], steps)
+    before = max(early, key=lambda p: p[2], default=None)
+    after = max(late, key=lambda p: p[2], default=None)
+    verdict = None
+    if before is not None and after is not None:
+        gain = after[2] - before[2]
+        verdict = "rising" if gain > after[3] else "past its best" if -gain > before[3] else "level"
+    third = [p[2] for p in curves["train"] if 0.5 * steps < p[0] <= 0.75 * steps]
+    last = [p[2] for p in curves["train"] if p[0] > 0.75 * steps]
+    loss = tuple(sum(q) / len(q) if q else None for q in (third, last))
+    return {"before": before, "after": after, "verdict": verdict, "loss": loss}
+
+
+def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
+    """The README's convergence table: per run of the list whose newest record holds curves, where its
+    validation stood at 75% of its steps and at the end, and its training loss over the last two quarters."""
+    newest = latest(records)
+    rows = []
+    for run in run_list.runs.values():
+        recs = [r for (n, _), r in newest.items() if n == run.name and "curves" in r and isinstance(r["steps"], int)]
+        if not recs:
+            continue
+        r = max(recs, key=lambda x: x["steps"])
+        c = convergence(r["curves"], r["steps"])
+
+        def acc(p: list[float] | None) -> str:
+            return "—" if p is None else f"{100 * p[2]:.1f} ± {100 * p[3]:.1f} (step {p[0]:,})"
+
+        episodes = r["curves"]["val_episodes"]
+        loss = " → ".join("—" if x is None else f"{x:.3g}" for x in c["loss"])
+        rows.append(f"| `{run.name}` | {r['steps']:,} of {run.steps:,} | "
+                    + (f"{episodes} episodes, every {_spacing(r['curves']['val'])}" if episodes else "none")
+                    + f" | {acc(c['before'])} | {acc(c['after'])} | {c['verdict'] or '—'} | {loss} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "**Convergence** (from the learning curves in each run's newest record; validation on the `val` split in "
+        "the run's `eval` setting, not the test episodes of the table): the best validation accuracy up to 75% of "
+        "the steps trained and after it. *rising*: the later best is above the earlier one by more than its 95% "
+        "interval (the run had not converged); *past its best*: below it by more than the earlier one's; else "
+        "*level*. The training loss is the mean of the logged values over the third and the last quarter of the "
+        "steps.",
+        "",
+        "| run | steps trained | validation | best up to 75% of the steps | best after | last quarter | training loss, 3rd → 4th quarter |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+
+
+def _spacing(val: list[list[float]]) -> str:
+    """How often a run validated: the most common step gap between its validations."""
+    gaps = [b[0] - a[0] for a, b in zip(val, val[1:])]
+    if not gaps:
+        return "—"
+    common = max(set(gaps), key=gaps.count)
+    return f"{common:,} steps"
 
 
 README_MARKERS = ("<!-- omniglot-table -->", "<!-- /omniglot-table -->")
@@ -425,6 +519,43 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+TRAIN_POINTS = 100  # training-loss points kept per record (evenly spaced over the log, the last one always)
+
+
+def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
+    """The run's learning curves from its ``metrics.jsonl``, up to step ``upto``: ``val``, every
+    validation as ``[step, elapsed_s, accuracy, ci95]`` (step order; a step logged twice, as after a
+    crash and resume, keeps its last line; a line cut short by a kill is skipped, as metakit's reader does), ``val_episodes`` (the episodes per validation, or ``None``
+    if the run never validated) and ``train``, the training log as ``[step, elapsed_s, loss]``
+    thinned to ``TRAIN_POINTS`` points."""
+    val: dict[int, list[float]] = {}
+    episodes: set[int] = set()
+    train: dict[int, list[float]] = {}
+    path = run_dir / "metrics.jsonl"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # blank, or a line cut short when a run was killed (its resume appends after it)
+        try:
+            step, split = int(m["step"]), m["split"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ListError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e}); is it a metakit run folder?") from None
+        if upto is not None and step > upto:
+            continue
+        if split == "val" and "accuracy" in m:
+            val[step] = [step, round(float(m["elapsed"]), 1), float(m["accuracy"]), float(m.get("ci95", 0.0))]
+            episodes.add(int(m["episodes"]))
+        elif split == "train" and "loss" in m:
+            train[step] = [step, round(float(m["elapsed"]), 1), float(m["loss"])]
+    if len(episodes) > 1:
+        raise ListError(f"{path}: validations of different sizes ({sorted(episodes)} episodes); a curve needs one")
+    rows = [train[s] for s in sorted(train)]
+    if len(rows) > TRAIN_POINTS:
+        rows = [rows[round(i * (len(rows) - 1) / (TRAIN_POINTS - 1))] for i in range(TRAIN_POINTS)]
+    return {"val": [val[s] for s in sorted(val)], "val_episodes": episodes.pop() if episodes else None, "train": rows}
 
 
 def _train_section(run_dir: Path) -> dict[str, Any]:
@@ -572,6 +703,11 @@ class Runner:
         config_digest = sha256(d / "config.yaml")
         run_id = _run_id(d)
         newest = latest(read_record(self.args.record))
+        try:
+            curves: dict[str, Any] | None = read_curves(d, upto=summary["step"])
+        except (ListError, OSError) as err:
+            self.say(run, f"warning: no learning curves in its records: {err}")
+            curves = None
         for e in run.evaluations:
             old = newest.get((run.name, e.setting))
             if (old and old["status"] == "recorded" and old["run_id"] == run_id and old["config_sha256"] == config_digest
@@ -623,15 +759,48 @@ class Runner:
                 "steps": summary["step"],
                 "best_step": (summary.get("best") or {}).get("step", result.get("step")),
                 "training": {"episodes": _episodes_text(_train_section(d)), "status": summary["status"]},
+                **({"curves": curves} if curves is not None else {}),
                 "result": {k: v for k, v in result.items() if k != "formatted"},
             }
             append_record(self.args.record, record)
             self.say(run, f"{e.setting}: {100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f} % "
                           f"({result['episodes']} episodes, checkpoint {ckpt.name} sha256 {digest[:12]}), recorded")
 
+    # curves for records written before records held them
+    def add_curves(self, run: Run) -> None:
+        """Add ``curves`` to the run's records that lack them, read from ``DIR/NAME`` when the folder is the
+        run the record describes (same run id and config digest), up to the record's steps."""
+        d = self.dir / run.name
+        if not (d / "metrics.jsonl").exists():
+            self.say(run, f"no {d / 'metrics.jsonl'}: no curves to add")
+            return
+        run_id, config_digest = _run_id(d), sha256(d / "config.yaml")
+        with _locked(self.args.record):
+            records = read_record(self.args.record)
+            added = []
+            for r in records:
+                if (r["run"] == run.name and r["status"] == "recorded" and "curves" not in r and r["run_id"] == run_id
+                        and r["config_sha256"] == config_digest):
+                    try:
+                        r["curves"] = read_curves(d, upto=r["steps"])
+                    except ListError as err:
+                        self.fail(run, f"no curves added: {err}")
+                        return
+                    added.append(f"{r['setting']} ({r['steps']:,} steps, {len(r['curves']['val'])} validations)")
+            if added and not self.args.dry_run:
+                _write_record(self.args.record, records)
+        if added:
+            self.say(run, ("would add" if self.args.dry_run else "added") + " curves to the records of " + ", ".join(added))
+        else:
+            self.say(run, f"no record of run {run_id} (config sha256 {config_digest[:12]}) lacks curves")
+
     def run(self, names: list[str]) -> int:
         if not self.args.dry_run:
             self.dir.mkdir(parents=True, exist_ok=True)
+        if self.args.add_curves:
+            for name in names:
+                self.add_curves(self.list.runs[name])
+            return 0
         for name in names:
             run = self.list.runs[name]
             if self.train(run) or self.args.dry_run:
@@ -669,6 +838,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-eval", action="store_true", help="train nothing; evaluate existing run folders")
     parser.add_argument("--minutes", type=float, metavar="M",
                         help="stop each training after M minutes (it checkpoints), evaluate and record it, go on")
+    parser.add_argument("--add-curves", action="store_true",
+                        help="train and evaluate nothing; add the learning curves of DIR/NAME to its records written "
+                             "without them (records of the same run id and config digest)")
     parser.add_argument("--table", action="store_true", help="print the README's results table from the record and exit")
     parser.add_argument("--readme", type=Path, help="with --table: write the table between the markers of this README")
     parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
@@ -687,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --runs DIR (the folder of the run folders), or --table")
         if args.minutes is not None and not args.minutes > 0:
             parser.error(f"--minutes {args.minutes:g}: give a positive number of minutes per training")
+        if args.add_curves and (args.minutes is not None or args.only_eval):
+            parser.error("--add-curves trains and evaluates nothing; give it without --minutes and --only-eval")
         if args.minutes is not None and args.only_eval:
             parser.error("--minutes limits training and --only-eval trains nothing; give one of them")
         unknown = [n for n in args.names if n not in run_list.runs]

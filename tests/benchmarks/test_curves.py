@@ -39,3 +39,45 @@ def test_curves_reads_validation_records_and_writes_a_png(tmp_path):
         curves.read_val(empty)
     with pytest.raises(FileNotFoundError, match="run folder"):
         curves.read_val(tmp_path / "missing")
+
+
+_LIST = """\
+columns: [5w1s]
+evaluation: {split: test, queries: 15, episodes: 1000, seed: 0}
+runs:
+  run_a: {family: f, method: A, config: c.yaml, overrides: [train.steps=100], evaluate: [{ways: 5, shots: 1}]}
+  run_b: {family: f, method: B, config: c.yaml, overrides: [train.steps=100], evaluate: [{ways: 5, shots: 1}]}
+  run_c: {family: f, method: C, config: c.yaml, overrides: [train.steps=100], evaluate: [{ways: 5, shots: 1}]}
+"""
+
+
+def _record(run: str, steps: int, curves: dict | None) -> dict:
+    r = {"run": run, "setting": "5w1s", "status": "recorded", "steps": steps}
+    return {**r, "curves": curves} if curves is not None else r
+
+
+def test_the_record_mode_draws_each_runs_newest_curves_without_run_folders(tmp_path, saved_figures):
+    curves = _curves()
+    run_list = tmp_path / "runs.yaml"
+    run_list.write_text(_LIST)
+    a50 = {"val": [[25, 1.0, 0.5, 0.02], [50, 2.0, 0.6, 0.02]], "val_episodes": 100, "train": [[10, 0.5, 2.0], [50, 2.0, 0.1]]}
+    a100 = {**a50, "val": a50["val"] + [[100, 4.0, 0.7, 0.02]]}
+    b = {"val": [], "val_episodes": None, "train": [[100, 3.0, 0.5]]}
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"format": 2, "records": [_record("run_a", 50, a50), _record("run_a", 100, a100),
+                                                           _record("run_b", 100, b), _record("run_c", 100, None)]}))
+    runs = curves.recorded_curves(record, run_list)
+    assert runs == {"run_a": {"steps": 100, "budget": 100, "curves": a100}, "run_b": {"steps": 100, "budget": 100, "curves": b}}
+    out = tmp_path / "conv.png"
+    curves.plot_record(runs, out, columns=2)
+    fig, path = saved_figures[-1]
+    assert path == out and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["run_a: 100 steps", "run_b: 100 steps"]
+    panel_a = next(ax for ax in fig.axes if ax.get_title() == "run_a: 100 steps")
+    assert [list(line.get_xdata()) for line in panel_a.get_lines()][0] == [25, 50, 100]
+    assert [list(line.get_ydata()) for line in panel_a.get_lines()][0] == pytest.approx([50.0, 60.0, 70.0])
+    with pytest.raises(ValueError, match="--add-curves"):
+        curves.plot_record({}, out)
+    with pytest.raises(SystemExit):
+        curves.main([str(tmp_path), "run_a", "--record", str(record), "--out", str(out)])

@@ -69,7 +69,15 @@ if args[0] == "train":
                 k, v = a.split("=", 1)
                 sec, key = k.split(".")
                 cfg.setdefault(sec, {{}})[key] = json.loads(v) if v[0].isdigit() else v
-        (d / "metrics.jsonl").write_text(json.dumps({{"step": 1, "split": "train", "time": 1796083200.5, "elapsed": 0.5}}) + "\\n")
+    # the log: a training loss 1/step at every step, a validation at every second one (first line: step 1 at
+    # 0.5 s, so the run started at 2026-12-01T00:00:00Z)
+    done = json.loads((d / "summary.json").read_text())["step"] if args[1] == "--resume" else 0
+    with open(d / "metrics.jsonl", "a") as f:
+        for s in range(done + 1, steps + 1):
+            t = {{"step": s, "time": 1796083200 + 0.5 * s, "elapsed": 0.5 * s}}
+            f.write(json.dumps({{**t, "split": "train", "loss": 1.0 / s}}) + "\\n")
+            if s % 2 == 0:
+                f.write(json.dumps({{**t, "split": "val", "accuracy": 0.5 + s / 100, "ci95": 0.01, "episodes": 10}}) + "\\n")
     cfg["train"]["steps"] = steps
     (d / "config.yaml").write_text(json.dumps(cfg))
     (d / "checkpoints").mkdir(exist_ok=True)
@@ -161,6 +169,8 @@ def test_a_new_run_is_trained_evaluated_and_recorded_then_left_alone(bench):
     assert r["run_id"] == "run_a-20261201T000000Z"  # metrics.jsonl's first line: time - elapsed
     assert r["result"]["episodes"] == 600 and r["result"]["accuracy"] == 0.9 and "formatted" not in r["result"]
     assert r["training"] == {"episodes": "5-way 5-shot 5-query x 32", "status": "finished"}
+    assert r["curves"] == {"val": [[s, 0.5 * s, 0.5 + s / 100, 0.01] for s in (2, 4, 6, 8, 10)], "val_episodes": 10,
+                           "train": [[s, 0.5 * s, 1.0 / s] for s in range(1, 11)]}
     hw = r["hardware"]
     assert hw["cores"] >= 1 and hw["cpu"] and hw["torch"].startswith("2.") and len(hw["load_average"]) == 3
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", r["git_commit"])  # this checkout's commit, from metakit's interpreter
@@ -187,6 +197,7 @@ def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
     assert [c.split()[0] for c in calls[1:]] == ["eval", "eval"]
     recs = bench.records()
     assert len(recs) == 4 and recs[2]["steps"] == 25
+    assert [p[0] for p in recs[2]["curves"]["val"]] == list(range(2, 25, 2))  # the whole run's curve, across the resume
     assert recs[2]["checkpoint"]["sha256"] == _sha(d / "checkpoints" / "best.safetensors") != recs[0]["checkpoint"]["sha256"]
     assert [c["command"].split()[1:3] for c in recs[3]["commands"]["train"]] == [["train", "configs/x.yaml"], ["train", "--resume"]]
     bench.set_steps(20)  # a smaller budget than trained: nothing to do
@@ -423,3 +434,105 @@ def test_minutes_must_be_positive_and_needs_training(bench, capsys):
         bench.main("--minutes", "5", "--only-eval")
     assert "--minutes limits training and --only-eval trains nothing" in capsys.readouterr().err
     assert bench.calls.read_text() == ""  # nothing ran
+
+
+# -- learning curves in the record ------------------------------------------------------------------
+def _metrics(d: Path, lines: list) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.jsonl").write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return d
+
+
+def test_read_curves_keeps_the_last_line_of_a_step_skips_cut_lines_and_thins_the_training_log(tmp_path):
+    val = lambda s, a, n=100: {"step": s, "split": "val", "elapsed": 2.0 * s, "accuracy": a, "ci95": 0.02, "episodes": n}
+    d = _metrics(tmp_path / "r", [
+        *({"step": s, "split": "train", "elapsed": 1.0 * s, "loss": 10.0 / s, "accuracy": 0.5} for s in range(1, 301)),
+        val(100, 0.6), '{"step": 200, "split": "va',  # cut short by a kill, the resume appended after it
+        val(200, 0.7), val(200, 0.71), val(300, 0.8),
+        {"step": 300, "split": "test", "accuracy": 0.1},  # neither validation nor training
+    ])
+    c = rp.read_curves(d)
+    assert c["val"] == [[100, 200.0, 0.6, 0.02], [200, 400.0, 0.71, 0.02], [300, 600.0, 0.8, 0.02]]
+    assert c["val_episodes"] == 100
+    assert len(c["train"]) == rp.TRAIN_POINTS and c["train"][0] == [1, 1.0, 10.0] and c["train"][-1] == [300, 300.0, 10.0 / 300]
+    assert [p[0] for p in c["train"]] == sorted({p[0] for p in c["train"]})  # evenly spread, none twice
+    cut = rp.read_curves(d, upto=200)
+    assert [p[0] for p in cut["val"]] == [100, 200] and max(p[0] for p in cut["train"]) == 200
+    assert rp.read_curves(_metrics(tmp_path / "none", [{"step": 1, "split": "train", "elapsed": 1.0, "loss": 1.0}])) == {
+        "val": [], "val_episodes": None, "train": [[1, 1.0, 1.0]]}
+    with pytest.raises(rp.ListError, match=r"validations of different sizes \(\[100, 200\] episodes\)"):
+        rp.read_curves(_metrics(tmp_path / "mixed", [val(1, 0.5), val(2, 0.5, n=200)]))
+    with pytest.raises(rp.ListError, match=r"metrics.jsonl:2: not a metrics record \(KeyError"):
+        rp.read_curves(_metrics(tmp_path / "bad", [val(1, 0.5), {"split": "val"}]))
+
+
+def test_add_curves_fills_the_records_of_the_same_run_only(bench, capsys):
+    assert bench.main()[0] == 0
+    bench.set_steps(14)
+    assert bench.main()[0] == 0  # resumed to 14 steps: two more records
+    full = bench.records()
+    other = {**full[0], "run_id": "run_a-20250101T000000Z"}  # another run of the same name (a folder since replaced)
+    del other["curves"]
+    partial = {**full[0], "status": "partial"}
+    del partial["curves"]
+    stripped = [{k: v for k, v in r.items() if k != "curves"} for r in full]
+    bench.record.write_text(json.dumps({"format": 2, "records": [other, partial, *stripped]}))
+    before = bench.record.read_text()
+    assert bench.main("--add-curves", "--dry-run") == (0, [])  # no metakit call; nothing written
+    assert bench.record.read_text() == before
+    assert "would add curves to the records of 5w5s (14 steps, 7 validations), 20w5s (14 steps, 7 validations)" \
+        in capsys.readouterr().out
+    assert bench.main("--add-curves") == (0, [])
+    recs = bench.records()
+    assert recs[4:] == full[2:]  # the curve up to the record's steps, as if written with it
+    # the resume rewrote config.yaml (train.steps): the 10-step records' config digest is not the folder's any
+    # more, so they are left alone, as are another run id's and a record that is not machine-written
+    assert recs[:4] == [other, partial, *stripped[:2]]
+    assert bench.main("--add-curves") == (0, [])
+    assert "no record of run run_a-20261201T000000Z (config sha256" in capsys.readouterr().out
+    (bench.runs / "run_a" / "config.yaml").write_text("{}")  # the folder no longer holds the recorded config
+    bench.record.write_text(json.dumps({"format": 2, "records": stripped}))
+    assert bench.main("--add-curves") == (0, []) and bench.records() == stripped
+
+
+def test_add_curves_takes_no_training_options(bench, capsys):
+    for extra in (["--minutes", "5"], ["--only-eval"]):
+        with pytest.raises(SystemExit):
+            bench.main("--add-curves", *extra)
+        assert "--add-curves trains and evaluates nothing" in capsys.readouterr().err
+
+
+def _curves(val: list, train: list, episodes: int | None = 100) -> dict:
+    return {"val": val, "val_episodes": episodes if val else None, "train": train}
+
+
+@pytest.mark.parametrize("late, verdict", [
+    (0.915, "rising"),        # 1.5 points up: beyond the later best's interval (1.0)
+    (0.905, "level"),         # within it
+    (0.885, "level"),         # 1.5 points down: within the earlier best's interval (2.0)
+    (0.875, "past its best"),  # beyond it
+])
+def test_convergence_compares_the_best_validation_before_and_after_three_quarters(late, verdict):
+    val = [[100, 1.0, 0.80, 0.01], [700, 7.0, 0.90, 0.02], [800, 8.0, late, 0.01], [1000, 10.0, 0.5, 0.01]]
+    train = [[s, 0.0, float(s)] for s in (100, 500, 600, 700, 800, 1000)]
+    c = rp.convergence(_curves(val, train), 1000)
+    assert c["before"] == [700, 7.0, 0.90, 0.02] and c["after"] == [800, 8.0, late, 0.01]
+    assert c["verdict"] == verdict
+    assert c["loss"] == (650.0, 900.0)  # (600 + 700) / 2 in the third quarter, (800 + 1000) / 2 in the last
+    assert rp.convergence(_curves(val[:2], []), 1000) == {"before": [700, 7.0, 0.90, 0.02], "after": None,
+                                                         "verdict": None, "loss": (None, None)}
+
+
+def test_the_table_ends_with_the_convergence_of_runs_whose_records_hold_curves(bench):
+    run_list = rp.load_run_list(bench.list)
+    plain = rp.table_lines(run_list, [_rec("run_a", "5w5s", "recorded", 0.9)])
+    assert not any("Convergence" in line for line in plain)
+    rec = {**_rec("run_a", "5w5s", "recorded", 0.9, steps=8),
+           "curves": _curves([[2, 1.0, 0.6, 0.01], [4, 2.0, 0.7, 0.01], [6, 3.0, 0.8, 0.01], [8, 4.0, 0.9, 0.011]],
+                             [[5, 0.0, 0.5], [6, 0.0, 0.3], [7, 0.0, 0.2], [8, 0.0, 0.1]], episodes=200)}
+    lines = rp.table_lines(run_list, [rec])
+    assert lines[-1] == ("| `run_a` | 8 of 10 | 200 episodes, every 2 steps | 80.0 ± 1.0 (step 6) | 90.0 ± 1.1 (step 8) | "
+                         "rising | 0.4 → 0.15 |")
+    assert lines[lines.index(lines[-1]) - 2].startswith("| run | steps trained | validation |")
+    no_val = {**rec, "curves": _curves([], [[8, 0.0, 0.1]])}
+    assert rp.table_lines(run_list, [no_val])[-1] == "| `run_a` | 8 of 10 | none | — | — | — | — → 0.1 |"
