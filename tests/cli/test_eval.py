@@ -164,3 +164,18 @@ def test_eval_help_states_the_episode_default_of_each_split():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     episodes = next(a for a in sub.choices["eval"]._actions if a.dest == "episodes")
     assert episodes.help == "number of episodes (default: the run's eval.test_episodes; eval.val_episodes with --split val)"
+
+
+def test_eval_batch_norm_episode_is_recorded_and_computed_per_episode(run_dir, capsys):
+    argv = ["eval", str(run_dir), "--json", "--episodes", "6", "--batch", "4"]
+    running = _json(capsys, argv)
+    episode = _json(capsys, [*argv, "--batch-norm", "episode"])
+    assert running["batch_norm"] == "running" and episode["batch_norm"] == "episode"
+    loaded = load_run(run_dir)
+    fixed = FixedEpisodes(loaded.dataset("test"), 3, 1, 2, episodes=6, seed=0)
+    res = evaluate(loaded.algorithm, fixed.batches(6), batch_norm="episode")
+    assert episode["accuracy"] == pytest.approx(res.mean)
+    assert main(["eval", str(run_dir), "--episodes", "3", "--batch-norm", "episode"]) == 0
+    assert "batchnorm   each episode's own statistics (transductive)" in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--reference", "random", "--batch-norm", "episode"]) == 2
+    assert "--batch-norm episode does not apply to --reference" in capsys.readouterr().err

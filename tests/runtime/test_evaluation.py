@@ -264,3 +264,75 @@ def test_the_regret_is_taken_over_the_episodes_the_algorithm_scores():
     per_episode = evaluate(PerEpisode(), [batch], family=Family())
     assert total.regret[0] == pytest.approx(4 * 0.5) and total.to_dict()["optimal_return"] == 8.0
     assert per_episode.regret[0] == pytest.approx(0.5) and per_episode.to_dict()["optimal_return"] == 2.0
+
+
+class _Normalised(Algorithm):
+    """Regression stand-in whose prediction is the query input through a BatchNorm layer (no affine)."""
+
+    task_kinds = ("regression",)
+
+    def __init__(self, track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(1, affine=False, track_running_stats=track_running_stats).double()
+        if track_running_stats:
+            self.norm.running_mean.fill_(1.0)
+            self.norm.running_var.fill_(4.0)
+            self.norm.num_batches_tracked.fill_(7)
+
+    def predict(self, batch):
+        return self.norm(batch.query_x.flatten(0, 1)).view_as(batch.query_y)
+
+
+def _regression_batch(query_x: list[list[float]], query_y: list[list[float]]) -> EpisodeBatch:
+    qx = torch.tensor(query_x, dtype=torch.float64).unsqueeze(-1)
+    b = qx.shape[0]
+    return EpisodeBatch(torch.zeros(b, 1, 1, dtype=torch.float64), torch.zeros(b, 1, 1, dtype=torch.float64), qx,
+                        torch.tensor(query_y, dtype=torch.float64).unsqueeze(-1))
+
+
+def test_batch_norm_episode_normalises_each_task_with_its_own_statistics_and_keeps_the_running_ones():
+    qx = [[0.0, 2.0, 4.0], [10.0, 10.0, 13.0]]
+    qy = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    batch = _regression_batch(qx, qy)
+    algo = _Normalised()
+    eps = algo.norm.eps
+
+    def mse(pred, target):
+        return sum((p - t) ** 2 for p, t in zip(pred, target)) / len(pred)
+
+    running = [[(x - 1.0) / math.sqrt(4.0 + eps) for x in row] for row in qx]
+    r = evaluate(algo, [batch])
+    assert r.per_episode.tolist() == pytest.approx([mse(p, t) for p, t in zip(running, qy)], rel=1e-12)
+    own = []
+    for row in qx:  # each task's own mean and biased variance, never the other task's
+        m = sum(row) / len(row)
+        v = sum((x - m) ** 2 for x in row) / len(row)
+        own.append([(x - m) / math.sqrt(v + eps) for x in row])
+    r = evaluate(algo, [batch], batch_norm="episode")
+    assert r.per_episode.tolist() == pytest.approx([mse(p, t) for p, t in zip(own, qy)], rel=1e-12)
+    # the running statistics, their count and the modes are as before
+    assert algo.norm.running_mean.item() == 1.0 and algo.norm.running_var.item() == 4.0
+    assert algo.norm.num_batches_tracked.item() == 7 and algo.training and algo.norm.training
+    # one batch of two tasks or two batches of one: the same values
+    split = evaluate(algo, batch.split(1), batch_norm="episode")
+    assert split.per_episode.tolist() == r.per_episode.tolist()
+
+
+def test_batch_norm_errors_name_the_fix():
+    batch = _regression_batch([[0.0, 1.0]], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"batch_norm='batch'; give one of 'running', 'episode'"):
+        evaluate(_Normalised(), [batch], batch_norm="batch")
+    for algo in (_Mean(), _Normalised(track_running_stats=False)):
+        with pytest.raises(ValueError, match="no BatchNorm layer with running statistics .* drop it"):
+            evaluate(algo, [batch], batch_norm="episode")
+
+    class Family:
+        metric, higher_is_better, percent = "return", True, False
+
+        def score(self, algorithm, batch):
+            return torch.zeros(2)
+
+    algo = _Normalised()
+    with pytest.raises(TypeError, match=r"episodes\[0\] is a tuple, which cannot be split into single tasks"):
+        evaluate(algo, [(1, 2)], family=Family(), batch_norm="episode")
+    assert algo.norm.running_mean.item() == 1.0 and algo.training  # restored after the error

@@ -74,6 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="adaptation steps before scoring, for algorithms with an inner loop (default: the run's algorithm.eval_steps); "
         "e.g. --steps 0, 1, 2, 3 give the return after 0..3 policy-gradient steps of maml_rl",
     )
+    p.add_argument(
+        "--batch-norm", choices=("running", "episode"), default="running",
+        help="BatchNorm at test time: 'running' (default) normalises with the running statistics of training, "
+        "so every query is scored on its own; 'episode' normalises each episode with the statistics of its own "
+        "images (transductive: the queries of an episode inform one another), as test code that never leaves "
+        "training mode does",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument(
         "--reference",
@@ -100,6 +107,7 @@ def evaluate_run(
     checkpoint: str = "best",
     progress: bool = False,
     steps: int | None = None,
+    batch_norm: str = "running",
 ) -> dict[str, Any]:
     """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints."""
     from ..runtime.evaluation import evaluate
@@ -127,7 +135,8 @@ def evaluate_run(
         split, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed, batch_size=batch
     )
     start = time.perf_counter()
-    result = evaluate(loaded.algorithm, source, family=family, progress=progress, desc=f"eval {split_name}")
+    result = evaluate(loaded.algorithm, source, family=family, progress=progress, desc=f"eval {split_name}",
+                      batch_norm=batch_norm)
     seconds = time.perf_counter() - start  # drawing the episodes included, loading the data not
     record: dict[str, Any] = {
         "algorithm": cfg.algorithm.name,
@@ -146,6 +155,7 @@ def evaluate_run(
         **result.regret_dict(),  # optimal_<metric>, regret, regret_ci95 where the family knows its optimum
         "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
         **({"adaptation_steps": steps} if steps is not None else {}),
+        "batch_norm": batch_norm,
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
         "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},
@@ -181,6 +191,8 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"{r['algorithm']} on {dataset}, split {r['split']}",
             f"  checkpoint  {r['checkpoint']} (step {r['step']}; trained {trained})",
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
+            *(["  batchnorm   each episode's own statistics (transductive), not the running ones"]
+              if r.get("batch_norm") == "episode" else []),
             f"  time        {r['seconds']:.1f} s ({r['episodes_per_s']} episodes/s)",
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
@@ -227,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         progress=sys.stderr.isatty(),
         steps=args.steps,
+        batch_norm=args.batch_norm,
     )
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text", "train_episode_text")}, indent=2))
@@ -245,6 +258,9 @@ def _run_reference(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} does not apply to --reference: a reference plays one trial of --shots episodes per task")
     if args.checkpoint != "best":
         raise ValueError("--checkpoint does not apply to --reference: a classical reference has no weights")
+    if args.batch_norm != "running":
+        raise ValueError(f"--batch-norm {args.batch_norm} does not apply to --reference: a classical reference has no "
+                         "network; drop --batch-norm")
     if args.steps is not None:
         raise ValueError(f"--steps {args.steps} does not apply to --reference: a classical reference has no inner loop; drop --steps")
     record = evaluate_reference(

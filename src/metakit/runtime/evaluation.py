@@ -17,6 +17,13 @@ set of a family, so two evaluations of two models see the same tasks) under
 ``torch.no_grad()`` with the algorithm in ``eval()`` mode (the train/eval mode of every
 sub-module is restored afterwards), and returns an :class:`EvalResult` carrying the family's
 metric name and direction.
+
+BatchNorm at test time is part of the protocol. By default (``batch_norm="running"``) a model's
+BatchNorm layers normalise with the running statistics of training, so every query is scored
+independently of the others. ``batch_norm="episode"`` normalises each episode with the statistics
+of its own images instead (support and queries, in whichever calls the algorithm makes), as some
+published test code does by never leaving training mode; the queries of an episode then inform
+one another (a transductive setting). The running statistics are left as they were.
 """
 
 from __future__ import annotations
@@ -215,10 +222,43 @@ def reference_values(family: Any, batch: Any, algorithm: Any = None) -> Tensor |
     return torch.tensor(out, dtype=torch.float64)
 
 
+def _score(algorithm: Algorithm, batch: Any, family: Any, details: dict[str, list[Tensor]]) -> tuple[str, Tensor]:
+    """``(metric, [B] values)`` of one batch; the family's breakdowns are appended to ``details``."""
+    if family is None:
+        return episode_scores(algorithm, batch)
+    scorer = getattr(family, "score_details", None)
+    vals, parts = scorer(algorithm, batch) if scorer is not None else (family.score(algorithm, batch), {})
+    for name, part in parts.items():
+        details.setdefault(name, []).append(part.detach().to("cpu", torch.float64).flatten())
+    return family.metric, vals
+
+
+def _score_each_task(algorithm: Algorithm, tasks: list[Any], family: Any, details: dict[str, list[Tensor]]) -> tuple[str, Tensor]:
+    scored = [_score(algorithm, t, family, details) for t in tasks]
+    return scored[0][0], torch.cat([v.flatten() for _, v in scored])
+
+
 def _device_of(algorithm: Algorithm) -> torch.device | None:
     for t in list(algorithm.parameters()) + list(algorithm.buffers()):
         return t.device
     return None
+
+
+BATCH_NORM_MODES = ("running", "episode")
+
+
+def _running_stat_norms(algorithm: Algorithm) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in algorithm.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+
+
+def _one_task_batches(batch: Any, i: int) -> list[Any]:
+    """``batch`` as batches of one task each (``batch_norm="episode"``: no statistics shared between tasks)."""
+    split = getattr(batch, "split", None)
+    if not callable(split) or not hasattr(batch, "num_tasks"):
+        raise TypeError(f"episodes[{i}] is a {type(batch).__name__}, which cannot be split into single tasks; "
+                        "batch_norm='episode' evaluates batches of episodes (EpisodeBatch)")
+    return list(split(1)) if batch.num_tasks > 1 else [batch]
 
 
 def evaluate(
@@ -228,6 +268,7 @@ def evaluate(
     family: Any = None,
     progress: bool = False,
     desc: str = "",
+    batch_norm: str = "running",
 ) -> EvalResult:
     """Mean per-task score with its 95% interval over ``episodes``.
 
@@ -243,9 +284,19 @@ def evaluate(
             mean squared error (without).
         progress: show a progress bar (tqdm, on stderr).
         desc: label of the progress bar.
+        batch_norm: ``"running"`` (BatchNorm layers use their running statistics) or ``"episode"``
+            (each task is scored on its own with its BatchNorm layers in training mode: the statistics
+            of its own images; the running statistics are restored afterwards). See the module docstring.
     """
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"algorithm must be a metakit Algorithm, got {type(algorithm).__name__}")
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"batch_norm={batch_norm!r}; give one of {', '.join(map(repr, BATCH_NORM_MODES))}")
+    norms = _running_stat_norms(algorithm) if batch_norm == "episode" else []
+    if batch_norm == "episode" and not norms:
+        raise ValueError("batch_norm='episode' was given but the model has no BatchNorm layer with running statistics "
+                         "(any BatchNorm it has already normalises with batch statistics); drop it")
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     device = _device_of(algorithm)
     modes = [(m, m.training) for m in algorithm.modules()]
     metric: str | None = None
@@ -260,6 +311,8 @@ def evaluate(
         bar = tqdm(total=total, desc=desc or "eval", unit="batch", leave=False, dynamic_ncols=True)
     try:
         algorithm.eval()
+        for m in norms:
+            m.train()
         with torch.no_grad():
             for i, batch in enumerate(episodes):
                 if family is None and not isinstance(batch, EpisodeBatch):
@@ -269,14 +322,8 @@ def evaluate(
                     )
                 if device is not None and hasattr(batch, "to"):
                     batch = batch.to(device)
-                if family is not None:
-                    kind = family.metric
-                    scorer = getattr(family, "score_details", None)
-                    vals, parts = scorer(algorithm, batch) if scorer is not None else (family.score(algorithm, batch), {})
-                    for name, part in parts.items():
-                        details.setdefault(name, []).append(part.detach().to("cpu", torch.float64).flatten())
-                else:
-                    kind, vals = episode_scores(algorithm, batch)
+                kind, vals = _score(algorithm, batch, family, details) if not norms else _score_each_task(
+                    algorithm, _one_task_batches(batch, i), family, details)
                 if metric is not None and kind != metric:
                     raise ValueError(
                         f"episodes[{i}] is scored by {kind} but earlier batches by {metric}; evaluate one kind of "
@@ -295,6 +342,8 @@ def evaluate(
             bar.close()
         for m, mode in modes:
             m.training = mode
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
     if metric is None:
         raise ValueError("episodes is empty; give at least one batch of tasks to evaluate")
     if family is not None:
