@@ -1,0 +1,164 @@
+"""Evaluate trained Omniglot runs under variants of the test protocol and record the results.
+
+    python benchmarks/omniglot/protocols.py eval --runs ~/runs/repro relation_5w1s
+    python benchmarks/omniglot/protocols.py table                  # the table of docs/reproduction.md
+    python benchmarks/omniglot/protocols.py table --doc docs/reproduction.md   # ... written into it
+
+A published number can rest on a test protocol other than metakit's: BatchNorm normalising each
+episode with its own statistics (test code that never leaves training mode) and as many queries per
+class as shots. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``,
+best checkpoint) in the first setting the list evaluates it on, under every variant of
+``VARIANTS``, on the list's split, episodes and seed, with ``metakit eval ... --json``, and appends
+one record per variant to ``protocols.json``: the result, the run id, sha256 digests of the run's
+config and checkpoint, the command, seconds, hardware, date and git commit (as ``reproduce.py``
+records). A variant already recorded for the same run id and checkpoint digest is skipped.
+``table`` prints the table from the record: per run, the newest record of each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reproduce  # noqa: E402  (the run list and the record machinery, beside this script)
+
+RECORD = reproduce.HERE / "protocols.json"
+DOC_MARKERS = ("<!-- protocols-table -->", "<!-- /protocols-table -->")
+
+#: (name, queries per class -- None: as many as the setting's shots --, BatchNorm statistics)
+VARIANTS: tuple[tuple[str, int | None, str], ...] = (
+    ("15 queries, running statistics (metakit)", 15, "running"),
+    ("15 queries, each episode's statistics", 15, "episode"),
+    ("shots queries, running statistics", None, "running"),
+    ("shots queries, each episode's statistics", None, "episode"),
+)
+
+
+def _variant_queries(queries: int | None, shots: int) -> int:
+    return shots if queries is None else queries
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    run_list = reproduce.load_run_list(args.list)
+    unknown = [n for n in args.names if n not in run_list.runs]
+    if unknown:
+        raise reproduce.ListError(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: "
+                                  f"{', '.join(run_list.runs)}")
+    metakit = reproduce._metakit_path(args.metakit)
+    env = reproduce.probe_environment(metakit)
+    failed = False
+    for name in args.names:
+        run, d = run_list.runs[name], args.runs.expanduser().resolve() / name
+        summary = reproduce._read_json(d / "summary.json")
+        if not summary or summary.get("status") not in ("finished", "interrupted"):
+            print(f"{name}: FAILED: {d / 'summary.json'} is missing or says the run is not ended; train it first "
+                  "(reproduce.py)", flush=True)
+            failed = True
+            continue
+        e = run.evaluations[0]
+        best = d / "checkpoints" / "best.safetensors"
+        digest, config_digest, run_id = reproduce.sha256(best), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
+        done = {(r["run_id"], r["checkpoint"]["sha256"], r["variant"]) for r in reproduce.read_record(args.record)}
+        for variant, queries, norm in VARIANTS:
+            if (run_id, digest, variant) in done:
+                print(f"{name}: {variant}: up to date in {args.record.name}", flush=True)
+                continue
+            q = _variant_queries(queries, e.shots)
+            cmd = [metakit, "eval", str(d), "--split", e.split, "--ways", str(e.ways), "--shots", str(e.shots),
+                   "--queries", str(q), "--episodes", str(e.episodes), "--seed", str(e.seed), "--checkpoint", "best",
+                   "--batch-norm", norm, "--json"]
+            print(f"{name}: run: {shlex.join(cmd)}", flush=True)
+            start = time.perf_counter()
+            p = subprocess.run(cmd, cwd=reproduce.REPO, capture_output=True, text=True,
+                               env={**os.environ, **reproduce.ONE_THREAD})
+            wall = time.perf_counter() - start
+            try:
+                result = json.loads(p.stdout)
+            except json.JSONDecodeError:
+                result = None
+            if p.returncode != 0 or not isinstance(result, dict) or result.get("batch_norm") != norm:
+                print(f"{name}: {variant}: FAILED: exit status {p.returncode}: {p.stderr.strip()[-500:]}", flush=True)
+                failed = True
+                continue
+            if reproduce.sha256(best) != digest:
+                print(f"{name}: {variant}: FAILED: {best} changed during the evaluation; not recorded", flush=True)
+                failed = True
+                continue
+            reproduce.append_record(args.record, {
+                "run": name, "setting": e.setting, "variant": variant, "run_id": run_id, "date": reproduce._now(),
+                "git_commit": env["git_commit"],
+                "hardware": {**env["hardware"], "load_average": [round(x, 2) for x in os.getloadavg()]},
+                "config_sha256": config_digest,
+                "checkpoint": {"file": best.name, "sha256": digest, "step": result.get("step")},
+                "command": shlex.join(cmd), "cwd": str(reproduce.REPO), "steps": summary["step"],
+                "eval_wall_seconds": round(wall, 1),
+                "result": {k: v for k, v in result.items() if k != "formatted"},
+            })
+            print(f"{name}: {variant}: {100 * result['accuracy']:.2f} ± {100 * result['ci95']:.2f} %, recorded", flush=True)
+    return 1 if failed else 0
+
+
+def table_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Per run (newest record of each variant): accuracy ± 95% interval under each variant."""
+    newest: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in records:
+        newest.setdefault(r["run"], {})[r["variant"]] = r
+    names = [v[0] for v in VARIANTS]
+    lines = ["| run (checkpoint step) | test episodes | " + " | ".join(names) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for run, by_variant in newest.items():
+        any_r = next(iter(by_variant.values()))
+        res = any_r["result"]
+        cells = []
+        for v in names:
+            r = by_variant.get(v)
+            cells.append("not run" if r is None else
+                         f"{100 * r['result']['accuracy']:.2f} ± {100 * r['result']['ci95']:.2f} ({r['result']['queries']} q)")
+        lines.append(f"| `{run}` (step {any_r['checkpoint']['step']:,}) | {res['episodes']:,} x {res['ways']}-way "
+                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:5]))
+    sub = ap.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="evaluate runs under every variant and record the results")
+    ev.add_argument("names", nargs="+", metavar="NAME", help="runs of the list")
+    ev.add_argument("--runs", type=Path, required=True, metavar="DIR", help="folder of the run folders DIR/NAME")
+    ev.add_argument("--metakit", help="the metakit executable (default: the one beside this Python, else on PATH)")
+    tb = sub.add_parser("table", help="print the table from the record")
+    tb.add_argument("--doc", type=Path, help="write the table between the protocols-table markers of this file")
+    for p in (ev, tb):
+        p.add_argument("--list", type=Path, default=reproduce.RUN_LIST, help="the run list (default: runs.yaml)")
+        p.add_argument("--record", type=Path, default=RECORD, help="the record (default: protocols.json)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "eval":
+            return evaluate(args)
+        lines = table_lines(reproduce.read_record(args.record))
+        if args.doc is None:
+            print("\n".join(lines))
+            return 0
+        text = args.doc.read_text()
+        begin, end = DOC_MARKERS
+        if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+            raise reproduce.ListError(f"{args.doc}: expected one {begin} line followed by one {end} line")
+        head, rest = text.split(begin, 1)
+        args.doc.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+        return 0
+    except reproduce.ListError as e:
+        print(f"protocols.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
