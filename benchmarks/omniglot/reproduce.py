@@ -29,6 +29,10 @@ For each named run (all of the list by default), in the order given:
    learning curves up to the evaluated step (every validation; the training loss at up to 100
    points), so that whether a run had converged is read from the record alone.
 
+``--status`` trains and evaluates nothing: per run, the steps logged in ``DIR/NAME`` against the
+list's budget, whether a process is training it now, its seconds per step so far, the training time
+the rest of its budget needs at that pace, and the steps of its newest record.
+
 ``--add-curves`` trains and evaluates nothing: it adds the curves of ``DIR/NAME`` to that run's
 records written without them, where the folder is the recorded run (same run id and config digest).
 
@@ -427,6 +431,65 @@ def _spacing(val: list[list[float]]) -> str:
         return "—"
     common = max(set(gaps), key=gaps.count)
     return f"{common:,} steps"
+
+
+# -- status -----------------------------------------------------------------------------------------
+def _training_now(run_dir: Path) -> bool:
+    """Whether a live process on this host holds the run folder (its ``.lock`` record names it)."""
+    lock = _read_json(run_dir / ".lock")
+    if not lock or lock.get("host") != platform.node() or not isinstance(lock.get("pid"), int):
+        return False
+    try:
+        os.kill(lock["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{lock['pid']}/cmdline")
+    return not cmdline.exists() or b"metakit" in cmdline.read_bytes()
+
+
+def _last_logged(run_dir: Path) -> tuple[int, float] | None:
+    """``(step, elapsed seconds)`` of the last readable line of the run's ``metrics.jsonl``."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError, ValueError):
+            m = json.loads(line)
+            return int(m["step"]), float(m["elapsed"])
+    return None
+
+
+def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Path, names: list[str]) -> list[str]:
+    """Per run: steps logged against the list's budget, training now or not, seconds per step so far,
+    the training time the rest of the budget needs at that pace, and the steps of its newest record."""
+    newest = latest(records)
+    lines = ["| run | steps logged / budget | state | s per step | rest of the budget | newest record |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    total, unstarted = 0.0, 0
+    for name in names:
+        run, d = run_list.runs[name], runs_dir / name
+        recorded = max((r["steps"] for (n, _), r in newest.items() if n == name and isinstance(r["steps"], int)), default=None)
+        rec = "none" if recorded is None else f"{recorded:,} steps"
+        last = _last_logged(d) if d.exists() else None
+        if last is None:
+            unstarted += 1
+            lines.append(f"| `{name}` | 0 / {run.steps:,} | {'no run folder' if not d.exists() else 'nothing logged'} | — | — | {rec} |")
+            continue
+        step, elapsed = last
+        summary = _read_json(d / "summary.json") or {}
+        state = "training" if _training_now(d) else ("finished" if summary.get("status") == "finished" and
+                                                       summary.get("step", 0) >= run.steps else "stopped")
+        pace = elapsed / step if step > 0 else None
+        rest = max(0, run.steps - step) * pace if pace is not None else None
+        total += rest or 0.0
+        lines.append(f"| `{name}` | {step:,} / {run.steps:,} | {state} | " + ("—" if pace is None else f"{pace:.2f}")
+                     + " | " + ("—" if rest is None else f"{rest / 3600:.1f} h") + f" | {rec} |")
+    lines += ["", f"Training time the started runs still need, each at its pace so far: {total / 3600:.1f} h (one "
+              f"training job per core); {unstarted} run(s) not started, of unknown pace."]
+    return lines
 
 
 README_MARKERS = ("<!-- omniglot-table -->", "<!-- /omniglot-table -->")
@@ -841,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--add-curves", action="store_true",
                         help="train and evaluate nothing; add the learning curves of DIR/NAME to its records written "
                              "without them (records of the same run id and config digest)")
+    parser.add_argument("--status", action="store_true",
+                        help="train and evaluate nothing; print each run's progress in DIR against its budget")
     parser.add_argument("--table", action="store_true", help="print the README's results table from the record and exit")
     parser.add_argument("--readme", type=Path, help="with --table: write the table between the markers of this README")
     parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
@@ -859,6 +924,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --runs DIR (the folder of the run folders), or --table")
         if args.minutes is not None and not args.minutes > 0:
             parser.error(f"--minutes {args.minutes:g}: give a positive number of minutes per training")
+        if args.status:
+            names = args.names or list(run_list.runs)
+            unknown = [n for n in names if n not in run_list.runs]
+            if unknown:
+                parser.error(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: {', '.join(run_list.runs)}")
+            print("\n".join(status_lines(run_list, read_record(args.record), args.runs.expanduser().resolve(), names)))
+            return 0
         if args.add_curves and (args.minutes is not None or args.only_eval):
             parser.error("--add-curves trains and evaluates nothing; give it without --minutes and --only-eval")
         if args.minutes is not None and args.only_eval:

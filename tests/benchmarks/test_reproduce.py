@@ -536,3 +536,34 @@ def test_the_table_ends_with_the_convergence_of_runs_whose_records_hold_curves(b
     assert lines[lines.index(lines[-1]) - 2].startswith("| run | steps trained | validation |")
     no_val = {**rec, "curves": _curves([], [[8, 0.0, 0.1]])}
     assert rp.table_lines(run_list, [no_val])[-1] == "| `run_a` | 8 of 10 | none | — | — | — | — → 0.1 |"
+
+
+def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys):
+    bench.set_steps(10)
+    assert bench.main("run_a")[0] == 0  # finished at 10 steps, 0.5 s per step (the stand-in's log)
+    bench.set_steps(7210)  # the budget raised: 7,200 steps to go, an hour at 0.5 s each
+    capsys.readouterr()
+    assert rp.main(["--status", "--runs", str(bench.runs), "--list", str(bench.list), "--record", str(bench.record)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "| `run_a` | 10 / 7,210 | stopped | 0.50 | 1.0 h | 10 steps |"
+    assert out[-1] == ("Training time the started runs still need, each at its pace so far: 1.0 h (one training job per "
+                       "core); 0 run(s) not started, of unknown pace.")
+    lines = rp.status_lines(rp.load_run_list(bench.list), [], bench.tmp / "elsewhere", ["run_a"])
+    assert lines[2] == "| `run_a` | 0 / 7,210 | no run folder | — | — | none |" and "1 run(s) not started" in lines[-1]
+    # a live process holding the folder: training
+    d = bench.runs / "run_a"
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": rp.platform.node()}))
+    assert rp._training_now(d) is (b"metakit" in Path(f"/proc/{os.getpid()}/cmdline").read_bytes())
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "metakit"])
+    try:
+        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node()}))
+        assert rp._training_now(d)
+        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": "another-host"}))
+        assert not rp._training_now(d)
+    finally:
+        proc.kill()
+        proc.wait()
+    (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node()}))
+    assert not rp._training_now(d)  # its process ended
+    with pytest.raises(SystemExit):
+        rp.main(["--status", "--runs", str(bench.runs), "--list", str(bench.list), "nope"])
