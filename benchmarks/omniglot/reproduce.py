@@ -216,7 +216,7 @@ def _write_record(path: Path, records: list[dict[str, Any]]) -> None:
 
 # a list of numbers that json.dumps(indent=...) spread over lines (a curve's point): written on one line
 _NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-_NUMBER_LIST = re.compile(rf"\[\s*((?:{_NUMBER},\s*)*{_NUMBER})\s*\]")
+_NUMBER_LIST = re.compile(rf"\[\n *((?:{_NUMBER},\n *)*{_NUMBER})\n *\]")  # raw newlines: never inside a JSON string
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -567,3 +567,12 @@ def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys)
     assert not rp._training_now(d)  # its process ended
     with pytest.raises(SystemExit):
         rp.main(["--status", "--runs", str(bench.runs), "--list", str(bench.list), "nope"])
+
+
+def test_the_record_writes_lists_of_numbers_on_one_line_and_leaves_strings_alone(tmp_path):
+    path = tmp_path / "r.json"
+    records = [{"points": [[1, 2.5, -3e-05], [2, 0.1, 7]], "command": "x [ 1,\n 2 ] y", "mixed": ["a", 1], "empty": []}]
+    rp._write_record(path, records)
+    text = path.read_text()
+    assert json.loads(text)["records"] == records
+    assert '[1, 2.5, -3e-05],\n' in text and '"command": "x [ 1,\\n 2 ] y"' in text and '"a",\n' in text
