@@ -74,17 +74,19 @@ def plot(runs: dict[str, list[tuple[int, float, float, float]]], out: Path, titl
 def recorded_curves(record: Path, run_list: Path = reproduce.RUN_LIST) -> dict[str, dict[str, Any]]:
     """Per run of the list (in its order) whose newest record holds curves: ``steps``, ``budget`` and ``curves``."""
     runs = reproduce.load_run_list(run_list).runs
-    newest = reproduce.latest(reproduce.read_record(record))
+    records = reproduce.read_record(record)
     out: dict[str, dict[str, Any]] = {}
     for name, run in runs.items():
-        recs = [r for (n, _), r in newest.items() if n == name and "curves" in r and isinstance(r["steps"], int)]
-        if recs:
-            r = max(recs, key=lambda x: x["steps"])
+        r = reproduce.newest_with_curves(records, name)
+        if r is not None:
             out[name] = {"steps": r["steps"], "budget": run.steps, "curves": r["curves"]}
     return out
 
 
-def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4) -> Path:
+RECORD_TITLE = "Omniglot runs of the README table: learning curves against meta-training step"
+
+
+def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4, title: str = RECORD_TITLE) -> Path:
     """One panel per run: validation accuracy (band: its 95% interval) and training loss against step."""
     if not runs:
         raise ValueError("no record holds learning curves; `reproduce.py --add-curves` adds them to older records")
@@ -121,7 +123,7 @@ def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4) ->
                plt.Line2D([], [], color="0.6", label="training loss (right; log scale where it spans a decade)"),
                plt.Line2D([], [], color="0.3", ls=":", label="75% of the steps trained")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle("Omniglot runs of the README table: learning curves against meta-training step", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -135,17 +137,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("names", nargs="*", help="run folder names, one curve each")
     ap.add_argument("--record", type=Path, help="draw every run's curves from this results record instead of run folders")
     ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    ap.add_argument("--title", default="Omniglot 5-way 5-shot validation (vinyals val split)")
+    ap.add_argument("--title", help="the figure's title (default: one naming what is drawn)")
     args = ap.parse_args(argv)
     if args.record is not None:
         if args.runs_dir is not None:
             ap.error("--record draws from the record alone; give no run folders with it")
-        print(plot_record(recorded_curves(args.record), args.out))
+        print(plot_record(recorded_curves(args.record), args.out, title=args.title or RECORD_TITLE))
         return
     if args.runs_dir is None or not args.names:
         ap.error("give a folder of run folders and run names, or --record RESULTS_JSON")
     runs = {n: read_val(args.runs_dir / n) for n in args.names}
-    print(plot(runs, args.out, args.title))
+    print(plot(runs, args.out, args.title or "Omniglot 5-way 5-shot validation (vinyals val split)"))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@
 
 A published number can rest on a test protocol other than metakit's: BatchNorm normalising each
 episode with its own statistics (test code that never leaves training mode) and as many queries per
-class as shots. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``,
-best checkpoint) in the first setting the list evaluates it on, under every variant of
-``VARIANTS``, on the list's split, episodes and seed, with ``metakit eval ... --json``, and appends
+class as shots. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
+in the first setting the list evaluates it on, under every variant of
+``VARIANTS``, on the list's split, episodes and seed (queries: the list's, or as many as shots),
+with ``metakit eval ... --json`` of the checkpoint ``reproduce.py`` evaluates, and appends
 one record per variant to ``protocols.json``: the result, the run id, sha256 digests of the run's
 config and checkpoint, the command, seconds, hardware, date and git commit (as ``reproduce.py``
-records). A variant already recorded for the same run id and checkpoint digest is skipped.
+records). A variant already recorded for the same run id, checkpoint digest and evaluation is skipped.
 ``table`` prints the table from the record: per run, the newest record of each variant.
 """
 
@@ -33,71 +34,65 @@ import reproduce  # noqa: E402  (the run list and the record machinery, beside t
 RECORD = reproduce.HERE / "protocols.json"
 DOC_MARKERS = ("<!-- protocols-table -->", "<!-- /protocols-table -->")
 
-#: (name, queries per class -- None: as many as the setting's shots --, BatchNorm statistics)
-VARIANTS: tuple[tuple[str, int | None, str], ...] = (
-    ("15 queries, running statistics (metakit)", 15, "running"),
-    ("15 queries, each episode's statistics", 15, "episode"),
-    ("shots queries, running statistics", None, "running"),
-    ("shots queries, each episode's statistics", None, "episode"),
+#: (name, queries per class -- "list": the list's evaluation, "shots": as many as the setting's shots --,
+#: BatchNorm statistics at test time)
+VARIANTS: tuple[tuple[str, str, str], ...] = (
+    ("list's queries, running statistics (metakit)", "list", "running"),
+    ("list's queries, each episode's statistics", "list", "episode"),
+    ("shots queries, running statistics", "shots", "running"),
+    ("shots queries, each episode's statistics", "shots", "episode"),
 )
-
-
-def _variant_queries(queries: int | None, shots: int) -> int:
-    return shots if queries is None else queries
 
 
 def evaluate(args: argparse.Namespace) -> int:
     run_list = reproduce.load_run_list(args.list)
-    unknown = [n for n in args.names if n not in run_list.runs]
+    unknown = reproduce.unknown_runs(run_list, args.names, args.list)
     if unknown:
-        raise reproduce.ListError(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: "
-                                  f"{', '.join(run_list.runs)}")
+        raise reproduce.ListError(unknown)
     metakit = reproduce._metakit_path(args.metakit)
     env = reproduce.probe_environment(metakit)
     failed = False
     for name in args.names:
         run, d = run_list.runs[name], args.runs.expanduser().resolve() / name
-        summary = reproduce._read_json(d / "summary.json")
-        if not summary or summary.get("status") not in ("finished", "interrupted"):
-            print(f"{name}: FAILED: {d / 'summary.json'} is missing or says the run is not ended; train it first "
-                  "(reproduce.py)", flush=True)
+        problem = reproduce.ended_run_problem(d)
+        if problem:
+            print(f"{name}: FAILED: {problem}", flush=True)
             failed = True
             continue
+        summary = reproduce._read_json(d / "summary.json")
         e = run.evaluations[0]
-        best = d / "checkpoints" / "best.safetensors"
-        digest, config_digest, run_id = reproduce.sha256(best), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
-        done = {(r["run_id"], r["checkpoint"]["sha256"], r["variant"]) for r in reproduce.read_record(args.record)}
+        checkpoint = reproduce.evaluated_checkpoint(d)
+        digest, config_digest, run_id = reproduce.sha256(checkpoint), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
         for variant, queries, norm in VARIANTS:
-            if (run_id, digest, variant) in done:
+            params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
+            if any(r["run_id"] == run_id and r["checkpoint"]["sha256"] == digest and r["variant"] == variant
+                   and all(r["result"].get(k) == v for k, v in params.items()) for r in reproduce.read_record(args.record)):
                 print(f"{name}: {variant}: up to date in {args.record.name}", flush=True)
                 continue
-            q = _variant_queries(queries, e.shots)
-            cmd = [metakit, "eval", str(d), "--split", e.split, "--ways", str(e.ways), "--shots", str(e.shots),
-                   "--queries", str(q), "--episodes", str(e.episodes), "--seed", str(e.seed), "--checkpoint", "best",
-                   "--batch-norm", norm, "--json"]
+            cmd = [metakit, "eval", str(d), *(a for k in reproduce.EVAL_FIELDS for a in (f"--{k}", str(params[k]))),
+                   "--checkpoint", str(checkpoint), "--batch-norm", norm, "--json"]
             print(f"{name}: run: {shlex.join(cmd)}", flush=True)
             start = time.perf_counter()
-            p = subprocess.run(cmd, cwd=reproduce.REPO, capture_output=True, text=True,
-                               env={**os.environ, **reproduce.ONE_THREAD})
+            p = subprocess.run(cmd, cwd=reproduce.REPO, capture_output=True, text=True, env={**os.environ, **reproduce.ONE_THREAD})
             wall = time.perf_counter() - start
             try:
                 result = json.loads(p.stdout)
             except json.JSONDecodeError:
                 result = None
-            if p.returncode != 0 or not isinstance(result, dict) or result.get("batch_norm") != norm:
-                print(f"{name}: {variant}: FAILED: exit status {p.returncode}: {p.stderr.strip()[-500:]}", flush=True)
+            if (p.returncode != 0 or not isinstance(result, dict) or result.get("batch_norm") != norm
+                    or result.get("checkpoint") != checkpoint.name):
+                print(f"{name}: {variant}: FAILED: exit status {p.returncode}, or a result of another checkpoint or "
+                      f"BatchNorm mode than asked: {p.stderr.strip()[-500:]}", flush=True)
                 failed = True
                 continue
-            if reproduce.sha256(best) != digest:
-                print(f"{name}: {variant}: FAILED: {best} changed during the evaluation; not recorded", flush=True)
+            if reproduce.sha256(checkpoint) != digest:
+                print(f"{name}: {variant}: FAILED: {checkpoint} changed during the evaluation; not recorded", flush=True)
                 failed = True
                 continue
             reproduce.append_record(args.record, {
-                "run": name, "setting": e.setting, "variant": variant, "run_id": run_id, "date": reproduce._now(),
-                "git_commit": env["git_commit"],
-                "hardware": {**env["hardware"], "load_average": [round(x, 2) for x in os.getloadavg()]},
-                "config_sha256": config_digest,
-                "checkpoint": {"file": best.name, "sha256": digest, "step": result.get("step")},
+                "run": name, "setting": e.setting, "variant": variant,
+                **reproduce.record_fields(env, d, run_id, config_digest),
+                "checkpoint": {"file": checkpoint.name, "sha256": digest, "step": result.get("step")},
                 "command": shlex.join(cmd), "cwd": str(reproduce.REPO), "steps": summary["step"],
                 "eval_wall_seconds": round(wall, 1),
                 "result": {k: v for k, v in result.items() if k != "formatted"},
@@ -107,10 +102,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def table_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Per run (newest record of each variant): accuracy ± 95% interval under each variant."""
+    """Per run, the checkpoint of its newest record: accuracy ± 95% interval under each variant (the
+    newest record of each; a variant not recorded for that checkpoint is "not run")."""
     newest: dict[str, dict[str, dict[str, Any]]] = {}
+    current = {r["run"]: (r["run_id"], r["checkpoint"]["sha256"]) for r in records}
     for r in records:
-        newest.setdefault(r["run"], {})[r["variant"]] = r
+        if (r["run_id"], r["checkpoint"]["sha256"]) == current[r["run"]]:
+            newest.setdefault(r["run"], {})[r["variant"]] = r
     names = [v[0] for v in VARIANTS]
     lines = ["| run (checkpoint step) | test episodes | " + " | ".join(names) + " |",
              "| --- | --- | " + " | ".join("---" for _ in names) + " |"]

@@ -390,13 +390,11 @@ def convergence(curves: dict[str, Any], steps: int) -> dict[str, Any]:
 def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     """The README's convergence table: per run of the list whose newest record holds curves, where its
     validation stood at 75% of its steps and at the end, and its training loss over the last two quarters."""
-    newest = latest(records)
     rows = []
     for run in run_list.runs.values():
-        recs = [r for (n, _), r in newest.items() if n == run.name and "curves" in r and isinstance(r["steps"], int)]
-        if not recs:
+        r = newest_with_curves(records, run.name)
+        if r is None:
             continue
-        r = max(recs, key=lambda x: x["steps"])
         c = convergence(r["curves"], r["steps"])
 
         def acc(p: list[float] | None) -> str:
@@ -415,10 +413,10 @@ def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[
         "the run's `eval` setting, not the test episodes of the table): the best validation accuracy up to 75% of "
         "the steps trained and after it. *rising*: the later best is above the earlier one by more than its 95% "
         "interval (the run had not converged); *past its best*: below it by more than the earlier one's; else "
-        "*level*. The training loss is the mean of the logged values over the third and the last quarter of the "
-        "steps.",
+        "*level*. The training loss is the mean over the third and over the last quarter of the steps of the "
+        f"logged values the record keeps (at most {TRAIN_POINTS}, evenly spread).",
         "",
-        "| run | steps trained | validation | best up to 75% of the steps | best after | last quarter | training loss, 3rd → 4th quarter |",
+        "| run | steps trained | validation | best up to 75% of the steps | best after | verdict | training loss, 3rd → 4th quarter |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
@@ -435,7 +433,8 @@ def _spacing(val: list[list[float]]) -> str:
 
 # -- status -----------------------------------------------------------------------------------------
 def _training_now(run_dir: Path) -> bool:
-    """Whether a live process on this host holds the run folder (its ``.lock`` record names it)."""
+    """Whether the process the run folder's ``.lock`` record names lives on this host and still runs
+    the recorded command (its arguments, as ``/proc`` shows them where it can: a reused pid does not)."""
     lock = _read_json(run_dir / ".lock")
     if not lock or lock.get("host") != platform.node() or not isinstance(lock.get("pid"), int):
         return False
@@ -444,9 +443,12 @@ def _training_now(run_dir: Path) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{lock['pid']}/cmdline")
-    return not cmdline.exists() or b"metakit" in cmdline.read_bytes()
+        pass
+    try:
+        args = set(Path(f"/proc/{lock['pid']}/cmdline").read_bytes().decode(errors="replace").split("\0"))
+    except OSError:
+        return True  # alive, and no /proc to tell more
+    return set(str(lock.get("command", "")).split()[1:]) <= args
 
 
 def _last_logged(run_dir: Path) -> tuple[int, float] | None:
@@ -589,10 +591,15 @@ TRAIN_POINTS = 100  # training-loss points kept per record (evenly spaced over t
 
 def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
     """The run's learning curves from its ``metrics.jsonl``, up to step ``upto``: ``val``, every
-    validation as ``[step, elapsed_s, accuracy, ci95]`` (step order; a step logged twice, as after a
-    crash and resume, keeps its last line; a line cut short by a kill is skipped, as metakit's reader does), ``val_episodes`` (the episodes per validation, or ``None``
-    if the run never validated) and ``train``, the training log as ``[step, elapsed_s, loss]``
-    thinned to ``TRAIN_POINTS`` points."""
+    validation as ``[step, elapsed_s, accuracy, ci95]``, ``val_episodes`` (the episodes per validation,
+    or ``None`` if the run never validated) and ``train``, the training log as ``[step, elapsed_s,
+    loss]`` thinned to ``TRAIN_POINTS`` evenly spread points (the first and last kept).
+
+    Steps come in order; a step logged twice (a crash, then a resume) keeps its last line. A line
+    that is not JSON -- cut short when a run was killed, with its resume appending after it -- is
+    skipped, as :func:`metakit.runtime.logging.read_metrics` skips it. A point whose value was logged
+    as ``null`` (metakit logs a non-finite number so) is left out. A JSON line that is not a metrics
+    record is an error naming the file and line."""
     val: dict[int, list[float]] = {}
     episodes: set[int] = set()
     train: dict[int, list[float]] = {}
@@ -601,24 +608,66 @@ def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
         try:
             m = json.loads(line)
         except json.JSONDecodeError:
-            continue  # blank, or a line cut short when a run was killed (its resume appends after it)
+            continue
         try:
             step, split = int(m["step"]), m["split"]
+            if upto is not None and step > upto:
+                continue
+            if split == "val" and m.get("accuracy") is not None:
+                val[step] = [step, round(float(m["elapsed"]), 1), float(m["accuracy"]), float(m.get("ci95") or 0.0)]
+                episodes.add(int(m["episodes"]))
+            elif split == "train" and m.get("loss") is not None:
+                train[step] = [step, round(float(m["elapsed"]), 1), float(m["loss"])]
         except (KeyError, TypeError, ValueError) as e:
-            raise ListError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e}); is it a metakit run folder?") from None
-        if upto is not None and step > upto:
-            continue
-        if split == "val" and "accuracy" in m:
-            val[step] = [step, round(float(m["elapsed"]), 1), float(m["accuracy"]), float(m.get("ci95", 0.0))]
-            episodes.add(int(m["episodes"]))
-        elif split == "train" and "loss" in m:
-            train[step] = [step, round(float(m["elapsed"]), 1), float(m["loss"])]
+            raise ListError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e}); is it a metakit run "
+                            "folder?") from None
     if len(episodes) > 1:
         raise ListError(f"{path}: validations of different sizes ({sorted(episodes)} episodes); a curve needs one")
     rows = [train[s] for s in sorted(train)]
     if len(rows) > TRAIN_POINTS:
         rows = [rows[round(i * (len(rows) - 1) / (TRAIN_POINTS - 1))] for i in range(TRAIN_POINTS)]
     return {"val": [val[s] for s in sorted(val)], "val_episodes": episodes.pop() if episodes else None, "train": rows}
+
+
+def evaluated_checkpoint(run_dir: Path) -> Path:
+    """The file ``metakit eval RUN`` reads: the best checkpoint, or the newest step checkpoint of a run
+    without validation (the path of the best one, absent, when there is neither)."""
+    best = run_dir / "checkpoints" / "best.safetensors"
+    if not best.exists():
+        best = max((run_dir / "checkpoints").glob("step-*.safetensors"), default=best)
+    return best
+
+
+def record_fields(env: dict[str, Any], run_dir: Path, run_id: str, config_digest: str) -> dict[str, Any]:
+    """The fields every evaluation record starts with: run id, date, metakit's git commit, hardware
+    (with the load average now) and the digest of the run's config."""
+    return {"run_id": run_id, "date": _now(), "git_commit": env["git_commit"],
+            "hardware": {**env["hardware"], "load_average": [round(x, 2) for x in os.getloadavg()]},
+            "config_sha256": config_digest}
+
+
+def ended_run_problem(run_dir: Path) -> str | None:
+    """Why the run folder cannot be evaluated now (``None``: it can): its ``summary.json`` must say the
+    training finished or was interrupted."""
+    summary = _read_json(run_dir / "summary.json")
+    if not summary or summary.get("status") not in ("finished", "interrupted"):
+        return (f"{run_dir / 'summary.json'} is missing or says {summary and summary.get('status')!r}: the run is still "
+                "training, was killed or failed; wait for it, or resume it")
+    return None
+
+
+def unknown_runs(run_list: RunList, names: list[str], list_path: Path) -> str | None:
+    """An error message naming the ``names`` the list lacks (``None`` if it has them all)."""
+    unknown = [n for n in names if n not in run_list.runs]
+    if unknown:
+        return f"unknown run name(s) {', '.join(unknown)}; the list ({list_path}) has: {', '.join(run_list.runs)}"
+    return None
+
+
+def newest_with_curves(records: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """Among the newest records of run ``name`` (one per setting), the one of most steps holding curves."""
+    recs = [r for (n, _), r in latest(records).items() if n == name and "curves" in r and isinstance(r["steps"], int)]
+    return max(recs, key=lambda x: x["steps"], default=None)
 
 
 def _train_section(run_dir: Path) -> dict[str, Any]:
@@ -753,15 +802,12 @@ class Runner:
             for e in run.evaluations:
                 self.say(run, f"would evaluate {e.setting} after training")
             return
-        summary = _read_json(d / "summary.json")
-        if not summary or summary.get("status") not in ("finished", "interrupted"):
-            self.fail(run, f"{d / 'summary.json'} is missing or says {summary and summary.get('status')!r}: the run is "
-                           "still training, was killed or failed; wait for it, or resume it (without --only-eval)")
+        problem = ended_run_problem(d)
+        if problem:
+            self.fail(run, f"{problem} (without --only-eval)")
             return
-        # the file `metakit eval` reads: the best checkpoint, or the newest step checkpoint of a run without validation
-        best = d / "checkpoints" / "best.safetensors"
-        if not best.exists():
-            best = max((d / "checkpoints").glob("step-*.safetensors"), default=best)
+        summary = _read_json(d / "summary.json")
+        best = evaluated_checkpoint(d)
         before = sha256(best) if best.exists() else None
         config_digest = sha256(d / "config.yaml")
         run_id = _run_id(d)
@@ -809,11 +855,7 @@ class Runner:
                 "run": run.name,
                 "setting": e.setting,
                 "status": "recorded",
-                "run_id": run_id,
-                "date": _now(),
-                "git_commit": env["git_commit"],
-                "hardware": {**env["hardware"], "load_average": [round(x, 2) for x in os.getloadavg()]},
-                "config_sha256": config_digest,
+                **record_fields(env, d, run_id, config_digest),
                 "checkpoint": {"file": ckpt.name, "sha256": digest, "step": result.get("step")},
                 "commands": {"train": train_cmds, "eval": shlex.join(cmd), "cwd": str(REPO)},
                 "train_seconds": summary.get("elapsed"),
@@ -838,6 +880,9 @@ class Runner:
             self.say(run, f"no {d / 'metrics.jsonl'}: no curves to add")
             return
         run_id, config_digest = _run_id(d), sha256(d / "config.yaml")
+        if run_id == "unknown":
+            self.fail(run, f"{d / 'metrics.jsonl'} does not give the run's start, so no record can be matched to it")
+            return
         with _locked(self.args.record):
             records = read_record(self.args.record)
             added = []
@@ -863,7 +908,7 @@ class Runner:
         if self.args.add_curves:
             for name in names:
                 self.add_curves(self.list.runs[name])
-            return 0
+            return 1 if self.failed else 0
         for name in names:
             run = self.list.runs[name]
             if self.train(run) or self.args.dry_run:
@@ -911,8 +956,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", type=Path, default=RUN_LIST, help="the run list (default: runs.yaml beside this script)")
     parser.add_argument("--record", type=Path, default=RECORD, help="the record (default: results.json beside this script)")
     args = parser.parse_args(argv)
+    modes = [flag for flag, on in (("--table", args.table), ("--status", args.status), ("--add-curves", args.add_curves),
+                                   ("--only-eval", args.only_eval), ("--minutes", args.minutes is not None)) if on]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} do different things; give one of them")
+    if args.dry_run and (args.table or args.status):
+        parser.error(f"{modes[0]} changes nothing anyway; drop --dry-run")
+    if args.readme is not None and not args.table:
+        parser.error("--readme goes with --table (the table it writes)")
     try:
         run_list = load_run_list(args.list)
+        unknown = unknown_runs(run_list, args.names, args.list)
+        if unknown:
+            parser.error(unknown)
         if args.table:
             lines = table_lines(run_list, read_record(args.record))
             if args.readme:
@@ -926,18 +982,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--minutes {args.minutes:g}: give a positive number of minutes per training")
         if args.status:
             names = args.names or list(run_list.runs)
-            unknown = [n for n in names if n not in run_list.runs]
-            if unknown:
-                parser.error(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: {', '.join(run_list.runs)}")
             print("\n".join(status_lines(run_list, read_record(args.record), args.runs.expanduser().resolve(), names)))
             return 0
-        if args.add_curves and (args.minutes is not None or args.only_eval):
-            parser.error("--add-curves trains and evaluates nothing; give it without --minutes and --only-eval")
-        if args.minutes is not None and args.only_eval:
-            parser.error("--minutes limits training and --only-eval trains nothing; give one of them")
-        unknown = [n for n in args.names if n not in run_list.runs]
-        if unknown:
-            parser.error(f"unknown run name(s) {', '.join(unknown)}; the list ({args.list}) has: {', '.join(run_list.runs)}")
         read_record(args.record)  # a malformed record is an error before any work
     except ListError as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)

@@ -18,7 +18,8 @@ pr = load_script(SCRIPT, "omniglot_protocols")
 
 # Stands in for `metakit eval ... --json`: logs its arguments to $CALLS and prints a result whose
 # accuracy encodes the protocol (episode statistics +0.05, each query per class fewer -0.001);
-# $IGNORE_BATCH_NORM makes it report running statistics whatever it was asked.
+# $IGNORE_BATCH_NORM makes it report running statistics whatever it was asked, $CHECKPOINT_SAID another
+# checkpoint than the one asked.
 _FAKE = """\
 #!{python}
 import json, os, sys
@@ -30,7 +31,8 @@ norm = "running" if os.environ.get("IGNORE_BATCH_NORM") else opt["--batch-norm"]
 acc = 0.9 + (0.05 if norm == "episode" else 0.0) - 0.001 * (15 - int(opt["--queries"]))
 print(json.dumps({{"accuracy": acc, "ci95": 0.002, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
                   "ways": int(opt["--ways"]), "shots": int(opt["--shots"]), "split": opt["--split"],
-                  "seed": int(opt["--seed"]), "batch_norm": norm, "step": 7, "checkpoint": "best.safetensors"}}))
+                  "seed": int(opt["--seed"]), "batch_norm": norm, "step": 7,
+                  "checkpoint": os.environ.get("CHECKPOINT_SAID", os.path.basename(opt["--checkpoint"]))}}))
 """
 
 _LIST = """\
@@ -74,10 +76,11 @@ def test_every_variant_is_evaluated_in_the_first_listed_setting_recorded_and_not
     assert run() == 0
     lines = calls.read_text().splitlines()
     base = f"eval {d} --split test --ways 5 --shots 1 --queries"
-    assert lines == [f"{base} 15 --episodes 1000 --seed 0 --checkpoint best --batch-norm running --json",
-                     f"{base} 15 --episodes 1000 --seed 0 --checkpoint best --batch-norm episode --json",
-                     f"{base} 1 --episodes 1000 --seed 0 --checkpoint best --batch-norm running --json",
-                     f"{base} 1 --episodes 1000 --seed 0 --checkpoint best --batch-norm episode --json"]
+    best = d / "checkpoints" / "best.safetensors"
+    assert lines == [f"{base} 15 --episodes 1000 --seed 0 --checkpoint {best} --batch-norm running --json",
+                     f"{base} 15 --episodes 1000 --seed 0 --checkpoint {best} --batch-norm episode --json",
+                     f"{base} 1 --episodes 1000 --seed 0 --checkpoint {best} --batch-norm running --json",
+                     f"{base} 1 --episodes 1000 --seed 0 --checkpoint {best} --batch-norm episode --json"]
     recs = json.loads(record.read_text())["records"]
     assert [r["variant"] for r in recs] == [v[0] for v in pr.VARIANTS]
     r = recs[3]
@@ -88,6 +91,21 @@ def test_every_variant_is_evaluated_in_the_first_listed_setting_recorded_and_not
     assert run() == 0 and calls.read_text() == ""  # all up to date
     (d / "checkpoints" / "best.safetensors").write_bytes(b"other weights")  # a new checkpoint: evaluated again
     assert run() == 0 and len(calls.read_text().splitlines()) == 4
+    lines = pr.table_lines(json.loads(record.read_text())["records"])
+    assert len(lines) == 3 and "not run" not in lines[2]  # the newest checkpoint's four results
+    # a run without validation: its newest step checkpoint, as reproduce.py evaluates it
+    (d / "checkpoints" / "best.safetensors").unlink()
+    for step in (5, 10):
+        (d / "checkpoints" / f"step-{step:08d}.safetensors").write_bytes(b"weights %d" % step)
+    assert run() == 0
+    assert all(f"--checkpoint {d / 'checkpoints' / 'step-00000010.safetensors'} " in c for c in calls.read_text().splitlines())
+
+
+def test_a_result_of_another_checkpoint_is_not_recorded(setup, monkeypatch, capsys):
+    run, record, _, _ = setup
+    monkeypatch.setenv("CHECKPOINT_SAID", "step-00000005.safetensors")
+    assert run() == 1 and not record.exists()
+    assert "a result of another checkpoint or BatchNorm mode than asked" in capsys.readouterr().out
 
 
 def test_a_result_that_does_not_state_the_asked_batch_norm_is_not_recorded(setup, monkeypatch, capsys):
@@ -96,7 +114,7 @@ def test_a_result_that_does_not_state_the_asked_batch_norm_is_not_recorded(setup
     assert run() == 1
     recs = json.loads(record.read_text())["records"]
     assert [r["variant"] for r in recs] == [pr.VARIANTS[0][0], pr.VARIANTS[2][0]]
-    assert "each episode's statistics: FAILED" in capsys.readouterr().out
+    assert "list's queries, each episode's statistics: FAILED" in capsys.readouterr().out
 
 
 def test_unknown_runs_and_unended_runs_are_errors(setup, capsys):
@@ -104,11 +122,11 @@ def test_unknown_runs_and_unended_runs_are_errors(setup, capsys):
     assert pr.main(["eval", "nope", "--runs", str(d.parent), "--list", str(d.parents[1] / "runs.yaml")]) == 2
     assert "unknown run name(s) nope" in capsys.readouterr().err
     (d / "summary.json").write_text(json.dumps({"status": "running", "step": 3}))
-    assert run() == 1 and "train it first" in capsys.readouterr().out
+    assert run() == 1 and "the run is still training, was killed or failed" in capsys.readouterr().out
 
 
 def test_the_table_shows_each_variant_and_the_doc_shows_the_committed_record(tmp_path):
-    rec = {"run": "run_a", "variant": pr.VARIANTS[1][0], "checkpoint": {"step": 1200},
+    rec = {"run": "run_a", "variant": pr.VARIANTS[1][0], "run_id": "r", "checkpoint": {"step": 1200, "sha256": "x"},
            "result": {"accuracy": 0.9761, "ci95": 0.0023, "queries": 15, "episodes": 1000, "ways": 5, "shots": 1,
                       "split": "test", "seed": 0}}
     lines = pr.table_lines([rec])

@@ -432,7 +432,7 @@ def test_minutes_must_be_positive_and_needs_training(bench, capsys):
     assert "--minutes 0: give a positive number of minutes per training" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main("--minutes", "5", "--only-eval")
-    assert "--minutes limits training and --only-eval trains nothing" in capsys.readouterr().err
+    assert "--only-eval and --minutes do different things; give one of them" in capsys.readouterr().err
     assert bench.calls.read_text() == ""  # nothing ran
 
 
@@ -464,6 +464,13 @@ def test_read_curves_keeps_the_last_line_of_a_step_skips_cut_lines_and_thins_the
         rp.read_curves(_metrics(tmp_path / "mixed", [val(1, 0.5), val(2, 0.5, n=200)]))
     with pytest.raises(rp.ListError, match=r"metrics.jsonl:2: not a metrics record \(KeyError"):
         rp.read_curves(_metrics(tmp_path / "bad", [val(1, 0.5), {"split": "val"}]))
+    with pytest.raises(rp.ListError, match=r"metrics.jsonl:1: not a metrics record \(KeyError: 'elapsed'\)"):
+        rp.read_curves(_metrics(tmp_path / "no_time", [{"step": 1, "split": "train", "loss": 1.0}]))
+    # a non-finite value, logged as null, leaves its point out
+    nulls = rp.read_curves(_metrics(tmp_path / "nulls", [
+        {"step": 1, "split": "train", "elapsed": 1.0, "loss": None}, {"step": 2, "split": "train", "elapsed": 2.0, "loss": 0.5},
+        {**val(2, 0.5), "accuracy": None}, {**val(4, 0.6), "ci95": None}]))
+    assert nulls["train"] == [[2, 2.0, 0.5]] and nulls["val"] == [[4, 8.0, 0.6, 0.0]]
 
 
 def test_add_curves_fills_the_records_of_the_same_run_only(bench, capsys):
@@ -495,11 +502,20 @@ def test_add_curves_fills_the_records_of_the_same_run_only(bench, capsys):
     assert bench.main("--add-curves") == (0, []) and bench.records() == stripped
 
 
-def test_add_curves_takes_no_training_options(bench, capsys):
-    for extra in (["--minutes", "5"], ["--only-eval"]):
-        with pytest.raises(SystemExit):
-            bench.main("--add-curves", *extra)
-        assert "--add-curves trains and evaluates nothing" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--add-curves", "--minutes", "5"], "--add-curves and --minutes do different things; give one of them"),
+    (["--add-curves", "--only-eval"], "--add-curves and --only-eval do different things"),
+    (["--status", "--add-curves"], "--status and --add-curves do different things"),
+    (["--table", "--status"], "--table and --status do different things"),
+    (["--status", "--dry-run"], "--status changes nothing anyway; drop --dry-run"),
+    (["--readme", "README.md"], "--readme goes with --table"),
+    (["--status", "nope"], "unknown run name(s) nope; the list"),
+])
+def test_modes_that_clash_are_errors_naming_both(bench, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        bench.main(*argv)
+    assert message in capsys.readouterr().err
+    assert bench.calls.read_text() == ""
 
 
 def _curves(val: list, train: list, episodes: int | None = 100) -> dict:
@@ -541,6 +557,9 @@ def test_the_table_ends_with_the_convergence_of_runs_whose_records_hold_curves(b
 def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys):
     bench.set_steps(10)
     assert bench.main("run_a")[0] == 0  # finished at 10 steps, 0.5 s per step (the stand-in's log)
+    run_list = rp.load_run_list(bench.list)
+    assert rp.status_lines(run_list, bench.records(), bench.runs, ["run_a"])[2] == \
+        "| `run_a` | 10 / 10 | finished | 0.50 | 0.0 h | 10 steps |"
     bench.set_steps(7210)  # the budget raised: 7,200 steps to go, an hour at 0.5 s each
     capsys.readouterr()
     assert rp.main(["--status", "--runs", str(bench.runs), "--list", str(bench.list), "--record", str(bench.record)]) == 0
@@ -548,31 +567,33 @@ def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys)
     assert out[2] == "| `run_a` | 10 / 7,210 | stopped | 0.50 | 1.0 h | 10 steps |"
     assert out[-1] == ("Training time the started runs still need, each at its pace so far: 1.0 h (one training job per "
                        "core); 0 run(s) not started, of unknown pace.")
-    lines = rp.status_lines(rp.load_run_list(bench.list), [], bench.tmp / "elsewhere", ["run_a"])
+    run_list = rp.load_run_list(bench.list)
+    lines = rp.status_lines(run_list, [], bench.tmp / "elsewhere", ["run_a"])
     assert lines[2] == "| `run_a` | 0 / 7,210 | no run folder | — | — | none |" and "1 run(s) not started" in lines[-1]
-    # a live process holding the folder: training
+    # a live metakit process on this host holding the folder: training; on another host, or ended: not
     d = bench.runs / "run_a"
-    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": rp.platform.node()}))
-    assert rp._training_now(d) is (b"metakit" in Path(f"/proc/{os.getpid()}/cmdline").read_bytes())
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "metakit"])
+    command = f"metakit train --resume {d}"  # as metakit's lock records it
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train", "--resume", str(d)])
     try:
-        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node()}))
-        assert rp._training_now(d)
-        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": "another-host"}))
+        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node(), "command": command}))
+        assert rp.status_lines(run_list, [], bench.runs, ["run_a"])[2].startswith("| `run_a` | 10 / 7,210 | training |")
+        (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": "another-host", "command": command}))
         assert not rp._training_now(d)
     finally:
         proc.kill()
         proc.wait()
-    (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node()}))
+    (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node(), "command": command}))
     assert not rp._training_now(d)  # its process ended
-    with pytest.raises(SystemExit):
-        rp.main(["--status", "--runs", str(bench.runs), "--list", str(bench.list), "nope"])
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": rp.platform.node(), "command": command}))
+    assert not rp._training_now(d)  # a live process running something else (a reused pid)
 
 
 def test_the_record_writes_lists_of_numbers_on_one_line_and_leaves_strings_alone(tmp_path):
     path = tmp_path / "r.json"
-    records = [{"points": [[1, 2.5, -3e-05], [2, 0.1, 7]], "command": "x [ 1,\n 2 ] y", "mixed": ["a", 1], "empty": []}]
+    strings = ["x [ 1,\n 2 ] y", "[1,  2]", "a [ 3 ] b", "[ 4, 5 ]"]  # bracketed numbers inside strings stay as written
+    records = [{"points": [[1, 2.5, -3e-05], [2, 0.1, 7]], "strings": strings, "mixed": ["a", 1], "empty": []}]
     rp._write_record(path, records)
     text = path.read_text()
     assert json.loads(text)["records"] == records
-    assert '[1, 2.5, -3e-05],\n' in text and '"command": "x [ 1,\\n 2 ] y"' in text and '"a",\n' in text
+    assert '[1, 2.5, -3e-05],\n' in text and '"a",\n' in text
+    assert all(json.dumps(x) in text for x in strings)

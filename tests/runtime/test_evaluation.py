@@ -323,7 +323,8 @@ def test_batch_norm_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"batch_norm='batch'; give one of 'running', 'episode'"):
         evaluate(_Normalised(), [batch], batch_norm="batch")
     for algo in (_Mean(), _Normalised(track_running_stats=False)):
-        with pytest.raises(ValueError, match="no BatchNorm layer with running statistics .* drop it"):
+        with pytest.raises(ValueError, match=r"\(metakit eval --batch-norm episode\) was given but the model has no "
+                                             "BatchNorm layer with running statistics .* drop it"):
             evaluate(algo, [batch], batch_norm="episode")
 
     class Family:
@@ -333,6 +334,6 @@ def test_batch_norm_errors_name_the_fix():
             return torch.zeros(2)
 
     algo = _Normalised()
-    with pytest.raises(TypeError, match=r"episodes\[0\] is a tuple, which cannot be split into single tasks"):
+    with pytest.raises(ValueError, match=r"episodes\[0\] is a tuple, which cannot be split into single tasks"):
         evaluate(algo, [(1, 2)], family=Family(), batch_norm="episode")
     assert algo.norm.running_mean.item() == 1.0 and algo.training  # restored after the error

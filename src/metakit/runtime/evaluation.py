@@ -256,8 +256,9 @@ def _one_task_batches(batch: Any, i: int) -> list[Any]:
     """``batch`` as batches of one task each (``batch_norm="episode"``: no statistics shared between tasks)."""
     split = getattr(batch, "split", None)
     if not callable(split) or not hasattr(batch, "num_tasks"):
-        raise TypeError(f"episodes[{i}] is a {type(batch).__name__}, which cannot be split into single tasks; "
-                        "batch_norm='episode' evaluates batches of episodes (EpisodeBatch)")
+        raise ValueError(f"episodes[{i}] is a {type(batch).__name__}, which cannot be split into single tasks; "
+                         "batch_norm='episode' (metakit eval --batch-norm episode) evaluates batches of episodes "
+                         "(EpisodeBatch); drop it for these tasks")
     return list(split(1)) if batch.num_tasks > 1 else [batch]
 
 
@@ -294,8 +295,9 @@ def evaluate(
         raise ValueError(f"batch_norm={batch_norm!r}; give one of {', '.join(map(repr, BATCH_NORM_MODES))}")
     norms = _running_stat_norms(algorithm) if batch_norm == "episode" else []
     if batch_norm == "episode" and not norms:
-        raise ValueError("batch_norm='episode' was given but the model has no BatchNorm layer with running statistics "
-                         "(any BatchNorm it has already normalises with batch statistics); drop it")
+        raise ValueError("batch_norm='episode' (metakit eval --batch-norm episode) was given but the model has no "
+                         "BatchNorm layer with running statistics (any BatchNorm it has already normalises with batch "
+                         "statistics); drop it")
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     device = _device_of(algorithm)
     modes = [(m, m.training) for m in algorithm.modules()]
