@@ -1,7 +1,6 @@
 import io
 import os
 import re
-import time
 import zipfile
 from pathlib import Path
 
@@ -171,12 +170,9 @@ def test_warm_load_uses_the_cache(load_omniglot, omniglot_root, cache_dir, monke
             raise AssertionError("decoded a PNG although the cache holds the archive")
 
         monkeypatch.setattr(omniglot_module, "_apply", no_decoding)
-        t = time.perf_counter()
         ds = Omniglot(omniglot_root, protocol, split, cache_dir=cache_dir, progress=False)
-        seconds = time.perf_counter() - t
         monkeypatch.undo()
         assert torch.equal(ds.data, reference.data) and ds.class_names == reference.class_names
-        assert seconds < 2.0, f"warm load of {protocol}/{split} took {seconds:.2f} s"
         assert sorted((cache_dir / "omniglot").iterdir()) == entries  # the warm load wrote nothing
     # one entry per archive, read by every protocol and split
     assert _entry(cache_dir, load_omniglot("lake", "background"), "background").is_file()
