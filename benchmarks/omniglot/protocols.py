@@ -62,6 +62,10 @@ def evaluate(args: argparse.Namespace) -> int:
         summary = reproduce._read_json(d / "summary.json")
         e = run.evaluations[0]
         checkpoint = reproduce.evaluated_checkpoint(d)
+        if not checkpoint.exists():
+            print(f"{name}: FAILED: {d / 'checkpoints'} holds no checkpoint to evaluate", flush=True)
+            failed = True
+            continue
         digest, config_digest, run_id = reproduce.sha256(checkpoint), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
         for variant, queries, norm in VARIANTS:
             params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
@@ -91,7 +95,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 continue
             reproduce.append_record(args.record, {
                 "run": name, "setting": e.setting, "variant": variant,
-                **reproduce.record_fields(env, d, run_id, config_digest),
+                **reproduce.record_fields(env, run_id, config_digest),
                 "checkpoint": {"file": checkpoint.name, "sha256": digest, "step": result.get("step")},
                 "command": shlex.join(cmd), "cwd": str(reproduce.REPO), "steps": summary["step"],
                 "eval_wall_seconds": round(wall, 1),
@@ -146,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.doc is None:
             print("\n".join(lines))
             return 0
-        text = args.doc.read_text()
-        begin, end = DOC_MARKERS
-        if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-            raise reproduce.ListError(f"{args.doc}: expected one {begin} line followed by one {end} line")
-        head, rest = text.split(begin, 1)
-        args.doc.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+        reproduce.write_into_readme(args.doc, lines, DOC_MARKERS)
         return 0
     except reproduce.ListError as e:
         print(f"protocols.py: error: {e}", file=sys.stderr)

@@ -497,10 +497,10 @@ def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Pat
 README_MARKERS = ("<!-- omniglot-table -->", "<!-- /omniglot-table -->")
 
 
-def write_into_readme(path: Path, lines: list[str]) -> None:
-    """Replace what stands between the README's table markers by ``lines``."""
+def write_into_readme(path: Path, lines: list[str], markers: tuple[str, str] = README_MARKERS) -> None:
+    """Replace what stands between the file's ``markers`` (the README's table markers by default) by ``lines``."""
     text = path.read_text()
-    begin, end = README_MARKERS
+    begin, end = markers
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ListError(f"{path}: expected one {begin} line followed by one {end} line around the table")
     head, rest = text.split(begin, 1)
@@ -638,7 +638,7 @@ def evaluated_checkpoint(run_dir: Path) -> Path:
     return best
 
 
-def record_fields(env: dict[str, Any], run_dir: Path, run_id: str, config_digest: str) -> dict[str, Any]:
+def record_fields(env: dict[str, Any], run_id: str, config_digest: str) -> dict[str, Any]:
     """The fields every evaluation record starts with: run id, date, metakit's git commit, hardware
     (with the load average now) and the digest of the run's config."""
     return {"run_id": run_id, "date": _now(), "git_commit": env["git_commit"],
@@ -855,7 +855,7 @@ class Runner:
                 "run": run.name,
                 "setting": e.setting,
                 "status": "recorded",
-                **record_fields(env, d, run_id, config_digest),
+                **record_fields(env, run_id, config_digest),
                 "checkpoint": {"file": ckpt.name, "sha256": digest, "step": result.get("step")},
                 "commands": {"train": train_cmds, "eval": shlex.join(cmd), "cwd": str(REPO)},
                 "train_seconds": summary.get("elapsed"),
