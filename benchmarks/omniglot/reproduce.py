@@ -445,10 +445,13 @@ def _training_now(run_dir: Path) -> bool:
     except PermissionError:
         pass
     try:
-        args = set(Path(f"/proc/{lock['pid']}/cmdline").read_bytes().decode(errors="replace").split("\0"))
+        args = Path(f"/proc/{lock['pid']}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return True  # alive, and no /proc to tell more
-    return set(str(lock.get("command", "")).split()[1:]) <= args
+    # metakit's lock records "metakit ARGS..." joined by spaces (and cut after 300 characters): the
+    # process's own arguments, joined the same way, must contain it
+    recorded = str(lock.get("command", "")).partition(" ")[2]
+    return recorded in " ".join(a for a in args if a)
 
 
 def _last_logged(run_dir: Path) -> tuple[int, float] | None:
@@ -597,8 +600,8 @@ def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
 
     Steps come in order; a step logged twice (a crash, then a resume) keeps its last line. A line
     that is not JSON -- cut short when a run was killed, with its resume appending after it -- is
-    skipped, as :func:`metakit.runtime.logging.read_metrics` skips it. A point whose value was logged
-    as ``null`` (metakit logs a non-finite number so) is left out. A JSON line that is not a metrics
+    skipped, as :func:`metakit.runtime.logging.read_metrics` skips it. A point whose accuracy, interval
+    or loss was logged as ``null`` (metakit logs a non-finite number so) is left out. A JSON line that is not a metrics
     record is an error naming the file and line."""
     val: dict[int, list[float]] = {}
     episodes: set[int] = set()
@@ -613,11 +616,15 @@ def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
             step, split = int(m["step"]), m["split"]
             if upto is not None and step > upto:
                 continue
-            if split == "val" and m.get("accuracy") is not None:
-                val[step] = [step, round(float(m["elapsed"]), 1), float(m["accuracy"]), float(m.get("ci95") or 0.0)]
-                episodes.add(int(m["episodes"]))
-            elif split == "train" and m.get("loss") is not None:
-                train[step] = [step, round(float(m["elapsed"]), 1), float(m["loss"])]
+            if split == "val" and "accuracy" in m:
+                val.pop(step, None)
+                if m["accuracy"] is not None and m.get("ci95", 0.0) is not None:
+                    val[step] = [step, round(float(m["elapsed"]), 1), float(m["accuracy"]), float(m.get("ci95", 0.0))]
+                    episodes.add(int(m["episodes"]))
+            elif split == "train" and "loss" in m:
+                train.pop(step, None)
+                if m["loss"] is not None:
+                    train[step] = [step, round(float(m["elapsed"]), 1), float(m["loss"])]
         except (KeyError, TypeError, ValueError) as e:
             raise ListError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e}); is it a metakit run "
                             "folder?") from None
@@ -969,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = unknown_runs(run_list, args.names, args.list)
         if unknown:
             parser.error(unknown)
+        if args.table and args.names:
+            parser.error(f"--table prints every run of the list; drop the run names ({' '.join(args.names)})")
         if args.table:
             lines = table_lines(run_list, read_record(args.record))
             if args.readme:

@@ -469,8 +469,9 @@ def test_read_curves_keeps_the_last_line_of_a_step_skips_cut_lines_and_thins_the
     # a non-finite value, logged as null, leaves its point out
     nulls = rp.read_curves(_metrics(tmp_path / "nulls", [
         {"step": 1, "split": "train", "elapsed": 1.0, "loss": None}, {"step": 2, "split": "train", "elapsed": 2.0, "loss": 0.5},
-        {**val(2, 0.5), "accuracy": None}, {**val(4, 0.6), "ci95": None}]))
-    assert nulls["train"] == [[2, 2.0, 0.5]] and nulls["val"] == [[4, 8.0, 0.6, 0.0]]
+        {**val(2, 0.5), "accuracy": None}, {**val(4, 0.6), "ci95": None}, val(6, 0.7),
+        val(8, 0.8), {**val(8, 0.8), "accuracy": None}]))  # the last line of a step counts, null or not
+    assert nulls["train"] == [[2, 2.0, 0.5]] and nulls["val"] == [[6, 12.0, 0.7, 0.02]]
 
 
 def test_add_curves_fills_the_records_of_the_same_run_only(bench, capsys):
@@ -510,6 +511,7 @@ def test_add_curves_fills_the_records_of_the_same_run_only(bench, capsys):
     (["--status", "--dry-run"], "--status changes nothing anyway; drop --dry-run"),
     (["--readme", "README.md"], "--readme goes with --table"),
     (["--status", "nope"], "unknown run name(s) nope; the list"),
+    (["--table", "run_a"], "--table prints every run of the list; drop the run names (run_a)"),
 ])
 def test_modes_that_clash_are_errors_naming_both(bench, capsys, argv, message):
     with pytest.raises(SystemExit):
@@ -572,8 +574,10 @@ def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys)
     assert lines[2] == "| `run_a` | 0 / 7,210 | no run folder | — | — | none |" and "1 run(s) not started" in lines[-1]
     # a live metakit process on this host holding the folder: training; on another host, or ended: not
     d = bench.runs / "run_a"
-    command = f"metakit train --resume {d}"  # as metakit's lock records it
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train", "--resume", str(d)])
+    spaced = f"{d}/with space"  # an argument with a space in it, and a command metakit's lock cut at 300 characters
+    command = f"metakit train --resume {d} run.note={spaced} {'x' * 400}"[:300]
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train", "--resume", str(d),
+                             f"run.note={spaced}", "x" * 400])
     try:
         (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node(), "command": command}))
         assert rp.status_lines(run_list, [], bench.runs, ["run_a"])[2].startswith("| `run_a` | 10 / 7,210 | training |")
