@@ -448,6 +448,8 @@ def _training_now(run_dir: Path) -> bool:
         args = Path(f"/proc/{lock['pid']}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return True  # alive, and no /proc to tell more
+    if not any(args):
+        return True  # alive, its arguments not readable (a process in the middle of starting shows none)
     # metakit's lock records "metakit ARGS..." joined by spaces (and cut after 300 characters): the
     # process's own arguments, joined the same way, must contain it
     recorded = str(lock.get("command", "")).partition(" ")[2]

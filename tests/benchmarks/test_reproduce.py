@@ -556,7 +556,7 @@ def test_the_table_ends_with_the_convergence_of_runs_whose_records_hold_curves(b
     assert rp.table_lines(run_list, [no_val])[-1] == "| `run_a` | 8 of 10 | none | — | — | — | — → 0.1 |"
 
 
-def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys):
+def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys, wait_until):
     bench.set_steps(10)
     assert bench.main("run_a")[0] == 0  # finished at 10 steps, 0.5 s per step (the stand-in's log)
     run_list = rp.load_run_list(bench.list)
@@ -579,6 +579,7 @@ def test_status_reports_progress_pace_and_the_rest_of_each_budget(bench, capsys)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train", "--resume", str(d),
                              f"run.note={spaced}", "x" * 400])
     try:
+        wait_until(lambda: b"--resume" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), proc, "arguments in /proc")
         (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": rp.platform.node(), "command": command}))
         assert rp.status_lines(run_list, [], bench.runs, ["run_a"])[2].startswith("| `run_a` | 10 / 7,210 | training |")
         (d / ".lock").write_text(json.dumps({"pid": proc.pid, "host": "another-host", "command": command}))
