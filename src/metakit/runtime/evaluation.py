@@ -234,7 +234,10 @@ def _score(algorithm: Algorithm, batch: Any, family: Any, details: dict[str, lis
 
 
 def _score_each_task(algorithm: Algorithm, tasks: list[Any], family: Any, details: dict[str, list[Tensor]]) -> tuple[str, Tensor]:
+    """``_score`` of each batch of ``tasks`` (one batch, or single tasks for ``batch_norm="episode"``), joined."""
     scored = [_score(algorithm, t, family, details) for t in tasks]
+    if len(scored) == 1:
+        return scored[0]
     return scored[0][0], torch.cat([v.flatten() for _, v in scored])
 
 
@@ -259,7 +262,7 @@ def _one_task_batches(batch: Any, i: int) -> list[Any]:
         raise ValueError(f"episodes[{i}] is a {type(batch).__name__}, which cannot be split into single tasks; "
                          "batch_norm='episode' (metakit eval --batch-norm episode) evaluates batches of episodes "
                          "(EpisodeBatch); drop it for these tasks")
-    return list(split(1)) if batch.num_tasks > 1 else [batch]
+    return list(split(1))
 
 
 def evaluate(
@@ -324,8 +327,8 @@ def evaluate(
                     )
                 if device is not None and hasattr(batch, "to"):
                     batch = batch.to(device)
-                kind, vals = _score(algorithm, batch, family, details) if not norms else _score_each_task(
-                    algorithm, _one_task_batches(batch, i), family, details)
+                tasks = _one_task_batches(batch, i) if norms else [batch]
+                kind, vals = _score_each_task(algorithm, tasks, family, details)
                 if metric is not None and kind != metric:
                     raise ValueError(
                         f"episodes[{i}] is scored by {kind} but earlier batches by {metric}; evaluate one kind of "
