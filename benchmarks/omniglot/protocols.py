@@ -6,7 +6,9 @@
 
 A published number can rest on a test protocol other than metakit's: BatchNorm normalising each
 episode with its own statistics (test code that never leaves training mode) and as many queries per
-class as shots. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
+class as shots. A model that keeps no running statistics (MAML's setting) normalises each episode
+with its own statistics under metakit's evaluation already; for it only the query count varies, and
+the episode-statistics variants are not evaluated. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
 in the first setting the list evaluates it on, under every variant of
 ``VARIANTS``, on the list's split, episodes and seed (queries: the list's, or as many as shots),
 with ``metakit eval ... --json`` of the checkpoint ``reproduce.py`` evaluates, and appends
@@ -35,13 +37,20 @@ RECORD = reproduce.HERE / "protocols.json"
 DOC_MARKERS = ("<!-- protocols-table -->", "<!-- /protocols-table -->")
 
 #: (name, queries per class -- "list": the list's evaluation, "shots": as many as the setting's shots --,
-#: BatchNorm statistics at test time)
+#: BatchNorm statistics at test time: ``metakit eval --batch-norm``)
 VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("list's queries, running statistics (metakit)", "list", "running"),
     ("list's queries, each episode's statistics", "list", "episode"),
     ("shots queries, running statistics", "shots", "running"),
     ("shots queries, each episode's statistics", "shots", "episode"),
 )
+#: the table's column of each variant: ``--batch-norm running`` is metakit's evaluation, whatever the
+#: model normalises with (running statistics, or its own batch statistics: the model's column)
+HEADERS = ("list's queries, metakit's BatchNorm", "list's queries, each episode's statistics",
+           "shots queries, metakit's BatchNorm", "shots queries, each episode's statistics")
+#: ``model_batch_norm`` of ``metakit eval --json``: what a model's BatchNorm normalises with under ``running``
+MODEL_BATCH_NORM = {"running": "running statistics", "batch": "its own batch statistics", "mixed": "mixed",
+                    "none": "no BatchNorm"}
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -67,10 +76,18 @@ def evaluate(args: argparse.Namespace) -> int:
             failed = True
             continue
         digest, config_digest, run_id = reproduce.sha256(checkpoint), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
+        model_norm: str | None = None  # the model's BatchNorm, from its first result
         for variant, queries, norm in VARIANTS:
             params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
-            if any(r["run_id"] == run_id and r["checkpoint"]["sha256"] == digest and r["variant"] == variant
-                   and all(r["result"].get(k) == v for k, v in params.items()) for r in reproduce.read_record(args.record)):
+            if norm == "episode" and model_norm == "batch":
+                print(f"{name}: {variant}: not evaluated: the model keeps no running statistics, so metakit's "
+                      "evaluation normalises each episode with its own already", flush=True)
+                continue
+            done = [r for r in reproduce.read_record(args.record)
+                    if r["run_id"] == run_id and r["checkpoint"]["sha256"] == digest and r["variant"] == variant
+                    and all(r["result"].get(k) == v for k, v in params.items())]
+            if done:
+                model_norm = model_norm or done[-1]["result"].get("model_batch_norm")
                 print(f"{name}: {variant}: up to date in {args.record.name}", flush=True)
                 continue
             cmd = [metakit, "eval", str(d), *(a for k in reproduce.EVAL_FIELDS for a in (f"--{k}", str(params[k]))),
@@ -93,6 +110,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 print(f"{name}: {variant}: FAILED: {checkpoint} changed during the evaluation; not recorded", flush=True)
                 failed = True
                 continue
+            model_norm = model_norm or result.get("model_batch_norm")
             reproduce.append_record(args.record, {
                 "run": name, "setting": e.setting, "variant": variant,
                 **reproduce.record_fields(env, run_id, config_digest),
@@ -106,26 +124,33 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def table_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Per run, the checkpoint of its newest record: accuracy ± 95% interval under each variant (the
-    newest record of each; a variant not recorded for that checkpoint is "not run")."""
+    """Per run, the checkpoint of its newest record: the model's BatchNorm and the accuracy ± 95% interval
+    under each variant (the newest record of each; a variant not recorded for that checkpoint is "not run",
+    an episode-statistics variant of a model without running statistics "= metakit's")."""
     newest: dict[str, dict[str, dict[str, Any]]] = {}
     current = {r["run"]: (r["run_id"], r["checkpoint"]["sha256"]) for r in records}
     for r in records:
         if (r["run_id"], r["checkpoint"]["sha256"]) == current[r["run"]]:
             newest.setdefault(r["run"], {})[r["variant"]] = r
-    names = [v[0] for v in VARIANTS]
-    lines = ["| run (checkpoint step) | test episodes | " + " | ".join(names) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    lines = ["| run (checkpoint step) | test episodes | model's BatchNorm | " + " | ".join(HEADERS) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in HEADERS) + " |"]
     for run, by_variant in newest.items():
         any_r = next(iter(by_variant.values()))
         res = any_r["result"]
+        # records written before eval reported the model's BatchNorm: an episode-statistics evaluation,
+        # which metakit refuses for a model without running statistics, shows it has them
+        model = next((r["result"]["model_batch_norm"] for r in by_variant.values() if "model_batch_norm" in r["result"]),
+                     "running" if any(r["result"].get("batch_norm") == "episode" for r in by_variant.values()) else None)
         cells = []
-        for v in names:
-            r = by_variant.get(v)
-            cells.append("not run" if r is None else
-                         f"{100 * r['result']['accuracy']:.2f} ± {100 * r['result']['ci95']:.2f} ({r['result']['queries']} q)")
+        for variant, _, norm in VARIANTS:
+            r = by_variant.get(variant)
+            if r is None:
+                cells.append("= metakit's" if norm == "episode" and model == "batch" else "not run")
+            else:
+                cells.append(f"{100 * r['result']['accuracy']:.2f} ± {100 * r['result']['ci95']:.2f} ({r['result']['queries']} q)")
         lines.append(f"| `{run}` (step {any_r['checkpoint']['step']:,}) | {res['episodes']:,} x {res['ways']}-way "
-                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | " + " | ".join(cells) + " |")
+                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | {MODEL_BATCH_NORM.get(model, 'not recorded')} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 

@@ -19,7 +19,7 @@ pr = load_script(SCRIPT, "omniglot_protocols")
 # Stands in for `metakit eval ... --json`: logs its arguments to $CALLS and prints a result whose
 # accuracy encodes the protocol (episode statistics +0.05, each query per class fewer -0.001);
 # $IGNORE_BATCH_NORM makes it report running statistics whatever it was asked, $CHECKPOINT_SAID another
-# checkpoint than the one asked.
+# checkpoint than the one asked; $MODEL_BN is the model's BatchNorm it reports (default "running").
 _FAKE = """\
 #!{python}
 import json, os, sys
@@ -32,6 +32,7 @@ acc = 0.9 + (0.05 if norm == "episode" else 0.0) - 0.001 * (15 - int(opt["--quer
 print(json.dumps({{"accuracy": acc, "ci95": 0.002, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
                   "ways": int(opt["--ways"]), "shots": int(opt["--shots"]), "split": opt["--split"],
                   "seed": int(opt["--seed"]), "batch_norm": norm, "step": 7,
+                  "model_batch_norm": os.environ.get("MODEL_BN", "running"),
                   "checkpoint": os.environ.get("CHECKPOINT_SAID", os.path.basename(opt["--checkpoint"]))}}))
 """
 
@@ -100,13 +101,28 @@ def test_every_variant_is_evaluated_in_the_first_listed_setting_recorded_and_not
     monkeypatch.delenv("IGNORE_BATCH_NORM")
     lines = pr.table_lines(json.loads(record.read_text())["records"])
     assert len(lines) == 3
-    assert lines[2].endswith("| 90.00 ± 0.20 (15 q) | not run | 88.60 ± 0.20 (1 q) | not run |"), lines[2]
+    assert lines[2].endswith("| running statistics | 90.00 ± 0.20 (15 q) | not run | 88.60 ± 0.20 (1 q) | not run |"), lines[2]
     # a run without validation: its newest step checkpoint, as reproduce.py evaluates it
     (d / "checkpoints" / "best.safetensors").unlink()
     for step in (5, 10):
         (d / "checkpoints" / f"step-{step:08d}.safetensors").write_bytes(b"weights %d" % step)
     assert run() == 0
     assert all(f"--checkpoint {d / 'checkpoints' / 'step-00000010.safetensors'} " in c for c in calls.read_text().splitlines())
+
+
+def test_a_model_without_running_statistics_varies_the_queries_only(setup, monkeypatch, capsys):
+    run, record, calls, d = setup
+    monkeypatch.setenv("MODEL_BN", "batch")
+    assert run() == 0
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 2 and all("--batch-norm running" in c for c in lines)
+    assert [" --queries 15 " in lines[0], " --queries 1 " in lines[1]] == [True, True]
+    assert capsys.readouterr().out.count("not evaluated: the model keeps no running statistics") == 2
+    recs = json.loads(record.read_text())["records"]
+    assert [r["variant"] for r in recs] == [pr.VARIANTS[0][0], pr.VARIANTS[2][0]]
+    assert run() == 0 and calls.read_text() == ""  # up to date: the model's BatchNorm read from the record
+    assert pr.table_lines(recs)[2].endswith(
+        "| its own batch statistics | 90.00 ± 0.20 (15 q) | = metakit's | 88.60 ± 0.20 (1 q) | = metakit's |")
 
 
 def test_a_result_of_another_checkpoint_is_not_recorded(setup, monkeypatch, capsys):
@@ -136,10 +152,12 @@ def test_unknown_runs_and_unended_runs_are_errors(setup, capsys):
 def test_the_table_shows_each_variant_and_the_doc_shows_the_committed_record(tmp_path):
     rec = {"run": "run_a", "variant": pr.VARIANTS[1][0], "run_id": "r", "checkpoint": {"step": 1200, "sha256": "x"},
            "result": {"accuracy": 0.9761, "ci95": 0.0023, "queries": 15, "episodes": 1000, "ways": 5, "shots": 1,
-                      "split": "test", "seed": 0}}
+                      "split": "test", "seed": 0, "batch_norm": "episode"}}
     lines = pr.table_lines([rec])
-    assert lines[2] == ("| `run_a` (step 1,200) | 1,000 x 5-way 1-shot, test, seed 0 | not run | 97.61 ± 0.23 (15 q) | "
-                        "not run | not run |")
+    assert lines[2] == ("| `run_a` (step 1,200) | 1,000 x 5-way 1-shot, test, seed 0 | running statistics | not run | "
+                        "97.61 ± 0.23 (15 q) | not run | not run |")  # written before eval reported it: inferred
+    rec["result"] = {**rec["result"], "batch_norm": "running"}
+    assert "| not recorded | not run | 97.61 ± 0.23 (15 q) |" in pr.table_lines([rec])[2]
     doc = (REPO / "docs" / "reproduction.md").read_text()
     begin, end = pr.DOC_MARKERS
     in_doc = doc.split(begin, 1)[1].split(end, 1)[0].strip("\n")

@@ -166,16 +166,36 @@ def test_eval_help_states_the_episode_default_of_each_split():
     assert episodes.help == "number of episodes (default: the run's eval.test_episodes; eval.val_episodes with --split val)"
 
 
+def test_eval_states_a_model_that_normalises_with_batch_statistics(tmp_path, write_image_folder, capsys):
+    write_image_folder(tmp_path / "data", {"train": 5, "val": 4, "test": 5})
+    config = Config.from_dict(
+        {
+            "data": {"dataset": "folder", "root": str(tmp_path / "data"), "image_size": 16},
+            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "steps": 1},
+            "eval": {"val_episodes": 0, "test_episodes": 4},
+            "model": {"name": "conv4", "hidden": 8, "image_size": 16, "track_running_stats": False},
+            "algorithm": {"name": "protonet"},
+            "run": {"checkpoint_every": 1, "log_every": 1, "progress": False},
+        }
+    )
+    train(config, tmp_path / "run")
+    assert _json(capsys, ["eval", str(tmp_path / "run"), "--json"])["model_batch_norm"] == "batch"
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert "batchnorm   the model keeps no running statistics" in capsys.readouterr().out
+
+
 def test_eval_batch_norm_episode_is_recorded_and_computed_per_episode(run_dir, capsys):
     argv = ["eval", str(run_dir), "--json", "--episodes", "6", "--batch", "4"]
     running = _json(capsys, argv)
     episode = _json(capsys, [*argv, "--batch-norm", "episode"])
     assert running["batch_norm"] == "running" and episode["batch_norm"] == "episode"
+    assert running["model_batch_norm"] == episode["model_batch_norm"] == "running"
     loaded = load_run(run_dir)
     fixed = FixedEpisodes(loaded.dataset("test"), 3, 1, 2, episodes=6, seed=0)
     res = evaluate(loaded.algorithm, fixed.batches(6), batch_norm="episode")
     assert episode["accuracy"] == pytest.approx(res.mean)
     assert main(["eval", str(run_dir), "--episodes", "3", "--batch-norm", "episode"]) == 0
-    assert "batchnorm   each episode's own statistics (transductive)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "batchnorm   each episode's own statistics (transductive)" in out and "no running statistics" not in out
     assert main(["eval", str(run_dir), "--reference", "random", "--batch-norm", "episode"]) == 2
     assert "--batch-norm episode does not apply to --reference" in capsys.readouterr().err

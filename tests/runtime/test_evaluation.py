@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metakit.algorithms import Algorithm, ProtoNet
-from metakit.runtime.evaluation import EvalResult, evaluate, mean_ci95
+from metakit.runtime.evaluation import EvalResult, batch_norm_statistics, evaluate, mean_ci95
 from metakit.tasks import EpisodeBatch
 
 
@@ -337,3 +337,15 @@ def test_batch_norm_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"episodes\[0\] is a tuple, which cannot be split into single tasks"):
         evaluate(algo, [(1, 2)], family=Family(), batch_norm="episode")
     assert algo.norm.running_mean.item() == 1.0 and algo.training  # restored after the error
+
+
+def test_batch_norm_statistics_names_what_the_model_normalises_with():
+    class Mixed(_Normalised):
+        def __init__(self) -> None:
+            super().__init__()
+            self.other = nn.BatchNorm2d(1, track_running_stats=False)
+
+    assert batch_norm_statistics(_Normalised()) == "running"
+    assert batch_norm_statistics(_Normalised(track_running_stats=False)) == "batch"
+    assert batch_norm_statistics(Mixed()) == "mixed"
+    assert batch_norm_statistics(_Mean()) == "none"

@@ -110,7 +110,7 @@ def evaluate_run(
     batch_norm: str = "running",
 ) -> dict[str, Any]:
     """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints."""
-    from ..runtime.evaluation import evaluate
+    from ..runtime.evaluation import batch_norm_statistics, evaluate
     from ..runtime.run import load_run
 
     loaded = load_run(run_dir, checkpoint=checkpoint, fallback=True)
@@ -156,6 +156,7 @@ def evaluate_run(
         "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
         **({"adaptation_steps": steps} if steps is not None else {}),
         "batch_norm": batch_norm,
+        "model_batch_norm": batch_norm_statistics(loaded.algorithm),
         "step": loaded.step,
         "run_dir": str(loaded.run_dir),
         "train": {"ways": cfg.train.ways, "shots": cfg.train.shots},
@@ -193,6 +194,9 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
             *(["  batchnorm   each episode's own statistics (transductive), not the running ones"]
               if r.get("batch_norm") == "episode" else []),
+            *(["  batchnorm   the model keeps no running statistics: an episode's images are normalised with "
+               "their own (transductive)"]
+              if r.get("model_batch_norm") == "batch" else []),
             f"  time        {r['seconds']:.1f} s ({r['episodes_per_s']} episodes/s)",
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",

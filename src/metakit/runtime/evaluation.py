@@ -42,7 +42,7 @@ from ..tasks.episode import EpisodeBatch
 from ..tasks.family import NonFiniteOutputError
 from ..tasks.sinusoid import mse_scores
 
-__all__ = ["EvalResult", "NonFiniteOutputError", "evaluate", "mean_ci95", "episode_scores", "reference_values", "scored_episodes"]
+__all__ = ["EvalResult", "NonFiniteOutputError", "batch_norm_statistics", "evaluate", "mean_ci95", "episode_scores", "reference_values", "scored_episodes"]
 
 #: z-value of the two-sided 95% normal interval used by the field
 Z95 = 1.96
@@ -253,6 +253,18 @@ BATCH_NORM_MODES = ("running", "episode")
 def _running_stat_norms(algorithm: Algorithm) -> list[torch.nn.modules.batchnorm._BatchNorm]:
     return [m for m in algorithm.modules()
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+
+
+def batch_norm_statistics(algorithm: Algorithm) -> str:
+    """What the BatchNorm layers of ``algorithm`` normalise with at test time under the default
+    ``batch_norm="running"``: ``"running"`` (all keep running statistics), ``"batch"`` (none does: each
+    call normalises with the statistics of its own images, as MAML's setting does), ``"mixed"``, or
+    ``"none"`` (no BatchNorm layer)."""
+    norms = [m for m in algorithm.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return "none"
+    running = len(_running_stat_norms(algorithm))
+    return "running" if running == len(norms) else "batch" if running == 0 else "mixed"
 
 
 def _one_task_batches(batch: Any, i: int) -> list[Any]:
