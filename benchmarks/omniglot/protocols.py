@@ -6,9 +6,10 @@
 
 A published number can rest on a test protocol other than metakit's: BatchNorm normalising each
 episode with its own statistics (test code that never leaves training mode) and as many queries per
-class as shots. A model that keeps no running statistics (MAML's setting) normalises each episode
-with its own statistics under metakit's evaluation already; for it only the query count varies, and
-the episode-statistics variants are not evaluated. ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
+class as shots. For a model that keeps no running statistics (MAML's setting: its BatchNorm
+normalises the images of each call with their own statistics under metakit's evaluation already) or
+has no BatchNorm, metakit refuses ``--batch-norm episode``: only the query count varies, and the
+table marks the episode-statistics variants "n/a". ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
 in the first setting the list evaluates it on, under every variant of
 ``VARIANTS``, on the list's split, episodes and seed (queries: the list's, or as many as shots),
 with ``metakit eval ... --json`` of the checkpoint ``reproduce.py`` evaluates, and appends
@@ -49,8 +50,12 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
 HEADERS = ("list's queries, metakit's BatchNorm", "list's queries, each episode's statistics",
            "shots queries, metakit's BatchNorm", "shots queries, each episode's statistics")
 #: ``model_batch_norm`` of ``metakit eval --json``: what a model's BatchNorm normalises with under ``running``
-MODEL_BATCH_NORM = {"running": "running statistics", "batch": "its own batch statistics", "mixed": "mixed",
-                    "none": "no BatchNorm"}
+MODEL_BATCH_NORM = {"running": "running statistics", "batch": "batch statistics (no running ones)",
+                    "mixed": "running statistics in some layers", "none": "no BatchNorm"}
+#: the model column of records without ``model_batch_norm`` but with an episode-statistics evaluation
+INFERRED = "running statistics, in some layers at least (inferred)"
+#: models for which ``metakit eval --batch-norm episode`` is refused (no layer keeps running statistics)
+NO_EPISODE_MODE = ("batch", "none")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -79,15 +84,16 @@ def evaluate(args: argparse.Namespace) -> int:
         model_norm: str | None = None  # the model's BatchNorm, from its first result
         for variant, queries, norm in VARIANTS:
             params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
-            if norm == "episode" and model_norm == "batch":
-                print(f"{name}: {variant}: not evaluated: the model keeps no running statistics, so metakit's "
-                      "evaluation normalises each episode with its own already", flush=True)
+            if norm == "episode" and model_norm in NO_EPISODE_MODE:
+                print(f"{name}: {variant}: not applicable: the model keeps no BatchNorm running statistics "
+                      f"({MODEL_BATCH_NORM[model_norm]}), so there are none to replace", flush=True)
                 continue
             done = [r for r in reproduce.read_record(args.record)
                     if r["run_id"] == run_id and r["checkpoint"]["sha256"] == digest and r["variant"] == variant
                     and all(r["result"].get(k) == v for k, v in params.items())]
-            if done:
-                model_norm = model_norm or done[-1]["result"].get("model_batch_norm")
+            # a record written before eval reported the model's BatchNorm cannot tell it: evaluated again
+            if done and (model_norm is not None or "model_batch_norm" in done[-1]["result"]):
+                model_norm = model_norm or done[-1]["result"]["model_batch_norm"]
                 print(f"{name}: {variant}: up to date in {args.record.name}", flush=True)
                 continue
             cmd = [metakit, "eval", str(d), *(a for k in reproduce.EVAL_FIELDS for a in (f"--{k}", str(params[k]))),
@@ -126,7 +132,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def table_lines(records: list[dict[str, Any]]) -> list[str]:
     """Per run, the checkpoint of its newest record: the model's BatchNorm and the accuracy ± 95% interval
     under each variant (the newest record of each; a variant not recorded for that checkpoint is "not run",
-    an episode-statistics variant of a model without running statistics "= metakit's")."""
+    an episode-statistics variant of a model without running statistics "n/a")."""
     newest: dict[str, dict[str, dict[str, Any]]] = {}
     current = {r["run"]: (r["run_id"], r["checkpoint"]["sha256"]) for r in records}
     for r in records:
@@ -138,18 +144,18 @@ def table_lines(records: list[dict[str, Any]]) -> list[str]:
         any_r = next(iter(by_variant.values()))
         res = any_r["result"]
         # records written before eval reported the model's BatchNorm: an episode-statistics evaluation,
-        # which metakit refuses for a model without running statistics, shows it has them
+        # which metakit refuses unless some layer keeps running statistics, shows that one does
         model = next((r["result"]["model_batch_norm"] for r in by_variant.values() if "model_batch_norm" in r["result"]),
-                     "running" if any(r["result"].get("batch_norm") == "episode" for r in by_variant.values()) else None)
+                     "inferred" if any(r["result"].get("batch_norm") == "episode" for r in by_variant.values()) else None)
         cells = []
         for variant, _, norm in VARIANTS:
             r = by_variant.get(variant)
             if r is None:
-                cells.append("= metakit's" if norm == "episode" and model == "batch" else "not run")
+                cells.append("n/a" if norm == "episode" and model in NO_EPISODE_MODE else "not run")
             else:
                 cells.append(f"{100 * r['result']['accuracy']:.2f} ± {100 * r['result']['ci95']:.2f} ({r['result']['queries']} q)")
         lines.append(f"| `{run}` (step {any_r['checkpoint']['step']:,}) | {res['episodes']:,} x {res['ways']}-way "
-                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | {MODEL_BATCH_NORM.get(model, 'not recorded')} | "
+                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | {MODEL_BATCH_NORM.get(model, INFERRED if model == 'inferred' else 'not recorded')} | "
                      + " | ".join(cells) + " |")
     return lines
 

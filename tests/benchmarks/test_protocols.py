@@ -19,7 +19,8 @@ pr = load_script(SCRIPT, "omniglot_protocols")
 # Stands in for `metakit eval ... --json`: logs its arguments to $CALLS and prints a result whose
 # accuracy encodes the protocol (episode statistics +0.05, each query per class fewer -0.001);
 # $IGNORE_BATCH_NORM makes it report running statistics whatever it was asked, $CHECKPOINT_SAID another
-# checkpoint than the one asked; $MODEL_BN is the model's BatchNorm it reports (default "running").
+# checkpoint than the one asked; $MODEL_BN is the model's BatchNorm it reports (default "running"; "omit":
+# none, as eval did before it reported it).
 _FAKE = """\
 #!{python}
 import json, os, sys
@@ -32,8 +33,8 @@ acc = 0.9 + (0.05 if norm == "episode" else 0.0) - 0.001 * (15 - int(opt["--quer
 print(json.dumps({{"accuracy": acc, "ci95": 0.002, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
                   "ways": int(opt["--ways"]), "shots": int(opt["--shots"]), "split": opt["--split"],
                   "seed": int(opt["--seed"]), "batch_norm": norm, "step": 7,
-                  "model_batch_norm": os.environ.get("MODEL_BN", "running"),
-                  "checkpoint": os.environ.get("CHECKPOINT_SAID", os.path.basename(opt["--checkpoint"]))}}))
+                  "checkpoint": os.environ.get("CHECKPOINT_SAID", os.path.basename(opt["--checkpoint"])),
+                  **({{}} if os.environ.get("MODEL_BN") == "omit" else {{"model_batch_norm": os.environ.get("MODEL_BN", "running")}})}}))
 """
 
 _LIST = """\
@@ -110,19 +111,30 @@ def test_every_variant_is_evaluated_in_the_first_listed_setting_recorded_and_not
     assert all(f"--checkpoint {d / 'checkpoints' / 'step-00000010.safetensors'} " in c for c in calls.read_text().splitlines())
 
 
-def test_a_model_without_running_statistics_varies_the_queries_only(setup, monkeypatch, capsys):
+@pytest.mark.parametrize("model, shown", [("batch", "batch statistics (no running ones)"), ("none", "no BatchNorm")])
+def test_a_model_without_running_statistics_varies_the_queries_only(setup, monkeypatch, capsys, model, shown):
     run, record, calls, d = setup
-    monkeypatch.setenv("MODEL_BN", "batch")
+    monkeypatch.setenv("MODEL_BN", model)
     assert run() == 0
     lines = calls.read_text().splitlines()
     assert len(lines) == 2 and all("--batch-norm running" in c for c in lines)
     assert [" --queries 15 " in lines[0], " --queries 1 " in lines[1]] == [True, True]
-    assert capsys.readouterr().out.count("not evaluated: the model keeps no running statistics") == 2
+    assert capsys.readouterr().out.count(f"not applicable: the model keeps no BatchNorm running statistics ({shown})") == 2
     recs = json.loads(record.read_text())["records"]
     assert [r["variant"] for r in recs] == [pr.VARIANTS[0][0], pr.VARIANTS[2][0]]
     assert run() == 0 and calls.read_text() == ""  # up to date: the model's BatchNorm read from the record
-    assert pr.table_lines(recs)[2].endswith(
-        "| its own batch statistics | 90.00 ± 0.20 (15 q) | = metakit's | 88.60 ± 0.20 (1 q) | = metakit's |")
+    assert pr.table_lines(recs)[2].endswith(f"| {shown} | 90.00 ± 0.20 (15 q) | n/a | 88.60 ± 0.20 (1 q) | n/a |")
+
+
+def test_records_that_do_not_state_the_models_batch_norm_are_evaluated_again_once(setup, monkeypatch):
+    run, record, calls, _ = setup
+    monkeypatch.setenv("MODEL_BN", "omit")
+    assert run() == 0 and len(calls.read_text().splitlines()) == 4
+    monkeypatch.setenv("MODEL_BN", "batch")
+    assert run() == 0
+    again = calls.read_text().splitlines()  # the first variant, which tells; the shots variant is up to date
+    assert len(again) == 1 and " --queries 15 " in again[0] and "--batch-norm running" in again[0]
+    assert run() == 0 and calls.read_text() == ""
 
 
 def test_a_result_of_another_checkpoint_is_not_recorded(setup, monkeypatch, capsys):
@@ -154,10 +166,11 @@ def test_the_table_shows_each_variant_and_the_doc_shows_the_committed_record(tmp
            "result": {"accuracy": 0.9761, "ci95": 0.0023, "queries": 15, "episodes": 1000, "ways": 5, "shots": 1,
                       "split": "test", "seed": 0, "batch_norm": "episode"}}
     lines = pr.table_lines([rec])
-    assert lines[2] == ("| `run_a` (step 1,200) | 1,000 x 5-way 1-shot, test, seed 0 | running statistics | not run | "
+    assert lines[2] == ("| `run_a` (step 1,200) | 1,000 x 5-way 1-shot, test, seed 0 | "
+                        "running statistics, in some layers at least (inferred) | not run | "
                         "97.61 ± 0.23 (15 q) | not run | not run |")  # written before eval reported it: inferred
-    rec["result"] = {**rec["result"], "batch_norm": "running"}
-    assert "| not recorded | not run | 97.61 ± 0.23 (15 q) |" in pr.table_lines([rec])[2]
+    rec = {**rec, "variant": pr.VARIANTS[0][0], "result": {**rec["result"], "batch_norm": "running"}}
+    assert "| not recorded | 97.61 ± 0.23 (15 q) | not run |" in pr.table_lines([rec])[2]
     doc = (REPO / "docs" / "reproduction.md").read_text()
     begin, end = pr.DOC_MARKERS
     in_doc = doc.split(begin, 1)[1].split(end, 1)[0].strip("\n")

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=None, help="seed of the fixed episodes (default: the run's eval.seed)"
     )
-    p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50): memory and speed only, results do not depend on it; for baseline runs it is also how many tasks fine-tune their new heads together in one batched SGD run")
+    p.add_argument("--batch", type=positive_int, default=50, help="episodes evaluated at once (default 50): memory and speed only, results do not depend on it -- unless the model's BatchNorm keeps no running statistics and the algorithm embeds all episodes of a batch in one call (model_batch_norm 'batch' in --json): then its statistics span the batch; for baseline runs it is also how many tasks fine-tune their new heads together in one batched SGD run")
     p.add_argument(
         "--checkpoint",
         default="best",
@@ -194,9 +194,10 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
             *(["  batchnorm   each episode's own statistics (transductive), not the running ones"]
               if r.get("batch_norm") == "episode" else []),
-            *(["  batchnorm   the model keeps no running statistics: an episode's images are normalised with "
-               "their own (transductive)"]
-              if r.get("model_batch_norm") == "batch" else []),
+            *([f"  batchnorm   {'the model keeps' if r.get('model_batch_norm') == 'batch' else 'some BatchNorm layers keep'} "
+               "no running statistics: each call normalises the images it is given with their own statistics "
+               "(transductive; MAML family: a task's support, then its queries)"]
+              if r.get("model_batch_norm") in ("batch", "mixed") else []),
             f"  time        {r['seconds']:.1f} s ({r['episodes_per_s']} episodes/s)",
             f"  {r['metric']:<10}  {r['formatted']}   (mean ± 95% CI = 1.96 * sample std / sqrt({r['episodes']}); "
             f"{'higher' if r['higher_is_better'] else 'lower'} is better)",
