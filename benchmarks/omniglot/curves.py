@@ -15,6 +15,12 @@ draws, from the record alone (no run folder needed), one panel per run whose new
 learning curves (``reproduce.py`` stores them): validation accuracy with its band against step, the
 training loss on a second axis (log scale where it spans more than a decade), and a mark at 75% of the steps trained, where the README's
 convergence table splits each curve.
+
+    python benchmarks/omniglot/curves.py --record benchmarks/omniglot/results.json \
+        --compare fomaml_5w1s fomaml_5w1s_published --out docs/fomaml_5w1s_validation.png
+
+draws the two-panel figure of the first form (against step and against training time) from the
+validation curves of the named runs' newest records that hold them.
 """
 
 from __future__ import annotations
@@ -131,17 +137,41 @@ def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4, ti
     return out
 
 
+def compared_curves(record: Path, names: list[str], run_list: Path = reproduce.RUN_LIST) -> dict[str, list[tuple[int, float, float, float]]]:
+    """``read_val``'s rows of each named run, from its newest record holding curves with validation."""
+    recorded = recorded_curves(record, run_list)
+    out = {}
+    for name in names:
+        val = recorded.get(name, {}).get("curves", {}).get("val")
+        if not val:
+            raise ValueError(f"no record of run {name!r} in {record} holds validation curves; "
+                             "`reproduce.py --add-curves` adds curves to records written without them")
+        out[name] = [(int(s), float(e), float(a), float(c)) for s, e, a, c in val]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs_dir", type=Path, nargs="?", help="folder holding the run folders")
     ap.add_argument("names", nargs="*", help="run folder names, one curve each")
     ap.add_argument("--record", type=Path, help="draw every run's curves from this results record instead of run folders")
     ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    ap.add_argument("--compare", nargs="+", metavar="NAME",
+                    help="with --record: these runs' validation against step and training time, in one figure")
     ap.add_argument("--title", help="the figure's title (default: one naming what is drawn)")
     args = ap.parse_args(argv)
+    if args.compare is not None and args.record is None:
+        ap.error("--compare draws runs from the record; give --record RESULTS_JSON with it")
     if args.record is not None:
         if args.runs_dir is not None:
             ap.error("--record draws from the record alone; give no run folders with it")
+        if args.compare is not None:
+            try:
+                runs = compared_curves(args.record, args.compare)
+            except ValueError as e:
+                ap.error(str(e))
+            print(plot(runs, args.out, args.title or "Omniglot validation (vinyals val split), from the record"))
+            return
         print(plot_record(recorded_curves(args.record), args.out, title=args.title or RECORD_TITLE))
         return
     if args.runs_dir is None or not args.names:

@@ -81,3 +81,29 @@ def test_the_record_mode_draws_each_runs_newest_curves_without_run_folders(tmp_p
         curves.plot_record({}, out)
     with pytest.raises(SystemExit):
         curves.main([str(tmp_path), "run_a", "--record", str(record), "--out", str(out)])
+
+
+def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figures, capsys):
+    curves = _curves()
+    run_list = tmp_path / "runs.yaml"
+    run_list.write_text(_LIST)
+    a = {"val": [[25, 60.0, 0.5, 0.02], [50, 120.0, 0.6, 0.03]], "val_episodes": 100, "train": []}
+    b = {"val": [[40, 30.0, 0.7, 0.01]], "val_episodes": 100, "train": []}
+    empty = {"val": [], "val_episodes": None, "train": [[100, 3.0, 0.5]]}
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"format": 2, "records": [_record("run_a", 50, a), _record("run_b", 40, b),
+                                                           _record("run_c", 100, empty)]}))
+    assert curves.compared_curves(record, ["run_b", "run_a"], run_list) == {
+        "run_b": [(40, 30.0, 0.7, 0.01)], "run_a": [(25, 60.0, 0.5, 0.02), (50, 120.0, 0.6, 0.03)]}
+    with pytest.raises(ValueError, match="no record of run 'run_c' .* holds validation curves"):
+        curves.compared_curves(record, ["run_a", "run_c"], run_list)
+    out = tmp_path / "cmp.png"
+    curves.plot(curves.compared_curves(record, ["run_a", "run_b"], run_list), out, "t")
+    fig, path = saved_figures[-1]
+    step_ax, time_ax = fig.axes[:2]
+    assert [list(line.get_xdata()) for line in step_ax.get_lines()] == [[25, 50], [40]]
+    assert [list(line.get_xdata()) for line in time_ax.get_lines()] == [[1.0, 2.0], [0.5]]  # minutes
+    assert list(step_ax.get_lines()[0].get_ydata()) == pytest.approx([50.0, 60.0])
+    with pytest.raises(SystemExit):  # --compare needs the record
+        curves.main(["--compare", "run_a", "--out", str(out)])
+    assert "give --record" in capsys.readouterr().err
