@@ -85,8 +85,9 @@ def evaluate(args: argparse.Namespace) -> int:
         for variant, queries, norm in VARIANTS:
             params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
             if norm == "episode" and model_norm in NO_EPISODE_MODE:
-                print(f"{name}: {variant}: not applicable: the model keeps no BatchNorm running statistics "
-                      f"({MODEL_BATCH_NORM[model_norm]}), so there are none to replace", flush=True)
+                print(f"{name}: {variant}: not applicable: the model has "
+                      f"{'no BatchNorm' if model_norm == 'none' else 'BatchNorm on batch statistics only'}, "
+                      "so no running statistics to replace", flush=True)
                 continue
             done = [r for r in reproduce.read_record(args.record)
                     if r["run_id"] == run_id and r["checkpoint"]["sha256"] == digest and r["variant"] == variant

@@ -111,15 +111,16 @@ def test_every_variant_is_evaluated_in_the_first_listed_setting_recorded_and_not
     assert all(f"--checkpoint {d / 'checkpoints' / 'step-00000010.safetensors'} " in c for c in calls.read_text().splitlines())
 
 
-@pytest.mark.parametrize("model, shown", [("batch", "batch statistics (no running ones)"), ("none", "no BatchNorm")])
-def test_a_model_without_running_statistics_varies_the_queries_only(setup, monkeypatch, capsys, model, shown):
+@pytest.mark.parametrize("model, shown, said", [("batch", "batch statistics (no running ones)", "BatchNorm on batch statistics only"),
+                                               ("none", "no BatchNorm", "no BatchNorm")])
+def test_a_model_without_running_statistics_varies_the_queries_only(setup, monkeypatch, capsys, model, shown, said):
     run, record, calls, d = setup
     monkeypatch.setenv("MODEL_BN", model)
     assert run() == 0
     lines = calls.read_text().splitlines()
     assert len(lines) == 2 and all("--batch-norm running" in c for c in lines)
     assert [" --queries 15 " in lines[0], " --queries 1 " in lines[1]] == [True, True]
-    assert capsys.readouterr().out.count(f"not applicable: the model keeps no BatchNorm running statistics ({shown})") == 2
+    assert capsys.readouterr().out.count(f"not applicable: the model has {said}, so no running statistics to replace") == 2
     recs = json.loads(record.read_text())["records"]
     assert [r["variant"] for r in recs] == [pr.VARIANTS[0][0], pr.VARIANTS[2][0]]
     assert run() == 0 and calls.read_text() == ""  # up to date: the model's BatchNorm read from the record
