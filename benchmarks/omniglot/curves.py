@@ -137,15 +137,16 @@ def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4, ti
     return out
 
 
-def compared_curves(record: Path, names: list[str], run_list: Path = reproduce.RUN_LIST) -> dict[str, list[tuple[int, float, float, float]]]:
-    """``read_val``'s rows of each named run, from its newest record holding curves with validation."""
-    recorded = recorded_curves(record, run_list)
+def compared_curves(record: Path, names: list[str], run_list: Path | None = None) -> dict[str, list[tuple[int, float, float, float]]]:
+    """``read_val``'s rows of each named run, from the record :func:`recorded_curves` draws it from
+    (``reproduce.newest_with_curves``), which must hold validation (``run_list``: default ``runs.yaml``)."""
+    recorded = recorded_curves(record, reproduce.RUN_LIST if run_list is None else run_list)
     out = {}
     for name in names:
         val = recorded.get(name, {}).get("curves", {}).get("val")
         if not val:
-            raise ValueError(f"no record of run {name!r} in {record} holds validation curves; "
-                             "`reproduce.py --add-curves` adds curves to records written without them")
+            raise ValueError(f"run {name!r}: no record of it in {record} holds validation curves (or it is not in the "
+                             "run list); `reproduce.py --add-curves` adds curves to records written without them")
         out[name] = [(int(s), float(e), float(a), float(c)) for s, e, a, c in val]
     return out
 

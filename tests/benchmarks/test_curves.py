@@ -83,7 +83,7 @@ def test_the_record_mode_draws_each_runs_newest_curves_without_run_folders(tmp_p
         curves.main([str(tmp_path), "run_a", "--record", str(record), "--out", str(out)])
 
 
-def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figures, capsys):
+def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figures, capsys, monkeypatch):
     curves = _curves()
     run_list = tmp_path / "runs.yaml"
     run_list.write_text(_LIST)
@@ -95,7 +95,7 @@ def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figur
                                                            _record("run_c", 100, empty)]}))
     assert curves.compared_curves(record, ["run_b", "run_a"], run_list) == {
         "run_b": [(40, 30.0, 0.7, 0.01)], "run_a": [(25, 60.0, 0.5, 0.02), (50, 120.0, 0.6, 0.03)]}
-    with pytest.raises(ValueError, match="no record of run 'run_c' .* holds validation curves"):
+    with pytest.raises(ValueError, match="run 'run_c': no record of it .* holds validation curves"):
         curves.compared_curves(record, ["run_a", "run_c"], run_list)
     out = tmp_path / "cmp.png"
     curves.plot(curves.compared_curves(record, ["run_a", "run_b"], run_list), out, "t")
@@ -107,3 +107,10 @@ def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figur
     with pytest.raises(SystemExit):  # --compare needs the record
         curves.main(["--compare", "run_a", "--out", str(out)])
     assert "give --record" in capsys.readouterr().err
+    monkeypatch.setattr(curves.reproduce, "RUN_LIST", run_list)
+    curves.main(["--record", str(record), "--compare", "run_a", "run_b", "--out", str(tmp_path / "main.png")])
+    fig, path = saved_figures[-1]
+    assert path == tmp_path / "main.png" and [list(line.get_xdata()) for line in fig.axes[0].get_lines()] == [[25, 50], [40]]
+    with pytest.raises(SystemExit):
+        curves.main(["--record", str(record), "--compare", "run_c", "--out", str(out)])
+    assert "holds validation curves" in capsys.readouterr().err
