@@ -146,8 +146,9 @@ def table_lines(records: list[dict[str, Any]]) -> list[str]:
         res = any_r["result"]
         # records written before eval reported the model's BatchNorm: an episode-statistics evaluation,
         # which metakit refuses unless some layer keeps running statistics, shows that one does
-        model = next((r["result"]["model_batch_norm"] for r in by_variant.values() if "model_batch_norm" in r["result"]),
-                     "inferred" if any(r["result"].get("batch_norm") == "episode" for r in by_variant.values()) else None)
+        model = next((r["result"]["model_batch_norm"] for r in by_variant.values() if "model_batch_norm" in r["result"]), None)
+        label = (MODEL_BATCH_NORM.get(model, model) if model is not None else
+                 INFERRED if any(r["result"].get("batch_norm") == "episode" for r in by_variant.values()) else "not recorded")
         cells = []
         for variant, _, norm in VARIANTS:
             r = by_variant.get(variant)
@@ -156,7 +157,7 @@ def table_lines(records: list[dict[str, Any]]) -> list[str]:
             else:
                 cells.append(f"{100 * r['result']['accuracy']:.2f} ± {100 * r['result']['ci95']:.2f} ({r['result']['queries']} q)")
         lines.append(f"| `{run}` (step {any_r['checkpoint']['step']:,}) | {res['episodes']:,} x {res['ways']}-way "
-                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | {MODEL_BATCH_NORM.get(model, INFERRED if model == 'inferred' else 'not recorded')} | "
+                     f"{res['shots']}-shot, {res['split']}, seed {res['seed']} | {label} | "
                      + " | ".join(cells) + " |")
     return lines
 
