@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from metakit.algorithms import MAML
 from metakit.algorithms._inner import select_parameters
 from metakit.models import StridedConv4, build_model
+from metakit.tasks import EpisodeBatch
 
 
 def test_maps_halve_to_2x2_and_the_features_are_their_mean():
@@ -89,3 +90,30 @@ def test_registered_and_bad_options_named():
         StridedConv4(image_size=8)
     with pytest.raises(ValueError, match="out_features=0"):
         StridedConv4(out_features=0)
+
+
+def test_second_order_meta_gradient_with_unadapted_offsets_matches_finite_differences(finite_differences):
+    # the published configs' path: the offsets are meta-learned but left out of the inner loop,
+    # so their meta-gradient flows only through the adapted weights' dependence on them
+    torch.manual_seed(0)
+    model = StridedConv4(out_features=3, hidden=3, image_size=16, track_running_stats=False).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "offset" in name:
+                p.normal_(0.0, 0.5)
+    maml = MAML(model, inner_lr=2.0, inner_steps=2, adapt=".*(weight|bias)")
+    g = torch.Generator().manual_seed(1)
+    batch = EpisodeBatch(
+        torch.rand(2, 3, 1, 16, 16, generator=g, dtype=torch.float64),
+        torch.arange(3).expand(2, -1).contiguous(),
+        torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64),
+        torch.arange(3).repeat(2).expand(2, -1).contiguous(),
+        3,
+    )
+    maml.meta_backward(batch)
+    names = [n for n, _ in model.named_parameters()]
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    fd = finite_differences(lambda: float(maml.meta_loss(batch)[0]), list(model.parameters()))
+    offsets = torch.cat([p.grad.reshape(-1) for n, p in model.named_parameters() if "offset" in n])
+    assert any("offset" in n for n in names) and offsets.abs().max() > 1e-6
+    assert float((grads - fd).abs().max() / fd.abs().max()) < 1e-7
