@@ -11,8 +11,10 @@ For each named run (all of the list by default), in the order given:
 
 1. Training (skipped with ``--only-eval``). ``DIR/NAME`` absent: ``metakit train CONFIG OVERRIDES
    --out DIR/NAME``. Present and ended (``summary.json``) as ``finished`` at or beyond the list's
-   ``train.steps``: nothing. Otherwise: ``metakit train --resume DIR/NAME train.steps=N``, so a
-   budget raised in the list extends a finished run and an interrupted or killed run continues.
+   ``train.steps``, or stopped early (``train.patience``: so many validations in a row no better
+   than the best) with the list's patience: nothing. Otherwise: ``metakit train --resume DIR/NAME
+   train.steps=N train.patience=P`` (the list's, ``null`` if it sets none), so a budget or a
+   patience raised in the list extends an ended run and an interrupted or killed run continues.
    Training runs with one thread (``run.num_threads=1``, ``OMP_NUM_THREADS=1``): start one
    process per core, each with its own run names, to use several cores. ``--minutes M`` stops
    each training command after M minutes (as Ctrl-C does: the run writes its checkpoint), then
@@ -84,7 +86,8 @@ RECORD_FORMAT = 2
 STATUSES = ("recorded", "partial", "unrecorded")
 EVAL_FIELDS = ("split", "ways", "shots", "queries", "episodes", "seed")
 # config keys that may differ between a run folder and the list (they can change on resume)
-RESUMABLE_PREFIXES = ("train.steps", "eval.val_every", "optim.grad_clip", "run.")
+RESUMABLE_PREFIXES = ("train.steps", "train.patience", "eval.val_every", "optim.grad_clip", "run.")
+ENDED = ("finished", "interrupted", "stopped_early")  # summary.json statuses of a training that ended by itself
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -124,6 +127,12 @@ class Run:
     @property
     def steps(self) -> int:
         return int(dict(o.split("=", 1) for o in self.overrides)["train.steps"])
+
+    @property
+    def patience(self) -> int | None:
+        """The list's ``train.patience`` (early stopping), ``None`` if it sets none."""
+        value = dict(o.split("=", 1) for o in self.overrides).get("train.patience")
+        return None if value is None else yaml.safe_load(value)
 
 
 @dataclass(frozen=True)
@@ -264,7 +273,11 @@ def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     minutes = _minutes(r)
     if minutes is not None:
         parts.append(f"{minutes:.0f} min")
-    if r["training"]["status"] != "finished":
+    if r["training"]["status"] == "stopped_early":
+        early = r["training"].get("stopped_early") or {}
+        parts.append(f"stopped early ({early.get('validations_since_best', '?')} validations after its best, "
+                     f"step {early['best_step']:,})" if isinstance(early.get("best_step"), int) else "stopped early")
+    elif r["training"]["status"] != "finished":
         parts.append(r["training"]["status"])
     return f"`{name}`: " + ", ".join(parts)
 
@@ -469,6 +482,12 @@ def _last_logged(run_dir: Path) -> tuple[int, float] | None:
     return None
 
 
+def _stopped_for_good(run: Run, summary: dict[str, Any] | None) -> bool:
+    """The run stopped early (``train.patience``) with the patience the list still asks for."""
+    return bool(summary) and summary.get("status") == "stopped_early" and (
+        (summary.get("stopped_early") or {}).get("patience") == run.patience)
+
+
 def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Path, names: list[str]) -> list[str]:
     """Per run: steps logged against the list's budget, training now or not, seconds per step so far,
     the training time the rest of the budget needs at that pace, and the steps of its newest record."""
@@ -488,9 +507,10 @@ def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Pat
         step, elapsed = last
         summary = _read_json(d / "summary.json") or {}
         state = "training" if _training_now(d) else ("finished" if summary.get("status") == "finished" and
-                                                       summary.get("step", 0) >= run.steps else "stopped")
+                                                       summary.get("step", 0) >= run.steps else
+                                                       "stopped early" if _stopped_for_good(run, summary) else "stopped")
         pace = elapsed / step if step > 0 else None
-        rest = max(0, run.steps - step) * pace if pace is not None else None
+        rest = 0.0 if state == "stopped early" else max(0, run.steps - step) * pace if pace is not None else None
         total += rest or 0.0
         lines.append(f"| `{name}` | {step:,} / {run.steps:,} | {state} | " + ("—" if pace is None else f"{pace:.2f}")
                      + " | " + ("—" if rest is None else f"{rest / 3600:.1f} h") + f" | {rec} |")
@@ -657,9 +677,9 @@ def record_fields(env: dict[str, Any], run_id: str, config_digest: str) -> dict[
 
 def ended_run_problem(run_dir: Path) -> str | None:
     """Why the run folder cannot be evaluated now (``None``: it can): its ``summary.json`` must say the
-    training finished or was interrupted."""
+    training finished, stopped early or was interrupted."""
     summary = _read_json(run_dir / "summary.json")
-    if not summary or summary.get("status") not in ("finished", "interrupted"):
+    if not summary or summary.get("status") not in ENDED:
         return (f"{run_dir / 'summary.json'} is missing or says {summary and summary.get('status')!r}: the run is still "
                 "training, was killed or failed; wait for it, or resume it")
     return None
@@ -774,11 +794,15 @@ class Runner:
         if summary and summary.get("status") == "finished" and summary.get("step", 0) >= run.steps:
             self.say(run, f"trained: finished at step {summary['step']} (the list asks {run.steps})")
             return True
+        if _stopped_for_good(run, summary):
+            self.say(run, f"trained: {summary['stopped_early']['message']}")
+            return True
         if not d.exists():
             cmd = [self.metakit, "train", run.config, *run.overrides, "run.progress=false", "run.num_threads=1", "--out", str(d)]
-        else:
-            cmd = [self.metakit, "train", "--resume", str(d), f"train.steps={run.steps}", "run.progress=false",
-                   "run.num_threads=1"]
+        else:  # the list's budget and patience (none: train on to the budget)
+            patience = "null" if run.patience is None else run.patience
+            cmd = [self.metakit, "train", "--resume", str(d), f"train.steps={run.steps}", f"train.patience={patience}",
+                   "run.progress=false", "run.num_threads=1"]
         if self.args.dry_run:
             self.say(run, f"would run: {shlex.join(cmd)}")
             return d.exists()
@@ -793,7 +817,7 @@ class Runner:
         with open(ledger, "a") as f:
             f.write(json.dumps(entry) + "\n")
         summary = _read_json(d / "summary.json")
-        if p.returncode not in (0, 130) or not summary or summary.get("status") not in ("finished", "interrupted"):
+        if p.returncode not in (0, 130) or not summary or summary.get("status") not in ENDED:
             self.fail(run, f"training exited with status {p.returncode} (see {self.dir / run.name}.log)")
             return False
         why = f" (the --minutes {self.args.minutes:g} limit)" if timed_out and summary["status"] == "interrupted" else ""
@@ -872,7 +896,8 @@ class Runner:
                 "eval_wall_seconds": round(wall, 1),
                 "steps": summary["step"],
                 "best_step": (summary.get("best") or {}).get("step", result.get("step")),
-                "training": {"episodes": _episodes_text(_train_section(d)), "status": summary["status"]},
+                "training": {"episodes": _episodes_text(_train_section(d)), "status": summary["status"],
+                             **({"stopped_early": summary["stopped_early"]} if "stopped_early" in summary else {})},
                 **({"curves": curves} if curves is not None else {}),
                 "result": {k: v for k, v in result.items() if k != "formatted"},
             }

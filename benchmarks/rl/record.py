@@ -105,7 +105,7 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         summary = None
-    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "interrupted"):
+    if not isinstance(summary, dict) or summary.get("status") not in ("finished", "interrupted", "stopped_early"):
         status = summary.get("status") if isinstance(summary, dict) else "missing"
         raise RecordError(f"RUN_DIR {str(run_dir)!r}: summary.json is {status!r}, not 'finished': the run is still "
                           "training, was killed or failed; record it when `metakit train` has finished "

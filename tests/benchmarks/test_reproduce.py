@@ -29,7 +29,8 @@ def _load():
 rp = _load()
 
 # Stands in for metakit: logs each call to $CALLS; `train` writes a finished run of the asked budget
-# (config.yaml, metrics.jsonl, a best checkpoint whose bytes depend on the steps, summary.json);
+# (config.yaml, metrics.jsonl, a best checkpoint whose bytes depend on the steps, summary.json), or with
+# $STOP_EARLY=N and a train.patience set, a run stopped early at step N;
 # `eval` prints a JSON result; $FAIL=train|eval makes that command exit with status 1.
 _FAKE = """\
 #!{python}
@@ -69,6 +70,17 @@ if args[0] == "train":
                 k, v = a.split("=", 1)
                 sec, key = k.split(".")
                 cfg.setdefault(sec, {{}})[key] = json.loads(v) if v[0].isdigit() else v
+    for a in args:
+        if a.startswith("train.patience="):
+            cfg["train"]["patience"] = json.loads(a.split("=", 1)[1])
+    summary = {{"status": "finished", "step": steps, "elapsed": 1.5 * steps, "best": {{"step": steps - 1}}}}
+    patience = cfg["train"].get("patience")
+    if os.environ.get("STOP_EARLY") and patience is not None and int(os.environ["STOP_EARLY"]) < steps:
+        cfg["train"]["steps"] = steps
+        steps = int(os.environ["STOP_EARLY"])
+        summary = {{"status": "stopped_early", "step": steps, "elapsed": 1.5 * steps, "best": {{"step": steps - 2 * patience}},
+                   "stopped_early": {{"patience": patience, "validations_since_best": patience,
+                                     "best_step": steps - 2 * patience, "message": "stopped early at step %d" % steps}}}}
     # the log: a training loss 1/step at every step, a validation at every second one (first line: step 1 at
     # 0.5 s, so the run started at 2026-12-01T00:00:00Z)
     done = json.loads((d / "summary.json").read_text())["step"] if args[1] == "--resume" else 0
@@ -78,13 +90,14 @@ if args[0] == "train":
             f.write(json.dumps({{**t, "split": "train", "loss": 1.0 / s}}) + "\\n")
             if s % 2 == 0:
                 f.write(json.dumps({{**t, "split": "val", "accuracy": 0.5 + s / 100, "ci95": 0.01, "episodes": 10}}) + "\\n")
-    cfg["train"]["steps"] = steps
+    cfg["train"].setdefault("steps", steps)
+    if summary["status"] == "finished":
+        cfg["train"]["steps"] = steps
     (d / "config.yaml").write_text(json.dumps(cfg))
     (d / "checkpoints").mkdir(exist_ok=True)
     name = "step-%08d.safetensors" % steps if os.environ.get("NO_VALIDATION") else "best.safetensors"
     (d / "checkpoints" / name).write_bytes(b"weights after %d steps" % steps)
-    (d / "summary.json").write_text(json.dumps({{"status": "finished", "step": steps, "elapsed": 1.5 * steps,
-                                                "best": {{"step": steps - 1}}}}))
+    (d / "summary.json").write_text(json.dumps(summary))
 elif args[0] == "eval":
     d = Path(args[1])
     opt = dict(zip(args[2::2], args[3::2]))
@@ -193,7 +206,7 @@ def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
     rc, calls = bench.main()
     d = bench.runs / "run_a"
     assert rc == 0
-    assert calls[0] == f"train --resume {d} train.steps=25 run.progress=false run.num_threads=1"
+    assert calls[0] == f"train --resume {d} train.steps=25 train.patience=null run.progress=false run.num_threads=1"
     assert [c.split()[0] for c in calls[1:]] == ["eval", "eval"]
     recs = bench.records()
     assert len(recs) == 4 and recs[2]["steps"] == 25
@@ -202,6 +215,30 @@ def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
     assert [c["command"].split()[1:3] for c in recs[3]["commands"]["train"]] == [["train", "configs/x.yaml"], ["train", "--resume"]]
     bench.set_steps(20)  # a smaller budget than trained: nothing to do
     assert bench.main() == (0, [])
+
+
+def test_a_run_stopped_early_is_recorded_as_such_and_left_alone_until_its_patience_is_raised(bench, monkeypatch, capsys):
+    bench.list.write_text(_LIST.format(steps=40).replace("algorithm.scale=10]", "algorithm.scale=10, train.patience=2]"))
+    monkeypatch.setenv("STOP_EARLY", "12")
+    rc, calls = bench.main()
+    d = bench.runs / "run_a"
+    assert rc == 0 and calls[0].startswith("train configs/x.yaml train.steps=40 algorithm.scale=10 train.patience=2 ")
+    recs = bench.records()
+    assert [r["steps"] for r in recs] == [12, 12]
+    assert recs[0]["training"]["status"] == "stopped_early" and recs[0]["training"]["stopped_early"]["best_step"] == 8
+    table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), recs))
+    assert "`run_a`: 5-way 5-shot 5-query x 32, 12 of 40 steps (30%), 0 min, stopped early (2 validations after its best, step 8)" in table
+    status = "\n".join(rp.status_lines(rp.load_run_list(bench.list), recs, bench.runs, ["run_a"]))
+    assert "| `run_a` | 12 / 40 | stopped early | 0.50 | 0.0 h |" in status
+    capsys.readouterr()
+    assert bench.main() == (0, [])  # ended: nothing to train, its evaluations up to date
+    assert "run_a: trained: stopped early at step 12" in capsys.readouterr().out
+    # a patience raised in the list trains on from the run's checkpoint
+    bench.list.write_text(bench.list.read_text().replace("train.patience=2", "train.patience=4"))
+    monkeypatch.setenv("STOP_EARLY", "30")
+    rc, calls = bench.main()
+    assert rc == 0 and calls[0] == f"train --resume {d} train.steps=40 train.patience=4 run.progress=false run.num_threads=1"
+    assert bench.records()[-1]["steps"] == 30 and bench.records()[-1]["training"]["stopped_early"]["patience"] == 4
 
 
 def test_dry_run_prints_the_commands_and_changes_nothing(bench, capsys):

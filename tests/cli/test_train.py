@@ -77,6 +77,22 @@ def test_default_run_folder_is_under_runs(config_file, tmp_path, monkeypatch, ca
     assert run_dir.name.startswith("tiny-") and (run_dir / "config.yaml").is_file()
 
 
+def test_early_stopping_says_where_and_how_to_train_on(config_file, tmp_path, capsys, monkeypatch):
+    from metakit.runtime import evaluation
+
+    level = evaluation.EvalResult.from_values("accuracy", [0.5, 0.5])  # never better than the first
+    monkeypatch.setattr(evaluation, "evaluate", lambda algorithm, episodes, **kw: level)
+    out_dir = tmp_path / "run"
+    argv = ["train", str(config_file), "train.steps=20", "train.patience=2", "--out", str(out_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "steps: 6/20 in " in out
+    assert f"stopped early (train.patience=2: no better validation since step 2); train on with: metakit train " \
+           f"--resume {out_dir} train.patience=null" in out
+    assert main(["train", "--resume", str(out_dir), "train.patience=null"]) == 0
+    assert "steps: 20/20 in " in capsys.readouterr().out
+
+
 def _lines_up_to(run_dir: Path, step: int) -> list[str]:
     """The metrics.jsonl lines of steps <= ``step`` as written (wall-clock times included)."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -25,7 +25,7 @@ from metakit.algorithms import ProtoNet
 from metakit.datasets import ClassIndexedDataset
 from metakit.models import MLP
 from metakit.runtime.checkpoint import load_checkpoint, save_checkpoint
-from metakit.runtime.config import Config
+from metakit.runtime.config import Config, ConfigError
 from metakit.runtime.evaluation import EvalResult
 from metakit.runtime.logging import read_metrics
 import metakit.runtime.trainer as trainer_module
@@ -625,3 +625,79 @@ def test_the_progress_bar_shows_the_family_metric_an_algorithm_reports():
     assert _postfix({"loss": 2.0, "return": 10.0}, 2, 4.0, "return") == {"loss": "1", "return": "5", "ep/s": "4.0"}
     assert _postfix({"loss": 2.0, "accuracy": 1.0}, 2, None, "accuracy") == {"loss": "1", "acc": "50.0%"}
     assert _postfix({"loss": 2.0}, 2, None, "mse") == {"loss": "1"}  # not reported in training: not shown
+
+
+# -- early stopping (train.patience) ---------------------------------------------------------------
+def _val_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir, split="val")]
+
+
+@pytest.mark.parametrize(
+    "values, stop",
+    [
+        ([0.5, 0.6, 0.55, 0.58, 0.9, 0.9], 40),  # best at 20, then 2 no better -> stop at 40
+        ([0.5, 0.4, 0.6, 0.5, 0.6, 0.9], 50),  # a new best at 30 resets the count; equal is no better
+    ],
+)
+def test_patience_stops_after_that_many_validations_without_a_better_one(tmp_path, values, stop):
+    cfg = toy_config(tmp_path, "train.steps=60", "train.patience=2")
+    stream = io.StringIO()
+    trainer = make_trainer(tmp_path, cfg, evaluate=_scripted_evaluate(values, "accuracy"), stream=stream)
+    result = trainer.fit()
+    assert result.status == "stopped_early" and result.step == stop and not result.interrupted
+    assert trainer.algorithm.calls == stop
+    assert _val_steps(tmp_path) == list(range(10, stop + 1, 10))
+    assert result.checkpoint == tmp_path / "checkpoints" / f"step-{stop:08d}.safetensors" and result.checkpoint.exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped_early" and summary["step"] == stop
+    early = summary["stopped_early"]
+    assert early["patience"] == 2 and early["validations_since_best"] == 2 and early["best_step"] == stop - 20
+    assert f"stopped early at step {stop} of 60" in stream.getvalue()
+
+
+def test_patience_does_not_shorten_a_run_that_ends_anyway(tmp_path):
+    cfg = toy_config(tmp_path, "train.steps=40", "train.patience=2")
+    result = make_trainer(tmp_path, cfg, evaluate=_scripted_evaluate([0.5, 0.6, 0.55, 0.58], "accuracy")).fit()
+    assert result.status == "finished" and result.step == 40
+    assert "stopped_early" not in json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_a_stopped_run_resumes_to_nothing_unless_the_patience_is_raised(tmp_path):
+    values = [0.5, 0.6, 0.55, 0.58]
+    make_trainer(tmp_path, toy_config(tmp_path, "train.steps=60", "train.patience=2"),
+                 evaluate=_scripted_evaluate(values, "accuracy")).fit()
+    stream = io.StringIO()
+    again = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=60", "train.patience=2"), stream=stream)
+    result = again.fit(resume=True)
+    assert result.status == "stopped_early" and result.step == 40 and again.algorithm.calls == 0
+    assert "nothing to train" in stream.getvalue()
+    on = make_trainer(tmp_path, toy_config(tmp_path, "train.steps=60", "train.patience=3"),
+                      evaluate=_scripted_evaluate([0.7, 0.7], "accuracy"))
+    result = on.fit(resume=True)
+    assert result.status == "finished" and result.step == 60 and on.algorithm.calls == 20
+    assert _val_steps(tmp_path) == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("older_checkpoint", [False, True])
+def test_the_count_of_validations_without_a_better_one_survives_a_resume(tmp_path, older_checkpoint):
+    # stopped by Ctrl-C at step 35, one validation after the best: the resumed run stops where an
+    # uninterrupted one does (step 40), not two validations later; a checkpoint written before the
+    # count was kept has it recounted from the log
+    cfg = toy_config(tmp_path, "train.steps=60", "train.patience=2")
+    values = iter([0.5, 0.6, 0.55, 0.58, 0.9])
+    scripted = _scripted_evaluate(values, "accuracy")
+    result = make_trainer(tmp_path, cfg, hooks={35: "sigint"}, evaluate=scripted).fit()
+    assert result.status == "interrupted" and result.step == 35
+    if older_checkpoint:
+        state = load_checkpoint(result.checkpoint)
+        del state["trainer"]["stale_validations"]
+        save_checkpoint(result.checkpoint, state)
+    resumed = make_trainer(tmp_path, cfg, evaluate=scripted)
+    result = resumed.fit(resume=True)
+    assert result.status == "stopped_early" and result.step == 40 and resumed.algorithm.calls == 5
+
+
+@pytest.mark.parametrize("override", ["eval.val_episodes=0", "eval.val_every=0"])
+def test_patience_without_periodic_validation_is_refused(tmp_path, override):
+    with pytest.raises(ConfigError, match=r"train\.patience=2 counts validations.*set both above 0 or set train\.patience=null"):
+        toy_config(tmp_path, "train.patience=2", override)

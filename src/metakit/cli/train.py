@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted; continue with: metakit train --resume {result.run_dir}")
         return 130
+    if result.status == "stopped_early":
+        print(
+            f"stopped early (train.patience={config.train.patience}: no better validation since step "
+            f"{result.best['step'] if result.best else '?'}); train on with: metakit train --resume "
+            f"{result.run_dir} train.patience=null"
+        )
     return 0
 
 

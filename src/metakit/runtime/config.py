@@ -124,6 +124,12 @@ class TrainConfig(Options):
     queries: int = option(15, "query examples per class (regression: query points per task)", ge=1)
     meta_batch: int = option(1, "tasks per outer step (meta-batch size)", ge=1)
     steps: int = option(1000, "outer (meta-)optimizer steps", ge=1)
+    patience: int | None = option(
+        None,
+        "stop before train.steps once this many validations in a row bring no better result than the best "
+        "(early stopping; null: train to train.steps); needs eval.val_episodes > 0 and eval.val_every > 0",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,12 @@ class Config:
         family.check_sizes("eval", resolved.ways, resolved.shots, resolved.queries)  # type: ignore[arg-type]
         object.__setattr__(self, "eval", resolved)
         family.check_validation(e.val_episodes)
+        if t.patience is not None and (e.val_episodes == 0 or e.val_every == 0):
+            raise ConfigError(
+                f"train.patience={t.patience} counts validations, but eval.val_episodes={e.val_episodes} and "
+                f"eval.val_every={e.val_every} give none before the end of training; set both above 0 or set "
+                "train.patience=null"
+            )
         context = family.config_context(t.ways)
         model_options = {**algo.model_defaults(context), **self.model.options}
         check_model_fits(self.model.name, model_options, family, context)

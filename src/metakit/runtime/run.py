@@ -70,6 +70,7 @@ LOCK_FILE = ".lock"
 #: only the length of the run and its bookkeeping.
 RESUMABLE_KEYS = (
     "train.steps",
+    "train.patience",
     "eval.val_every",
     "optim.grad_clip",
     "run.checkpoint_every",

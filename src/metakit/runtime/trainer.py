@@ -11,7 +11,9 @@ One loop for every algorithm; it never looks at which algorithm it runs::
         optimizer.step(); scheduler.step()
         every run.log_every steps:        log the means of the metrics since the last log line
         every eval.val_every steps (and at the end): evaluate on the fixed validation episodes,
-                                          keep the best checkpoint (by the metric's direction)
+                                          keep the best checkpoint (by the metric's direction);
+                                          with train.patience P, stop (checkpointed) once P
+                                          validations in a row were no better than the best
         every run.checkpoint_every steps (and at the end, and on Ctrl-C): write a checkpoint
 
 ``meta_backward`` is the algorithm's whole say in the update: gradient methods back-propagate
@@ -147,7 +149,9 @@ class TrainResult:
         run_dir: the run folder.
         step: the last completed step.
         steps: the target number of steps (``train.steps``).
-        status: ``"finished"``, ``"interrupted"`` (Ctrl-C / SIGTERM; resumable) or ``"failed"``.
+        status: ``"finished"``, ``"stopped_early"`` (``train.patience`` validations in a row brought no
+            better result; a resume with a larger or no patience continues), ``"interrupted"``
+            (Ctrl-C / SIGTERM; resumable) or ``"failed"``.
         best: the best validation record (``step``, ``metric``, its mean under its name,
             ``ci95``, ``episodes``, ``higher_is_better``), or ``None`` without validation.
         last_val: the latest validation record, or ``None``.
@@ -369,6 +373,7 @@ class Trainer:
         self._interval_time = 0.0
         self._last_checkpoint: Path | None = None
         self._zero_grad_steps = 0  # consecutive steps whose gradient norm was exactly 0
+        self._stale_validations = 0  # validations since the best one (train.patience)
         self._restored = False  # restore() ran (fit(resume=True) does not run it twice)
 
     # -- checkpoint state ---------------------------------------------------------------------
@@ -400,6 +405,7 @@ class Trainer:
                 "count": self._count,
                 "interval_time": self._interval_time,
                 "zero_grad_steps": self._zero_grad_steps,
+                "stale_validations": self._stale_validations,
             },
         }
 
@@ -420,6 +426,10 @@ class Trainer:
         self._interval_time = float(t["interval_time"])
         self._zero_grad_steps = int(t.get("zero_grad_steps", 0))  # absent in checkpoints of older versions
         self.step = int(state["step"])
+        if "stale_validations" in t:
+            self._stale_validations = int(t["stale_validations"])
+        else:  # a checkpoint of an older version: count them in the log
+            self._stale_validations = self._validations_since_best_in_log()
         _set_rng_state(state["rng"])
 
     @staticmethod
@@ -488,6 +498,16 @@ class Trainer:
         print(f"metakit: resuming {self.run_dir} from {path.name} (step {self.step})", file=self.stream)
         return path
 
+    def _validations_since_best_in_log(self) -> int:
+        """The validations ``metrics.jsonl`` records after the best one, up to the current step."""
+        if self.best is None:
+            return 0
+        try:
+            records = read_metrics(self.run_dir / METRICS_FILE, split="val")
+        except FileNotFoundError:
+            return 0
+        return len({int(r["step"]) for r in records if self.best["step"] < int(r["step"]) <= self.step})
+
     def _recorded_step(self) -> int:
         """The last training step recorded in the folder's ``metrics.jsonl`` (0 if none)."""
         try:
@@ -533,7 +553,11 @@ class Trainer:
                 self._save()  # the initial state: a run that fails early still has a checkpoint to name
             with torch_settings(cfg.run), _StopRequests(self.stream) as stop:
                 self.algorithm.train()
-                while self.step < total:
+                if self.step < total and self._patience_ran_out():
+                    status = "stopped_early"
+                    bar.write(f"metakit: {self._stopped_early_text()}; nothing to train (raise train.patience or "
+                              "set it to null to continue)", file=self.stream)
+                while self.step < total and status != "stopped_early":
                     step = self.step + 1
                     t0 = time.perf_counter()
                     metrics = self._train_step(step)
@@ -557,9 +581,15 @@ class Trainer:
                     ):
                         self._validate(logger, bar, step)
                         self.elapsed = elapsed0 + time.perf_counter() - t_call
-                    if step % cfg.run.checkpoint_every == 0 or step == total or stop.stop:
+                        if step < total and self._patience_ran_out():
+                            status = "stopped_early"
+                    if step % cfg.run.checkpoint_every == 0 or step == total or stop.stop or status == "stopped_early":
                         self._save()
                         logger.flush()
+                    if status == "stopped_early":
+                        bar.write(f"metakit: {self._stopped_early_text()}; checkpoint {self._last_checkpoint}",
+                                  file=self.stream)
+                        break
                     if stop.stop:
                         status = "interrupted"
                         bar.write(
@@ -628,6 +658,18 @@ class Trainer:
         value = float(t[~torch.isfinite(t)][0])
         raise NonFiniteLossError(step, name, value, self._last_checkpoint, self.run_dir, in_parameters=True, kind=kind)
 
+    def _patience_ran_out(self) -> bool:
+        patience = self.config.train.patience
+        return patience is not None and self._stale_validations >= patience
+
+    def _stopped_early_text(self) -> str:
+        best = self.best or {}
+        return (
+            f"stopped early at step {self.step} of {self.config.train.steps}: no better validation "
+            f"{best.get('metric', 'result')} in the {self._stale_validations} validations since the best, at step "
+            f"{best.get('step')} (train.patience={self.config.train.patience})"
+        )
+
     def _collapse_warning(self, last_step: int) -> str:
         return (
             f"the gradient norm has been exactly 0 for {self._zero_grad_steps} steps (steps "
@@ -666,6 +708,7 @@ class Trainer:
         )
         rec["is_best"] = bool(better)
         self.last_val = rec
+        self._stale_validations = 0 if better else self._stale_validations + 1
         logger.log(step, "val", {k: v for k, v in rec.items() if k != "step"}, elapsed=self.elapsed)
         if better:
             self.best = rec
@@ -709,6 +752,13 @@ class Trainer:
             summary["error"] = error
         if self._zero_grad_steps >= COLLAPSE_STEPS:
             summary["warning"] = self._collapse_warning(self.step)
+        if status == "stopped_early":
+            summary["stopped_early"] = {
+                "patience": self.config.train.patience,
+                "validations_since_best": self._stale_validations,
+                "best_step": (self.best or {}).get("step"),
+                "message": self._stopped_early_text(),
+            }
         write_summary(self.run_dir, summary)
         return result
 
