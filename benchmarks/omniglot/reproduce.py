@@ -12,9 +12,10 @@ For each named run (all of the list by default), in the order given:
 1. Training (skipped with ``--only-eval``). ``DIR/NAME`` absent: ``metakit train CONFIG OVERRIDES
    --out DIR/NAME``. Present and ended (``summary.json``) as ``finished`` at or beyond the list's
    ``train.steps``, or stopped early (``train.patience``: so many validations in a row no better
-   than the best) with the list's patience: nothing. Otherwise: ``metakit train --resume DIR/NAME
-   train.steps=N train.patience=P`` (the list's, ``null`` if it sets none), so a budget or a
-   patience raised in the list extends an ended run and an interrupted or killed run continues.
+   than the best) with at least the list's patience: nothing. Otherwise: ``metakit train --resume DIR/NAME
+   train.steps=N [train.patience=P]`` (the list's; ``null`` if the list sets none and the run has one),
+   so a raised budget extends a finished run, a raised or removed patience a run stopped early,
+   and an interrupted or killed run continues.
    Training runs with one thread (``run.num_threads=1``, ``OMP_NUM_THREADS=1``): start one
    process per core, each with its own run names, to use several cores. ``--minutes M`` stops
    each training command after M minutes (as Ctrl-C does: the run writes its checkpoint), then
@@ -32,8 +33,9 @@ For each named run (all of the list by default), in the order given:
    points), so that whether a run had converged is read from the record alone.
 
 ``--status`` trains and evaluates nothing: per run, the steps logged in ``DIR/NAME`` against the
-list's budget, whether a process is training it now, its seconds per step so far, the training time
-the rest of its budget needs at that pace, and the steps of its newest record.
+list's budget, whether a process is training it now (else: finished, stopped early, or stopped), its
+seconds per step so far, the training time the rest of its budget needs at that pace (none for a run
+stopped early), and the steps of its newest record.
 
 ``--add-curves`` trains and evaluates nothing: it adds the curves of ``DIR/NAME`` to that run's
 records written without them, where the folder is the recorded run (same run id and config digest).
@@ -87,7 +89,7 @@ STATUSES = ("recorded", "partial", "unrecorded")
 EVAL_FIELDS = ("split", "ways", "shots", "queries", "episodes", "seed")
 # config keys that may differ between a run folder and the list (they can change on resume)
 RESUMABLE_PREFIXES = ("train.steps", "train.patience", "eval.val_every", "optim.grad_clip", "run.")
-ENDED = ("finished", "interrupted", "stopped_early")  # summary.json statuses of a training that ended by itself
+ENDED = ("finished", "interrupted", "stopped_early")  # summary.json statuses of a training that ended cleanly
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -169,6 +171,9 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
         steps = [o for o in overrides if o.startswith("train.steps=")]
         _need(len(steps) == 1 and steps[0].split("=", 1)[1].isdigit() and int(steps[0].split("=", 1)[1]) > 0,
               f"{at}: overrides", f"state the budget exactly once as train.steps=N (N >= 1); got {list(overrides)}")
+        patience = [o.split("=", 1)[1] for o in overrides if o.startswith("train.patience=")]
+        _need(len(patience) <= 1 and all(p == "null" or (p.isdigit() and int(p) >= 1) for p in patience),
+              f"{at}: overrides", f"train.patience=P is given at most once, P an int >= 1 or null; got {list(overrides)}")
         evaluations = []
         for e in body["evaluate"]:
             _need(isinstance(e, dict) and set(e) <= set(EVAL_FIELDS), f"{at}: evaluate",
@@ -275,8 +280,9 @@ def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
         parts.append(f"{minutes:.0f} min")
     if r["training"]["status"] == "stopped_early":
         early = r["training"].get("stopped_early") or {}
-        parts.append(f"stopped early ({early.get('validations_since_best', '?')} validations after its best, "
-                     f"step {early['best_step']:,})" if isinstance(early.get("best_step"), int) else "stopped early")
+        parts.append(f"stopped early (best validation at step {early['best_step']:,}, none better in the "
+                     f"{early.get('validations_since_best', '?')} after it)" if isinstance(early.get("best_step"), int)
+                     else "stopped early")
     elif r["training"]["status"] != "finished":
         parts.append(r["training"]["status"])
     return f"`{name}`: " + ", ".join(parts)
@@ -483,9 +489,11 @@ def _last_logged(run_dir: Path) -> tuple[int, float] | None:
 
 
 def _stopped_for_good(run: Run, summary: dict[str, Any] | None) -> bool:
-    """The run stopped early (``train.patience``) with the patience the list still asks for."""
-    return bool(summary) and summary.get("status") == "stopped_early" and (
-        (summary.get("stopped_early") or {}).get("patience") == run.patience)
+    """The run stopped early (``train.patience``) with at most the patience the list asks for now."""
+    if not summary or summary.get("status") != "stopped_early":
+        return False
+    patience = (summary.get("stopped_early") or {}).get("patience")
+    return run.patience is not None and isinstance(patience, int) and patience >= run.patience
 
 
 def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Path, names: list[str]) -> list[str]:
@@ -799,9 +807,10 @@ class Runner:
             return True
         if not d.exists():
             cmd = [self.metakit, "train", run.config, *run.overrides, "run.progress=false", "run.num_threads=1", "--out", str(d)]
-        else:  # the list's budget and patience (none: train on to the budget)
-            patience = "null" if run.patience is None else run.patience
-            cmd = [self.metakit, "train", "--resume", str(d), f"train.steps={run.steps}", f"train.patience={patience}",
+        else:  # the list's budget and patience (none: train on to the budget, also if the run had one)
+            patience = [] if run.patience is None and _train_section(d).get("patience") is None else \
+                [f"train.patience={'null' if run.patience is None else run.patience}"]
+            cmd = [self.metakit, "train", "--resume", str(d), f"train.steps={run.steps}", *patience,
                    "run.progress=false", "run.num_threads=1"]
         if self.args.dry_run:
             self.say(run, f"would run: {shlex.join(cmd)}")

@@ -107,7 +107,8 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         summary = None
     if not isinstance(summary, dict) or summary.get("status") not in ("finished", "interrupted", "stopped_early"):
         status = summary.get("status") if isinstance(summary, dict) else "missing"
-        raise RecordError(f"RUN_DIR {str(run_dir)!r}: summary.json is {status!r}, not 'finished': the run is still "
+        raise RecordError(f"RUN_DIR {str(run_dir)!r}: summary.json is {status!r}, not 'finished' (or 'interrupted', "
+                          "'stopped_early'): the run is still "
                           "training, was killed or failed; record it when `metakit train` has finished "
                           "(or resume it with `metakit train --resume RUN_DIR`)")
     return config, summary

@@ -9,8 +9,8 @@ meta-learner) with ``metakit eval RUN_DIR --split test --episodes N --checkpoint
 subprocess (one thread) and appends one record to ``runs.json`` beside this script: the run id
 (``NAME-<UTC start of training>``), the run's ``config.yaml`` and its sha256, the evaluated checkpoint
 (path, sha256, training step), the planned steps (``train.steps``), whether training had finished
-(``summary.json`` says so at the planned step) or the run is recorded part-way (still training, stopped or
-interrupted), the accuracy at the 1st..k-th instance of a class and over all steps with their 95% intervals,
+(``summary.json`` says so at the planned step) or the run is recorded part-way (still training, stopped,
+interrupted, or stopped early by ``train.patience``), the accuracy at the 1st..k-th instance of a class and over all steps with their 95% intervals,
 episodes and seed, the run's validation curve (every validation record of ``metrics.jsonl``: step, accuracy
 and per-instance accuracy with their intervals), the training seconds so far and at the checkpoint's step,
 the commands, the evaluation's seconds, the hardware (``metakit.bench.hardware()``), the date and the git
@@ -204,6 +204,8 @@ def _training(cfg: Any, summary: dict[str, Any] | None, metrics: list[dict[str, 
         state = "finished"
     elif live:
         state = "part-way (still training)"
+    elif summary is not None and summary.get("status") == "stopped_early" and isinstance(summary.get("step"), int):
+        state = f"stopped early (train.patience) at step {summary['step']:,} of {planned:,}"
     elif summary is not None:
         step = summary.get("step")
         state = f"part-way (summary.json: {summary.get('status')} at step {f'{step:,}' if isinstance(step, int) else step})"

@@ -206,7 +206,7 @@ def test_a_raised_budget_resumes_the_run_and_records_the_new_checkpoint(bench):
     rc, calls = bench.main()
     d = bench.runs / "run_a"
     assert rc == 0
-    assert calls[0] == f"train --resume {d} train.steps=25 train.patience=null run.progress=false run.num_threads=1"
+    assert calls[0] == f"train --resume {d} train.steps=25 run.progress=false run.num_threads=1"
     assert [c.split()[0] for c in calls[1:]] == ["eval", "eval"]
     recs = bench.records()
     assert len(recs) == 4 and recs[2]["steps"] == 25
@@ -227,18 +227,27 @@ def test_a_run_stopped_early_is_recorded_as_such_and_left_alone_until_its_patien
     assert [r["steps"] for r in recs] == [12, 12]
     assert recs[0]["training"]["status"] == "stopped_early" and recs[0]["training"]["stopped_early"]["best_step"] == 8
     table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), recs))
-    assert "`run_a`: 5-way 5-shot 5-query x 32, 12 of 40 steps (30%), 0 min, stopped early (2 validations after its best, step 8)" in table
+    assert "`run_a`: 5-way 5-shot 5-query x 32, 12 of 40 steps (30%), 0 min, stopped early (best validation at step 8, none better in the 2 after it)" in table
     status = "\n".join(rp.status_lines(rp.load_run_list(bench.list), recs, bench.runs, ["run_a"]))
     assert "| `run_a` | 12 / 40 | stopped early | 0.50 | 0.0 h |" in status
     capsys.readouterr()
     assert bench.main() == (0, [])  # ended: nothing to train, its evaluations up to date
     assert "run_a: trained: stopped early at step 12" in capsys.readouterr().out
+    # a lowered patience leaves it alone too (it would have stopped no later)
+    bench.list.write_text(bench.list.read_text().replace("train.patience=2", "train.patience=1"))
+    assert bench.main() == (0, [])
+    bench.list.write_text(bench.list.read_text().replace("train.patience=1", "train.patience=2"))
     # a patience raised in the list trains on from the run's checkpoint
     bench.list.write_text(bench.list.read_text().replace("train.patience=2", "train.patience=4"))
     monkeypatch.setenv("STOP_EARLY", "30")
     rc, calls = bench.main()
     assert rc == 0 and calls[0] == f"train --resume {d} train.steps=40 train.patience=4 run.progress=false run.num_threads=1"
     assert bench.records()[-1]["steps"] == 30 and bench.records()[-1]["training"]["stopped_early"]["patience"] == 4
+    # a patience removed from the list trains on to the budget
+    bench.list.write_text(bench.list.read_text().replace(", train.patience=4", ""))
+    rc, calls = bench.main()
+    assert rc == 0 and calls[0] == f"train --resume {d} train.steps=40 train.patience=null run.progress=false run.num_threads=1"
+    assert bench.records()[-1]["steps"] == 40 and bench.records()[-1]["training"]["status"] == "finished"
 
 
 def test_dry_run_prints_the_commands_and_changes_nothing(bench, capsys):
@@ -298,6 +307,7 @@ def test_bad_arguments_are_clear_errors(bench, capsys):
         (("{ways: 5, shots: 5}", "{ways: 5, shots: 5, batch: 3}"), "each evaluation is a mapping of split, ways"),
         (("{ways: 5, shots: 5}", "{ways: 0, shots: 5}"), "ways must be an int >= 1, got 0"),
         (("5w5s: 99.0", "5w1s: 99.0"), "numbers for settings not evaluated: ['5w1s']"),
+        (("algorithm.scale=10", "train.patience=ten"), "train.patience=P is given at most once, P an int >= 1 or null"),
     ],
 )
 def test_run_list_errors_name_the_run_and_the_field(bench, edit, message):

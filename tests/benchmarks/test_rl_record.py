@@ -218,8 +218,8 @@ def _not_rl(tmp_path: Path) -> Path:
     ("no_config", r"holds no config\.yaml: not a run folder; give a folder made by `metakit train"),
     ("missing", r"holds no config\.yaml: not a run folder"),
     ("not_rl", r"is a run of task\.family=sinusoid \(regression tasks\), not of an RL task family"),
-    ("unfinished", r"summary\.json is 'missing', not 'finished': the run is still training"),
-    ("failed_run", r"summary\.json is 'failed', not 'finished': the run is still training, was killed or failed"),
+    ("unfinished", r"summary\.json is 'missing', not 'finished' \(or 'interrupted', 'stopped_early'\): the run is still training"),
+    ("failed_run", r"summary\.json is 'failed', not 'finished' \(or 'interrupted', 'stopped_early'\): the run is still training, was killed or failed"),
     ("failed_eval", r"exited with status 1 without a JSON result holding a return; nothing recorded\. "
                     r"Its stderr ends:\ncheckpoint is corrupt"),
     ("json_then_failed", r"exited with status 1 without a JSON result holding a return"),

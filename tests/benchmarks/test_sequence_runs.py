@@ -223,6 +223,8 @@ def test_the_evaluated_bytes_are_a_copy_taken_before_the_evaluation(recorded, pr
     ("interrupted", 10, {"status": "interrupted", "step": 4, "elapsed": 1.0}, "last", 4,
      "part-way (summary.json: interrupted at step 4)"),
     ("budget_raised", 10, "keep", "best", 2, "part-way (summary.json: finished at step 4)"),
+    ("stopped_early", 10, {"status": "stopped_early", "step": 4, "elapsed": 1.0}, "best", 2,
+     "stopped early (train.patience) at step 4 of 10"),
     ("live", 4, "keep", "last", 4, "part-way (still training)"),
 ])
 def test_a_run_short_of_its_budget_is_recorded_part_way_with_its_step(recorded, printed, tmp_path, case, planned, summary,

@@ -93,6 +93,18 @@ def test_early_stopping_says_where_and_how_to_train_on(config_file, tmp_path, ca
     assert "steps: 20/20 in " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("patience", ["null", "2"])
+def test_a_run_folder_from_before_train_patience_resumes_with_it(config_file, tmp_path, capsys, patience):
+    out_dir = tmp_path / "run"
+    assert main(["train", str(config_file), "train.steps=2", "--out", str(out_dir)]) == 0
+    cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
+    del cfg["train"]["patience"]  # as written by a version without the field
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["train", "--resume", str(out_dir), "train.steps=4", f"train.patience={patience}"]) == 0
+    assert "steps: 4/4 in " in capsys.readouterr().out
+    assert read_run_config(out_dir).train.patience == (None if patience == "null" else 2)
+
+
 def _lines_up_to(run_dir: Path, step: int) -> list[str]:
     """The metrics.jsonl lines of steps <= ``step`` as written (wall-clock times included)."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

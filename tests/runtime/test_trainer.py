@@ -692,6 +692,9 @@ def test_the_count_of_validations_without_a_better_one_survives_a_resume(tmp_pat
         state = load_checkpoint(result.checkpoint)
         del state["trainer"]["stale_validations"]
         save_checkpoint(result.checkpoint, state)
+        with open(tmp_path / "metrics.jsonl", "a") as f:  # a validation logged after the checkpoint (then killed)
+            f.write(json.dumps({"step": 40, "split": "val", "time": 0.0, "elapsed": 0.0, "metric": "accuracy",
+                                "accuracy": 0.1}) + "\n")
     resumed = make_trainer(tmp_path, cfg, evaluate=scripted)
     result = resumed.fit(resume=True)
     assert result.status == "stopped_early" and result.step == 40 and resumed.algorithm.calls == 5

@@ -21,8 +21,8 @@ a loss (the default), MAML back-propagates task by task, Reptile writes its upda
 into ``.grad``. Any ``torch.optim`` optimizer then applies it.
 
 Resuming: a step checkpoint holds the model, optimizer, schedule, step, the Python / NumPy /
-torch RNG states, the sampler's state, the best validation result and the partial log
-averages. A run resumed from it (in the same deterministic mode and thread count) replays
+torch RNG states, the sampler's state, the best validation result, the count of validations
+since it (``train.patience``) and the partial log averages. A run resumed from it (in the same deterministic mode and thread count) replays
 exactly the steps an uninterrupted run takes: the final parameters are bitwise equal.
 
 Failures: a non-finite loss (any metric) or gradient norm raises :class:`NonFiniteLossError`
@@ -523,8 +523,9 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, resume: bool = False, *, restart: bool = False) -> TrainResult:
-        """Train to ``train.steps`` (continuing from the newest readable checkpoint if ``resume``;
-        ``restart`` as in :meth:`restore`)."""
+        """Train to ``train.steps``, or until ``train.patience`` validations in a row are no better than
+        the best (continuing from the newest readable checkpoint if ``resume``; ``restart`` as in
+        :meth:`restore`)."""
         cfg = self.config
         total = cfg.train.steps
         resume_step: int | None = None
@@ -666,8 +667,9 @@ class Trainer:
         best = self.best or {}
         return (
             f"stopped early at step {self.step} of {self.config.train.steps}: no better validation "
-            f"{best.get('metric', 'result')} in the {self._stale_validations} validations since the best, at step "
-            f"{best.get('step')} (train.patience={self.config.train.patience})"
+            f"{best.get('metric', 'result')} in the {self._stale_validations} validation"
+            f"{'' if self._stale_validations == 1 else 's'} since the best, at step {best.get('step')} "
+            f"(train.patience={self.config.train.patience})"
         )
 
     def _collapse_warning(self, last_step: int) -> str:
