@@ -162,3 +162,19 @@ def test_bad_inputs():
         learner.predict([[1.0, 1.0]])
     with pytest.raises(TypeError, match=r"query_x must be a tensor \[Q, \*x_shape\], got tensor of shape \(\) "):
         learner.predict(torch.tensor(1.0))
+
+
+def test_evaluation_options_are_checked_and_change_the_fitted_head():
+    torch.manual_seed(0)
+    b = Baseline(Conv4(hidden=8), num_classes=6, head="cosine")
+    z, y = torch.randn(1, 6, 8), torch.arange(3).repeat(2).unsqueeze(0)
+    default = b.fit_heads(z, y, 3)[0]
+    assert b.finetune_scale(3) == 2.0
+    b.set_evaluation_options(finetune_epochs=2, scale=10)
+    assert (b.finetune_epochs, b.finetune_scale(3), b.classifier.scale) == (2, 10.0, 2.0)  # the trained head keeps its own
+    assert not torch.equal(b.fit_heads(z, y, 3)[0], default)
+    with pytest.raises(ValueError, match=r"finetune_epoch is not an evaluation-time option of Baseline \(.*finetune_epochs"):
+        b.set_evaluation_options(finetune_epoch=3)
+    with pytest.raises(ValueError, match="finetune_lr"):
+        b.set_evaluation_options(finetune_lr=0.0)
+    assert b.finetune_lr == 0.01

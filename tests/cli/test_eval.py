@@ -199,3 +199,57 @@ def test_eval_batch_norm_episode_is_recorded_and_computed_per_episode(run_dir, c
     assert "batchnorm   each episode's own statistics (transductive)" in out and "no running statistics" not in out
     assert main(["eval", str(run_dir), "--reference", "random", "--batch-norm", "episode"]) == 2
     assert "--batch-norm episode does not apply to --reference" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory, write_image_folder) -> Path:
+    tmp = tmp_path_factory.mktemp("baseline")
+    write_image_folder(tmp / "data", {"train": 5, "val": 4, "test": 5})
+    config = Config.from_dict(
+        {
+            "data": {"dataset": "folder", "root": str(tmp / "data"), "image_size": 16},
+            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 1, "steps": 3},
+            "eval": {"val_episodes": 0, "test_episodes": 6},
+            "model": {"name": "conv4", "hidden": 8, "image_size": 16},
+            "algorithm": {"name": "baseline", "head": "cosine", "finetune_epochs": 20},
+            "run": {"checkpoint_every": 1, "log_every": 1, "progress": False},
+        }
+    )
+    train(config, tmp / "run")
+    return tmp / "run"
+
+
+def test_eval_options_change_how_a_task_is_learned_and_are_recorded(baseline_run, capsys, monkeypatch):
+    from metakit.runtime import evaluation
+
+    seen = []
+    original = evaluation.evaluate
+
+    def spy(algorithm, episodes, **kw):  # the algorithm as it is scored
+        seen.append((algorithm.scale, algorithm.finetune_epochs, algorithm.finetune_lr))
+        return original(algorithm, episodes, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    argv = ["eval", str(baseline_run), "--json", "--option", "scale=0.5", "--option", "finetune_epochs=1"]
+    r = _json(capsys, argv)
+    assert r["options"] == {"scale": 0.5, "finetune_epochs": 1}
+    assert seen == [(0.5, 1, 0.01)]
+    assert "options" not in _json(capsys, ["eval", str(baseline_run), "--json"])
+    assert seen[1] == (None, 20, 0.01)  # the run's own settings
+    assert main(["eval", str(baseline_run), "--option", "finetune_epochs=1"]) == 0
+    assert "options     finetune_epochs=1 (evaluation-time, not trained)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("which, option, message", [
+    ("baseline", "finetune_epoch=3", r"--option: finetune_epoch is not an evaluation-time option of Baseline \(.*finetune_epochs"),
+    ("baseline", "scale=-1", r"--option: scale=-1 .*"),
+    ("baseline", "finetune_epochs", r"--option 'finetune_epochs' must look like KEY=VALUE"),
+    ("protonet", "scale=10", r"algorithm.name=protonet has no evaluation-time options .*drop --option"),
+])
+def test_eval_option_errors_name_the_option(baseline_run, run_dir, capsys, which, option, message):
+    import re
+
+    target = baseline_run if which == "baseline" else run_dir
+    assert main(["eval", str(target), "--option", option]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err

@@ -65,7 +65,7 @@ def test_the_registered_references():
     (["--reference", "ucb1", "--option", "cc=1"], r"--reference ucb1: unknown config key 'algorithm.cc' .*did you mean 'algorithm.c'"),
     (["--reference", "ucb1", "--option", "c=-1"], r"--reference ucb1 --option: c=-1.0 must be a number in \[0.0, inf\)"),
     (["--reference", "ucb1", "--option", "c"], r"--option 'c' must look like KEY=VALUE"),
-    (["--option", "c=1"], r"--option goes with --reference NAME"),
+    (["--option", "c=1"], r"run folder '.*' is a file, not a folder"),
     (["--reference", "ucb1", "--ways", "5"], r"--ways does not apply to --reference"),
     (["--reference", "psrl"], r"algorithm.name=psrl plays task.family=tabular_mdp, not task.family=bandits"),
 ])

@@ -73,6 +73,24 @@ class Algorithm(nn.Module):
     #: "classification" episodes with labels and ways, "regression" with real targets); a config
     #: pairing it with a family of another kind is refused when it is read
     task_kinds: tuple[str, ...] = ("classification",)
+    #: options that only say how a new task is learned at test time, never what was trained (e.g.
+    #: the Baseline's fine-tuning); ``metakit eval --option KEY=VALUE`` sets them on a trained run
+    evaluation_options: tuple[str, ...] = ()
+
+    def set_evaluation_options(self, **options: Any) -> None:
+        """Set :attr:`evaluation_options` (checked as the constructor checks them); any other key is an
+        error naming the ones there are."""
+        unknown = sorted(set(options) - set(self.evaluation_options))
+        if unknown:
+            have = ", ".join(self.evaluation_options) or "none"
+            raise ValueError(
+                f"{', '.join(unknown)} is not an evaluation-time option of {type(self).__name__} (those that change "
+                f"how a new task is learned, not the trained weights: {have})"
+            )
+        self._set_evaluation_options(options)
+
+    def _set_evaluation_options(self, options: dict[str, Any]) -> None:
+        """Check and set the options (all among :attr:`evaluation_options`); subclasses that have some override it."""
 
     @classmethod
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:

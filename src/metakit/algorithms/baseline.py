@@ -61,6 +61,32 @@ __all__ = ["Baseline", "HeadLearner", "CosineHead", "head_scores", "default_cosi
 _HEADS = ("linear", "cosine")
 
 
+def _checked_finetuning(**options: Any) -> dict[str, Any]:
+    """The fine-tuning options given (:attr:`Baseline.evaluation_options`), checked and converted."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "scale":
+            if value is not None:
+                check_positive("scale", value)
+            out[name] = None if value is None else float(value)
+        elif name in ("finetune_epochs", "finetune_batch_size"):
+            check_positive(name, value, int)
+            out[name] = value
+        elif name == "finetune_lr":
+            check_positive(name, value)
+            out[name] = float(value)
+        elif name in ("finetune_momentum", "finetune_dampening", "finetune_weight_decay"):
+            check_positive(name, value, allow_zero=True)
+            out[name] = float(value)
+        elif name == "finetune_seed":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"finetune_seed={value!r} must be an int")
+            out[name] = value
+        else:
+            raise ValueError(f"{name} is not a fine-tuning option of the baseline")
+    return out
+
+
 def default_cosine_scale(outputs: int) -> float:
     """The cosine head's scale in Chen et al.'s code: 2 up to 200 classes, 10 above."""
     return 2.0 if outputs <= 200 else 10.0
@@ -130,6 +156,8 @@ class Baseline(EmbeddingAlgorithm):
             fine-tuning alike.
         scale: the cosine head's scale; None uses 2 for heads of at most 200 classes and 10
             above (so 10 when pre-training on Omniglot, 2 when fine-tuning a 5- or 20-way head).
+            Set on a trained run (``metakit eval --option scale=S``, an evaluation-time option
+            like the ``finetune_*`` ones) it changes the fine-tuning heads' scale only.
         finetune_epochs: passes over the support set when fitting a new head.
         finetune_batch_size: support examples per SGD step.
         finetune_lr: SGD learning rate.
@@ -141,6 +169,10 @@ class Baseline(EmbeddingAlgorithm):
     """
 
     display_name = "Baseline"
+    evaluation_options = (
+        "scale", "finetune_epochs", "finetune_batch_size", "finetune_lr", "finetune_momentum", "finetune_dampening",
+        "finetune_weight_decay", "finetune_seed",
+    )
 
     def __init__(
         self,
@@ -166,32 +198,24 @@ class Baseline(EmbeddingAlgorithm):
             )
         check_positive("num_classes", num_classes, int)
         self.head = check_choice("head", head, _HEADS)
-        if scale is not None:
-            check_positive("scale", scale)
-        check_positive("finetune_epochs", finetune_epochs, int)
-        check_positive("finetune_batch_size", finetune_batch_size, int)
-        check_positive("finetune_lr", finetune_lr)
-        for name, v in (
-            ("finetune_momentum", finetune_momentum),
-            ("finetune_dampening", finetune_dampening),
-            ("finetune_weight_decay", finetune_weight_decay),
-        ):
-            check_positive(name, v, allow_zero=True)
-        if isinstance(finetune_seed, bool) or not isinstance(finetune_seed, int):
-            raise ValueError(f"finetune_seed={finetune_seed!r} must be an int")
+        finetune = _checked_finetuning(
+            scale=scale, finetune_epochs=finetune_epochs, finetune_batch_size=finetune_batch_size,
+            finetune_lr=finetune_lr, finetune_momentum=finetune_momentum, finetune_dampening=finetune_dampening,
+            finetune_weight_decay=finetune_weight_decay, finetune_seed=finetune_seed,
+        )
         if feature_dim is None:
             feature_dim = math.prod(feature_shape_of(encoder))
         check_positive("feature_dim", feature_dim, int)
         self.encoder = encoder
         self.num_classes = num_classes
-        self.scale = None if scale is None else float(scale)
-        self.finetune_epochs = finetune_epochs
-        self.finetune_batch_size = finetune_batch_size
-        self.finetune_lr = float(finetune_lr)
-        self.finetune_momentum = float(finetune_momentum)
-        self.finetune_dampening = float(finetune_dampening)
-        self.finetune_weight_decay = float(finetune_weight_decay)
-        self.finetune_seed = finetune_seed
+        self.scale: float | None = finetune["scale"]
+        self.finetune_epochs: int = finetune["finetune_epochs"]
+        self.finetune_batch_size: int = finetune["finetune_batch_size"]
+        self.finetune_lr: float = finetune["finetune_lr"]
+        self.finetune_momentum: float = finetune["finetune_momentum"]
+        self.finetune_dampening: float = finetune["finetune_dampening"]
+        self.finetune_weight_decay: float = finetune["finetune_weight_decay"]
+        self.finetune_seed: int = finetune["finetune_seed"]
         self.feature_dim = feature_dim
         if head == "linear":
             self.classifier: nn.Module = nn.Linear(feature_dim, num_classes)
@@ -217,6 +241,10 @@ class Baseline(EmbeddingAlgorithm):
                 "config (it defaults to the training split's class count)"
             )
         return cls(model, **options)
+
+    def _set_evaluation_options(self, options: dict[str, Any]) -> None:
+        for name, value in _checked_finetuning(**options).items():
+            setattr(self, name, value)
 
     def finetune_scale(self, outputs: int) -> float:
         """The cosine head's scale for a head of ``outputs`` classes."""

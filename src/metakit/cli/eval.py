@@ -12,7 +12,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
+
+import yaml
 
 __all__ = ["register", "run", "evaluate_run"]
 
@@ -90,7 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "instead of the run, on the run's tasks; RUN_DIR may then also be a config file",
     )
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a constant of the --reference (repeatable), e.g. --option c=0.2")
+                   help="an evaluation-time option of the run's algorithm, which changes how a new task is "
+                        "learned and not the trained weights (repeatable; e.g. --option scale=10 --option "
+                        "finetune_epochs=200 for a Baseline++ run), or with --reference a constant of the "
+                        "reference (e.g. --option c=0.2)")
     p.set_defaults(func=run)
 
 
@@ -108,8 +114,12 @@ def evaluate_run(
     progress: bool = False,
     steps: int | None = None,
     batch_norm: str = "running",
+    options: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints."""
+    """Evaluate a run folder; returns the JSON-ready record ``metakit eval --json`` prints.
+
+    ``options`` are ``KEY=VALUE`` strings (values read as YAML) of the algorithm's evaluation-time
+    options (:attr:`~metakit.algorithms.Algorithm.evaluation_options`)."""
     from ..runtime.evaluation import batch_norm_statistics, evaluate
     from ..runtime.run import load_run
 
@@ -128,6 +138,7 @@ def evaluate_run(
                 "(no eval_steps); drop --steps"
             )
         loaded.algorithm.eval_steps = steps
+    chosen = _evaluation_options(loaded.algorithm, cfg.algorithm.name, options)
     split_name = loaded.split_name(split)
     loaded.dataset(split, progress=progress)  # load (and report loading) before the episodes are drawn
     seed = cfg.eval.seed if seed is None else seed
@@ -155,6 +166,7 @@ def evaluate_run(
         **result.regret_dict(),  # optimal_<metric>, regret, regret_ci95 where the family knows its optimum
         "checkpoint": loaded.checkpoint.name,  # the file actually used (best may have fallen back)
         **({"adaptation_steps": steps} if steps is not None else {}),
+        **({"options": chosen} if chosen else {}),
         "batch_norm": batch_norm,
         "model_batch_norm": batch_norm_statistics(loaded.algorithm),
         "step": loaded.step,
@@ -176,6 +188,29 @@ def evaluate_run(
     return record
 
 
+def _evaluation_options(algorithm: Any, name: str, options: Sequence[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` items and set them on the algorithm as evaluation-time options."""
+    chosen: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "." in key:
+            raise ValueError(f"--option {item!r} must look like KEY=VALUE (e.g. --option finetune_epochs=200)")
+        chosen[key] = yaml.safe_load(value)
+    if chosen:
+        have = algorithm.evaluation_options
+        if not have:
+            raise ValueError(
+                f"--option {options[0]!r}: algorithm.name={name} has no evaluation-time options (they change how a new "
+                "task is learned, e.g. the baseline's fine-tuning); drop --option, or give --reference NAME for a "
+                "classical reference's constants"
+            )
+        try:
+            algorithm.set_evaluation_options(**chosen)
+        except ValueError as e:
+            raise ValueError(f"--option: {e}") from None
+    return chosen
+
+
 def _protocol_text(r: dict[str, Any]) -> str:
     dataset = r["described"]
     if r.get("episode_text"):
@@ -192,6 +227,8 @@ def _protocol_text(r: dict[str, Any]) -> str:
             f"{r['algorithm']} on {dataset}, split {r['split']}",
             f"  checkpoint  {r['checkpoint']} (step {r['step']}; trained {trained})",
             f"  episodes    {r['episodes']} x {task}, seed {r['seed']}",
+            *([f"  options     {', '.join(f'{k}={v}' for k, v in r['options'].items())} (evaluation-time, not trained)"]
+              if r.get("options") else []),
             *(["  batchnorm   each episode's own statistics (transductive), not the running ones"]
               if r.get("batch_norm") == "episode" else []),
             *([f"  batchnorm   {'the model keeps' if r.get('model_batch_norm') == 'batch' else 'some BatchNorm layers keep'} "
@@ -230,7 +267,7 @@ def _details_text(r: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.reference is not None or args.option:
+    if args.reference is not None:
         return _run_reference(args)
     record = evaluate_run(
         args.run_dir,
@@ -245,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         steps=args.steps,
         batch_norm=args.batch_norm,
+        options=args.option,
     )
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k not in ("formatted", "described", "episode_text", "train_episode_text")}, indent=2))
@@ -256,8 +294,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_reference(args: argparse.Namespace) -> int:
     from ..runtime.references import evaluate_reference, reference_text
 
-    if args.reference is None:
-        raise ValueError("--option goes with --reference NAME (the constants of a classical reference)")
     for flag, value in (("--ways", args.ways), ("--queries", args.queries)):
         if value is not None:
             raise ValueError(f"{flag} does not apply to --reference: a reference plays one trial of --shots episodes per task")
