@@ -21,7 +21,11 @@ For each named run (all of the list by default), in the order given:
    each training command after M minutes (as Ctrl-C does: the run writes its checkpoint), then
    evaluates and records that run as ``interrupted`` and goes on to the next: on a small machine,
    several runs each get a share of the time, and the same command later continues them.
-2. Evaluation of each listed setting with ``metakit eval DIR/NAME ... --json`` (one thread),
+   A run with ``trained_as: OTHER`` trains nothing: it evaluates the folder ``DIR/OTHER`` of an
+   earlier run of the list (with other evaluation-time options, for example).
+2. Evaluation of each listed setting with ``metakit eval DIR/NAME ... --json`` (one thread; an
+   evaluation's ``options`` are passed as ``--option KEY=VALUE``: the algorithm's evaluation-time
+   options),
    unless the record already holds an evaluation of that setting with the same run, config
    digest, checkpoint digest, steps and evaluation parameters (so re-running is safe and cheap).
 3. Right after each evaluation, one record is appended to ``results.json`` (under a file lock:
@@ -106,6 +110,7 @@ class Evaluation:
     queries: int
     episodes: int
     seed: int
+    options: dict[str, Any] = field(default_factory=dict)  # evaluation-time options of the algorithm
 
     @property
     def setting(self) -> str:
@@ -113,6 +118,10 @@ class Evaluation:
 
     def params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in EVAL_FIELDS}
+
+    def matches(self, result: dict[str, Any]) -> bool:
+        """Whether an evaluation's result (``metakit eval --json``) was made with these settings."""
+        return all(result.get(k) == v for k, v in self.params().items()) and result.get("options", {}) == self.options
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,12 @@ class Run:
     evaluations: tuple[Evaluation, ...]
     paper: dict[str, float] = field(default_factory=dict)
     paper_source: str | None = None
+    trained_as: str | None = None  # another run of the list whose folder this one evaluates (it trains none)
+
+    @property
+    def folder(self) -> str:
+        """The name of the run folder under ``--runs`` that this run trains and evaluates."""
+        return self.trained_as or self.name
 
     @property
     def steps(self) -> int:
@@ -162,9 +177,18 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
     for name, body in raw["runs"].items():
         at = f"{where}: run {name!r}"
         _need(isinstance(body, dict), at, f"expected a mapping, got {body!r}")
-        allowed = {"family", "method", "config", "overrides", "evaluate", "paper"}
+        if "trained_as" in body:  # the folder, config and overrides of an earlier run of the list
+            other = runs.get(body["trained_as"])
+            _need(other is not None and other.trained_as is None, f"{at}: trained_as",
+                  f"name a run listed above it that trains its own folder; got {body['trained_as']!r}")
+            _need(set(body) <= {"family", "method", "trained_as", "evaluate", "paper"} and
+                  {"family", "method", "evaluate"} <= set(body), at,
+                  f"a run trained as another has the keys family, method, trained_as, evaluate[, paper] (its config and "
+                  f"overrides are the other's); got {sorted(body)}")
+            body = {**body, "config": other.config, "overrides": list(other.overrides)}
+        allowed = {"family", "method", "config", "overrides", "evaluate", "paper", "trained_as"}
         _need(set(body) <= allowed and {"family", "method", "config", "overrides", "evaluate"} <= set(body), at,
-              f"keys must be family, method, config, overrides, evaluate[, paper]; got {sorted(body)}")
+              f"keys must be family, method, config, overrides, evaluate[, paper, trained_as]; got {sorted(body)}")
         overrides = tuple(body["overrides"])
         _need(all(isinstance(o, str) and "=" in o for o in overrides), f"{at}: overrides",
               f"each override is 'section.key=value'; got {list(overrides)}")
@@ -176,13 +200,17 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
               f"{at}: overrides", f"train.patience=P is given at most once, P an int >= 1 or null; got {list(overrides)}")
         evaluations = []
         for e in body["evaluate"]:
-            _need(isinstance(e, dict) and set(e) <= set(EVAL_FIELDS), f"{at}: evaluate",
-                  f"each evaluation is a mapping of {', '.join(EVAL_FIELDS)}; got {e!r}")
-            merged = {**defaults, **e}
+            _need(isinstance(e, dict) and set(e) <= {*EVAL_FIELDS, "options"}, f"{at}: evaluate",
+                  f"each evaluation is a mapping of {', '.join(EVAL_FIELDS)}[, options]; got {e!r}")
+            options = e.get("options", {})
+            _need(isinstance(options, dict) and all(isinstance(k, str) and isinstance(v, (int, float, str))
+                                                    and not isinstance(v, bool) for k, v in options.items()),
+                  f"{at}: evaluate", f"options maps option names to numbers or strings; got {options!r}")
+            merged = {**defaults, **{k: v for k, v in e.items() if k != "options"}}
             _need(set(merged) == set(EVAL_FIELDS), f"{at}: evaluate", f"{e!r} lacks {sorted(set(EVAL_FIELDS) - set(merged))}")
             for k in ("ways", "shots", "queries", "episodes"):
                 _need(isinstance(merged[k], int) and merged[k] >= 1, f"{at}: evaluate", f"{k} must be an int >= 1, got {merged[k]!r}")
-            evaluations.append(Evaluation(**merged))
+            evaluations.append(Evaluation(**merged, options=dict(options)))
         settings = [e.setting for e in evaluations]
         _need(len(set(settings)) == len(settings), f"{at}: evaluate", f"a setting is listed twice: {settings}")
         paper = dict(body.get("paper") or {})
@@ -190,7 +218,7 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
         _need(set(paper) <= set(settings), f"{at}: paper", f"numbers for settings not evaluated: {sorted(set(paper) - set(settings))}")
         _need(not paper or bool(source), f"{at}: paper", "give the source of the papers' numbers (source: 'Author year, Table N')")
         runs[name] = Run(name, str(body["family"]), str(body["method"]), str(body["config"]), overrides,
-                         tuple(evaluations), paper, source)
+                         tuple(evaluations), paper, source, body.get("trained_as"))
     return RunList(columns, runs)
 
 
@@ -338,7 +366,8 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         by_setting = {e.setting: run for run in runs for e in run.evaluations}
         run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
         steps = {n: max((r["steps"] for r in rs if isinstance(r["steps"], int)), default=None) for n, rs in run_recs.items()}
-        training = "; ".join(_training(run.name, run_recs[run.name], run.steps) for run in runs)
+        training = "; ".join(_training(run.name, run_recs[run.name], run.steps) if not run.trained_as else
+                             f"`{run.name}`: the run of `{run.trained_as}`" for run in runs)
         cells = []
         for c in cols:
             if c not in by_setting:
@@ -412,7 +441,7 @@ def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[
     rows = []
     for run in run_list.runs.values():
         r = newest_with_curves(records, run.name)
-        if r is None:
+        if r is None or run.trained_as:  # a run trained as another has that one's curves
             continue
         c = convergence(r["curves"], r["steps"])
 
@@ -504,7 +533,8 @@ def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Pat
              "| --- | --- | --- | --- | --- | --- |"]
     total, unstarted = 0.0, 0
     for name in names:
-        run, d = run_list.runs[name], runs_dir / name
+        run = run_list.runs[name]
+        d = runs_dir / run.folder
         recorded = max((r["steps"] for (n, _), r in newest.items() if n == name and isinstance(r["steps"], int)), default=None)
         rec = "none" if recorded is None else f"{recorded:,} steps"
         last = _last_logged(d) if d.exists() else None
@@ -785,8 +815,15 @@ class Runner:
 
     # 1. training
     def train(self, run: Run) -> bool:
-        d = self.dir / run.name
-        ledger = self.dir / f"{run.name}.commands.jsonl"
+        d = self.dir / run.folder
+        ledger = self.dir / f"{run.folder}.commands.jsonl"
+        if run.trained_as:
+            if not d.exists():
+                self.fail(run, f"it evaluates the run folder of {run.trained_as}, and {d} does not exist yet: run "
+                               f"{run.trained_as} first")
+                return False
+            self.say(run, f"trains nothing: it evaluates the run folder of {run.trained_as}")
+            return True
         if d.exists():
             if not (d / "config.yaml").exists():
                 self.fail(run, f"{d} exists but holds no config.yaml: not a metakit run folder; move it away")
@@ -839,7 +876,7 @@ class Runner:
 
     # 2-3. evaluation and record
     def evaluate(self, run: Run) -> None:
-        d = self.dir / run.name
+        d = self.dir / run.folder
         if not d.exists():  # a dry run that would train it first
             for e in run.evaluations:
                 self.say(run, f"would evaluate {e.setting} after training")
@@ -863,11 +900,12 @@ class Runner:
             old = newest.get((run.name, e.setting))
             if (old and old["status"] == "recorded" and old["run_id"] == run_id and old["config_sha256"] == config_digest
                     and old["checkpoint"]["sha256"] == before and old["steps"] == summary["step"]
-                    and all(old["result"].get(k) == v for k, v in e.params().items())):
+                    and e.matches(old["result"])):
                 self.say(run, f"{e.setting}: up to date in {self.args.record.name}")
                 continue
             cmd = [self.metakit, "eval", str(d), "--split", e.split, "--ways", str(e.ways), "--shots", str(e.shots),
-                   "--queries", str(e.queries), "--episodes", str(e.episodes), "--seed", str(e.seed), "--json"]
+                   "--queries", str(e.queries), "--episodes", str(e.episodes), "--seed", str(e.seed), "--json",
+                   *(a for k, v in e.options.items() for a in ("--option", f"{k}={v}"))]
             if self.args.dry_run:
                 self.say(run, f"would run: {shlex.join(cmd)}")
                 continue
@@ -890,7 +928,7 @@ class Runner:
                 continue
             out = self.dir / f"{run.name}.eval.{e.setting}.json"
             out.write_text(json.dumps(result, indent=2) + "\n")
-            ledger = self.dir / f"{run.name}.commands.jsonl"
+            ledger = self.dir / f"{run.folder}.commands.jsonl"
             train_cmds = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
             env = self.env()
             record = {
@@ -918,7 +956,7 @@ class Runner:
     def add_curves(self, run: Run) -> None:
         """Add ``curves`` to the run's records that lack them, read from ``DIR/NAME`` when the folder is the
         run the record describes (same run id and config digest), up to the record's steps."""
-        d = self.dir / run.name
+        d = self.dir / run.folder
         if not (d / "metrics.jsonl").exists():
             self.say(run, f"no {d / 'metrics.jsonl'}: no curves to add")
             return

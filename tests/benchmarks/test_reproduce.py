@@ -100,8 +100,9 @@ if args[0] == "train":
     (d / "summary.json").write_text(json.dumps(summary))
 elif args[0] == "eval":
     d = Path(args[1])
-    opt = dict(zip(args[2::2], args[3::2]))
-    print(json.dumps({{"accuracy": 0.9, "ci95": 0.01, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
+    opt = dict(zip(args[2:args.index("--json"):2], args[3:args.index("--json"):2]))
+    options = {{a.split("=")[0]: json.loads(a.split("=")[1]) for a in args[args.index("--json"):] if "=" in a}}
+    print(json.dumps({{**({{"options": options}} if options else {{}}), "accuracy": 0.9, "ci95": 0.01, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
                       "seed": int(opt["--seed"]), "split": opt["--split"], "ways": int(opt["--ways"]),
                       "shots": int(opt["--shots"]),
                       "checkpoint": sorted(p.name for p in (d / "checkpoints").iterdir())[0],
@@ -250,6 +251,44 @@ def test_a_run_stopped_early_is_recorded_as_such_and_left_alone_until_its_patien
     assert bench.records()[-1]["steps"] == 40 and bench.records()[-1]["training"]["status"] == "finished"
 
 
+_TRAINED_AS = """\
+  run_b:
+    family: metric
+    method: Method A with scale 10 at test
+    trained_as: run_a
+    evaluate: [{ways: 5, shots: 5, options: {scale: 10}}]
+"""
+
+
+def test_a_run_trained_as_another_evaluates_its_folder_with_its_options(bench):
+    bench.list.write_text(bench.list.read_text() + _TRAINED_AS)
+    rc, calls = bench.main()
+    d = bench.runs / "run_a"
+    assert rc == 0 and [c.split()[0] for c in calls] == ["train", "eval", "eval", "eval"]
+    assert calls[3] == f"eval {d} --split test --ways 5 --shots 5 --queries 15 --episodes 1000 --seed 0 --json --option scale=10"
+    assert not (bench.runs / "run_b").exists()
+    b = bench.records()[-1]
+    a = bench.records()[0]
+    assert (b["run"], b["setting"], b["result"]["options"]) == ("run_b", "5w5s", {"scale": 10})
+    assert (b["run_id"], b["config_sha256"], b["steps"]) == (a["run_id"], a["config_sha256"], a["steps"])
+    assert [c["command"].split()[1] for c in b["commands"]["train"]] == ["train"]  # run_a's training command
+    assert "trains nothing: it evaluates the run folder of run_a" in (bench.runs / "run_b.log").read_text()
+    assert bench.main() == (0, [])  # up to date, options included
+    bench.list.write_text(bench.list.read_text().replace("{scale: 10}", "{scale: 5}"))
+    rc, calls = bench.main()
+    assert rc == 0 and calls == [calls[0]] and calls[0].endswith("--option scale=5")
+    table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
+    assert "| metric | Method A with scale 10 at test | `run_b`: the run of `run_a` | not run | 90.0 ± 1.0 |" in table
+    assert table.count("| `run_a` |") == 1 and "| `run_b` |" not in table  # the convergence table: once
+
+
+def test_a_run_trained_as_another_needs_that_folder(bench):
+    bench.list.write_text(bench.list.read_text() + _TRAINED_AS)
+    rc, calls = bench.main("run_b")
+    assert rc == 1 and calls == []
+    assert "run_a first" in (bench.runs / "run_b.log").read_text()
+
+
 def test_dry_run_prints_the_commands_and_changes_nothing(bench, capsys):
     assert bench.main("--dry-run") == (0, [])
     out = capsys.readouterr().out
@@ -308,6 +347,9 @@ def test_bad_arguments_are_clear_errors(bench, capsys):
         (("{ways: 5, shots: 5}", "{ways: 0, shots: 5}"), "ways must be an int >= 1, got 0"),
         (("5w5s: 99.0", "5w1s: 99.0"), "numbers for settings not evaluated: ['5w1s']"),
         (("algorithm.scale=10", "train.patience=ten"), "train.patience=P is given at most once, P an int >= 1 or null"),
+        (("{ways: 5, shots: 5}", "{ways: 5, shots: 5, options: [scale]}"), "options maps option names to numbers"),
+        (("    config: configs/x.yaml\n", "    config: configs/x.yaml\n    trained_as: run_z\n"),
+         "trained_as: name a run listed above it that trains its own folder; got 'run_z'"),
     ],
 )
 def test_run_list_errors_name_the_run_and_the_field(bench, edit, message):
