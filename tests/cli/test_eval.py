@@ -16,22 +16,27 @@ from metakit.runtime.trainer import train
 from metakit.tasks.sampler import FixedEpisodes
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, write_image_folder) -> Path:
-    tmp = tmp_path_factory.mktemp("eval")
+def _tiny_run(tmp: Path, write_image_folder, train_section: dict, eval_section: dict, algorithm: dict) -> Path:
+    """A run of a Conv4 of 8 filters trained on 16x16 images of a small image folder."""
     write_image_folder(tmp / "data", {"train": 5, "val": 4, "test": 5})
     config = Config.from_dict(
         {
             "data": {"dataset": "folder", "root": str(tmp / "data"), "image_size": 16},
-            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2, "steps": 2},
-            "eval": {"val_episodes": 3, "val_every": 1, "test_episodes": 12},
+            "train": {"ways": 3, "shots": 1, "queries": 2, **train_section},
+            "eval": eval_section,
             "model": {"name": "conv4", "hidden": 8, "image_size": 16},
-            "algorithm": {"name": "protonet"},
+            "algorithm": algorithm,
             "run": {"checkpoint_every": 1, "log_every": 1, "progress": False},
         }
     )
     train(config, tmp / "run")
     return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, write_image_folder) -> Path:
+    return _tiny_run(tmp_path_factory.mktemp("eval"), write_image_folder, {"meta_batch": 2, "steps": 2},
+                     {"val_episodes": 3, "val_every": 1, "test_episodes": 12}, {"name": "protonet"})
 
 
 def _json(capsys, argv) -> dict:
@@ -203,20 +208,8 @@ def test_eval_batch_norm_episode_is_recorded_and_computed_per_episode(run_dir, c
 
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory, write_image_folder) -> Path:
-    tmp = tmp_path_factory.mktemp("baseline")
-    write_image_folder(tmp / "data", {"train": 5, "val": 4, "test": 5})
-    config = Config.from_dict(
-        {
-            "data": {"dataset": "folder", "root": str(tmp / "data"), "image_size": 16},
-            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 1, "steps": 3},
-            "eval": {"val_episodes": 0, "test_episodes": 6},
-            "model": {"name": "conv4", "hidden": 8, "image_size": 16},
-            "algorithm": {"name": "baseline", "head": "cosine", "finetune_epochs": 20},
-            "run": {"checkpoint_every": 1, "log_every": 1, "progress": False},
-        }
-    )
-    train(config, tmp / "run")
-    return tmp / "run"
+    return _tiny_run(tmp_path_factory.mktemp("baseline"), write_image_folder, {"meta_batch": 1, "steps": 3},
+                     {"val_episodes": 0, "test_episodes": 6}, {"name": "baseline", "head": "cosine", "finetune_epochs": 20})
 
 
 def test_eval_options_change_how_a_task_is_learned_and_are_recorded(baseline_run, capsys, monkeypatch):
