@@ -11,7 +11,8 @@ normalises the images of each call with their own statistics under metakit's eva
 has no BatchNorm, metakit refuses ``--batch-norm episode``: only the query count varies, and the
 table marks the episode-statistics variants "n/a". ``eval`` evaluates each named run of ``runs.yaml`` (from its run folder ``DIR/NAME``)
 in the first setting the list evaluates it on, under every variant of
-``VARIANTS``, on the list's split, episodes and seed (queries: the list's, or as many as shots),
+``VARIANTS``, on the list's split, episodes and seed (queries: the list's default evaluation's -- metakit's
+protocol, also for runs the list evaluates with another count --, or as many as shots),
 with ``metakit eval ... --json`` of the checkpoint ``reproduce.py`` evaluates, and appends
 one record per variant to ``protocols.json``: the result, the run id, sha256 digests of the run's
 config and checkpoint, the command, seconds, hardware, date and git commit (as ``reproduce.py``
@@ -67,7 +68,8 @@ def evaluate(args: argparse.Namespace) -> int:
     env = reproduce.probe_environment(metakit)
     failed = False
     for name in args.names:
-        run, d = run_list.runs[name], args.runs.expanduser().resolve() / name
+        run = run_list.runs[name]
+        d = args.runs.expanduser().resolve() / run.folder
         problem = reproduce.ended_run_problem(d)
         if problem:
             print(f"{name}: FAILED: {problem}", flush=True)
@@ -83,7 +85,7 @@ def evaluate(args: argparse.Namespace) -> int:
         digest, config_digest, run_id = reproduce.sha256(checkpoint), reproduce.sha256(d / "config.yaml"), reproduce._run_id(d)
         model_norm: str | None = None  # the model's BatchNorm, from its first result
         for variant, queries, norm in VARIANTS:
-            params = {**e.params(), "queries": e.shots if queries == "shots" else e.queries}
+            params = {**e.params(), "queries": e.shots if queries == "shots" else run_list.defaults.get("queries", e.queries)}
             if norm == "episode" and model_norm in NO_EPISODE_MODE:
                 print(f"{name}: {variant}: not applicable: the model has "
                       f"{'no BatchNorm' if model_norm == 'none' else 'BatchNorm on batch statistics only'}, "

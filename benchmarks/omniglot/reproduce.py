@@ -156,6 +156,7 @@ class Run:
 class RunList:
     columns: tuple[str, ...]
     runs: dict[str, Run]
+    defaults: dict[str, Any] = field(default_factory=dict)  # the list's `evaluation` defaults
 
 
 def _need(cond: bool, where: str, message: str) -> None:
@@ -219,7 +220,7 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
         _need(not paper or bool(source), f"{at}: paper", "give the source of the papers' numbers (source: 'Author year, Table N')")
         runs[name] = Run(name, str(body["family"]), str(body["method"]), str(body["config"]), overrides,
                          tuple(evaluations), paper, source, body.get("trained_as"))
-    return RunList(columns, runs)
+    return RunList(columns, runs, dict(defaults))
 
 
 # -- the record -------------------------------------------------------------------------------------
@@ -331,16 +332,22 @@ def _decimals(paper: float) -> int:
     return len(repr(float(paper)).partition(".")[2])
 
 
-def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False) -> str:
+def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False,
+          defaults: dict[str, Any] | None = None) -> str:
+    """A table cell: the result, and notes where it departs from the list's evaluation ``defaults``."""
     if r is None:
         return "not run"
     res = r["result"]
+    defaults = defaults or {}
     cell = f"{100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f}"
     if reproduced:
         cell = f"**{cell}**"
     notes = []
-    if res["episodes"] != 1000:
+    if res["episodes"] != defaults.get("episodes", 1000):
         notes.append(f"{res['episodes']:,} episodes")
+    queries = res.get("queries")
+    if isinstance(queries, int) and queries != defaults.get("queries", queries):
+        notes.append(f"{queries} quer{'y' if queries == 1 else 'ies'} per class")
     if steps is not None and r["steps"] != steps:
         notes.append(f"after {r['steps']:,} steps")
     if r["status"] == "unrecorded":
@@ -375,7 +382,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
                 continue
             run, r = by_setting[c], newest.get((by_setting[c].name, c))
             ok = reaches_paper(r, run.paper.get(c))
-            cells.append(_cell(r, steps[run.name], ok))
+            cells.append(_cell(r, steps[run.name], ok, run_list.defaults))
             if c in run.paper:
                 compared.append((method, c, r, run.paper[c], ok))
         papers = [f"{by_setting[c].paper[c]:.{_decimals(by_setting[c].paper[c])}f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]

@@ -182,3 +182,12 @@ def test_the_table_shows_each_variant_and_the_doc_shows_the_committed_record(tmp
     page.write_text("a\n<!-- protocols-table -->\nold\n<!-- /protocols-table -->\nb\n")
     assert pr.main(["table", "--doc", str(page), "--record", str(tmp_path / "none.json")]) == 0
     assert page.read_text() == "a\n<!-- protocols-table -->\n" + "\n".join(pr.table_lines([])) + "\n<!-- /protocols-table -->\nb\n"
+
+
+def test_a_run_the_list_evaluates_with_its_own_query_count_is_still_compared_with_the_default(setup):
+    run, record, calls, d = setup
+    lst = d.parents[1] / "runs.yaml"
+    lst.write_text(lst.read_text().replace("evaluate: [{ways: 5, shots: 1}", "evaluate: [{ways: 5, shots: 1, queries: 1}"))
+    assert run() == 0
+    queries = [c.split("--queries ")[1].split()[0] for c in calls.read_text().splitlines()]
+    assert queries == ["15", "15", "1", "1"]  # the list's default, then as many as shots

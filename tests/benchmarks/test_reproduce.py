@@ -691,3 +691,10 @@ def test_the_record_writes_lists_of_numbers_on_one_line_and_leaves_strings_alone
     assert json.loads(text)["records"] == records
     assert '[1, 2.5, -3e-05],\n' in text and '"a",\n' in text
     assert all(json.dumps(x) in text for x in strings)
+
+
+def test_a_cell_evaluated_off_the_lists_default_says_how(bench):
+    bench.list.write_text(bench.list.read_text().replace("{ways: 5, shots: 5}", "{ways: 5, shots: 5, queries: 1}"))
+    assert bench.main()[0] == 0
+    table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
+    assert "| 90.0 ± 1.0 (1 query per class) | not run | 90.0 ± 1.0 (600 episodes) |" in table
