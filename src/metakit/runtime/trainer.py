@@ -22,8 +22,9 @@ into ``.grad``. Any ``torch.optim`` optimizer then applies it.
 
 Resuming: a step checkpoint holds the model, optimizer, schedule, step, the Python / NumPy /
 torch RNG states, the sampler's state, the best validation result, the count of validations
-since it (``train.patience``) and the partial log averages. A run resumed from it (in the same deterministic mode and thread count) replays
-exactly the steps an uninterrupted run takes: the final parameters are bitwise equal.
+since it (``train.patience``) and the partial log averages. A run resumed from it (in the same
+deterministic mode and thread count) replays exactly the steps an uninterrupted run takes: the
+final parameters are bitwise equal.
 
 Failures: a non-finite loss (any metric) or gradient norm raises :class:`NonFiniteLossError`
 naming the step and the metric, before the optimizer step; an update that makes any state
