@@ -525,7 +525,8 @@ def _last_logged(run_dir: Path) -> tuple[int, float] | None:
 
 
 def _stopped_for_good(run: Run, summary: dict[str, Any] | None) -> bool:
-    """The run stopped early (``train.patience``) with at most the patience the list asks for now."""
+    """The run stopped early (``train.patience``) with a patience no smaller than the list's now (a
+    smaller one would have stopped it no later; a larger one, or none, trains it on)."""
     if not summary or summary.get("status") != "stopped_early":
         return False
     patience = (summary.get("stopped_early") or {}).get("patience")
