@@ -141,15 +141,19 @@ class Run:
         """The name of the run folder under ``--runs`` that this run trains and evaluates."""
         return self.trained_as or self.name
 
+    def _override(self, key: str) -> Any:
+        """The value (YAML) of the override ``key=...``, ``None`` if the list gives none."""
+        value = dict(o.split("=", 1) for o in self.overrides).get(key)
+        return None if value is None else yaml.safe_load(value)
+
     @property
     def steps(self) -> int:
-        return int(dict(o.split("=", 1) for o in self.overrides)["train.steps"])
+        return int(self._override("train.steps"))
 
     @property
     def patience(self) -> int | None:
         """The list's ``train.patience`` (early stopping), ``None`` if it sets none."""
-        value = dict(o.split("=", 1) for o in self.overrides).get("train.patience")
-        return None if value is None else yaml.safe_load(value)
+        return self._override("train.patience")
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,20 @@ def test_registry_rejects_duplicates_and_suggests_names():
 
     with pytest.raises(ValueError, match=r"algorithm.name='_test_linaer' is not a known algorithm \(did you mean '_test_linear'\?\)"):
         get_algorithm("_test_linaer")
+
+
+def test_evaluation_options_are_set_by_default_and_others_refused():
+    class WithOption(Algorithm):
+        evaluation_options = ("eval_steps",)
+
+        def __init__(self):
+            super().__init__()
+            self.eval_steps = 1
+
+    a = WithOption()
+    a.set_evaluation_options(eval_steps=5)
+    assert a.eval_steps == 5
+    with pytest.raises(ValueError, match=r"steps is not an evaluation-time option of WithOption \(.*: eval_steps\)"):
+        a.set_evaluation_options(steps=2)
+    with pytest.raises(ValueError, match=r"eval_steps is not an evaluation-time option of Algorithm \(.*: none\)"):
+        Algorithm().set_evaluation_options(eval_steps=2)

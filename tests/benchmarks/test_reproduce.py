@@ -282,6 +282,14 @@ def test_a_run_trained_as_another_evaluates_its_folder_with_its_options(bench):
     assert table.count("| `run_a` |") == 1 and "| `run_b` |" not in table  # the convergence table: once
 
 
+def test_a_run_trained_as_another_takes_its_config_from_it(bench):
+    bench.list.write_text(bench.list.read_text() + _TRAINED_AS.replace("    trained_as: run_a\n",
+                                                                          "    trained_as: run_a\n    config: configs/y.yaml\n"))
+    with pytest.raises(rp.ListError, match=r"run 'run_b': a run trained as another has the keys family, method, "
+                                           r"trained_as, evaluate\[, paper\] \(its config and overrides are the other's\)"):
+        rp.load_run_list(bench.list)
+
+
 def test_a_run_trained_as_another_needs_that_folder(bench):
     bench.list.write_text(bench.list.read_text() + _TRAINED_AS)
     rc, calls = bench.main("run_b")

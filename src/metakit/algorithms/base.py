@@ -90,7 +90,10 @@ class Algorithm(nn.Module):
         self._set_evaluation_options(options)
 
     def _set_evaluation_options(self, options: dict[str, Any]) -> None:
-        """Check and set the options (all among :attr:`evaluation_options`); subclasses that have some override it."""
+        """Set the options (all among :attr:`evaluation_options`) as attributes; subclasses whose options
+        need checking override it."""
+        for name, value in options.items():
+            setattr(self, name, value)
 
     @classmethod
     def model_defaults(cls, context: BuildContext) -> dict[str, Any]:
