@@ -20,7 +20,10 @@ convergence table splits each curve.
         --compare fomaml_5w1s fomaml_5w1s_published --out docs/fomaml_5w1s_validation.png
 
 draws the two-panel figure of the first form (against step and against training time) from the
-validation curves of the named runs' newest records that hold them.
+validation curves of the named runs' newest records that hold them. With ``--reach 90 95`` it also
+prints, per run, the step and the training minutes of its first validation at or above each
+accuracy (time to accuracy, the measure metakit's default configs are chosen by), as a table;
+without ``--out`` it prints the table alone.
 """
 
 from __future__ import annotations
@@ -151,18 +154,50 @@ def compared_curves(record: Path, names: list[str], run_list: Path | None = None
     return out
 
 
+def first_reaching(rows: list[tuple[int, float, float, float]], percent: float) -> tuple[int, float] | None:
+    """``(step, minutes)`` of the first validation of ``rows`` (``read_val``'s) at or above ``percent``; None if none is."""
+    for step, secs, acc, _ in rows:
+        if 100 * acc >= percent - 1e-9:
+            return step, secs / 60
+    return None
+
+
+def reach_lines(runs: dict[str, list[tuple[int, float, float, float]]], percents: list[float]) -> list[str]:
+    """A Markdown table: per run, its best validation and the step and minutes of its first validation at or
+    above each of ``percents``."""
+    head = ["run", "best validation (step)", *(f"first at >= {p:g}%" for p in percents)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, rows in runs.items():
+        best = max(rows, key=lambda r: (r[2], -r[0]))
+        cells = [f"`{name}`", f"{100 * best[2]:.1f} ± {100 * best[3]:.1f} (step {best[0]:,})"]
+        for p in percents:
+            hit = first_reaching(rows, p)
+            cells.append("not reached" if hit is None else f"step {hit[0]:,}, {hit[1]:.0f} min")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs_dir", type=Path, nargs="?", help="folder holding the run folders")
     ap.add_argument("names", nargs="*", help="run folder names, one curve each")
     ap.add_argument("--record", type=Path, help="draw every run's curves from this results record instead of run folders")
-    ap.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    ap.add_argument("--out", type=Path, help="PNG file to write (with --compare and --reach it may be left out: the table only)")
     ap.add_argument("--compare", nargs="+", metavar="NAME",
                     help="with --record: these runs' validation against step and training time, in one figure")
+    ap.add_argument("--reach", nargs="+", type=float, metavar="PERCENT",
+                    help="with --compare: also print each run's step and minutes of its first validation at or above "
+                         "each of these accuracies (%%)")
     ap.add_argument("--title", help="the figure's title (default: one naming what is drawn)")
     args = ap.parse_args(argv)
     if args.compare is not None and args.record is None:
         ap.error("--compare draws runs from the record; give --record RESULTS_JSON with it")
+    if args.reach is not None and args.compare is None:
+        ap.error("--reach reads the runs of --compare; give --record RESULTS_JSON --compare NAME... with it")
+    if args.reach is not None and not all(0 < p <= 100 for p in args.reach):
+        ap.error(f"--reach {' '.join(f'{p:g}' for p in args.reach)}: give accuracies in percent, in (0, 100]")
+    if args.out is None and args.reach is None:
+        ap.error("give --out PNG (only --compare ... --reach prints a table without a figure)")
     if args.record is not None:
         if args.runs_dir is not None:
             ap.error("--record draws from the record alone; give no run folders with it")
@@ -171,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                 runs = compared_curves(args.record, args.compare)
             except ValueError as e:
                 ap.error(str(e))
-            print(plot(runs, args.out, args.title or "Omniglot validation (vinyals val split), from the record"))
+            if args.out is not None:
+                print(plot(runs, args.out, args.title or "Omniglot validation (vinyals val split), from the record"))
+            if args.reach is not None:
+                print("\n".join(reach_lines(runs, args.reach)))
             return
         print(plot_record(recorded_curves(args.record), args.out, title=args.title or RECORD_TITLE))
         return

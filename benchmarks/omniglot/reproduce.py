@@ -762,18 +762,28 @@ def _episodes_text(train: dict[str, Any]) -> str:
 
 
 def _config_mismatches(run: Run, run_dir: Path) -> list[str]:
-    """The list's overrides (other than those a resume may change) that the run's config.yaml contradicts."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    """Where the run's ``config.yaml`` differs from what the list's entry trains: its config file with its
+    overrides, both as metakit resolves them (defaults filled in), key by key; not the keys a resume may
+    change, nor ``task.root`` (a path on the machine that trained it). Empty when they agree."""
+    from metakit.runtime.config import Config, ConfigError, apply_overrides, parse_overrides, read_yaml
+
+    path = REPO / run.config
+    if not path.is_file():
+        return [f"its config file {run.config} does not exist"]
+    try:
+        want = Config.from_dict(apply_overrides(read_yaml(path.read_text()) or {}, parse_overrides(run.overrides))).to_dict()
+        have = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).to_dict()
+    except (ConfigError, ValueError) as e:
+        return [f"the configs cannot be compared: {e}"]
     out = []
-    for o in run.overrides:
-        key, value = o.split("=", 1)
-        if key.startswith(RESUMABLE_PREFIXES):
-            continue
-        node: Any = cfg
-        for part in key.split("."):
-            node = node.get(part, "<absent>") if isinstance(node, dict) else "<absent>"
-        if node != yaml.safe_load(value):
-            out.append(f"{key} is {node!r} in {run_dir / 'config.yaml'}, {value} in the list")
+    for section, body in want.items():
+        for key, value in (body or {}).items():
+            name = f"{section}.{key}"
+            if name.startswith(RESUMABLE_PREFIXES) or name == "task.root":
+                continue
+            got = (have.get(section) or {}).get(key, "<absent>")
+            if got != value:
+                out.append(f"{name} is {got!r} in {run_dir / 'config.yaml'}, {value!r} in {run.config} with the list's overrides")
     return out
 
 
@@ -840,8 +850,11 @@ class Runner:
             if not (d / "config.yaml").exists():
                 self.fail(run, f"{d} exists but holds no config.yaml: not a metakit run folder; move it away")
                 return False
-            for m in _config_mismatches(run, d):
-                self.say(run, f"warning: the run folder differs from runs.yaml: {m}")
+            mismatches = _config_mismatches(run, d)
+            if mismatches:
+                self.fail(run, f"{d} was not trained with the list's config ({'; '.join(mismatches)}): move the folder "
+                               "away to train the list's run afresh, or make the list's entry say what the folder trained")
+                return False
             if not ledger.exists() and not self.args.dry_run:
                 ledger.write_text(json.dumps({"adopted": str(d), "date": _now(),
                                               "note": "run folder made outside reproduce.py; its first command is unknown"}) + "\n")

@@ -114,3 +114,36 @@ def test_the_compare_mode_draws_named_runs_from_the_record(tmp_path, saved_figur
     with pytest.raises(SystemExit):
         curves.main(["--record", str(record), "--compare", "run_c", "--out", str(out)])
     assert "holds validation curves" in capsys.readouterr().err
+
+
+def test_reach_prints_each_runs_first_validation_at_an_accuracy(tmp_path, saved_figures, capsys, monkeypatch):
+    curves = _curves()
+    run_list = tmp_path / "runs.yaml"
+    run_list.write_text(_LIST)
+    # run_a passes 55% at its second validation and never 65%; run_b dips below 55% after passing it once
+    a = {"val": [[25, 60.0, 0.5, 0.02], [50, 120.0, 0.6, 0.03], [75, 180.0, 0.58, 0.03]], "val_episodes": 100, "train": []}
+    b = {"val": [[40, 30.0, 0.55, 0.01], [80, 90.0, 0.52, 0.01], [120, 150.0, 0.7, 0.01]], "val_episodes": 100, "train": []}
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"format": 2, "records": [_record("run_a", 75, a), _record("run_b", 120, b)]}))
+    rows = curves.compared_curves(record, ["run_a", "run_b"], run_list)
+    assert curves.first_reaching(rows["run_a"], 55) == (50, 2.0)
+    assert curves.first_reaching(rows["run_b"], 55) == (40, 0.5)  # exactly 55% counts
+    assert curves.first_reaching(rows["run_a"], 65) is None
+    monkeypatch.setattr(curves.reproduce, "RUN_LIST", run_list)
+    curves.main(["--record", str(record), "--compare", "run_a", "run_b", "--out", str(tmp_path / "r.png"),
+                 "--reach", "55", "65"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "| run | best validation (step) | first at >= 55% | first at >= 65% |",
+        "| --- | --- | --- | --- |",
+        "| `run_a` | 60.0 ± 3.0 (step 50) | step 50, 2 min | not reached |",
+        "| `run_b` | 70.0 ± 1.0 (step 120) | step 40, 0 min | step 120, 2 min |"]
+    n = len(saved_figures)
+    curves.main(["--record", str(record), "--compare", "run_a", "run_b", "--reach", "55", "65"])  # the table alone
+    assert capsys.readouterr().out.splitlines() == out[1:] and len(saved_figures) == n
+    for argv, message in ((["--reach", "50", "--out", "r.png"], "--reach reads the runs of --compare"),
+                          (["--compare", "run_a", "--reach", "0"], "--reach 0: give accuracies in percent"),
+                          (["--compare", "run_a"], "give --out PNG")):
+        with pytest.raises(SystemExit):
+            curves.main(["--record", str(record), *argv])
+        assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metakit.bench import load_script
 from metakit.runtime.config import load_config
@@ -36,17 +37,26 @@ _FAKE = """\
 #!{python}
 import json, os, sys
 from pathlib import Path
+import yaml
 args = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as f:
     f.write(" ".join(args) + "\\n")
 if os.environ.get("FAIL") == "train" == args[0]:
     sys.exit(1)
+def new_config():  # the config file (relative to the working directory) with the command's overrides set
+    cfg = yaml.safe_load(Path(args[1]).read_text())
+    for a in args:
+        if "=" in a:
+            k, v = a.split("=", 1)
+            sec, key = k.split(".")
+            cfg.setdefault(sec, {{}})[key] = yaml.safe_load(v)
+    return cfg
 if args[0] == "train" and os.environ.get("WAIT_FOR_SIGINT"):  # a long training that Ctrl-C stops cleanly
     import signal, time
     d = Path(args[args.index("--out") + 1])
     def stop(*_):
         d.mkdir(parents=True)
-        (d / "config.yaml").write_text(json.dumps({{"train": {{"ways": 5, "shots": 5, "queries": 5, "meta_batch": 32}}}}))
+        (d / "config.yaml").write_text(json.dumps(new_config()))
         (d / "checkpoints").mkdir()
         (d / "checkpoints" / "best.safetensors").write_bytes(b"weights after 3 steps")
         (d / "summary.json").write_text(json.dumps({{"status": "interrupted", "step": 3, "elapsed": 4.0,
@@ -64,12 +74,7 @@ if args[0] == "train":
     else:
         d = Path(args[args.index("--out") + 1])
         d.mkdir(parents=True)
-        cfg = {{"train": {{"ways": 5, "shots": 5, "queries": 5, "meta_batch": 32}}, "algorithm": {{}}, "run": {{}}}}
-        for a in args:
-            if "=" in a:
-                k, v = a.split("=", 1)
-                sec, key = k.split(".")
-                cfg.setdefault(sec, {{}})[key] = json.loads(v) if v[0].isdigit() else v
+        cfg = new_config()
     for a in args:
         if a.startswith("train.patience="):
             cfg["train"]["patience"] = json.loads(a.split("=", 1)[1])
@@ -111,6 +116,13 @@ elif args[0] == "eval":
     sys.exit(1 if os.environ.get("FAIL") == "eval" else 0)  # a result printed by a failing command is not one
 """
 
+_CONFIG = """\
+task: {family: classification, dataset: omniglot, root: data, protocol: vinyals}
+train: {ways: 5, shots: 5, queries: 5, meta_batch: 32, steps: 100}
+model: {name: conv4}
+algorithm: {name: matching}
+"""
+
 _LIST = """\
 columns: [5w1s, 5w5s, 20w1s, 20w5s]
 evaluation: {{split: test, queries: 15, episodes: 1000, seed: 0}}
@@ -139,7 +151,14 @@ class Bench:
         self.record.write_text(json.dumps({"format": 2, "records": []}))
         self.runs = tmp / "runs"
         monkeypatch.setenv("CALLS", str(self.calls))
+        # the list's config files, relative to the folder the commands run in (the repository's, here tmp)
+        monkeypatch.setattr(rp, "REPO", tmp)
+        (tmp / "configs").mkdir()
+        (tmp / "configs" / "x.yaml").write_text(_CONFIG)
         self.set_steps(10)
+
+    def config_by_absolute_path(self) -> None:
+        self.list.write_text(self.list.read_text().replace("config: configs/x.yaml", f"config: {self.tmp / 'configs' / 'x.yaml'}"))
 
     def set_steps(self, steps: int) -> None:
         self.list.write_text(_LIST.format(steps=steps))
@@ -312,16 +331,45 @@ def test_dry_run_prints_the_commands_and_changes_nothing(bench, capsys):
 
 def test_only_eval_adopts_a_run_folder_made_by_metakit_train(bench, monkeypatch, capsys):
     d = bench.runs / "run_a"
-    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=3", "--out", str(d)], check=True)
+    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=10", "--out", str(d)],
+                   check=True, cwd=bench.tmp)
     rc, calls = bench.main("--only-eval")
     assert rc == 0 and [c.split()[0] for c in calls] == ["eval", "eval"]
     r = bench.records()[0]
     assert r["steps"] == 7 and "adopted" in r["commands"]["train"][0]
-    assert "algorithm.scale is 3" in capsys.readouterr().out  # the folder contradicts the list: said, not hidden
     # --only-eval never trains: a missing folder is an error, and the exit status says so
     bench.list.write_text(bench.list.read_text().replace("run_a", "run_b"))
     rc, calls = bench.main("--only-eval")
     assert rc == 1 and calls == [] and "no run folder" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("only_eval", [False, True])
+def test_a_folder_trained_with_another_config_than_the_lists_is_neither_trained_nor_evaluated(bench, capsys, only_eval):
+    d = bench.runs / "run_a"
+    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=3", "--out", str(d)],
+                   check=True, cwd=bench.tmp)
+    before = (d / "config.yaml").read_text()
+    rc, calls = bench.main(*(["--only-eval"] if only_eval else []))
+    assert rc == 1 and calls == [] and bench.records() == []
+    assert not (bench.runs / "run_a.commands.jsonl").exists() and (d / "config.yaml").read_text() == before
+    out = capsys.readouterr().out
+    assert f"{d} was not trained with the list's config (algorithm.scale is 3.0 in {d / 'config.yaml'}, 10.0 in " \
+           "configs/x.yaml with the list's overrides): move the folder away" in out
+    # the list's config file counts as much as its overrides: a key the file sets and the folder contradicts
+    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=10", "model.name=conv4_strided",
+                    "--out", str(bench.runs / "run_b")], check=True, cwd=bench.tmp)
+    bench.list.write_text(bench.list.read_text().replace("run_a", "run_b"))
+    assert bench.main()[0] == 1 and "model.name is 'conv4_strided' in" in capsys.readouterr().out
+    # a key a resume may change (the budget) and the machine's data path are not contradictions
+    (bench.runs / "run_c").mkdir()
+    cfg = yaml.safe_load((bench.runs / "run_b" / "config.yaml").read_text())
+    cfg["model"] = {"name": "conv4"}
+    cfg["train"]["steps"], cfg["task"]["root"] = 3, "/elsewhere/omniglot"
+    (bench.runs / "run_c" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = rp.load_run_list(bench.list).runs["run_b"]
+    assert rp._config_mismatches(run, bench.runs / "run_c") == []
+    (bench.tmp / "configs" / "x.yaml").unlink()
+    assert rp._config_mismatches(run, bench.runs / "run_c") == ["its config file configs/x.yaml does not exist"]
 
 
 def test_a_failed_evaluation_is_not_recorded_and_fails_the_exit_status(bench, monkeypatch):
@@ -494,6 +542,7 @@ def test_a_run_without_validation_is_recorded_from_its_last_checkpoint_and_left_
 
 
 def test_ctrl_c_lets_training_stop_cleanly_and_stops_after_it(bench, tmp_path, wait_until):
+    bench.config_by_absolute_path()  # the script works in the repository, not in tmp
     started = tmp_path / "started"
     script = subprocess.Popen(
         [sys.executable, str(HERE / "reproduce.py"), "--runs", str(bench.runs), "--metakit", str(bench.fake),
@@ -509,6 +558,7 @@ def test_ctrl_c_lets_training_stop_cleanly_and_stops_after_it(bench, tmp_path, w
 
 
 def test_minutes_stops_each_training_then_records_it_as_interrupted_and_goes_on(bench, tmp_path):
+    bench.config_by_absolute_path()  # the script works in the repository, not in tmp
     started = tmp_path / "started"
     out = subprocess.run(
         [sys.executable, str(HERE / "reproduce.py"), "--runs", str(bench.runs), "--metakit", str(bench.fake),
