@@ -44,8 +44,11 @@ stopped early), and the steps of its newest record.
 ``--add-curves`` trains and evaluates nothing: it adds the curves of ``DIR/NAME`` to that run's
 records written without them, where the folder is the recorded run (same run id and config digest).
 
-Run folders made by ``metakit train`` outside this script are adopted as they are (their record
-says so: the command that started them is unknown). Progress goes to ``DIR/NAME.log``, the train
+A run folder is trained on and evaluated only if its ``config.yaml`` is what the list's entry
+trains (its config file with its overrides, as metakit resolves them; the keys a resume may change
+and the data path aside): otherwise the run fails, naming each key that differs, and nothing is
+run or recorded for it. Run folders made by ``metakit train`` outside this script are adopted on
+that condition (their record says so: the command that started them is unknown). Progress goes to ``DIR/NAME.log``, the train
 commands run for a folder to ``DIR/NAME.commands.jsonl`` and each evaluation's JSON to
 ``DIR/NAME.eval.<W>w<S>s.json``. The exit status is 1 if any step failed (the others still ran).
 Ctrl-C stops after the running command, which stops by itself (a training writes its checkpoint
