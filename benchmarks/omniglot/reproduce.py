@@ -94,8 +94,9 @@ RECORD = HERE / "results.json"
 RECORD_FORMAT = 2
 STATUSES = ("recorded", "partial", "unrecorded")
 EVAL_FIELDS = ("split", "ways", "shots", "queries", "episodes", "seed")
-# config keys that may differ between a run folder and the list (they can change on resume)
-RESUMABLE_PREFIXES = ("train.steps", "train.patience", "eval.val_every", "optim.grad_clip", "run.")
+# config keys that may differ between a run folder and the list: a resume may change them
+# (metakit.runtime.run.RESUMABLE_KEYS), or they are paths of the machine that trained the run
+MACHINE_KEYS = ("task.root", "task.cache_dir")
 ENDED = ("finished", "interrupted", "stopped_early")  # summary.json statuses of a training that ended cleanly
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -764,27 +765,49 @@ def _episodes_text(train: dict[str, Any]) -> str:
         return "episodes unknown"
 
 
+def _resolved_config(raw: Any, fill_model: bool = True) -> dict[str, dict[str, Any]]:
+    """A config mapping as metakit resolves it: every section's defaults filled in, the algorithm's (and with
+    ``fill_model``, the model's) from their options' declared defaults, as ``resolve_config`` writes them into a
+    run folder. The model's are left out of the list's side: there the algorithm sets some of them from the
+    task's shape (a head of ``ways`` outputs, BatchNorm without running statistics), which only a built run knows."""
+    from metakit.runtime.config import Config, algorithm_option_specs, model_option_specs
+
+    cfg = Config.from_dict(raw).to_dict()
+    plain = (int, float, str, bool, type(None), list, tuple)
+    for section, specs in (("model", model_option_specs), ("algorithm", algorithm_option_specs)):
+        if section == "model" and not fill_model:
+            continue
+        body = dict(cfg.get(section) or {})
+        defaults = {s.name: s.default for s in specs(body["name"]).values() if not s.required and isinstance(s.default, plain)}
+        cfg[section] = {**defaults, **body}
+    return cfg
+
+
 def _config_mismatches(run: Run, run_dir: Path) -> list[str]:
     """Where the run's ``config.yaml`` differs from what the list's entry trains: its config file with its
-    overrides, both as metakit resolves them (defaults filled in), key by key; not the keys a resume may
-    change, nor ``task.root`` (a path on the machine that trained it). Empty when they agree."""
-    from metakit.runtime.config import Config, ConfigError, apply_overrides, parse_overrides, read_yaml
+    overrides; both resolved as metakit resolves them (:func:`_resolved_config`), compared key by key over
+    the keys of the list's, except the keys a resume may change and the machine's paths. Empty when they
+    agree. Of the model's options, those the list's entry sets are compared (the others follow from the
+    model's name, the algorithm and the task's shape, all compared)."""
+    from metakit.runtime.config import ConfigError, apply_overrides, parse_overrides, read_yaml
+    from metakit.runtime.run import RESUMABLE_KEYS
 
     path = REPO / run.config
     if not path.is_file():
         return [f"its config file {run.config} does not exist"]
     try:
-        want = Config.from_dict(apply_overrides(read_yaml(path.read_text()) or {}, parse_overrides(run.overrides))).to_dict()
-        have = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())).to_dict()
-    except (ConfigError, ValueError) as e:
+        want = _resolved_config(apply_overrides(read_yaml(path.read_text()) or {}, parse_overrides(run.overrides)),
+                                fill_model=False)
+        have = _resolved_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    except (ConfigError, ValueError, yaml.YAMLError) as e:
         return [f"the configs cannot be compared: {e}"]
     out = []
     for section, body in want.items():
-        for key, value in (body or {}).items():
+        for key, value in body.items():
             name = f"{section}.{key}"
-            if name.startswith(RESUMABLE_PREFIXES) or name == "task.root":
+            if name in RESUMABLE_KEYS or name in MACHINE_KEYS:
                 continue
-            got = (have.get(section) or {}).get(key, "<absent>")
+            got = have.get(section, {}).get(key, "<absent>")
             if got != value:
                 out.append(f"{name} is {got!r} in {run_dir / 'config.yaml'}, {value!r} in {run.config} with the list's overrides")
     return out
@@ -847,8 +870,6 @@ class Runner:
                 self.fail(run, f"it evaluates the run folder of {run.trained_as}, and {d} does not exist yet: run "
                                f"{run.trained_as} first")
                 return False
-            self.say(run, f"trains nothing: it evaluates the run folder of {run.trained_as}")
-            return True
         if d.exists():
             if not (d / "config.yaml").exists():
                 self.fail(run, f"{d} exists but holds no config.yaml: not a metakit run folder; move it away")
@@ -858,6 +879,10 @@ class Runner:
                 self.fail(run, f"{d} was not trained with the list's config ({'; '.join(mismatches)}): move the folder "
                                "away to train the list's run afresh, or make the list's entry say what the folder trained")
                 return False
+        if run.trained_as:
+            self.say(run, f"trains nothing: it evaluates the run folder of {run.trained_as}")
+            return True
+        if d.exists():
             if not ledger.exists() and not self.args.dry_run:
                 ledger.write_text(json.dumps({"adopted": str(d), "date": _now(),
                                               "note": "run folder made outside reproduce.py; its first command is unknown"}) + "\n")
@@ -879,7 +904,7 @@ class Runner:
                    "run.progress=false", "run.num_threads=1"]
         if self.args.dry_run:
             self.say(run, f"would run: {shlex.join(cmd)}")
-            return d.exists()
+            return True  # evaluate() says what it would evaluate
         self.say(run, f"run: {shlex.join(cmd)}")
         start = time.perf_counter()
         limit = None if self.args.minutes is None else 60 * self.args.minutes
@@ -1020,7 +1045,7 @@ class Runner:
             return 1 if self.failed else 0
         for name in names:
             run = self.list.runs[name]
-            if self.train(run) or self.args.dry_run:
+            if self.train(run):
                 if not self.interrupted:
                     self.evaluate(run)
             if self.interrupted:

@@ -122,12 +122,12 @@ def test_reach_prints_each_runs_first_validation_at_an_accuracy(tmp_path, saved_
     run_list.write_text(_LIST)
     # run_a passes 55% at its second validation and never 65%; run_b dips below 55% after passing it once
     a = {"val": [[25, 60.0, 0.5, 0.02], [50, 120.0, 0.6, 0.03], [75, 180.0, 0.58, 0.03]], "val_episodes": 100, "train": []}
-    b = {"val": [[40, 30.0, 0.55, 0.01], [80, 90.0, 0.52, 0.01], [120, 150.0, 0.7, 0.01]], "val_episodes": 100, "train": []}
+    b = {"val": [[40, 30.0, 0.58, 0.01], [80, 90.0, 0.52, 0.01], [120, 150.0, 0.7, 0.01]], "val_episodes": 100, "train": []}
     record = tmp_path / "results.json"
     record.write_text(json.dumps({"format": 2, "records": [_record("run_a", 75, a), _record("run_b", 120, b)]}))
     rows = curves.compared_curves(record, ["run_a", "run_b"], run_list)
     assert curves.first_reaching(rows["run_a"], 55) == (50, 2.0)
-    assert curves.first_reaching(rows["run_b"], 55) == (40, 0.5)  # exactly 55% counts
+    assert curves.first_reaching(rows["run_b"], 58) == (40, 0.5)  # exactly 58% counts (100 * 0.58 < 58 in floats)
     assert curves.first_reaching(rows["run_a"], 65) is None
     monkeypatch.setattr(curves.reproduce, "RUN_LIST", run_list)
     curves.main(["--record", str(record), "--compare", "run_a", "run_b", "--out", str(tmp_path / "r.png"),

@@ -368,8 +368,35 @@ def test_a_folder_trained_with_another_config_than_the_lists_is_neither_trained_
     (bench.runs / "run_c" / "config.yaml").write_text(yaml.safe_dump(cfg))
     run = rp.load_run_list(bench.list).runs["run_b"]
     assert rp._config_mismatches(run, bench.runs / "run_c") == []
+    # a key the folder sets and the list leaves at its default, in the algorithm or another section, is one
+    for key, value in (("algorithm", {"normalize_query": False}), ("run", {"seed": 5})):
+        changed = {**cfg, key: {**cfg.get(key, {}), **value}}
+        (bench.runs / "run_c" / "config.yaml").write_text(yaml.safe_dump(changed))
+        name, v = next(iter(value.items()))
+        assert rp._config_mismatches(run, bench.runs / "run_c") == [
+            f"{key}.{name} is {v!r} in {bench.runs / 'run_c' / 'config.yaml'}, {not v if key == 'algorithm' else 0!r} "
+            "in configs/x.yaml with the list's overrides"]
+    # a folder written before a key existed holds its default: no contradiction where the list sets the default
+    (bench.tmp / "configs" / "x.yaml").write_text(_CONFIG.replace("{name: matching}", "{name: matching, normalize_query: true}"))
+    (bench.runs / "run_c" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert "normalize_query" not in cfg["algorithm"] and rp._config_mismatches(run, bench.runs / "run_c") == []
+    (bench.runs / "run_c" / "config.yaml").write_text("task: [unclosed")
+    assert rp._config_mismatches(run, bench.runs / "run_c")[0].startswith("the configs cannot be compared: ")
     (bench.tmp / "configs" / "x.yaml").unlink()
     assert rp._config_mismatches(run, bench.runs / "run_c") == ["its config file configs/x.yaml does not exist"]
+
+
+def test_a_refused_folder_is_evaluated_neither_through_a_run_trained_as_it_nor_in_a_dry_run(bench, capsys):
+    d = bench.runs / "run_a"
+    subprocess.run([str(bench.fake), "train", "configs/x.yaml", "train.steps=7", "algorithm.scale=3", "--out", str(d)],
+                   check=True, cwd=bench.tmp)
+    bench.list.write_text(bench.list.read_text() + _TRAINED_AS)
+    rc, calls = bench.main("run_b")
+    assert rc == 1 and calls == [] and bench.records() == []
+    assert f"run_b: FAILED: {d} was not trained with the list's config (algorithm.scale is 3.0" in capsys.readouterr().out
+    assert bench.main("--dry-run") == (1, [])
+    out = capsys.readouterr().out
+    assert "was not trained with the list's config" in out and "would" not in out
 
 
 def test_a_failed_evaluation_is_not_recorded_and_fails_the_exit_status(bench, monkeypatch):
