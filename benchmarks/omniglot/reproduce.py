@@ -713,8 +713,9 @@ def read_curves(run_dir: Path, upto: int | None = None) -> dict[str, Any]:
 
 
 def evaluated_checkpoint(run_dir: Path) -> Path:
-    """The file ``metakit eval RUN`` reads: the best checkpoint, or the newest step checkpoint of a run
-    without validation (the path of the best one, absent, when there is neither)."""
+    """The checkpoint a run is evaluated from: its best, or where it has none (a run without validation,
+    or one stopped before its first) its newest step checkpoint, which ``metakit eval --checkpoint
+    last`` reads (the path of the best one, absent, when there is neither)."""
     best = run_dir / "checkpoints" / "best.safetensors"
     if not best.exists():
         best = max((run_dir / "checkpoints").glob("step-*.safetensors"), default=best)
@@ -958,7 +959,8 @@ class Runner:
                 continue
             cmd = [self.metakit, "eval", str(d), "--split", e.split, "--ways", str(e.ways), "--shots", str(e.shots),
                    "--queries", str(e.queries), "--episodes", str(e.episodes), "--seed", str(e.seed), "--json",
-                   *(a for k, v in e.options.items() for a in ("--option", f"{k}={v}"))]
+                   *(a for k, v in e.options.items() for a in ("--option", f"{k}={v}")),
+                   *(() if best.name == "best.safetensors" else ("--checkpoint", "last"))]
             if self.args.dry_run:
                 self.say(run, f"would run: {shlex.join(cmd)}")
                 continue

@@ -105,6 +105,8 @@ if args[0] == "train":
     (d / "summary.json").write_text(json.dumps(summary))
 elif args[0] == "eval":
     d = Path(args[1])
+    if not (d / "checkpoints" / "best.safetensors").exists() and "--checkpoint" not in args:
+        sys.exit(2)  # as metakit eval: no best checkpoint before the first validation
     opt = dict(zip(args[2:args.index("--json"):2], args[3:args.index("--json"):2]))
     options = {{a.split("=")[0]: json.loads(a.split("=")[1]) for a in args[args.index("--json"):] if "=" in a}}
     print(json.dumps({{**({{"options": options}} if options else {{}}), "accuracy": 0.9, "ci95": 0.01, "episodes": int(opt["--episodes"]), "queries": int(opt["--queries"]),
@@ -559,8 +561,9 @@ def test_table_readme_writes_between_the_markers_only(bench, tmp_path):
 
 
 def test_a_run_without_validation_is_recorded_from_its_last_checkpoint_and_left_alone(bench, monkeypatch):
-    monkeypatch.setenv("NO_VALIDATION", "1")
-    assert bench.main()[0] == 0
+    monkeypatch.setenv("NO_VALIDATION", "1")  # or none yet: evaluated with --checkpoint last
+    rc, calls = bench.main()
+    assert rc == 0 and all(c.endswith("--json --checkpoint last") for c in calls if c.startswith("eval "))
     d = bench.runs / "run_a"
     r = bench.records()[0]
     assert r["checkpoint"]["file"] == "step-00000010.safetensors"
