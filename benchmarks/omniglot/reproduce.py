@@ -771,15 +771,15 @@ def _resolved_config(raw: Any, fill_model: bool = True) -> dict[str, dict[str, A
     ``fill_model``, the model's) from their options' declared defaults, as ``resolve_config`` writes them into a
     run folder. The model's are left out of the list's side: there the algorithm sets some of them from the
     task's shape (a head of ``ways`` outputs, BatchNorm without running statistics), which only a built run knows."""
+    from metakit.runtime.builders import _plain_default  # the defaults resolve_config writes
     from metakit.runtime.config import Config, algorithm_option_specs, model_option_specs
 
     cfg = Config.from_dict(raw).to_dict()
-    plain = (int, float, str, bool, type(None), list, tuple)
     for section, specs in (("model", model_option_specs), ("algorithm", algorithm_option_specs)):
         if section == "model" and not fill_model:
             continue
         body = dict(cfg.get(section) or {})
-        defaults = {s.name: s.default for s in specs(body["name"]).values() if not s.required and isinstance(s.default, plain)}
+        defaults = {s.name: s.default for s in specs(body["name"]).values() if not s.required and _plain_default(s.default)}
         cfg[section] = {**defaults, **body}
     return cfg
 
