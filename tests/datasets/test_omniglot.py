@@ -112,6 +112,29 @@ def test_rotating_after_resizing_is_close_to_rotating_first(omniglot_root):
         assert float(d.mean()) < (1e-9 if deg == 180 else 1.5)
 
 
+def test_nearest_resampling_keeps_the_scans_binary_and_rotates_exactly(omniglot_root, cache_dir):
+    # resample="nearest": the published Prototypical Networks and Reptile loaders' resizing of the
+    # 1-bit scans. The images stay binary, and rotating after resizing equals rotating first (the
+    # nearest-neighbour grid of 105 -> 28 is symmetric), so the vinyals classes are the published ones.
+    near = Omniglot(omniglot_root, "lake", "evaluation", cache_dir=cache_dir, progress=False, resample="nearest")
+    assert near.meta["preprocessing"] == {**PREP, "resample": "nearest"}
+    assert set(near.data.unique().tolist()) == {0, 255}
+    lanczos = Omniglot(omniglot_root, "lake", "evaluation", cache_dir=cache_dir, progress=False)
+    assert len(set(lanczos.data[:20].unique().tolist())) > 2
+    assert list((cache_dir / "omniglot").glob("evaluation-*-s28-c1-nearest-inv.safetensors"))
+    with zipfile.ZipFile(omniglot_root / "images_evaluation.zip") as zf:
+        alphabet, character = near.class_names[7].split("/")
+        prefix = f"images_evaluation/{alphabet}/{character}/"
+        raws = [zf.read(n) for n in sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(".png"))]
+    nearest = {**PREP, "resample": "nearest"}
+    for j in (0, 19):
+        assert torch.equal(near.class_examples(7)[j], preprocess_image(raws[j], **nearest))
+    for raw in raws:
+        for deg in (90, 180, 270):
+            first = preprocess_image(Image.open(io.BytesIO(raw)).rotate(deg), **nearest)
+            assert torch.equal(torch.rot90(preprocess_image(raw, **nearest), deg // 90, dims=(-2, -1)), first)
+
+
 # -- argument errors ----------------------------------------------------------------------------
 def test_bad_arguments(omniglot_root, cache_dir):
     with pytest.raises(ValueError, match=r"protocol='snell' is not an Omniglot protocol; use one of 'lake', 'vinyals'"):
@@ -123,6 +146,8 @@ def test_bad_arguments(omniglot_root, cache_dir):
     for bad in (0, 7, 106, 28.0, "28", True):
         with pytest.raises(ValueError, match=r"image_size=.* is invalid; give an integer between 8 and 105"):
             Omniglot(omniglot_root, image_size=bad, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=r"resample='area' is not a known filter; use one of \['bicubic', 'bilinear', "):
+        Omniglot(omniglot_root, resample="area", cache_dir=cache_dir)
     with pytest.raises(ValueError, match=r"split='x' is not a split"):
         vinyals_split("x")
 

@@ -131,7 +131,7 @@ def test_unknown_keys_suggest_the_closest(raw, message):
         ({"task": {"family": "sinusoid", "root": "/d"}}, r"unknown config key 'task.root' for task.family=sinusoid; keys of task: amplitude, phase, x_range"),
         ({"task": {"family": "sinusoid", "amplitude": [5, 1]}}, r"task.amplitude=\[5.0, 1.0\] must be a \(low, high\) pair of finite numbers with low <= high"),
         (base(task={"protocol": "lake"}), r"task.val_split is null \(omniglot \(lake\) has no validation split\) but eval.val_episodes=100; set eval.val_episodes=0"),
-        ({"task": {"dataset": "folder", "root": "/d", "protocol": "lake"}, "train": {"ways": 5}}, r"unknown config key 'task.protocol' for task.dataset=folder \(did you mean 'task.root'\?\); keys of the task section for this dataset: family, dataset, image_size, root, test_split, train_split, val_split, channels, invert"),
+        ({"task": {"dataset": "folder", "root": "/d", "protocol": "lake"}, "train": {"ways": 5}}, r"unknown config key 'task.protocol' for task.dataset=folder \(did you mean 'task.root'\?\); keys of the task section for this dataset: family, dataset, image_size, resample, root, test_split, train_split, val_split, channels, invert"),
         (base(task={"channels": 3}), r"unknown config key 'task.channels' for task.dataset=omniglot"),
         ({"task": "omniglot"}, r"config section 'task' must be a mapping"),
         ({"data": "omniglot"}, r"config section 'data' must be a mapping"),

@@ -87,6 +87,28 @@ def test_omniglot_and_folder_defaults_need_no_data():
     assert folder.record() == {"dataset": "folder", "protocol": None}
 
 
+def test_task_resample_reaches_the_images(tmp_path, omniglot_root, cache_dir):
+    # task.resample is passed to both shipped sources: a folder of one grey-level gradient image, and
+    # Omniglot's evaluation archive, binary under nearest.
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.fromarray((torch.arange(64).repeat(64, 1) * 4).to(torch.uint8).numpy(), mode="L").save(tmp_path / "train" / c / "0.png")
+    shrink = {"dataset": "folder", "root": str(tmp_path), "image_size": 5, "invert": False}
+    near = ClassificationFamily.from_options({**shrink, "resample": "nearest"}).load("train")
+    smooth = ClassificationFamily.from_options(shrink).load("train")
+    assert near.meta["preprocessing"]["resample"] == "nearest" and smooth.meta["preprocessing"]["resample"] == "lanczos"
+    assert not torch.equal(near.data, smooth.data)
+    assert set(near.data.unique().tolist()) <= set(range(0, 256, 4))  # picked pixels, not blended ones
+    omni = ClassificationFamily.from_options(
+        {"root": str(omniglot_root), "protocol": "lake", "cache_dir": str(cache_dir), "resample": "nearest"}
+    ).load("test")
+    assert set(omni.data.unique().tolist()) == {0, 255} and omni.meta["preprocessing"]["resample"] == "nearest"
+    with pytest.raises(ConfigError, match=r"task.resample='area' is not a valid choice; use one of: nearest, box, "):
+        ClassificationFamily.from_options({**shrink, "resample": "area"})
+
+
 def test_sampler_and_eval_set_are_the_seeded_episode_samplers():
     f = family()
     data = f.load("train")

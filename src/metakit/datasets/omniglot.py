@@ -27,9 +27,12 @@ Two protocols:
     image of every class); we do not, which changes no classification task.
 
 Preprocessing (``meta["preprocessing"]``, see :func:`~metakit.datasets.preprocess_image`):
-each PNG is converted to 8-bit grayscale, resized to ``image_size`` with Pillow's LANCZOS
-filter (as in the MAML code), and **inverted** so strokes are bright: stored ``uint8`` values
-are 255 on strokes and 0 on background, so ``to_float`` gives strokes ~1.0 and background 0.0.
+each PNG is converted to 8-bit grayscale, resized to ``image_size`` with a Pillow filter, and
+**inverted** so strokes are bright: stored ``uint8`` values are 255 on strokes and 0 on
+background, so ``to_float`` gives strokes ~1.0 and background 0.0. The filter is ``resample``:
+``"lanczos"`` (default, as in the MAML code) gives anti-aliased grey levels; ``"nearest"`` keeps
+the 1-bit scans binary (0 or 255), as the Prototypical Networks and Reptile code's resizing of the
+1-bit PNGs does.
 
 Reading and verification: each archive is read from the zip in ``root`` or, if there is no
 zip, from the folder it extracts to (``root/images_background/...``). Before decoding, the
@@ -485,6 +488,9 @@ class Omniglot(ClassIndexedDataset):
         split: vinyals: ``"train"`` (default), ``"val"``, ``"trainval"``, ``"test"``;
             lake: ``"background"`` (default) or ``"evaluation"``.
         image_size: side of the square images, 8..105 (default 28).
+        resample: the Pillow filter that resizes the 105x105 scans, a name of
+            :data:`~metakit.datasets.images.RESAMPLE_FILTERS` (default ``"lanczos"``;
+            ``"nearest"`` keeps the images binary).
         download: fetch missing archives from :data:`OMNIGLOT_URL` (or
             ``$METAKIT_OMNIGLOT_URL``) into ``root`` first.
         cache_dir: folder for decoded tensors (default ``$METAKIT_CACHE`` or ``~/.cache/metakit``).
@@ -508,10 +514,12 @@ class Omniglot(ClassIndexedDataset):
         cache_dir: str | os.PathLike | None = None,
         *,
         progress: bool = True,
+        resample: str = "lanczos",
     ) -> None:
         protocol = _check_protocol(protocol)
         split = _check_split(protocol, PROTOCOLS[protocol][0] if split is None else split)
         image_size = _check_image_size(image_size)
+        prep = Preprocessing(image_size=image_size, channels=1, resample=resample, invert=True)
         root = Path(root).expanduser()
         if root.exists() and not root.is_dir():
             raise FileNotFoundError(
@@ -523,7 +531,6 @@ class Omniglot(ClassIndexedDataset):
                 f"root={str(root)!r} is not a folder; point it at the folder holding images_background.zip "
                 "and images_evaluation.zip, or pass download=True to fetch them there"
             )
-        prep = Preprocessing(image_size=image_size, channels=1, resample="lanczos", invert=True)
         cdir = resolve_cache_dir(cache_dir)
 
         loaded: dict[str, tuple[Tensor, list[str], str]] = {}

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..datasets.base import ClassIndexedDataset
+from ..datasets.images import RESAMPLE_FILTERS
 from ..options import ConfigError, Options, option, suggest
 from ..registry import Registry
 from .episode import EpisodeBatch
@@ -91,6 +92,8 @@ def _absolute(path: str | None) -> str | None:
 
 
 # -- the two shipped sources ---------------------------------------------------------------------
+RESAMPLE_NAMES = tuple(RESAMPLE_FILTERS)  # the filters task.resample accepts
+
 _PROTOCOL_SPLITS = {
     # protocol -> (train, val, test); lake has no validation split
     "vinyals": ("train", "val", "test"),
@@ -133,7 +136,7 @@ class OmniglotSource(DatasetSource):
 
         o: Any = options
         return Omniglot(common.root, protocol=o.protocol, split=split, image_size=common.image_size,  # type: ignore[arg-type]
-                        download=o.download, cache_dir=o.cache_dir, progress=progress)
+                        download=o.download, cache_dir=o.cache_dir, progress=progress, resample=common.resample)
 
     @classmethod
     def describe(cls, options: Options) -> str:
@@ -173,7 +176,8 @@ class FolderSource(DatasetSource):
                 "(or set task.train_split/val_split/test_split to the folder names)"
             )
         o: Any = options
-        return ImageFolder(folder, image_size=common.image_size, channels=o.channels, invert=o.invert)
+        return ImageFolder(folder, image_size=common.image_size, channels=o.channels, invert=o.invert,
+                           resample=common.resample)
 
 
 # -- the family ----------------------------------------------------------------------------------
@@ -197,6 +201,13 @@ class ClassificationOptions(Options):
     )
     test_split: str | None = option(None, "split `metakit eval` uses by default (default: test; lake: evaluation)")
     image_size: int = option(28, "side of the square images after resizing", ge=4)
+    resample: str = option(
+        "lanczos",
+        "Pillow filter that resizes the raw images to image_size: lanczos (anti-aliased grey levels, as in the MAML "
+        "code), nearest (Omniglot's 1-bit scans stay binary, as in the Prototypical Networks and Reptile code), "
+        "box, bilinear, hamming or bicubic",
+        choices=RESAMPLE_NAMES,
+    )
 
     def _resolve(self) -> None:
         _SOURCES.get(self.dataset)  # an unknown source: named, with the closest name
