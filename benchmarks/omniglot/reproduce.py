@@ -340,6 +340,31 @@ def _decimals(paper: float) -> int:
     return len(repr(float(paper)).partition(".")[2])
 
 
+MISS_ORDER = (
+    "short at the full budget or stopped early (docs/reproduction.md traces the differences from the published code)",
+    "short of its paper with part of the budget trained",
+    "no machine-written record (transcribed or partial)",
+    "not run",
+)
+
+
+def _miss(r: dict[str, Any] | None, paper: float, recs: list[dict[str, Any]], budget: int) -> tuple[str, str]:
+    """Why the cell of record ``r`` does not reproduce ``paper`` -- one of :data:`MISS_ORDER` -- and the cell's
+    result against the paper (none when not run), with the share of the budget trained where that is the reason. ``recs``: the
+    records of the run folder the cell was evaluated on, whose furthest one tells how far it trained."""
+    figure = f"{paper:.{_decimals(paper)}f}"
+    if r is None:
+        return MISS_ORDER[3], ""
+    result = f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {figure}"
+    if r["status"] != "recorded":
+        return MISS_ORDER[2], result
+    furthest = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1, default=r)
+    trained = furthest["steps"] if isinstance(furthest["steps"], int) else 0
+    if trained >= budget or furthest["training"]["status"] == "stopped_early":
+        return MISS_ORDER[0], result
+    return MISS_ORDER[1], f"{result}, {budget_share(trained, budget)} of the budget"
+
+
 def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False,
           defaults: dict[str, Any] | None = None) -> str:
     """A table cell: the result, and notes where it departs from the list's evaluation ``defaults``."""
@@ -377,6 +402,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         "| --- | --- | --- | " + " | ".join("---" for _ in cols) + " | --- |",
     ]
     compared: list[tuple[str, str, dict[str, Any] | None, float, bool]] = []  # method, setting, record, paper, reached
+    misses: dict[str, list[str]] = {}  # why a cell with a paper's number is not reproduced -> the cells
     for method, runs in rows.items():
         by_setting = {e.setting: run for run in runs for e in run.evaluations}
         run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
@@ -393,6 +419,10 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
             cells.append(_cell(r, steps[run.name], ok, run_list.defaults))
             if c in run.paper:
                 compared.append((method, c, r, run.paper[c], ok))
+                if not ok:
+                    why, what = _miss(r, run.paper[c], run_recs.get(run.folder) or run_recs[run.name],
+                                      run_list.runs[run.folder].steps)
+                    misses.setdefault(why, []).append(f"`{run.name}` {c}" + (f" ({what})" if what else ""))
         papers = [f"{by_setting[c].paper[c]:.{_decimals(by_setting[c].paper[c])}f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]
         paper = "—" if all(p == "—" for p in papers) else " / ".join(papers)
         lines.append(f"| {runs[0].family} | {method} | {training} | " + " | ".join(cells) + f" | {paper} |")
@@ -411,6 +441,10 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
                  "(mean + interval, rounded to the decimals the paper prints, >= paper). Reproduced cells: " + ("; ".join(hits) if hits else "none")
                  + f" ({len(hits)} of the {len(compared)} cells with a paper's number). Rows reproduced in every "
                  "setting with a paper's number: " + (", ".join(whole) if whole else "none") + ".")
+    if misses:
+        lines.append("")
+        lines.append("Not reproduced, by what the record says: " + "; ".join(
+            f"**{why}**: {', '.join(cells)}" for why, cells in sorted(misses.items(), key=lambda kv: MISS_ORDER.index(kv[0]))) + ".")
     lines.append("")
     lines.append("Papers' numbers: " + "; ".join(f"{', '.join(n)}: {s}" for s, n in sources.items()) + ".")
     shown = {r["status"] for r in newest.values()}

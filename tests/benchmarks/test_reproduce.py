@@ -514,6 +514,30 @@ def test_a_cell_is_marked_reproduced_only_when_a_recorded_interval_reaches_the_p
         assert "Reproduced cells: none (0 of the 1 cells" in legend and legend.endswith(": none.")
 
 
+@pytest.mark.parametrize("records, says", [
+    ([], "**not run**: `run_a` 5w5s."),
+    ([_rec("run_a", "5w5s", "recorded", 0.9, steps=10)], "**short at the full budget or stopped early "
+     "(docs/reproduction.md traces the differences from the published code)**: `run_a` 5w5s (90.0 ± 0.4 against 99.0)."),
+    ([_rec("run_a", "5w5s", "recorded", 0.9, steps=4)],
+     "**short of its paper with part of the budget trained**: `run_a` 5w5s (90.0 ± 0.4 against 99.0, 40% of the budget)."),
+    ([{**_rec("run_a", "5w5s", "recorded", 0.9, steps=4), "training": {"episodes": "e", "status": "stopped_early"}}],
+     "**short at the full budget or stopped early"),
+    # the furthest training of the run counts, not the step of the cell's record
+    ([_rec("run_a", "5w5s", "recorded", 0.9, steps=4), _rec("run_a", "20w5s", "recorded", 0.9, steps=10)],
+     "**short at the full budget or stopped early"),
+    ([_rec("run_a", "5w5s", "partial", 0.9)],
+     "**no machine-written record (transcribed or partial)**: `run_a` 5w5s (90.0 ± 0.4 against 99.0)."),
+    ([_rec("run_a", "5w5s", "recorded", 0.99)], None),
+])
+def test_the_table_says_why_each_cell_with_a_papers_number_is_not_reproduced(bench, records, says):
+    lines = rp.table_lines(rp.load_run_list(bench.list), records)
+    line = [line for line in lines if line.startswith("Not reproduced, by what the record says: ")]
+    if says is None:
+        assert line == []
+    else:
+        assert len(line) == 1 and says in line[0], line
+
+
 def test_a_papers_decimals_set_the_rounding_of_the_comparison():
     r = {"status": "recorded", "result": {"accuracy": 0.9900, "ci95": 0.0006}}  # upper end 99.06
     assert rp.reaches_paper(r, 99.1) and not rp.reaches_paper(r, 99.07) and rp.reaches_paper(r, 99.06)
