@@ -341,28 +341,28 @@ def _decimals(paper: float) -> int:
 
 
 MISS_ORDER = (
-    "short at the full budget or stopped early (docs/reproduction.md traces the differences from the published code)",
+    "short at the full budget or stopped early (docs/reproduction.md compares each with its paper's setup)",
     "short of its paper with part of the budget trained",
     "no machine-written record (transcribed or partial)",
-    "not run",
+    "no result yet (not run, or the setting not evaluated)",
 )
 
 
-def _miss(r: dict[str, Any] | None, paper: float, recs: list[dict[str, Any]], budget: int) -> tuple[str, str]:
-    """Why the cell of record ``r`` does not reproduce ``paper`` -- one of :data:`MISS_ORDER` -- and the cell's
-    result against the paper (none when not run), with the share of the budget trained where that is the reason. ``recs``: the
-    records of the run folder the cell was evaluated on, whose furthest one tells how far it trained."""
-    figure = f"{paper:.{_decimals(paper)}f}"
+def _miss(r: dict[str, Any] | None, paper: float, budget: int) -> tuple[str, str]:
+    """Why the cell of record ``r`` does not reproduce ``paper`` -- one of :data:`MISS_ORDER`, judged by the
+    training behind that record (its steps against ``budget``, whether it stopped early) -- and the cell's
+    result against the paper (none without a result), with the share of the budget where that is the reason."""
     if r is None:
         return MISS_ORDER[3], ""
-    result = f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {figure}"
+    result = f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {paper:.{_decimals(paper)}f}"
     if r["status"] != "recorded":
         return MISS_ORDER[2], result
-    furthest = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1, default=r)
-    trained = furthest["steps"] if isinstance(furthest["steps"], int) else 0
-    if trained >= budget or furthest["training"]["status"] == "stopped_early":
+    steps = r["steps"]
+    if not isinstance(steps, int):
+        return MISS_ORDER[1], f"{result}, steps unknown"
+    if steps >= budget or r["training"]["status"] == "stopped_early":
         return MISS_ORDER[0], result
-    return MISS_ORDER[1], f"{result}, {budget_share(trained, budget)} of the budget"
+    return MISS_ORDER[1], f"{result}, {budget_share(steps, budget)} of the budget"
 
 
 def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False,
@@ -420,8 +420,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
             if c in run.paper:
                 compared.append((method, c, r, run.paper[c], ok))
                 if not ok:
-                    why, what = _miss(r, run.paper[c], run_recs.get(run.folder) or run_recs[run.name],
-                                      run_list.runs[run.folder].steps)
+                    why, what = _miss(r, run.paper[c], run_list.runs[run.folder].steps)
                     misses.setdefault(why, []).append(f"`{run.name}` {c}" + (f" ({what})" if what else ""))
         papers = [f"{by_setting[c].paper[c]:.{_decimals(by_setting[c].paper[c])}f}" if c in by_setting and c in by_setting[c].paper else "—" for c in cols]
         paper = "—" if all(p == "—" for p in papers) else " / ".join(papers)

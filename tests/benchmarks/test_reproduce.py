@@ -515,16 +515,17 @@ def test_a_cell_is_marked_reproduced_only_when_a_recorded_interval_reaches_the_p
 
 
 @pytest.mark.parametrize("records, says", [
-    ([], "**not run**: `run_a` 5w5s."),
+    ([], "**no result yet (not run, or the setting not evaluated)**: `run_a` 5w5s."),
     ([_rec("run_a", "5w5s", "recorded", 0.9, steps=10)], "**short at the full budget or stopped early "
-     "(docs/reproduction.md traces the differences from the published code)**: `run_a` 5w5s (90.0 ± 0.4 against 99.0)."),
+     "(docs/reproduction.md compares each with its paper's setup)**: `run_a` 5w5s (90.0 ± 0.4 against 99.0)."),
     ([_rec("run_a", "5w5s", "recorded", 0.9, steps=4)],
      "**short of its paper with part of the budget trained**: `run_a` 5w5s (90.0 ± 0.4 against 99.0, 40% of the budget)."),
     ([{**_rec("run_a", "5w5s", "recorded", 0.9, steps=4), "training": {"episodes": "e", "status": "stopped_early"}}],
      "**short at the full budget or stopped early"),
-    # the furthest training of the run counts, not the step of the cell's record
+    # the training behind the cell's own record counts: evaluated at step 4, it is not a full-budget result
     ([_rec("run_a", "5w5s", "recorded", 0.9, steps=4), _rec("run_a", "20w5s", "recorded", 0.9, steps=10)],
-     "**short at the full budget or stopped early"),
+     "**short of its paper with part of the budget trained**: `run_a` 5w5s (90.0 ± 0.4 against 99.0, 40% of the budget)."),
+    ([{**_rec("run_a", "5w5s", "recorded", 0.9), "steps": "unknown"}], "`run_a` 5w5s (90.0 ± 0.4 against 99.0, steps unknown)."),
     ([_rec("run_a", "5w5s", "partial", 0.9)],
      "**no machine-written record (transcribed or partial)**: `run_a` 5w5s (90.0 ± 0.4 against 99.0)."),
     ([_rec("run_a", "5w5s", "recorded", 0.99)], None),

@@ -191,6 +191,12 @@ def test_image_size_defaults_to_the_papers_20():
     assert _config(image_size=28).family.example_shape() == (1, 28, 28)
 
 
+def test_the_resize_filter_reaches_the_image_source():
+    assert _config().family.images.options.resample == "lanczos"
+    fam = _config(resample="nearest").family
+    assert fam.images.options.resample == "nearest" and fam.to_dict()["resample"] == "nearest"
+
+
 @pytest.mark.parametrize("sizes, message", [
     (dict(ways=5), r"ways=5 but sequence episodes take their classes from task.classes_per_episode"),
     (dict(shots=5), r"shots=5 does not apply to sequence episodes"),

@@ -11,8 +11,9 @@ The pipeline, in order:
 2. convert to 8-bit grayscale (``channels=1``, Pillow mode ``"L"``) or RGB (``channels=3``).
    Converting *before* resizing matters for 1-bit images such as Omniglot's: Pillow resizes
    mode ``"1"`` images with nearest-neighbour whatever filter is asked for;
-3. resize to ``image_size x image_size`` with the named Pillow filter (default LANCZOS, as in
-   the MAML code for Omniglot). The aspect ratio is not preserved; Omniglot is square;
+3. resize to ``image_size x image_size`` with the named Pillow filter (default LANCZOS: grey
+   levels; on Omniglot's 1-bit scans ``"nearest"`` gives the binary images of the published
+   code). The aspect ratio is not preserved; Omniglot is square;
 4. if ``invert``, replace every value ``v`` by ``255 - v``: dark strokes on a light background
    (Omniglot's PNGs: black on white) become bright strokes on a dark background, so that
    ``ClassIndexedDataset.to_float`` gives strokes near 1.0 and background 0.0;

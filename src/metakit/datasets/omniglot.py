@@ -30,9 +30,10 @@ Preprocessing (``meta["preprocessing"]``, see :func:`~metakit.datasets.preproces
 each PNG is converted to 8-bit grayscale, resized to ``image_size`` with a Pillow filter, and
 **inverted** so strokes are bright: stored ``uint8`` values are 255 on strokes and 0 on
 background, so ``to_float`` gives strokes ~1.0 and background 0.0. The filter is ``resample``:
-``"lanczos"`` (default, as in the MAML code) gives anti-aliased grey levels; ``"nearest"`` keeps
-the 1-bit scans binary (0 or 255), as the Prototypical Networks and Reptile code's resizing of the
-1-bit PNGs does.
+``"lanczos"`` (default) gives anti-aliased grey levels; ``"nearest"`` keeps the 1-bit scans binary
+(0 or 255), the images of the published Omniglot code (Prototypical Networks, MAML, Relation
+Networks, Reptile): Pillow resizes a 1-bit image by nearest neighbour whatever filter is asked for,
+and those loaders resize the 1-bit PNGs as they are.
 
 Reading and verification: each archive is read from the zip in ``root`` or, if there is no
 zip, from the folder it extracts to (``root/images_background/...``). Before decoding, the

@@ -203,9 +203,9 @@ class ClassificationOptions(Options):
     image_size: int = option(28, "side of the square images after resizing", ge=4)
     resample: str = option(
         "lanczos",
-        "Pillow filter that resizes the raw images to image_size: lanczos (anti-aliased grey levels, as in the MAML "
-        "code), nearest (Omniglot's 1-bit scans stay binary, as in the Prototypical Networks and Reptile code), "
-        "box, bilinear, hamming or bicubic",
+        "Pillow filter that resizes the raw images to image_size: lanczos (anti-aliased grey levels), nearest "
+        "(Omniglot's 1-bit scans stay binary, the images of the published Omniglot code of Prototypical Networks, "
+        "MAML, Relation Networks and Reptile), box, bilinear, hamming or bicubic",
         choices=RESAMPLE_NAMES,
     )
 
