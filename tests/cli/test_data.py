@@ -91,6 +91,18 @@ def test_show_omniglot(omniglot_root, cache_dir, tmp_path, capsys, saved_figures
     assert main(argv) == 0 and out.read_bytes() != first
 
 
+def test_show_resizes_with_the_given_filter(omniglot_root, cache_dir, tmp_path, capsys, saved_figures):
+    out = tmp_path / "e.png"
+    base = ["data", "show", "omniglot", "--root", str(omniglot_root), "--cache-dir", str(cache_dir), "--out", str(out),
+            "--protocol", "lake", "--ways", "3", "--shots", "1"]
+    assert main(base + ["--resample", "nearest"]) == 0
+    binary = Omniglot(omniglot_root, "lake", "evaluation", cache_dir=cache_dir, progress=False, resample="nearest")
+    (fig, _), = saved_figures
+    _assert_shows_the_episode(fig, binary, EpisodeSampler(binary, 3, 1, 1, seed=0).sample(1)[0], 1, 1)
+    assert main(base + ["--resample", "area"]) == 2
+    assert "resample='area' is not a known filter; use one of" in capsys.readouterr().err
+
+
 def test_show_lake_and_errors(omniglot_root, cache_dir, tmp_path, capsys, saved_figures):
     out = tmp_path / "e.png"
     base = ["data", "show", "omniglot", "--root", str(omniglot_root), "--cache-dir", str(cache_dir), "--out", str(out)]

@@ -73,6 +73,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, type=Path, help="folder holding the dataset")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded-data cache (default $METAKIT_CACHE or ~/.cache/metakit)")
     p.add_argument("--image-size", type=int, default=28, help="side of the square images in pixels (default 28)")
+    p.add_argument(
+        "--resample",
+        default="lanczos",
+        help="Pillow filter that resizes the images, as task.resample: lanczos (default, grey levels), nearest "
+        "(Omniglot's 1-bit scans stay binary), box, bilinear, hamming or bicubic",
+    )
     p.add_argument("--download", action="store_true", help="omniglot: fetch missing archives into --root first")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="folder: 1 = grayscale, 3 = RGB (default 1)")
     p.add_argument(
@@ -99,7 +105,8 @@ def _summary(ds: Any) -> dict[str, int]:
 
 
 def check_omniglot(
-    root: Path, *, cache_dir: Path | None = None, image_size: int = 28, download: bool = False, progress: bool = False
+    root: Path, *, cache_dir: Path | None = None, image_size: int = 28, download: bool = False, progress: bool = False,
+    resample: str = "lanczos",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Verify the Omniglot archives in ``root``; return (per-archive rows, per-split rows)."""
     from ..datasets.omniglot import (
@@ -144,7 +151,8 @@ def check_omniglot(
     rows = []
     for protocol, splits in PROTOCOLS.items():
         for split in splits:
-            ds = Omniglot(root, protocol, split, image_size=image_size, cache_dir=cache_dir, progress=progress)
+            ds = Omniglot(root, protocol, split, image_size=image_size, cache_dir=cache_dir, progress=progress,
+                          resample=resample)
             rows.append({"protocol": protocol, "split": split, **_summary(ds)})
     return archives, rows
 
@@ -162,7 +170,8 @@ def _run_check(args: argparse.Namespace) -> int:
                   f"({r['min_per_class']}..{r['max_per_class']} per class)")
         return 0
     archives, rows = check_omniglot(
-        args.root, cache_dir=args.cache_dir, image_size=args.image_size, download=args.download, progress=_progress()
+        args.root, cache_dir=args.cache_dir, image_size=args.image_size, download=args.download, progress=_progress(),
+        resample=args.resample,
     )
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -195,7 +204,8 @@ _CHECKS = {
 def _folder(args: argparse.Namespace):
     from ..datasets import ImageFolder
 
-    return ImageFolder(args.root, image_size=args.image_size, channels=args.channels, invert=args.invert)
+    return ImageFolder(args.root, image_size=args.image_size, channels=args.channels, invert=args.invert,
+                       resample=args.resample)
 
 
 def draw_episode(dataset: Any, episode: Any, title: str, out: Path) -> None:
@@ -284,7 +294,7 @@ def _run_show(args: argparse.Namespace) -> int:
         split = args.split or ("test" if args.protocol == "vinyals" else "evaluation")
         try:
             ds = Omniglot(args.root, args.protocol, split, image_size=args.image_size, download=args.download,
-                          cache_dir=args.cache_dir, progress=_progress())
+                          cache_dir=args.cache_dir, progress=_progress(), resample=args.resample)
         except FileNotFoundError:
             raise
         except OSError as e:
