@@ -147,6 +147,24 @@ def test_a_checkpoint_of_another_run_is_named_as_such(trained, folder, tmp_path)
     assert "\n" not in str(info.value)
 
 
+def test_images_preprocessed_otherwise_than_in_training_are_refused(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    assert load_run(run_dir).dataset("test").meta["preprocessing"]["resample"] == "lanczos"  # as trained
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw["task"]["resample"] = "nearest"  # edited after training
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+    loaded = load_run(run_dir)
+    with pytest.raises(ValueError, match=r"the 'test' images built from .*config.yaml are not preprocessed as "
+                       r"best.safetensors's training images were \(resample='nearest' where training had 'lanczos'\); "
+                       r"was the task section edited after training\?"):
+        loaded.dataset("test")
+
+
 def test_a_checkpoint_with_non_finite_running_statistics_is_refused(trained, tmp_path):
     """A diverged model must not be evaluated at chance level without a word."""
     from metakit.runtime.checkpoint import save_checkpoint

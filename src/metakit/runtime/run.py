@@ -330,12 +330,18 @@ class LoadedRun:
         """The dataset of ``split`` (``train``/``val``/``test`` or a split name; default test), cached.
 
         ``None`` for sinusoid tasks.
+
+        Raises:
+            ValueError: its images are not preprocessed as the checkpoint's training images were
+                (:attr:`preprocessing`): the run's config was edited after training.
         """
         from .builders import build_dataset
 
         split = split or "test"
         if split not in self._datasets:
-            self._datasets[split] = build_dataset(self.config, split, progress=progress)
+            data = build_dataset(self.config, split, progress=progress)
+            _check_preprocessing(self, split, data)
+            self._datasets[split] = data
         return self._datasets[split]
 
     def episodes(self, split: str | None = None, **options: Any) -> Iterable[Any]:
@@ -352,6 +358,22 @@ class LoadedRun:
 
         split = split or "test"
         return build_episodes(self.config, split, dataset=self.dataset(split), **options)
+
+
+def _check_preprocessing(run: LoadedRun, split: str, data: Any) -> None:
+    """Refuse a dataset whose images are not preprocessed as the checkpoint's training images were (the
+    arguments of :func:`metakit.datasets.preprocess_image` the checkpoint records), naming the keys."""
+    trained = run.preprocessing
+    given = (getattr(data, "meta", None) or {}).get("preprocessing")
+    if trained is None or not isinstance(given, dict) or dict(given) == trained:
+        return
+    keys = sorted(set(trained) | set(given), key=str)
+    differ = ", ".join(f"{k}={given.get(k)!r} where training had {trained.get(k)!r}" for k in keys if given.get(k) != trained.get(k))
+    raise ValueError(
+        f"the {split!r} images built from {run.run_dir / CONFIG_FILE} are not preprocessed as {run.checkpoint.name}'s "
+        f"training images were ({differ}); was the task section edited after training? Set those task keys back "
+        "(e.g. task.resample, task.image_size)"
+    )
 
 
 def context_record(context: BuildContext) -> dict[str, Any]:
