@@ -92,8 +92,6 @@ def _absolute(path: str | None) -> str | None:
 
 
 # -- the two shipped sources ---------------------------------------------------------------------
-RESAMPLE_NAMES = tuple(RESAMPLE_FILTERS)  # the filters task.resample accepts
-
 _PROTOCOL_SPLITS = {
     # protocol -> (train, val, test); lake has no validation split
     "vinyals": ("train", "val", "test"),
@@ -181,6 +179,9 @@ class FolderSource(DatasetSource):
 
 
 # -- the family ----------------------------------------------------------------------------------
+RESAMPLE_NAMES = tuple(RESAMPLE_FILTERS)  # the filters task.resample accepts
+
+
 @dataclass(frozen=True)
 class ClassificationOptions(Options):
     """The keys every classification source shares (the source adds its own)."""
