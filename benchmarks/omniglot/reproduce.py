@@ -340,6 +340,11 @@ def _decimals(paper: float) -> int:
     return len(repr(float(paper)).partition(".")[2])
 
 
+def _against(r: dict[str, Any], paper: float) -> str:
+    """A record's result against a paper's number, as the legend under the table writes it."""
+    return f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {paper:.{_decimals(paper)}f}"
+
+
 MISS_ORDER = (
     "short at the full budget or stopped early (docs/reproduction.md compares each with its paper's setup)",
     "short of its paper with part of the budget trained",
@@ -354,7 +359,7 @@ def _miss(r: dict[str, Any] | None, paper: float, budget: int) -> tuple[str, str
     result against the paper (none without a result), with the share of the budget where that is the reason."""
     if r is None:
         return MISS_ORDER[3], ""
-    result = f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {paper:.{_decimals(paper)}f}"
+    result = _against(r, paper)
     if r["status"] != "recorded":
         return MISS_ORDER[2], result
     steps = r["steps"]
@@ -430,7 +435,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     for run in run_list.runs.values():
         if run.paper_source:
             sources.setdefault(run.paper_source, []).append(f"`{run.name}`")
-    hits = [f"{m} {c} ({100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {p:.{_decimals(p)}f})"
+    hits = [f"{m} {c} ({_against(r, p)})"
             for m, c, r, p, ok in compared if ok and r is not None]
     by_method: dict[str, list[bool]] = {}
     for m, _, _, _, ok in compared:
