@@ -417,7 +417,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         cells = []
         for c in cols:
             if c not in by_setting:
-                cells.append("not run")
+                cells.append("—")  # no run of the row is meant for this setting
                 continue
             run, r = by_setting[c], newest.get((by_setting[c].name, c))
             ok = reaches_paper(r, run.paper.get(c))

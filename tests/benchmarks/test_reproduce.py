@@ -299,7 +299,7 @@ def test_a_run_trained_as_another_evaluates_its_folder_with_its_options(bench):
     rc, calls = bench.main()
     assert rc == 0 and calls == [calls[0]] and calls[0].endswith("--option scale=5")
     table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
-    assert "| metric | Method A with scale 10 at test | `run_b`: the run of `run_a` | not run | 90.0 ± 1.0 |" in table
+    assert "| metric | Method A with scale 10 at test | `run_b`: the run of `run_a` | — | 90.0 ± 1.0 |" in table
     assert table.count("| `run_a` |") == 1 and "| `run_b` |" not in table  # the convergence table: once
 
 
@@ -473,8 +473,8 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
         _rec("run_a", "20w5s", "partial", 0.80, episodes=600),
     ])
     row = next(line for line in lines if "| Method A |" in line)
-    assert row == ("| metric | Method A | `run_a`: 5-way 5-shot 5-query x 32, 100 steps, 10 min | not run | "
-                   "50.0 ± 0.4 (unrecorded) | not run | 80.0 ± 0.4 (600 episodes)* | — / 99.0 / — / — |")
+    assert row == ("| metric | Method A | `run_a`: 5-way 5-shot 5-query x 32, 100 steps, 10 min | — | "
+                   "50.0 ± 0.4 (unrecorded) | — | 80.0 ± 0.4 (600 episodes)* | — / 99.0 / — / — |")
     assert "Papers' numbers: `run_a`: Someone 2020, Table 3." in lines
     assert any(line.startswith("(unrecorded): ") for line in lines) and any(line.startswith("*: ") for line in lines)
     # a recorded run replaces the transcribed figure; a cell of an older, shorter training says so
@@ -484,7 +484,7 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
         _rec("run_a", "5w5s", "recorded", 0.9812),
     ])
     row = next(line for line in lines if "| Method A |" in line)
-    assert "| not run | 98.1 ± 0.4 | not run | 80.0 ± 0.4 (after 50 steps) |" in row
+    assert "| — | 98.1 ± 0.4 | — | 80.0 ± 0.4 (after 50 steps) |" in row
     assert not any(line.startswith(("(unrecorded)", "*:")) for line in lines)
     # the training column measures each run against the list's budget (train.steps=10 here)
     for steps, text in ((10, "10 of 10 steps, "), (4, "4 of 10 steps (40%), "), (12, "12 steps, ")):
@@ -492,7 +492,9 @@ def test_the_table_shows_the_newest_record_of_each_setting_and_marks_its_status(
                    if "| Method A |" in line)
         assert f"`run_a`: 5-way 5-shot 5-query x 32, {text}10 min" in row, row
     none = rp.table_lines(run_list, [])
-    assert "`run_a`: not run yet (budget 10 steps)" in next(line for line in none if "| Method A |" in line)
+    row = next(line for line in none if "| Method A |" in line)
+    # a setting the row's run is listed for has no result yet: "not run"; one it is not meant for: "—"
+    assert "`run_a`: not run yet (budget 10 steps) | — | not run | — | not run | — / 99.0 / — / — |" in row, row
 
 
 @pytest.mark.parametrize("status, acc, reached", [
@@ -810,4 +812,4 @@ def test_a_cell_evaluated_off_the_lists_default_says_how(bench):
     bench.list.write_text(bench.list.read_text().replace("{ways: 5, shots: 5}", "{ways: 5, shots: 5, queries: 1}"))
     assert bench.main()[0] == 0
     table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
-    assert "| 90.0 ± 1.0 (1 query per class) | not run | 90.0 ± 1.0 (600 episodes) |" in table
+    assert "| 90.0 ± 1.0 (1 query per class) | — | 90.0 ± 1.0 (600 episodes) |" in table
