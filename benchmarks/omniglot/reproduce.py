@@ -340,9 +340,14 @@ def _decimals(paper: float) -> int:
     return len(repr(float(paper)).partition(".")[2])
 
 
+def _mean_ci(r: dict[str, Any]) -> str:
+    """A record's accuracy and 95% interval in percent, one decimal each."""
+    return f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f}"
+
+
 def _against(r: dict[str, Any], paper: float) -> str:
     """A record's result against a paper's number, as the legend under the table writes it."""
-    return f"{100 * r['result']['accuracy']:.1f} ± {100 * r['result']['ci95']:.1f} against {paper:.{_decimals(paper)}f}"
+    return f"{_mean_ci(r)} against {paper:.{_decimals(paper)}f}"
 
 
 MISS_ORDER = (
@@ -377,7 +382,7 @@ def _cell(r: dict[str, Any] | None, steps: int | None, reproduced: bool = False,
         return "not run"
     res = r["result"]
     defaults = defaults or {}
-    cell = f"{100 * res['accuracy']:.1f} ± {100 * res['ci95']:.1f}"
+    cell = _mean_ci(r)
     if reproduced:
         cell = f"**{cell}**"
     notes = []
