@@ -102,6 +102,8 @@ def test_bad_inputs():
         RelationNet(RelationEncoder(), relation_hidden=0)
     with pytest.raises(ValueError, match="cannot tell the embedding size of encoder Conv4"):
         RelationNet(Conv4(out_features=5))
+    with pytest.raises(ValueError, match="weight_init='sung' is not known"):
+        RelationNet(RelationEncoder(), weight_init="sung")
     algo = RelationNet(RelationEncoder(hidden=4))
     with pytest.raises(ValueError, match=r"the encoder gives features of shape \(4, 6, 6\) but the relation module was built for \(4, 5, 5\)"):
         algo.embed(torch.zeros(1, 1, 32, 32))
@@ -131,3 +133,15 @@ def test_model_defaults_size_the_backbone_for_the_images():
     assert algo.predict(
         EpisodeBatch(torch.randn(1, 2, 3, 32, 32), torch.tensor([[0, 1]]), torch.randn(1, 2, 3, 32, 32), torch.tensor([[1, 0]]), 2)
     ).shape == (1, 2, 2)
+
+
+def test_weight_init_published_reinitialises_both_networks():
+    torch.manual_seed(0)
+    default = RelationNet(RelationEncoder(hidden=8), relation_channels=8)
+    torch.manual_seed(0)
+    published = RelationNet(RelationEncoder(hidden=8), relation_channels=8, weight_init="published")
+    assert published.weight_init == "published" and "weight_init='published'" in repr(published)
+    assert not torch.all(default.relation.head[0].bias == 1)
+    assert torch.all(published.relation.head[0].bias == 1) and torch.all(published.relation.head[2].bias == 1)
+    conv = published.encoder.features[0]
+    assert torch.count_nonzero(conv.bias) == 0 and not torch.equal(conv.weight, default.encoder.features[0].weight)

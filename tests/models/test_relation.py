@@ -60,3 +60,27 @@ def test_bad_inputs():
         rel(torch.zeros(1, 2, 4, 6, 6), torch.zeros(1, 2, 4, 5, 5))
     with pytest.raises(ValueError, match=r"class features have shape \(2, 2, 4, 5, 5\); expected \[1, ways, 4, 5, 5\]"):
         rel(torch.zeros(1, 2, 4, 5, 5), torch.zeros(2, 2, 4, 5, 5))
+
+
+def test_published_init_draws_the_papers_weights():
+    from metakit.models.relation import published_init
+
+    torch.manual_seed(0)
+    enc, rel = RelationEncoder(), RelationModule((64, 5, 5))
+    assert published_init(enc) is enc
+    published_init(rel)
+    for net in (enc, rel):
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                std = (2.0 / (9 * m.out_channels)) ** 0.5
+                assert abs(float(m.weight.detach().std()) / std - 1) < 0.05
+                assert abs(float(m.weight.detach().mean())) < 0.05 * std
+                assert torch.count_nonzero(m.bias) == 0
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                assert torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0
+    fc1, fc2 = rel.head[0], rel.head[2]
+    assert abs(float(fc1.weight.detach().std()) / 0.01 - 1) < 0.2
+    assert torch.all(fc1.bias == 1) and torch.all(fc2.bias == 1)
+    # PyTorch's default draws differ: the first convolution's scale is uniform on the fan-in
+    default = RelationEncoder().features[0].weight
+    assert abs(float(default.detach().std()) / (2.0 / 9) ** 0.5 - 1) > 0.2

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.relation import RelationModule
+from ..models.relation import RelationModule, published_init
 from ..tasks.episode import EpisodeBatch
 from ._embedding import EmbeddingAlgorithm, check_choice, check_encoder, check_positive, feature_shape_of, run_encoder
 from .base import accuracy, register
@@ -43,6 +43,7 @@ from .base import accuracy, register
 __all__ = ["RelationNet", "class_features"]
 
 _POOLS = ("sum", "mean")
+_INITS = ("pytorch", "published")
 
 
 def class_features(support_z: Tensor, support_y: Tensor, ways: int, pool: str = "sum") -> Tensor:
@@ -71,6 +72,10 @@ class RelationNet(EmbeddingAlgorithm):
             below this bound (memory control; with BatchNorm running statistics the result
             does not depend on it). In training mode all pairs are scored at once, so that
             BatchNorm sees the statistics of the whole batch.
+        weight_init: ``pytorch`` keeps PyTorch's default initialisation of both networks;
+            ``published`` re-draws the encoder's and the relation module's weights as the
+            paper's code does (:func:`~metakit.models.relation.published_init`: He-normal
+            convolutions on the fan-out, N(0, 0.01^2) linear weights, linear biases of 1).
 
     The shape of one embedding is read from the encoder's ``feature_shape`` (feature maps) or
     ``feature_dim`` (vectors) attribute, which the backbones of :mod:`metakit.models` set.
@@ -85,6 +90,7 @@ class RelationNet(EmbeddingAlgorithm):
         relation_hidden: int = 8,
         class_pool: Literal["sum", "mean"] = "sum",
         max_pair_elements: int = 2**24,
+        weight_init: Literal["pytorch", "published"] = "pytorch",
     ) -> None:
         super().__init__()
         check_encoder(encoder)
@@ -93,8 +99,12 @@ class RelationNet(EmbeddingAlgorithm):
         self.class_pool = check_choice("class_pool", class_pool, _POOLS)
         check_positive("max_pair_elements", max_pair_elements, int)
         self.max_pair_elements = max_pair_elements
+        self.weight_init = check_choice("weight_init", weight_init, _INITS)
         self.encoder = encoder
         self.relation = RelationModule(feature_shape_of(encoder), relation_channels, relation_hidden)
+        if self.weight_init == "published":
+            published_init(self.encoder)
+            published_init(self.relation)
 
     def embed(self, x: Tensor) -> Tensor:
         """Embeddings ``[N, *feature_shape]`` (feature maps, not flattened)."""
@@ -126,4 +136,4 @@ class RelationNet(EmbeddingAlgorithm):
         return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
 
     def extra_repr(self) -> str:
-        return f"class_pool={self.class_pool!r}"
+        return f"class_pool={self.class_pool!r}, weight_init={self.weight_init!r}"

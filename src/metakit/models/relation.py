@@ -24,13 +24,14 @@ pairs are formed only after it. The result is the same function as concatenating
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RelationEncoder", "RelationModule"]
+__all__ = ["RelationEncoder", "RelationModule", "published_init"]
 
 
 class RelationEncoder(nn.Module):
@@ -81,6 +82,30 @@ class RelationEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Feature maps ``[N, hidden, side, side]`` of images ``[N, in_channels, H, W]``."""
         return self.features(x)
+
+
+def published_init(module: nn.Module) -> nn.Module:
+    """Re-initialise ``module`` in place as the paper's published code does, and return it.
+
+    Every convolution gets weights drawn from N(0, 2 / (k_h * k_w * out_channels)) (He's rule
+    on the fan-out) and zero biases; every BatchNorm a scale of 1 and a shift of 0; every linear
+    layer weights from N(0, 0.01^2) and biases of **1**. PyTorch's defaults (uniform on the
+    fan-in, zero-mean biases) differ in all three; the draws follow the global random state.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.ones_(m.bias)
+    return module
 
 
 def _pair_first_layer(layer: nn.Conv2d | nn.Linear, query: Tensor, cls: Tensor) -> Tensor:
