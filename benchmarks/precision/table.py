@@ -20,14 +20,17 @@ def table(record: dict) -> str:
         f"Relative error of the float32 meta-gradient against float64 (`{record['command']}`, "
         f"{record['date'][:10]}, {hw['cpu']}, torch {hw['torch']}, {record['threads']} thread; "
         f"{record['settings'][0]['tasks']} tasks of the {record['settings'][0]['data']} split per setting, "
-        "the same initial weights; seconds per meta-iteration are medians of interleaved repetitions):",
+        "the same initial weights; float64 sensitivity: the relative change of the float64 meta-gradient "
+        "when the weights are perturbed by float32 rounding; seconds per meta-iteration are medians of "
+        "interleaved repetitions):",
         "",
-        "| setting | NCHW error | channels_last error | NCHW s/iteration | channels_last s/iteration | channels_last speed-up |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| setting | NCHW error | channels_last error | float64 sensitivity | NCHW s/iteration | channels_last s/iteration | channels_last speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in record["settings"]:
         e, s = r["rel_error"], r["seconds"]
-        lines.append(f"| {r['setting']} | {e['nchw']:.1e} | {e['channels_last']:.1e} | {s['nchw']:.3f} | "
+        sens = f"{r['sensitivity']:.1e}" if "sensitivity" in r else "not measured"
+        lines.append(f"| {r['setting']} | {e['nchw']:.1e} | {e['channels_last']:.1e} | {sens} | {s['nchw']:.3f} | "
                      f"{s['channels_last']:.3f} | {s['nchw'] / s['channels_last']:.2f}x |")
     lines += ["", "BatchNorm forward alone (training mode, `[N, 64, 28, 28]`), float32 against float64:", "",
               "| images N | NCHW error | channels_last error |", "| --- | --- | --- |"]

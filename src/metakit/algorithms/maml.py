@@ -150,10 +150,11 @@ class MAML(InnerLoopAlgorithm):
             in float32 with an error that grows with the elements per channel (1.9e-6 relative on 5
             images of 64x28x28, 3.0e-5 on 300, against 1e-7 in NCHW at every size), and the
             training-mode backward turns it into large gradient errors: against float64 the
-            float32 meta-gradient of the shipped Omniglot settings is off by 8e-5 (first-order
-            5-way 1-shot) to 2e-1 (first-order 20-way 1-shot) in channels_last, against 1.4e-6 to
-            3e-4 in NCHW; Reptile 1.5e-1 against 3.2e-3 (``metakit bench precision``, one
-            thread). The speed gain is 1.03x-1.37x per meta-iteration (same benchmark).
+            float32 meta-gradient on the max-pooling Conv4 is off by up to 2e-1 (first-order
+            20-way 1-shot) in channels_last against at most 3e-4 in NCHW (``metakit bench
+            precision``, one thread; the figures per setting and CPU are in the README). The
+            speed gain is 1.02x-1.48x per meta-iteration on the max-pooling Conv4 and
+            0.93x-1.16x on the stride-2 network (same benchmark).
         loss: auto (cross_entropy for classification, mse for regression), cross_entropy or mse.
         inner_update: sgd (the rates alone), momentum (heavy ball: v = mu*v + g, step along v)
             or nesterov (step along g + mu*v), as torch.optim.SGD's momentum, on top of the
@@ -164,7 +165,7 @@ class MAML(InnerLoopAlgorithm):
             nesterov.
     """
 
-    option_help = {"channels_last": "run image (4-D) inputs and conv weights in channels_last memory format: 1.03x-1.37x faster per step, with float32 meta-gradients far less accurate (metakit bench precision); default false"}  # noqa: E501 - the Args entry carries measurements, not help
+    option_help = {"channels_last": "run image (4-D) inputs and conv weights in channels_last memory format: up to 1.48x faster per step, with float32 meta-gradients far less accurate (metakit bench precision); default false"}  # noqa: E501 - the Args entry carries measurements, not help
 
     def __init__(
         self,

@@ -17,9 +17,16 @@ statistics, per batch size, which shows where the channels_last error comes from
 error of its per-channel statistics grows with the number of elements per channel, while the
 NCHW kernel's stays at float32 rounding.
 
-The relative error is a property of the arithmetic, not of the machine: the same numbers
-come back on any CPU with the same PyTorch build (up to the last digit or two, as summation
-order follows the thread count).
+How large an error the setting itself makes of rounding is reported beside it: the
+``sensitivity`` is the relative change of the float64 meta-gradient when every weight is
+multiplied by ``1 + 2**-24 * n`` (``n`` standard normal, one draw per weight: a perturbation of
+the size of float32 rounding). Where it is large, the meta-gradient is ill-conditioned in exact
+arithmetic (many second-order steps with a large inner step), and no float32 implementation can
+be much closer to float64 than it.
+
+The errors depend on the CPU as well as on the PyTorch build: its vector kernels sum in
+different orders (the record names the CPU), and on one machine the summation order also follows
+the thread count.
 """
 
 from __future__ import annotations
@@ -43,23 +50,31 @@ from ..tasks.episode import EpisodeBatch
 
 DESCRIPTION = "float32 meta-gradient error vs float64 (NCHW vs channels_last) and time per meta-iteration"
 
-#: name -> (algorithm, options, ways, shots, queries). The 5-way settings are the training protocol
-#: of the shipped configs (configs/*_omniglot_5w*s.yaml); the 20-way ones apply the same options
-#: to 20-way tasks (no 20-way config of the MAML family ships).
+#: name -> (algorithm, options, ways, shots, queries, model). The settings without a suffix run
+#: the max-pooling Conv4 (one inner step of 0.4; Reptile its own five); the ``-published`` ones
+#: are the protocol of the shipped MAML configs (configs/{maml,fomaml}_omniglot_*.yaml): the
+#: published code's stride-2 network (``conv4_strided``), inner step (2.0 on the mean loss),
+#: adapted parameters and number of inner steps (1 in 5-way, 5 in 20-way).
 _ONE_STEP = {"inner_lr": 0.4, "inner_steps": 1}
-SETTINGS: dict[str, tuple[str, dict[str, Any], int, int, int]] = {
-    "fomaml-5w1s": ("maml", {**_ONE_STEP, "first_order": True}, 5, 1, 1),
-    "fomaml-5w5s": ("maml", {**_ONE_STEP, "first_order": True}, 5, 5, 5),
-    "fomaml-20w1s": ("maml", {**_ONE_STEP, "first_order": True}, 20, 1, 1),
-    "fomaml-20w5s": ("maml", {**_ONE_STEP, "first_order": True}, 20, 5, 5),
-    "maml-5w1s": ("maml", dict(_ONE_STEP), 5, 1, 1),
-    "maml-5w5s": ("maml", dict(_ONE_STEP), 5, 5, 5),
-    "maml-20w1s": ("maml", dict(_ONE_STEP), 20, 1, 1),
-    "metasgd-5w1s": ("metasgd", dict(_ONE_STEP), 5, 1, 1),
-    "metasgd-5w5s": ("metasgd", dict(_ONE_STEP), 5, 5, 5),
-    "anil-5w1s": ("anil", dict(_ONE_STEP), 5, 1, 1),
-    "anil-5w5s": ("anil", dict(_ONE_STEP), 5, 5, 5),
-    "reptile-5w10s": ("reptile", {"inner_lr": 0.1, "inner_steps": 5, "inner_batch": 10}, 5, 10, 5),
+_PUBLISHED = {"inner_lr": 2.0, "adapt": ".*(weight|bias)"}
+SETTINGS: dict[str, tuple[str, dict[str, Any], int, int, int, str]] = {
+    "fomaml-5w1s": ("maml", {**_ONE_STEP, "first_order": True}, 5, 1, 1, "conv4"),
+    "fomaml-5w5s": ("maml", {**_ONE_STEP, "first_order": True}, 5, 5, 5, "conv4"),
+    "fomaml-20w1s": ("maml", {**_ONE_STEP, "first_order": True}, 20, 1, 1, "conv4"),
+    "fomaml-20w5s": ("maml", {**_ONE_STEP, "first_order": True}, 20, 5, 5, "conv4"),
+    "maml-5w1s": ("maml", dict(_ONE_STEP), 5, 1, 1, "conv4"),
+    "maml-5w5s": ("maml", dict(_ONE_STEP), 5, 5, 5, "conv4"),
+    "maml-20w1s": ("maml", dict(_ONE_STEP), 20, 1, 1, "conv4"),
+    "metasgd-5w1s": ("metasgd", dict(_ONE_STEP), 5, 1, 1, "conv4"),
+    "metasgd-5w5s": ("metasgd", dict(_ONE_STEP), 5, 5, 5, "conv4"),
+    "anil-5w1s": ("anil", dict(_ONE_STEP), 5, 1, 1, "conv4"),
+    "anil-5w5s": ("anil", dict(_ONE_STEP), 5, 5, 5, "conv4"),
+    "reptile-5w10s": ("reptile", {"inner_lr": 0.1, "inner_steps": 5, "inner_batch": 10}, 5, 10, 5, "conv4"),
+    "maml-5w1s-published": ("maml", {**_PUBLISHED, "inner_steps": 1}, 5, 1, 1, "conv4_strided"),
+    "maml-5w5s-published": ("maml", {**_PUBLISHED, "inner_steps": 1}, 5, 5, 5, "conv4_strided"),
+    "maml-20w1s-published": ("maml", {**_PUBLISHED, "inner_steps": 5}, 20, 1, 1, "conv4_strided"),
+    "maml-20w5s-published": ("maml", {**_PUBLISHED, "inner_steps": 5}, 20, 5, 5, "conv4_strided"),
+    "fomaml-20w1s-published": ("maml", {**_PUBLISHED, "inner_steps": 5, "first_order": True}, 20, 1, 1, "conv4_strided"),
 }
 BN_BATCHES = (5, 25, 75, 100, 300)
 ROOT_ENV = "METAKIT_OMNIGLOT_ROOT"
@@ -107,20 +122,28 @@ def _meta_gradient(algorithm: torch.nn.Module, batch: EpisodeBatch, seed: int) -
 
 
 def measure_setting(name: str, root: Path | None, tasks: int, iters: int, seed: int) -> dict[str, Any]:
-    """Relative meta-gradient errors and seconds per meta-iteration of one setting."""
+    """Relative meta-gradient errors, float64 sensitivity and seconds per meta-iteration of one setting."""
     from ..algorithms import get_algorithm
-    from ..models import Conv4
+    from ..models import build_model
 
-    algo, options, ways, shots, queries = SETTINGS[name]
+    algo, options, ways, shots, queries, model_name = SETTINGS[name]
     batch, source = _tasks(root, ways, shots, queries, tasks, seed)
     torch.manual_seed(seed)
-    model = Conv4(out_features=ways, track_running_stats=False)
+    model = build_model(model_name, out_features=ways, track_running_stats=False)
     cls = get_algorithm(algo)
 
     def build(channels_last: bool, dtype: torch.dtype) -> torch.nn.Module:
         return cls(copy.deepcopy(model).to(dtype), channels_last=channels_last, **options).to(dtype)
 
-    reference, _ = _meta_gradient(build(False, torch.float64), batch.to(dtype=torch.float64), seed)
+    exact = build(False, torch.float64)
+    batch64 = batch.to(dtype=torch.float64)
+    reference, _ = _meta_gradient(exact, batch64, seed)
+    noise = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.mul_(1 + 2.0**-24 * torch.randn(p.shape, generator=noise, dtype=p.dtype))
+    perturbed, _ = _meta_gradient(exact, batch64, seed)
+    sensitivity = ((perturbed - reference).norm() / reference.norm()).item()
     paths = {"nchw": build(False, torch.float32), "channels_last": build(True, torch.float32)}
     errors, times = {}, {k: [] for k in paths}
     for key, alg in paths.items():  # warm-up; its gradient is the one compared (same weights every time)
@@ -130,9 +153,9 @@ def measure_setting(name: str, root: Path | None, tasks: int, iters: int, seed: 
         for key, alg in paths.items():
             times[key].append(_meta_gradient(alg, batch, seed)[1])
     return {
-        "setting": name, "algorithm": algo, "options": options, "ways": ways, "shots": shots, "queries": queries,
+        "setting": name, "algorithm": algo, "options": options, "model": model_name, "ways": ways, "shots": shots, "queries": queries,
         "tasks": tasks, "data": source,
-        "rel_error": errors,
+        "rel_error": errors, "sensitivity": sensitivity,
         "seconds": {k: statistics.median(v) for k, v in times.items()},
     }
 
@@ -189,10 +212,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"float32 meta-gradient vs float64 (relative L2 error), {args.tasks} tasks per meta-batch, "
           f"{args.threads} thread(s), data: {rows[0]['data'] if rows else '-'}")
-    print(f"{'setting':<14} {'NCHW error':>11} {'CL error':>10} {'NCHW s/it':>10} {'CL s/it':>9} {'CL speed-up':>12}")
+    print(f"{'setting':<22} {'NCHW error':>11} {'CL error':>10} {'f64 sens.':>10} {'NCHW s/it':>10} {'CL s/it':>9} {'CL speed-up':>12}")
     for r in rows:
         e, s = r["rel_error"], r["seconds"]
-        print(f"{r['setting']:<14} {e['nchw']:>11.1e} {e['channels_last']:>10.1e} {s['nchw']:>10.3f} "
+        print(f"{r['setting']:<22} {e['nchw']:>11.1e} {e['channels_last']:>10.1e} {r['sensitivity']:>10.1e} {s['nchw']:>10.3f} "
               f"{s['channels_last']:>9.3f} {s['nchw'] / s['channels_last']:>11.2f}x")
     print("\nBatchNorm forward (training mode), float32 vs float64, [N, 64, 28, 28]:")
     print(f"{'images':>6} {'NCHW error':>11} {'CL error':>10}")
