@@ -21,7 +21,7 @@ def test_the_nchw_float32_meta_gradient_is_close_to_float64_and_channels_last_is
     # (a bench that ran one format twice would report the NCHW error for both)
     assert err["channels_last"] > 1e-4
     assert all(math.isfinite(s) and s > 0 for s in row["seconds"].values())
-    # a well-conditioned setting: float32-sized weight changes move the float64 gradient by about as much
+    # a well-conditioned setting: a float32-sized change of the weights moves the float64 gradient little
     assert 1e-12 < row["sensitivity"] < 1e-4, row["sensitivity"]
 
 
