@@ -509,7 +509,7 @@ def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[
         episodes = r["curves"]["val_episodes"]
         loss = " → ".join("—" if x is None else f"{x:.3g}" for x in c["loss"])
         rows.append(f"| `{run.name}` | {r['steps']:,} of {run.steps:,} | "
-                    + (f"{episodes} episodes, every {_spacing(r['curves']['val'])}" if episodes else "none")
+                    + (f"{episodes} episodes, {_spacing(r['curves']['val'])}" if episodes else "none")
                     + f" | {acc(c['before'])} | {acc(c['after'])} | {c['verdict'] or '—'} | {loss} |")
     if not rows:
         return []
@@ -529,12 +529,13 @@ def convergence_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[
 
 
 def _spacing(val: list[list[float]]) -> str:
-    """How often a run validated: the most common step gap between its validations."""
+    """How often a run validated: ``every N steps``, the most common step gap between its
+    validations, or ``once (step N)`` for a single validation."""
     gaps = [b[0] - a[0] for a, b in zip(val, val[1:])]
     if not gaps:
-        return "—"
+        return f"once (step {int(val[0][0]):,})"
     common = max(set(gaps), key=gaps.count)
-    return f"{common:,} steps"
+    return f"every {common:,} steps"
 
 
 # -- status -----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The README's results tables are exactly what their records print: the Omniglot table
 (``python benchmarks/omniglot/reproduce.py --table``), the float32 precision table
 (``benchmarks/precision/table.py``), the sinusoid table (``benchmarks/sinusoid/record.py table``) and the
-time-to-accuracy table of first-order MAML (``benchmarks/omniglot/curves.py --compare ... --reach ...``)."""
+time-to-accuracy tables of first-order MAML and Meta-SGD (``benchmarks/omniglot/curves.py --compare ... --reach ...``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ TABLES = [
      "paste the output of `python benchmarks/sinusoid/record.py table`"),
     ("time-to-accuracy", ["benchmarks/omniglot/curves.py", "--record", "benchmarks/omniglot/results.json", "--compare",
                           "fomaml_5w1s", "fomaml_5w1s_published", "--reach", "85", "90", "91", "93", "95", "96"],
+     "paste the output of the curves.py command above the table in README.md"),
+    ("time-to-accuracy-metasgd", ["benchmarks/omniglot/curves.py", "--record", "benchmarks/omniglot/results.json",
+                                  "--compare", "metasgd_20w1s", "metasgd_20w1s_strided", "--reach", "60", "70", "75",
+                                  "80", "85"],
      "paste the output of the curves.py command above the table in README.md"),
 ]
 

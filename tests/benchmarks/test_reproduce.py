@@ -756,6 +756,8 @@ def test_the_table_ends_with_the_convergence_of_runs_whose_records_hold_curves(b
     assert lines[-1] == ("| `run_a` | 8 of 10 | 200 episodes, every 2 steps | 80.0 ± 1.0 (step 6) | 90.0 ± 1.1 (step 8) | "
                          "rising | 0.4 → 0.15 |")
     assert lines[lines.index(lines[-1]) - 2].startswith("| run | steps trained | validation |")
+    once = {**rec, "curves": _curves([[6, 3.0, 0.8, 0.01]], [[8, 0.0, 0.1]], episodes=200)}
+    assert rp.table_lines(run_list, [once])[-1].startswith("| `run_a` | 8 of 10 | 200 episodes, once (step 6) | ")
     no_val = {**rec, "curves": _curves([], [[8, 0.0, 0.1]])}
     assert rp.table_lines(run_list, [no_val])[-1] == "| `run_a` | 8 of 10 | none | — | — | — | — → 0.1 |"
 
