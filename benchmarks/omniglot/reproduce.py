@@ -454,6 +454,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         lines.append("")
         lines.append("Not reproduced, by what the record says: " + "; ".join(
             f"**{why}**: {', '.join(cells)}" for why, cells in sorted(misses.items(), key=lambda kv: MISS_ORDER.index(kv[0]))) + ".")
+    lines += budget_lines(run_list, newest)
     lines.append("")
     lines.append("Papers' numbers: " + "; ".join(f"{', '.join(n)}: {s}" for s, n in sources.items()) + ".")
     shown = {r["status"] for r in newest.values()}
@@ -465,6 +466,40 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
                   "hardware were recorded; `results.json` holds the result, steps and training time, and marks "
                   "the rest unknown."]
     return lines + convergence_lines(run_list, records)
+
+
+def budget_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The training time the rest of each run's budget needs at the pace its record shows (its training
+    minutes over its steps trained, validations included): per run short of its budget and not stopped
+    early, largest first, and in all. Transcribed records, and records without steps or minutes, give no
+    pace; their runs are named as such. Runs without a record are left out (their cells say "not run")."""
+    rest: list[tuple[float, str]] = []
+    unknown: list[str] = []
+    for run in run_list.runs.values():
+        recs = [r for (n, _), r in newest.items() if n == run.name]
+        if run.trained_as or not recs:
+            continue
+        r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
+        steps, minutes = r["steps"], _minutes(r)
+        if isinstance(steps, int) and (steps >= run.steps or r["training"]["status"] == "stopped_early"):
+            continue
+        if r["status"] == "unrecorded" or not isinstance(steps, int) or steps <= 0 or minutes is None:
+            unknown.append(f"`{run.name}`")
+            continue
+        rest.append(((run.steps - steps) * minutes / steps / 60, run.name))
+    if not rest and not unknown:
+        return []
+    rest.sort(key=lambda x: -x[0])
+    total = sum(h for h, _ in rest)
+    parts = []
+    if rest:
+        parts.append("each at its run's recorded pace (training minutes over steps trained, validations included): "
+                     + ", ".join(f"`{n}` {h:,.1f} h" for h, n in rest)
+                     + f"; {total:,.1f} h in all, {total / 24:,.1f} days of one CPU thread")
+    if unknown:
+        parts.append(f"of unknown pace (a transcribed record, or no steps or minutes recorded): {', '.join(unknown)}")
+    line = "**The rest of the budgets**, " + "; ".join(parts)
+    return ["", line + "."]
 
 
 def _quarters(points: list[list[float]], steps: int) -> tuple[list[list[float]], list[list[float]]]:

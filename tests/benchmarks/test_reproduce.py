@@ -815,3 +815,24 @@ def test_a_cell_evaluated_off_the_lists_default_says_how(bench):
     assert bench.main()[0] == 0
     table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
     assert "| 90.0 ± 1.0 (1 query per class) | — | 90.0 ± 1.0 (600 episodes) |" in table
+
+
+def test_the_rest_of_each_budget_is_priced_at_its_records_pace(bench):
+    bench.set_steps(1000)
+    run_list = rp.load_run_list(bench.list)
+    # 100 of 1,000 steps in 600 s: the other 900 steps need 5,400 s
+    rest = rp.budget_lines(run_list, rp.latest([_rec("run_a", "5w5s", "recorded", 0.9)]))
+    assert rest == ["", "**The rest of the budgets**, each at its run's recorded pace (training minutes over steps "
+                        "trained, validations included): `run_a` 1.5 h; 1.5 h in all, 0.1 days of one CPU thread."]
+    # the pace comes from the run's longest training on record, whichever setting it was evaluated on
+    longer = {**_rec("run_a", "20w5s", "recorded", 0.9, steps=400), "train_seconds": 1200.0}
+    assert "`run_a` 0.5 h;" in rp.budget_lines(run_list, rp.latest([_rec("run_a", "5w5s", "recorded", 0.9), longer]))[1]
+    # a transcribed figure gives no pace
+    assert rp.budget_lines(run_list, rp.latest([_rec("run_a", "5w5s", "unrecorded", 0.9)]))[1] == (
+        "**The rest of the budgets**, of unknown pace (a transcribed record, or no steps or minutes recorded): `run_a`.")
+    # nothing is left of a finished budget, nor of a run stopped early
+    assert rp.budget_lines(run_list, rp.latest([_rec("run_a", "5w5s", "recorded", 0.9, steps=1000)])) == []
+    early = _rec("run_a", "5w5s", "recorded", 0.9)
+    early["training"] = {**early["training"], "status": "stopped_early"}
+    assert rp.budget_lines(run_list, rp.latest([early])) == []
+    assert "**The rest of the budgets**" in "\n".join(rp.table_lines(run_list, [_rec("run_a", "5w5s", "recorded", 0.9)]))
