@@ -301,10 +301,15 @@ def budget_share(trained: int, budget: int) -> str:
     return f"{math.floor(pct * 10) / 10:.1f}%" if pct < 10 else f"{math.floor(pct)}%"
 
 
+def _longest(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of the longest training among ``recs`` (a record without a step count counts as shortest)."""
+    return max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
+
+
 def _training(name: str, recs: list[dict[str, Any]], budget: int) -> str:
     if not recs:
         return f"`{name}`: not run yet (budget {budget:,} steps)"
-    r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
+    r = _longest(recs)
     trained = r["steps"] if isinstance(r["steps"], int) else None
     if trained is None or trained > budget:  # a record of a longer run than the list now asks for
         steps = f"{r['steps']:,} steps" if trained is not None else f"{r['steps']} steps"
@@ -479,7 +484,7 @@ def budget_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]
         recs = [r for (n, _), r in newest.items() if n == run.name]
         if run.trained_as or not recs:
             continue
-        r = max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
+        r = _longest(recs)
         steps, minutes = r["steps"], _minutes(r)
         if isinstance(steps, int) and (steps >= run.steps or r["training"]["status"] == "stopped_early"):
             continue
