@@ -301,6 +301,11 @@ def budget_share(trained: int, budget: int) -> str:
     return f"{math.floor(pct * 10) / 10:.1f}%" if pct < 10 else f"{math.floor(pct)}%"
 
 
+def _of_run(newest: dict[tuple[str, str], dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The newest record of each setting run ``name`` was evaluated in."""
+    return [r for (n, _), r in newest.items() if n == name]
+
+
 def _longest(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """The record of the longest training among ``recs`` (a record without a step count counts as shortest)."""
     return max(recs, key=lambda x: x["steps"] if isinstance(x["steps"], int) else -1)
@@ -420,7 +425,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     misses: dict[str, list[str]] = {}  # why a cell with a paper's number is not reproduced -> the cells
     for method, runs in rows.items():
         by_setting = {e.setting: run for run in runs for e in run.evaluations}
-        run_recs = {run.name: [r for (n, _), r in newest.items() if n == run.name] for run in runs}
+        run_recs = {run.name: _of_run(newest, run.name) for run in runs}
         steps = {n: max((r["steps"] for r in rs if isinstance(r["steps"], int)), default=None) for n, rs in run_recs.items()}
         training = "; ".join(_training(run.name, run_recs[run.name], run.steps) if not run.trained_as else
                              f"`{run.name}`: the run of `{run.trained_as}`" for run in runs)
@@ -481,7 +486,7 @@ def budget_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]
     rest: list[tuple[float, str]] = []
     unknown: list[str] = []
     for run in run_list.runs.values():
-        recs = [r for (n, _), r in newest.items() if n == run.name]
+        recs = _of_run(newest, run.name)
         if run.trained_as or not recs:
             continue
         r = _longest(recs)
@@ -635,7 +640,7 @@ def status_lines(run_list: RunList, records: list[dict[str, Any]], runs_dir: Pat
     for name in names:
         run = run_list.runs[name]
         d = runs_dir / run.folder
-        recorded = max((r["steps"] for (n, _), r in newest.items() if n == name and isinstance(r["steps"], int)), default=None)
+        recorded = max((r["steps"] for r in _of_run(newest, name) if isinstance(r["steps"], int)), default=None)
         rec = "none" if recorded is None else f"{recorded:,} steps"
         last = _last_logged(d) if d.exists() else None
         if last is None:
