@@ -197,20 +197,37 @@ def wait_until() -> Callable[..., None]:
     return _wait_until
 
 
+def newest_checkpoint_step(run: Path) -> int:
+    """The highest step among ``RUN/checkpoints/step-*.safetensors``; -1 when there is none yet.
+
+    Tests that wait for a run's progress poll this rather than one named file: ``keep_last`` rotates
+    old step checkpoints away, so on a loaded machine a poll can miss a file that existed briefly."""
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        return -1
+    steps = [int(p.name[5:-12]) for p in folder.iterdir() if p.name.startswith("step-") and p.name.endswith(".safetensors")]
+    return max(steps, default=-1)
+
+
 def _kill_train_at(config: Path, run: Path, step: int, poll: float = 0.005) -> None:
-    """Start ``metakit train CONFIG --out RUN`` in a subprocess and SIGKILL it once its step-``step``
-    checkpoint exists (the run must still be going then)."""
+    """Start ``metakit train CONFIG --out RUN`` in a subprocess and SIGKILL it once it has written a
+    step checkpoint at ``step`` or later (the run must still be going then)."""
     import signal
     import subprocess
     import sys
 
     proc = subprocess.Popen([str(Path(sys.executable).parent / "metakit"), "train", str(config), "--out", str(run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = run / "checkpoints" / f"step-{step:08d}.safetensors"
-    _wait_until(checkpoint.exists, proc, f"step-{step} checkpoint", poll)
+    _wait_until(lambda: newest_checkpoint_step(run) >= step, proc, f"a checkpoint at step {step} or later", poll)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+
+
+@pytest.fixture
+def newest_checkpoint() -> Callable[[Path], int]:
+    """``newest_checkpoint(run_dir)``: the highest step checkpoint on disk, -1 before the first."""
+    return newest_checkpoint_step
 
 
 @pytest.fixture

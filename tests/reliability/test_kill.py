@@ -60,12 +60,11 @@ def _steps_on_disk(run_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in (run_dir / "checkpoints").iterdir() if (m := re.fullmatch(r"step-(\d+)\.safetensors", p.name)))
 
 
-def _kill_during_run(run_dir: Path, config: Path, rng: random.Random, during_write: bool, wait_until) -> bool:
+def _kill_during_run(run_dir: Path, config: Path, rng: random.Random, during_write: bool, wait_until, newest_checkpoint) -> bool:
     """Start a run, SIGKILL it (``during_write``: in the middle of a checkpoint write); return whether
     a write was in progress at the kill (its temporary file is left behind)."""
     proc = subprocess.Popen([METAKIT, "train", str(config), "--out", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = run_dir / "checkpoints" / "step-00000000.safetensors"
-    wait_until(first.exists, proc, "first checkpoint")
+    wait_until(lambda: newest_checkpoint(run_dir) >= 0, proc, "first checkpoint")
     if during_write:
         # stop the process the moment a temporary checkpoint file appears; if the file is still there
         # once it is stopped (not yet renamed into place), the write is in progress: kill it there
@@ -94,7 +93,7 @@ def _state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_sigkill_at_random_moments_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, capsys, wait_until):
+def test_sigkill_at_random_moments_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, capsys, wait_until, newest_checkpoint):
     config = tmp_path / "sinusoid.yaml"
     config.write_text(SINUSOID_CONFIG.format(seed=0, steps=STEPS, every=1))
     assert main(["train", str(config), "--out", str(tmp_path / "reference")]) == 0
@@ -104,7 +103,8 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_the_uninterrupted_run(
     writes_hit = 0
     for trial in range(TRIALS):
         run_dir = tmp_path / f"trial{trial}"
-        writes_hit += _kill_during_run(run_dir, config, rng, during_write=trial == 0, wait_until=wait_until)
+        writes_hit += _kill_during_run(run_dir, config, rng, during_write=trial == 0, wait_until=wait_until,
+                                      newest_checkpoint=newest_checkpoint)
         newest = _steps_on_disk(run_dir)[-1]
         assert newest < STEPS
         capsys.readouterr()
