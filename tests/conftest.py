@@ -202,11 +202,9 @@ def newest_checkpoint_step(run: Path) -> int:
 
     Tests that wait for a run's progress poll this rather than one named file: ``keep_last`` rotates
     old step checkpoints away, so on a loaded machine a poll can miss a file that existed briefly."""
-    folder = run / "checkpoints"
-    if not folder.is_dir():
-        return -1
-    steps = [int(p.name[5:-12]) for p in folder.iterdir() if p.name.startswith("step-") and p.name.endswith(".safetensors")]
-    return max(steps, default=-1)
+    from metakit.runtime.checkpoint import CheckpointManager
+
+    return max((step for step, _ in CheckpointManager(run / "checkpoints").steps()), default=-1)
 
 
 def _kill_train_at(config: Path, run: Path, step: int, poll: float = 0.005) -> None:
