@@ -71,7 +71,7 @@ def plot(runs: dict[str, list[tuple[int, float, float, float]]], out: Path, titl
     axes[0].set_ylabel("validation accuracy (%) ± 95% CI")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
