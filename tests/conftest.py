@@ -89,7 +89,8 @@ def saved_figures(monkeypatch) -> list:
     """The matplotlib figures saved during a test, as ``(figure, path)`` in order of saving.
 
     Records every ``Figure.savefig`` and still writes the file, so a test can read what a plot
-    shows (axes, lines, bands, titles) besides checking the file.
+    shows (axes, lines, bands, titles) besides checking the file. The path is where the figure
+    ends up: ``save_figure`` writes ``NAME.tmp.png`` and renames it to ``NAME``.
     """
     from matplotlib.figure import Figure
 
@@ -97,7 +98,8 @@ def saved_figures(monkeypatch) -> list:
     original = Figure.savefig
 
     def savefig(self, fname, *args, **kwargs):
-        saved.append((self, Path(fname)))
+        path = Path(fname)
+        saved.append((self, path.with_name(path.name.removesuffix(".tmp.png"))))
         return original(self, fname, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)

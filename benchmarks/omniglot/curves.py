@@ -40,7 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from metakit.runtime.plots import read_curves  # noqa: E402
+from metakit.runtime.plots import read_curves, save_figure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce  # noqa: E402  (the record's reader, beside this script)
@@ -74,10 +74,7 @@ def plot(runs: dict[str, list[tuple[int, float, float, float]]], out: Path, titl
     axes[0].legend(loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def recorded_curves(record: Path, run_list: Path = reproduce.RUN_LIST) -> dict[str, dict[str, Any]]:
@@ -92,6 +89,7 @@ def recorded_curves(record: Path, run_list: Path = reproduce.RUN_LIST) -> dict[s
     return out
 
 
+RECORD_COLORS = 64  # the many-panel figure as a PNG palette: a quarter of its full-colour size
 RECORD_TITLE = "Omniglot runs of the README table: learning curves against meta-training step"
 
 
@@ -125,6 +123,7 @@ def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4, ti
         share = "" if r["steps"] == r["budget"] else f" ({reproduce.budget_share(r['steps'], r['budget'])} of {r['budget']:,})"
         ax.set_title(f"{name}: {r['steps']:,} steps{share}", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # step labels that do not run together
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(runs):]:
         ax.set_visible(False)
@@ -134,10 +133,7 @@ def plot_record(runs: dict[str, dict[str, Any]], out: Path, columns: int = 4, ti
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=80, colors=RECORD_COLORS)
 
 
 def compared_curves(record: Path, names: list[str], run_list: Path | None = None) -> dict[str, list[tuple[int, float, float, float]]]:

@@ -197,3 +197,21 @@ def test_save_figure_writes_a_png_and_refuses_a_file_in_the_way(tmp_path):
     with pytest.raises(ValueError, match=r"--out '.*file/sub' lies under the file '.*file', not a folder"):
         check_out_dir(tmp_path / "file" / "sub", "--out")
     assert check_out_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+
+
+def test_save_figure_with_colors_writes_a_palette_png_and_refuses_a_bad_count(tmp_path):
+    from PIL import Image
+
+    fig, ax = plt.subplots()
+    for k in range(8):
+        ax.plot([0, 1], [k, k + 1], lw=3)
+    ax.fill_between([0, 1], [0, 1], [2, 3], alpha=0.3)
+    out = save_figure(fig, tmp_path / "p.png", colors=16)
+    with Image.open(out) as image:
+        assert image.mode == "P"
+        assert len(image.getcolors(256)) <= 16
+    assert not list(tmp_path.glob("*.tmp.png"))
+    fig = plt.figure()
+    with pytest.raises(ValueError, match=r"colors=300 must be an int from 2 to 256"):
+        save_figure(fig, tmp_path / "q.png", colors=300)
+    assert not plt.fignum_exists(fig.number) and not (tmp_path / "q.png").exists()

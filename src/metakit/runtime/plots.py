@@ -58,14 +58,19 @@ def check_out_dir(out_dir: str | os.PathLike, arg: str = "out_dir") -> Path:
     return folder
 
 
-def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 110) -> Path:
+def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 110, colors: int | None = None) -> Path:
     """Write the matplotlib figure ``fig`` to the PNG file ``out`` and close it.
 
     The folder of ``out`` is created if needed (a ValueError if a file stands in its way); the
     PNG is written beside ``out`` and renamed over it, so a reader never sees half a file.
+    ``colors`` (2 to 256) stores the image with a palette of at most that many colours, which
+    keeps large multi-panel figures small; ``None`` keeps full colour.
     """
     import matplotlib.pyplot as plt
 
+    if colors is not None and (not isinstance(colors, int) or isinstance(colors, bool) or not 2 <= colors <= 256):
+        plt.close(fig)
+        raise ValueError(f"colors={colors!r} must be an int from 2 to 256 (a PNG palette's size), or None for full colour")
     out = Path(out)
     try:
         check_out_dir(out.parent, f"the folder of {out.name},")
@@ -73,6 +78,12 @@ def save_figure(fig: Any, out: str | os.PathLike, dpi: int = 110) -> Path:
         tmp = out.with_name(out.name + ".tmp.png")
         try:
             fig.savefig(tmp, dpi=dpi)
+            if colors is not None:
+                from PIL import Image
+
+                with Image.open(tmp) as image:
+                    indexed = image.convert("RGB").quantize(colors=colors)
+                indexed.save(tmp, format="PNG", optimize=True)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
