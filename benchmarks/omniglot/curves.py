@@ -89,7 +89,7 @@ def recorded_curves(record: Path, run_list: Path = reproduce.RUN_LIST) -> dict[s
     return out
 
 
-RECORD_COLORS = 64  # the many-panel figure as a PNG palette: a quarter of its full-colour size
+RECORD_COLORS = 64  # the many-panel figure stored as a PNG palette: a few times smaller than full colour
 RECORD_TITLE = "Omniglot runs of the README table: learning curves against meta-training step"
 
 
