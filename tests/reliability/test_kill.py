@@ -2,8 +2,8 @@
 uninterrupted one and resumed from the newest checkpoint the killed run left.
 
 Each trial starts ``metakit train`` in a subprocess (MAML on sinusoids, a tiny MLP, a checkpoint
-every step so that writes are frequent), kills it with SIGKILL at a seeded random moment after its
-first checkpoint (trial 0: the moment a checkpoint's temporary file appears, i.e. during a write),
+every step so that writes are frequent), kills it with SIGKILL at a seeded random moment in the first
+half of the run (trial 0: the moment a checkpoint's temporary file appears, i.e. during a write),
 resumes it with ``metakit train --resume`` and compares the final checkpoint with the one of an
 uninterrupted run: model, optimizer state and RNG states, bit for bit.
 """
@@ -74,7 +74,11 @@ def _kill_during_run(run_dir: Path, config: Path, rng: random.Random, during_wri
                     break
                 proc.send_signal(signal.SIGCONT)
     else:
-        time.sleep(rng.uniform(0.0, 0.5))
+        # a seeded random step in the first half of the run, then a random moment within a step: a
+        # moment set by progress, not by wall-clock time, falls before the run's end at any speed
+        step = rng.randint(1, STEPS // 2)
+        wait_until(lambda: newest_checkpoint(run_dir) >= step, proc, f"a checkpoint at step {step} or later")
+        time.sleep(rng.uniform(0.0, 0.005))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {proc.returncode}"
