@@ -22,7 +22,9 @@ For each named run (all of the list by default), in the order given:
    evaluates and records that run as ``interrupted`` and goes on to the next: on a small machine,
    several runs each get a share of the time, and the same command later continues them.
    A run with ``trained_as: OTHER`` trains nothing: it evaluates the folder ``DIR/OTHER`` of an
-   earlier run of the list (with other evaluation-time options, for example).
+   earlier run of the list (with other evaluation-time options, for example). A name under the
+   list's ``retired`` (a former run, with the reason) is refused, the reason given; its records
+   stay in ``results.json``, out of the table.
 2. Evaluation of each listed setting with ``metakit eval DIR/NAME ... --json`` (one thread; an
    evaluation's ``options`` are passed as ``--option KEY=VALUE``: the algorithm's evaluation-time
    options),
@@ -165,6 +167,7 @@ class RunList:
     columns: tuple[str, ...]
     runs: dict[str, Run]
     defaults: dict[str, Any] = field(default_factory=dict)  # the list's `evaluation` defaults
+    retired: dict[str, str] = field(default_factory=dict)  # names of former runs the record still holds -> why
 
 
 def _need(cond: bool, where: str, message: str) -> None:
@@ -176,8 +179,8 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
     """Read and check ``runs.yaml``: every error names the run and the field."""
     raw = yaml.safe_load(Path(path).read_text())
     where = str(path)
-    _need(isinstance(raw, dict) and set(raw) == {"columns", "evaluation", "runs"}, where,
-          f"expected exactly the keys columns, evaluation, runs; got {sorted(raw) if isinstance(raw, dict) else raw!r}")
+    _need(isinstance(raw, dict) and {"columns", "evaluation", "runs"} <= set(raw) <= {"columns", "evaluation", "runs", "retired"},
+          where, f"expected the keys columns, evaluation, runs[, retired]; got {sorted(raw) if isinstance(raw, dict) else raw!r}")
     columns = tuple(raw["columns"])
     defaults = raw["evaluation"]
     _need(isinstance(defaults, dict) and set(defaults) <= set(EVAL_FIELDS), f"{where}: evaluation",
@@ -228,7 +231,11 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
         _need(not paper or bool(source), f"{at}: paper", "give the source of the papers' numbers (source: 'Author year, Table N')")
         runs[name] = Run(name, str(body["family"]), str(body["method"]), str(body["config"]), overrides,
                          tuple(evaluations), paper, source, body.get("trained_as"))
-    return RunList(columns, runs, dict(defaults))
+    retired = raw.get("retired") or {}
+    _need(isinstance(retired, dict) and all(isinstance(v, str) and v.strip() for v in retired.values()),
+          f"{where}: retired", f"map each former run's name to why it is no longer run; got {retired!r}")
+    _need(not set(retired) & set(runs), f"{where}: retired", f"a retired name is also a run: {sorted(set(retired) & set(runs))}")
+    return RunList(columns, runs, dict(defaults), {str(k): v.strip() for k, v in retired.items()})
 
 
 # -- the record -------------------------------------------------------------------------------------
@@ -464,6 +471,7 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
         lines.append("")
         lines.append("Not reproduced, by what the record says: " + "; ".join(
             f"**{why}**: {', '.join(cells)}" for why, cells in sorted(misses.items(), key=lambda kv: MISS_ORDER.index(kv[0]))) + ".")
+    lines += trained_lines(run_list, newest)
     lines += budget_lines(run_list, newest)
     lines.append("")
     lines.append("Papers' numbers: " + "; ".join(f"{', '.join(n)}: {s}" for s, n in sources.items()) + ".")
@@ -476,6 +484,42 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
                   "hardware were recorded; `results.json` holds the result, steps and training time, and marks "
                   "the rest unknown."]
     return lines + convergence_lines(run_list, records)
+
+
+def trained_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The training time behind the table: each run's longest training on record, summed over the runs
+    that train their own folder; how many of them trained their whole budget (or stopped early), and
+    the range of minutes and steps of the others. Runs whose records hold no training minutes are
+    named. Nothing when no run has a record."""
+    hours, runs, whole, unknown = 0.0, 0, 0, []
+    part: list[tuple[float, int]] = []  # minutes and steps of the runs short of their budget
+    for run in run_list.runs.values():
+        recs = _of_run(newest, run.name)
+        if run.trained_as or not recs:
+            continue
+        r = _longest(recs)
+        runs += 1
+        steps, minutes = r["steps"], _minutes(r)
+        done = isinstance(steps, int) and (steps >= run.steps or r["training"]["status"] == "stopped_early")
+        whole += done
+        if minutes is None or r["status"] == "unrecorded":
+            unknown.append(f"`{run.name}`")
+            continue
+        hours += minutes / 60
+        if not done and isinstance(steps, int):
+            part.append((minutes, steps))
+    if not runs:
+        return []
+    line = (f"**Training on record**: {hours:,.1f} h of one CPU thread in all, over the {runs} run{'s' if runs != 1 else ''} "
+            f"with a record (each run's longest training on record), {whole} of {runs} at their whole budget or "
+            "stopped early")
+    if part:
+        (m0, m1), (s0, s1) = ((min(x), max(x)) for x in zip(*part))
+        line += (f"; the other {runs - whole} trained {m0:.0f} to {m1:.0f} minutes each ({s0:,} to {s1:,} steps)"
+                 if len(part) > 1 else f"; the other trained {m0:.0f} minutes ({s0:,} steps)")
+    if unknown:
+        line += f"; without recorded minutes: {', '.join(unknown)}"
+    return ["", line + "."]
 
 
 def budget_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
@@ -831,6 +875,9 @@ def ended_run_problem(run_dir: Path) -> str | None:
 
 def unknown_runs(run_list: RunList, names: list[str], list_path: Path) -> str | None:
     """An error message naming the ``names`` the list lacks (``None`` if it has them all)."""
+    retired = [f"{n} is retired ({run_list.retired[n]})" for n in names if n in run_list.retired]
+    if retired:
+        return "; ".join(retired)
     unknown = [n for n in names if n not in run_list.runs]
     if unknown:
         return f"unknown run name(s) {', '.join(unknown)}; the list ({list_path}) has: {', '.join(run_list.runs)}"

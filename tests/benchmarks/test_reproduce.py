@@ -444,6 +444,23 @@ def test_run_list_errors_name_the_run_and_the_field(bench, edit, message):
     assert "run 'run_a'" in str(e.value) and message in str(e.value)
 
 
+def test_a_retired_run_is_named_with_its_reason_and_is_never_also_a_run(bench, capsys):
+    bench.list.write_text(bench.list.read_text() + "retired:\n  run_old: the same training as run_a\n")
+    run_list = rp.load_run_list(bench.list)
+    assert run_list.retired == {"run_old": "the same training as run_a"} and "run_old" not in run_list.runs
+    with pytest.raises(SystemExit):
+        bench.main("run_old")
+    assert "run_old is retired (the same training as run_a)" in capsys.readouterr().err
+    # a retired run's records stay in the record and out of the table
+    table = "\n".join(rp.table_lines(run_list, [_rec("run_old", "5w5s", "recorded", 0.5)]))
+    assert "run_old" not in table
+    for retired, message in (("  run_a: again\n", "a retired name is also a run: ['run_a']"),
+                             ("  run_old: ''\n", "map each former run's name to why it is no longer run")):
+        bench.list.write_text(bench.list.read_text().split("retired:")[0] + "retired:\n" + retired)
+        with pytest.raises(rp.ListError, match=re.escape(message)):
+            rp.load_run_list(bench.list)
+
+
 def test_appends_from_parallel_processes_are_all_kept(tmp_path):
     record = tmp_path / "results.json"
     record.write_text(json.dumps({"format": 2, "records": []}))
@@ -551,7 +568,7 @@ def test_the_shipped_run_list_names_todays_runs_and_loads_every_config(monkeypat
     run_list = rp.load_run_list()
     records = rp.read_record()
     recorded = {r["run"] for r in records}
-    assert recorded <= set(run_list.runs)  # no record of a run the list does not name
+    assert recorded <= set(run_list.runs) | set(run_list.retired)  # no record of a run the list does not name
     table = "\n".join(rp.table_lines(run_list, records))
     for name in sorted(set(run_list.runs) - recorded):  # a run not trained yet shows as such
         assert f"`{name}`: not run yet" in table, name
@@ -815,6 +832,35 @@ def test_a_cell_evaluated_off_the_lists_default_says_how(bench):
     assert bench.main()[0] == 0
     table = "\n".join(rp.table_lines(rp.load_run_list(bench.list), bench.records()))
     assert "| 90.0 ± 1.0 (1 query per class) | — | 90.0 ± 1.0 (600 episodes) |" in table
+
+
+def test_the_training_on_record_sums_each_training_runs_longest_training(bench):
+    bench.set_steps(1000)
+    bench.list.write_text(bench.list.read_text() + _TRAINED_AS)
+    run_list = rp.load_run_list(bench.list)
+    assert "run_b" in run_list.runs
+    assert rp.trained_lines(run_list, {}) == []
+    # run_a's longest training (400 steps in 5,400 s) counts once; run_b trains nothing of its own
+    longer = {**_rec("run_a", "20w5s", "recorded", 0.9, steps=400), "train_seconds": 5400.0}
+    of_b = {**_rec("run_b", "5w5s", "recorded", 0.9, steps=400), "train_seconds": 5400.0}
+    newest = rp.latest([_rec("run_a", "5w5s", "recorded", 0.9), longer, of_b])
+    assert rp.trained_lines(run_list, newest) == [
+        "", "**Training on record**: 1.5 h of one CPU thread in all, over the 1 run with a record (each run's longest "
+            "training on record), 0 of 1 at their whole budget or stopped early; the other trained 90 minutes (400 steps)."]
+    whole = {**longer, "steps": 1000}
+    assert rp.trained_lines(run_list, rp.latest([whole]))[1].endswith("1 of 1 at their whole budget or stopped early.")
+    early = {**longer, "training": {**longer["training"], "status": "stopped_early"}}
+    assert "1 of 1 at their whole budget" in rp.trained_lines(run_list, rp.latest([early]))[1]
+    # a second run short of its budget: the range of minutes and steps of the two
+    bench.list.write_text(bench.list.read_text() + "  run_c:\n    family: metric\n    method: Method C\n"
+                          "    config: configs/x.yaml\n    overrides: [train.steps=1000]\n    evaluate: [{ways: 5, shots: 5}]\n")
+    two = rp.trained_lines(rp.load_run_list(bench.list), rp.latest([longer, _rec("run_c", "5w5s", "recorded", 0.9, steps=50)]))
+    assert two[1].endswith("0 of 2 at their whole budget or stopped early; the other 2 trained 10 to 90 minutes each "
+                           "(50 to 400 steps).") and "1.7 h of one CPU thread in all, over the 2 runs" in two[1]
+    # a transcribed figure has no training time: named, not counted
+    line = rp.trained_lines(run_list, rp.latest([_rec("run_a", "5w5s", "unrecorded", 0.9)]))[1]
+    assert line.startswith("**Training on record**: 0.0 h") and line.endswith("; without recorded minutes: `run_a`.")
+    assert "**Training on record**" in "\n".join(rp.table_lines(run_list, [_rec("run_a", "5w5s", "recorded", 0.9)]))
 
 
 def test_the_rest_of_each_budget_is_priced_at_its_records_pace(bench):
