@@ -234,7 +234,8 @@ def load_run_list(path: Path = RUN_LIST) -> RunList:
     retired = raw.get("retired") or {}
     _need(isinstance(retired, dict) and all(isinstance(v, str) and v.strip() for v in retired.values()),
           f"{where}: retired", f"map each former run's name to why it is no longer run; got {retired!r}")
-    _need(not set(retired) & set(runs), f"{where}: retired", f"a retired name is also a run: {sorted(set(retired) & set(runs))}")
+    _need(not set(retired) & set(runs), f"{where}: retired",
+          f"a retired name is also a run: {sorted(set(retired) & set(runs))}; keep it under runs or under retired, not both")
     return RunList(columns, runs, dict(defaults), {str(k): v.strip() for k, v in retired.items()})
 
 
@@ -486,6 +487,11 @@ def table_lines(run_list: RunList, records: list[dict[str, Any]]) -> list[str]:
     return lines + convergence_lines(run_list, records)
 
 
+def _budget_done(run: Run, r: dict[str, Any]) -> bool:
+    """Whether the record ``r`` of ``run`` trained the list's whole budget or stopped early."""
+    return isinstance(r["steps"], int) and (r["steps"] >= run.steps or r["training"]["status"] == "stopped_early")
+
+
 def trained_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """The training time behind the table: each run's longest training on record, summed over the runs
     that train their own folder; how many of them trained their whole budget (or stopped early), and
@@ -500,7 +506,7 @@ def trained_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any
         r = _longest(recs)
         runs += 1
         steps, minutes = r["steps"], _minutes(r)
-        done = isinstance(steps, int) and (steps >= run.steps or r["training"]["status"] == "stopped_early")
+        done = _budget_done(run, r)
         whole += done
         if minutes is None or r["status"] == "unrecorded":
             unknown.append(f"`{run.name}`")
@@ -535,7 +541,7 @@ def budget_lines(run_list: RunList, newest: dict[tuple[str, str], dict[str, Any]
             continue
         r = _longest(recs)
         steps, minutes = r["steps"], _minutes(r)
-        if isinstance(steps, int) and (steps >= run.steps or r["training"]["status"] == "stopped_early"):
+        if _budget_done(run, r):
             continue
         if r["status"] == "unrecorded" or not isinstance(steps, int) or steps <= 0 or minutes is None:
             unknown.append(f"`{run.name}`")
@@ -874,14 +880,13 @@ def ended_run_problem(run_dir: Path) -> str | None:
 
 
 def unknown_runs(run_list: RunList, names: list[str], list_path: Path) -> str | None:
-    """An error message naming the ``names`` the list lacks (``None`` if it has them all)."""
-    retired = [f"{n} is retired ({run_list.retired[n]})" for n in names if n in run_list.retired]
-    if retired:
-        return "; ".join(retired)
-    unknown = [n for n in names if n not in run_list.runs]
+    """An error message naming the ``names`` the list lacks, a retired one with its reason (``None``
+    if it has them all)."""
+    problems = [f"{n} is retired ({run_list.retired[n]})" for n in names if n in run_list.retired]
+    unknown = [n for n in names if n not in run_list.runs and n not in run_list.retired]
     if unknown:
-        return f"unknown run name(s) {', '.join(unknown)}; the list ({list_path}) has: {', '.join(run_list.runs)}"
-    return None
+        problems.append(f"unknown run name(s) {', '.join(unknown)}; the list ({list_path}) has: {', '.join(run_list.runs)}")
+    return "; ".join(problems) or None
 
 
 def newest_with_curves(records: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

@@ -451,6 +451,10 @@ def test_a_retired_run_is_named_with_its_reason_and_is_never_also_a_run(bench, c
     with pytest.raises(SystemExit):
         bench.main("run_old")
     assert "run_old is retired (the same training as run_a)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a retired and an unknown name: both are named
+        bench.main("run_old", "nope")
+    err = capsys.readouterr().err
+    assert "run_old is retired (the same training as run_a); unknown run name(s) nope; the list" in err
     # a retired run's records stay in the record and out of the table
     table = "\n".join(rp.table_lines(run_list, [_rec("run_old", "5w5s", "recorded", 0.5)]))
     assert "run_old" not in table
